@@ -1,0 +1,179 @@
+"""Load a Janus checkpoint (hub id or local directory) with its processor."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import JanusForConditionalGeneration, JanusProcessor
+
+log = logging.getLogger(__name__)
+
+KNOWN_CHECKPOINTS = (
+    "deepseek-community/Janus-Pro-1B",
+    "deepseek-community/Janus-Pro-7B",
+    "deepseek-community/Janus-1.3B",
+)
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be loaded; the message is one sentence for the operator."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model with everything the engine needs to know about it."""
+
+    model: JanusForConditionalGeneration
+    processor: JanusProcessor
+    name: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.vision_config.image_size)
+
+    @property
+    def grid_size(self) -> int:
+        return int(self.model.model.vqmodel.quantize.quant_state_dims[0])
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.grid_size * self.grid_size
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    if name is None or name == "auto":
+        return default_dtype(device)
+    try:
+        return _DTYPES[name.lower()]
+    except KeyError:
+        raise CheckpointError(f"Unknown dtype {name!r}; use one of: auto, {', '.join(sorted(_DTYPES))}.") from None
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "owner/name"; anything else with a slash, or rooted, means a directory.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def _check_local(path: Path) -> None:
+    config = path / "config.json"
+    if not path.is_dir():
+        raise CheckpointError(f"Model path {str(path)!r} is not a directory; give a checkpoint directory or a hub id.")
+    if not config.is_file():
+        raise CheckpointError(f"{str(path)!r} is not a Janus checkpoint: it has no config.json.")
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{str(path)!r} has an unreadable config.json ({err}).") from None
+    if model_type != "janus":
+        raise CheckpointError(
+            f"{str(path)!r} is not a Janus checkpoint (model_type is {model_type!r}, expected 'janus'); "
+            f"convert it to the transformers format first."
+        )
+
+
+def load_checkpoint(
+    name: str | os.PathLike[str],
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Checkpoint:
+    """Load model and processor from one place; bf16 on CUDA, fp32 on CPU unless told otherwise."""
+    name = str(name)
+    dev = torch.device(device) if device is not None else default_device()
+    dt = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype, dev)
+    path = Path(name).expanduser()
+    local = path.exists() or _looks_like_path(name)
+    if local:
+        _check_local(path)
+        source = str(path)
+    else:
+        source = name
+    try:
+        processor = JanusProcessor.from_pretrained(source)
+        model = JanusForConditionalGeneration.from_pretrained(source, dtype=dt, attn_implementation="sdpa")
+    except OSError as err:
+        if local:
+            raise CheckpointError(f"Could not read the checkpoint in {source!r}: {_first_line(err)}") from None
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(err).lower() or _is_connection(err)
+        if offline:
+            raise CheckpointError(
+                f"Model {source!r} is not in the local cache and the hub cannot be reached; "
+                f"download it on a connected machine or give a local checkpoint directory."
+            ) from None
+        raise CheckpointError(
+            f"Model {source!r} is neither a local directory nor a hub id that could be fetched "
+            f"(known ids: {', '.join(KNOWN_CHECKPOINTS)})."
+        ) from None
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{source!r} is not a usable Janus checkpoint: {_first_line(err)}") from None
+    model.to(dev).eval()
+    model.requires_grad_(False)
+    log.info("loaded %s on %s in %s", source, dev, str(dt).removeprefix("torch."))
+    return Checkpoint(model=model, processor=processor, name=source)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _is_connection(err: BaseException) -> bool:
+    seen: BaseException | None = err
+    while seen is not None:
+        if "connect" in type(seen).__name__.lower() or "connection" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def cache_dir() -> Path:
+    """Where janus-bot keeps what it builds: $JANUS_BOT_CACHE, else $XDG_CACHE_HOME/janus-bot."""
+    root = os.environ.get("JANUS_BOT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "janus-bot"
+    return Path(root).expanduser()
+
+
+DEFAULT_MODEL = "builtin:tiny"
+
+
+def resolve_model(name: str | None) -> str:
+    """A model name as given, or the built-in default built on first use into the cache directory."""
+    if name and name != DEFAULT_MODEL:
+        return name
+    from generator.presets import make_model
+
+    target = cache_dir() / "models" / "tiny-random-v1"
+    if not (target / "config.json").is_file():
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        make_model(partial, "tiny", seed=0)
+        try:
+            partial.rename(target)
+        except OSError:  # another process finished first
+            import shutil
+
+            shutil.rmtree(partial, ignore_errors=True)
+    return str(target)

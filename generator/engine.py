@@ -1,0 +1,450 @@
+"""Batched classifier-free-guidance sampling for Janus: many requests, one forward pass per step.
+
+Every image owns two rows of a preallocated KV cache (conditional, unconditional). Rows keep their own
+write position and position ids, so requests of different prompt lengths share a step, and a request
+can join while others are half-way. Sampling is Gumbel-max over counter-based noise: an image's
+random numbers depend only on (seed, image index, step), never on its neighbours in the batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from generator.checkpoint import Checkpoint
+from generator.prompt import encode_prompt, unconditional_ids
+
+_M32 = 0xFFFFFFFF
+_MIX = 0x45D9F3B
+_GOLDEN = 0x9E3779B1
+_ids = itertools.count()
+
+
+class RequestError(ValueError):
+    """A request the engine cannot run; the message says what to change."""
+
+
+@dataclass
+class Request:
+    """One prompt and its settings; `prefix` forces the first tokens of every image (variations)."""
+
+    prompt: str
+    num_images: int = 4
+    cfg: float = 5.0
+    temperature: float = 1.0
+    seed: int = 0
+    prefix: torch.Tensor | None = None  # [k] or [num_images, k]
+    id: str = field(default_factory=lambda: f"r{next(_ids)}")
+
+
+@dataclass
+class Result:
+    """Tokens of a finished request (or why it has none)."""
+
+    request: Request
+    tokens: torch.Tensor | None  # [num_images, num_image_tokens] int64 on CPU
+    status: str = "done"  # done | cancelled | failed
+    error: str | None = None
+    logits: torch.Tensor | None = None  # [num_images, num_image_tokens, codebook] when recorded
+
+
+@dataclass
+class Progress:
+    """Reported after every step; `tokens` (the rows so far) only every `preview_every` steps."""
+
+    request: Request
+    step: int
+    total: int
+    tokens: torch.Tensor | None = None  # [num_images, step]
+
+
+# -- sampling ---------------------------------------------------------------------------------------
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    # A 32-bit integer finaliser in int64 arithmetic: products stay below 2**59, so nothing overflows.
+    x = x ^ (x >> 16)
+    x = (x * _MIX) & _M32
+    x = x ^ (x >> 16)
+    x = (x * _MIX) & _M32
+    return x ^ (x >> 16)
+
+
+def _mix32_int(x: int) -> int:
+    x ^= x >> 16
+    x = (x * _MIX) & _M32
+    x ^= x >> 16
+    x = (x * _MIX) & _M32
+    return x ^ (x >> 16)
+
+
+def image_key(seed: int, index: int) -> int:
+    """The random stream of image `index` of a request with `seed`."""
+    seed &= (1 << 64) - 1
+    key = _mix32_int((seed & _M32) ^ 0x243F6A88)
+    key = _mix32_int(key ^ (seed >> 32) ^ 0x85A308D3)
+    return _mix32_int(key ^ (index * _GOLDEN & _M32))
+
+
+def gumbel_noise(keys: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Gumbel(0, 1) noise that is a pure function of (key, step, vocabulary index).  # [B, V]"""
+    base = _mix32(keys ^ _mix32((steps * _GOLDEN + 0x13198A2E) & _M32))
+    cols = (torch.arange(vocab, device=keys.device) * _GOLDEN) & _M32
+    bits = _mix32(_mix32(base[:, None] ^ cols[None, :]))
+    u = ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    return -torch.log(-torch.log(u))
+
+
+def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, cfg: torch.Tensor) -> torch.Tensor:
+    """uncond + cfg * (cond - uncond), per image weight.  # [B, V]"""
+    return uncond + cfg[:, None] * (cond - uncond)
+
+
+def sample(
+    logits: torch.Tensor, temperature: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor
+) -> torch.Tensor:
+    """softmax(logits / T) sampling by Gumbel-max; T == 0 is argmax.  # [B]"""
+    greedy = temperature <= 0
+    inv_t = torch.where(greedy, torch.ones_like(temperature), 1.0 / temperature.clamp(min=1e-6))
+    noisy = logits * inv_t[:, None] + gumbel_noise(keys, steps, logits.shape[-1])
+    return torch.where(greedy[:, None], logits, noisy).argmax(dim=-1)
+
+
+# -- KV cache ---------------------------------------------------------------------------------------
+
+
+class SlotCache:
+    """Per-layer keys and values [rows, kv_heads, max_len, head_dim]; each row writes at its own position.
+
+    Speaks the part of transformers' Cache interface the language model calls (`update`). Before each
+    forward the engine says which rows it covers: `prefill(rows)` writes a prompt at positions [0, L) of
+    the given rows; `decode(n, pos, kv_len)` writes one token per row at `pos` for rows [0, n) and
+    returns the first `kv_len` positions.
+    """
+
+    is_compileable = False
+
+    def __init__(self, layers: int, rows: int, max_len: int, kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        shape = (rows, kv_heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.max_len = max_len
+        self._rows: torch.Tensor | None = None
+        self._n = 0
+        self._pos: torch.Tensor | None = None
+        self._kv_len = max_len
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def prefill(self, rows: torch.Tensor) -> None:
+        self._rows = rows
+
+    def decode(self, n: int, pos: torch.Tensor, kv_len: int) -> None:
+        self._rows, self._n, self._pos, self._kv_len = None, n, pos, kv_len
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if self._rows is not None:
+            length = key_states.shape[2]
+            keys[self._rows, :, :length] = key_states
+            values[self._rows, :, :length] = value_states
+            return key_states, value_states
+        keys, values = keys[: self._n], values[: self._n]
+        index = self._pos.view(-1, 1, 1, 1).expand(-1, keys.shape[1], 1, keys.shape[3])
+        keys.scatter_(2, index, key_states)
+        values.scatter_(2, index, value_states)
+        return keys[:, :, : self._kv_len], values[:, :, : self._kv_len]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+
+def kv_bytes_per_row(checkpoint: Checkpoint, length: int) -> int:
+    """KV cache bytes one row of `length` tokens takes."""
+    text = checkpoint.model.config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim
+    return per_token * length * torch.tensor([], dtype=checkpoint.dtype).element_size()
+
+
+# -- engine -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Running:
+    request: Request
+    slots: list[int]  # image slots, in image order
+    step: int = 0  # tokens sampled so far, for every image of the request
+
+
+class Engine:
+    """A long-lived batch of image slots; requests join at the next step and leave as they finish."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        max_batch_images: int = 16,
+        max_prompt_tokens: int = 256,
+        preview_every: int = 0,
+        record_logits: bool = False,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.model = checkpoint.model
+        self.processor = checkpoint.processor
+        self.n_tokens = checkpoint.num_image_tokens
+        self.max_batch_images = max_batch_images
+        self.max_prompt_tokens = max_prompt_tokens
+        self.preview_every = preview_every
+        self.record_logits = record_logits
+        self.on_progress = on_progress
+        self.pad_id = self.processor.tokenizer.pad_token_id
+
+        device, j = checkpoint.device, max_batch_images
+        text = self.model.config.text_config
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.max_len = max_prompt_tokens + self.n_tokens
+        self.cache = SlotCache(text.num_hidden_layers, 2 * j, self.max_len, text.num_key_value_heads,
+                               head_dim, checkpoint.dtype, device)
+        # Per row (2 per image slot): cache write position, next position id, which cache slots are real.
+        self.pos = torch.zeros(2 * j, dtype=torch.long, device=device)
+        self.pid = torch.zeros(2 * j, dtype=torch.long, device=device)
+        self.valid = torch.zeros(2 * j, self.max_len, dtype=torch.bool, device=device)
+        self.valid[:, 0] = True  # a row never used still attends to something (no NaN)
+        # Per image slot: settings, random key, forced prefix, sampled tokens.
+        self.cfg = torch.ones(j, dtype=torch.float32, device=device)
+        self.temperature = torch.ones(j, dtype=torch.float32, device=device)
+        self.keys = torch.zeros(j, dtype=torch.long, device=device)
+        self.step_of = torch.zeros(j, dtype=torch.long, device=device)
+        self.live = torch.zeros(j, dtype=torch.bool, device=device)
+        self.prefix = torch.zeros(j, self.n_tokens, dtype=torch.long, device=device)
+        self.prefix_len = torch.zeros(j, dtype=torch.long, device=device)
+        self.tokens = torch.zeros(j, self.n_tokens, dtype=torch.long, device=device)
+        self.logits: torch.Tensor | None = None
+        if record_logits:
+            vocab = self.model.config.vq_config.num_embeddings
+            self.logits = torch.zeros(j, self.n_tokens, vocab, dtype=torch.float32, device=device)
+        # Host mirrors: nothing in the step loop reads a device value back.
+        self._host_pos = [0] * (2 * j)
+        self._free = list(range(j))
+        self._running: dict[str, _Running] = {}
+
+    # -- admission --
+
+    @property
+    def free_images(self) -> int:
+        return len(self._free)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running)
+
+    def validate(self, request: Request) -> list[int]:
+        """Check a request against this engine; returns its conditional prompt ids."""
+        if not request.prompt.strip():
+            raise RequestError("The prompt is empty; describe the picture you want.")
+        if not 1 <= request.num_images <= self.max_batch_images:
+            raise RequestError(f"Ask for between 1 and {self.max_batch_images} images, not {request.num_images}.")
+        if not math.isfinite(request.cfg) or request.cfg < 0:
+            raise RequestError(f"The guidance weight must be a number of at least 0, not {request.cfg}.")
+        if not math.isfinite(request.temperature) or request.temperature < 0:
+            raise RequestError(f"The temperature must be a number of at least 0, not {request.temperature}.")
+        ids = encode_prompt(self.processor, request.prompt)
+        if len(ids) > self.max_prompt_tokens:
+            raise RequestError(
+                f"The prompt is too long ({len(ids)} tokens, at most {self.max_prompt_tokens}); shorten it."
+            )
+        if request.prefix is not None:
+            prefix = request.prefix
+            if prefix.dim() not in (1, 2) or prefix.shape[-1] > self.n_tokens or (
+                prefix.dim() == 2 and prefix.shape[0] != request.num_images
+            ):
+                raise RequestError(f"A token prefix must be [k] or [num_images, k] with k <= {self.n_tokens}.")
+        return ids
+
+    def add(self, requests: Sequence[Request]) -> None:
+        """Prefill requests into free slots; they sample their first token now and join the next step."""
+        if not requests:
+            return
+        need = sum(r.num_images for r in requests)
+        if need > len(self._free):
+            raise RequestError(f"{need} images do not fit in {len(self._free)} free slots.")
+        prompts = [self.validate(r) for r in requests]
+        slots_of: list[list[int]] = []
+        rows: list[list[int]] = []
+        for request, cond in zip(requests, prompts):
+            slots = [self._free.pop(0) for _ in range(request.num_images)]
+            slots_of.append(slots)
+            uncond = unconditional_ids(cond, self.processor)
+            for _ in slots:
+                rows += [cond, uncond]
+        self._prefill(requests, slots_of, rows)
+        for request, slots in zip(requests, slots_of):
+            self._running[request.id] = _Running(request, slots, step=1)
+        self._report()
+
+    def _prefill(self, requests: Sequence[Request], slots_of: list[list[int]], rows: list[list[int]]) -> None:
+        device = self.checkpoint.device
+        length = max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), length, dtype=torch.bool)
+        for i, row in enumerate(rows):  # left padding
+            ids[i, length - len(row):] = torch.tensor(row)
+            mask[i, length - len(row):] = True
+        ids, mask = ids.to(device), mask.to(device)
+        slots = [s for group in slots_of for s in group]
+        slot_t = torch.tensor(slots, dtype=torch.long, device=device)
+        row_t = torch.stack([2 * slot_t, 2 * slot_t + 1], dim=1).flatten()
+
+        self.valid[row_t] = False
+        self.valid[row_t, :length] = mask
+        pid = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        self.pos[row_t] = length
+        self.pid[row_t] = pid[:, -1] + 1
+        for r in row_t.tolist():
+            self._host_pos[r] = length
+
+        settings = [(r, i) for r, group in zip(requests, slots_of) for i in range(len(group))]
+        self.cfg[slot_t] = torch.tensor([r.cfg for r, _ in settings], dtype=torch.float32, device=device)
+        self.temperature[slot_t] = torch.tensor([r.temperature for r, _ in settings], dtype=torch.float32,
+                                                device=device)
+        self.keys[slot_t] = torch.tensor([image_key(r.seed, i) for r, i in settings], device=device)
+        self.step_of[slot_t] = 0
+        self.prefix_len[slot_t] = 0
+        for request, group in zip(requests, slots_of):
+            if request.prefix is not None:
+                prefix = request.prefix.to(device).expand(len(group), -1)
+                index = torch.tensor(group, device=device)
+                self.prefix[index, : prefix.shape[1]] = prefix
+                self.prefix_len[index] = prefix.shape[1]
+
+        causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        eye = torch.eye(length, dtype=torch.bool, device=device)
+        attn = (causal & mask[:, None, :]) | eye  # pad queries see themselves: finite states, no NaN
+        embeds = self.model.get_input_embeddings()(ids)
+        self.cache.prefill(row_t)
+        hidden = self._forward(embeds, attn[:, None], pid)
+        self.live[slot_t] = True
+        self._sample(slot_t, hidden)
+
+    # -- stepping --
+
+    def _forward(self, embeds: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        out = self.model.model.language_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, cache=self.cache, use_cache=True
+        )
+        return out.last_hidden_state[:, -1]  # [rows, H]
+
+    def _sample(self, slots: torch.Tensor | slice, hidden: torch.Tensor) -> None:
+        """Guided logits and one sampled token for each image slot in `slots` from its two rows' states."""
+        logits = self.model.model.generation_head(hidden).float()
+        guided = guided_logits(logits[0::2], logits[1::2], self.cfg[slots])
+        steps = self.step_of[slots]
+        token = sample(guided, self.temperature[slots], self.keys[slots], steps)
+        forced = steps < self.prefix_len[slots]
+        token = torch.where(forced, self.prefix[slots].gather(1, steps.clamp(max=self.n_tokens - 1)[:, None])[:, 0],
+                            token)
+        live = self.live[slots]
+        at = steps.clamp(max=self.n_tokens - 1)[:, None]
+        tokens = self.tokens[slots]
+        tokens.scatter_(1, at, torch.where(live, token, tokens.gather(1, at)[:, 0])[:, None])
+        if isinstance(slots, torch.Tensor):
+            self.tokens[slots] = tokens
+        if self.logits is not None:
+            index = slots if isinstance(slots, torch.Tensor) else torch.arange(len(live), device=live.device)
+            self.logits[index, at[:, 0]] = torch.where(live[:, None], guided, self.logits[index, at[:, 0]])
+        self.step_of[slots] += live.long()
+
+    def step(self) -> list[Result]:
+        """One token for every running image; returns the requests that finished."""
+        finished = self._collect()
+        if not self._running:
+            return finished
+        n_img = max(s for run in self._running.values() for s in run.slots) + 1
+        n_rows = 2 * n_img
+        live_rows = self.live[:n_img].repeat_interleave(2)
+        last = self.tokens[:n_img].gather(1, (self.step_of[:n_img] - 1).clamp(min=0)[:, None])  # [n, 1]
+        embeds = self.model.prepare_embeddings_for_image_generation(last.repeat_interleave(2, dim=0))
+        pos = self.pos[:n_rows]
+        self.valid[:n_rows].scatter_(1, pos[:, None], True)
+        kv_len = max(self._host_pos[:n_rows]) + 1
+        mask = self.valid[:n_rows, None, None, :kv_len]
+        self.cache.decode(n_rows, pos, kv_len)
+        hidden = self._forward(embeds, mask, self.pid[:n_rows, None])
+        self._sample(slice(0, n_img), hidden)
+        self.pos[:n_rows] += live_rows.long()
+        self.pid[:n_rows] += live_rows.long()
+        for run in self._running.values():
+            run.step += 1
+            for s in run.slots:
+                self._host_pos[2 * s] += 1
+                self._host_pos[2 * s + 1] += 1
+        self._report()
+        return finished + self._collect()
+
+    def _report(self) -> None:
+        if self.on_progress is None:
+            return
+        for run in self._running.values():
+            tokens = None
+            if self.preview_every and (run.step % self.preview_every == 0) and run.step < self.n_tokens:
+                tokens = self.tokens[run.slots, : run.step].cpu()
+            self.on_progress(Progress(run.request, run.step, self.n_tokens, tokens))
+
+    def _collect(self) -> list[Result]:
+        done = [run for run in self._running.values() if run.step >= self.n_tokens]
+        return [self._release(run, "done") for run in done]
+
+    def _release(self, run: _Running, status: str, error: str | None = None) -> Result:
+        del self._running[run.request.id]
+        index = torch.tensor(run.slots, device=self.checkpoint.device)
+        self.live[index] = False
+        tokens = self.tokens[index].cpu() if status == "done" else None
+        logits = self.logits[index].cpu() if self.logits is not None and status == "done" else None
+        self._free = sorted(self._free + run.slots)
+        return Result(run.request, tokens, status=status, error=error, logits=logits)
+
+    def cancel(self, request_id: str) -> Result | None:
+        """Stop a running request; its slots are free for the next step."""
+        run = self._running.get(request_id)
+        return None if run is None else self._release(run, "cancelled")
+
+
+def generate(
+    checkpoint: Checkpoint,
+    requests: Iterable[Request],
+    *,
+    max_prompt_tokens: int = 256,
+    preview_every: int = 0,
+    record_logits: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> list[Result]:
+    """Generate all requests in one batch; the KV cache is freed before this returns (decode after)."""
+    requests = list(requests)
+    with torch.inference_mode():
+        return _generate(requests, Engine(
+        checkpoint,
+        max_batch_images=max(1, sum(r.num_images for r in requests)),
+        max_prompt_tokens=max_prompt_tokens,
+        preview_every=preview_every,
+        record_logits=record_logits,
+        on_progress=on_progress,
+    ))
+
+
+def _generate(requests: list[Request], engine: Engine) -> list[Result]:
+    results: dict[str, Result] = {}
+    engine.add(requests)
+    while engine.busy:
+        for result in engine.step():
+            results[result.request.id] = result
+    return [results[r.id] for r in requests]

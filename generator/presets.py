@@ -1,0 +1,198 @@
+"""Random-weight Janus checkpoints of any preset architecture, built the way real ones are stored."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    JanusConfig,
+    JanusForConditionalGeneration,
+    JanusImageProcessorPil,
+    JanusProcessor,
+    JanusVisionConfig,
+    JanusVQVAEConfig,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+)
+
+BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
+IMAGE, BOI, EOI = "<image_placeholder>", "<begin_of_image>", "<end_of_image>"
+SPECIAL_TOKENS = [BOS, EOS, PAD, "<|User|>", "<|Assistant|>", IMAGE, BOI, EOI]
+
+# The conversation format of the Janus checkpoints: "<|User|>: {text}\n\n<|Assistant|>:{reply}".
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% set text = message['content'] if message['content'] is string"
+    " else message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') %}"
+    "{% if message['role'] | lower == 'user' %}<|User|>: {{ text | trim }}\n\n"
+    "{% elif message['role'] | lower == 'assistant' %}<|Assistant|>:{% if text %} {{ text | trim }}{% endif %}"
+    "{% if not loop.last %}<｜end▁of▁sentence｜>{% endif %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|Assistant|>:{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of one architecture; the real presets copy the published configs."""
+
+    image_size: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    mlp: int
+    vocab: int
+    codebook: int
+    vq_channels: int
+    vq_res_blocks: int
+    vision_hidden: int
+    vision_layers: int
+    vision_heads: int
+
+
+PRESETS: dict[str, Preset] = {
+    # 96 px -> a 6x6 grid of 36 tokens: fast enough for every CPU test.
+    "tiny": Preset(96, 64, 2, 4, 4, 128, 1024, 256, 32, 1, 32, 1, 2),
+    # 192 px -> 12x12 = 144 tokens: the CPU benchmark's model.
+    "small": Preset(192, 256, 4, 8, 8, 688, 1024, 1024, 64, 1, 64, 1, 4),
+    "janus-pro-1b": Preset(384, 2048, 24, 16, 16, 5632, 102400, 16384, 128, 2, 1024, 24, 16),
+    "janus-pro-7b": Preset(384, 4096, 30, 32, 32, 11008, 102400, 16384, 128, 2, 1024, 24, 16),
+}
+
+_COLOURS = "red orange yellow green blue purple pink brown black white grey gray cyan magenta gold silver".split()
+_THINGS = (
+    "circle square triangle star heart moon sun cloud tree house lighthouse mountain river ocean cat dog bird "
+    "horse car city street forest flower garden castle robot dragon portrait landscape sky"
+).split()
+_WORDS = (
+    "a an the of in on at with and by under over near behind beside small large big tiny huge two three "
+    "top bottom left right center middle corner background foreground painting photo drawing sketch of "
+    "dusk dawn night day sunset sunrise rain snow fog light dark bright soft detailed style oil watercolor "
+    "digital art cinematic realistic abstract minimal vintage colorful beautiful old new happy quiet"
+).split()
+
+
+def _corpus(seed: int = 0) -> list[str]:
+    """English-like sentences covering the words prompts are made of."""
+    rng = random.Random(seed)
+    lines = [" ".join(words) for words in itertools.product(_COLOURS, _THINGS)]
+    for _ in range(4000):
+        lines.append(" ".join(rng.choice(_WORDS + _COLOURS + _THINGS) for _ in range(rng.randint(3, 12))))
+    return lines
+
+
+def build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with the Janus special tokens; any text encodes."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(), trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        extra_special_tokens={"image_token": IMAGE, "boi_token": BOI, "eoi_token": EOI},
+        padding_side="left",
+        model_max_length=16384,
+    )
+
+
+def build_processor(preset: Preset, tokenizer: PreTrainedTokenizerFast | None = None) -> JanusProcessor:
+    """The processor (tokenizer, image processor, chat template) that goes with a preset."""
+    tokenizer = tokenizer or build_tokenizer()
+    image_processor = JanusImageProcessorPil(size={"height": preset.image_size, "width": preset.image_size})
+    grid = preset.image_size // 16
+    return JanusProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+        num_image_tokens=grid * grid,
+    )
+
+
+def build_config(preset: Preset, tokenizer: PreTrainedTokenizerFast) -> JanusConfig:
+    """A JanusConfig of the preset's sizes whose special ids point into the tokenizer."""
+    text = LlamaConfig(
+        vocab_size=max(preset.vocab, len(tokenizer)),
+        hidden_size=preset.hidden,
+        intermediate_size=preset.mlp,
+        num_hidden_layers=preset.layers,
+        num_attention_heads=preset.heads,
+        num_key_value_heads=preset.kv_heads,
+        max_position_embeddings=16384,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    grid = preset.image_size // 16
+    vision = JanusVisionConfig(
+        hidden_size=preset.vision_hidden,
+        num_hidden_layers=preset.vision_layers,
+        num_attention_heads=preset.vision_heads,
+        image_size=preset.image_size,
+        projection_dim=preset.hidden,
+        num_image_tokens=grid * grid,
+    )
+    vq = JanusVQVAEConfig(
+        num_embeddings=preset.codebook,
+        base_channels=preset.vq_channels,
+        latent_channels=min(256, preset.vq_channels * 2),
+        num_res_blocks=preset.vq_res_blocks,
+        projection_dim=preset.hidden,
+        image_token_embed_dim=preset.hidden,
+    )
+    return JanusConfig(
+        text_config=text,
+        vision_config=vision,
+        vq_config=vq,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
+    )
+
+
+def build_model(
+    preset: str | Preset,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[JanusForConditionalGeneration, JanusProcessor]:
+    """Random weights of a preset, built in memory on `device` (no file: a 7B model stays in bf16 on the GPU)."""
+    spec = PRESETS[preset] if isinstance(preset, str) else preset
+    processor = build_processor(spec)
+    config = build_config(spec, processor.tokenizer)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = JanusForConditionalGeneration(config).to(dtype)
+    if spec.hidden <= 256:
+        # Default init gives near-uniform logits at these sizes; wider heads make greedy decoding
+        # and sampling tell tokens apart the way a trained model does.
+        with torch.no_grad():
+            model.model.generation_head.vision_head.weight.mul_(8)
+    return model.eval(), processor
+
+
+def make_model(out_dir: str | Path, preset: str = "tiny", *, seed: int = 0) -> Path:
+    """Build a random checkpoint and save it with `save_pretrained`, as the published ones are."""
+    model, processor = build_model(preset, seed=seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

@@ -1,0 +1,36 @@
+"""Prompt formatting and the classifier-free-guidance rows of the Janus text-to-image algorithm."""
+
+from __future__ import annotations
+
+import torch
+from transformers import JanusProcessor
+
+
+def format_prompt(processor: JanusProcessor, prompt: str) -> str:
+    """The conversation [user: prompt, assistant: ""] through the chat template, empty system prompt."""
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": prompt}]},
+        {"role": "assistant", "content": [{"type": "text", "text": ""}]},
+    ]
+    return processor.apply_chat_template(messages, add_generation_prompt=False)
+
+
+def encode_prompt(processor: JanusProcessor, prompt: str) -> list[int]:
+    """Token ids of the formatted prompt: BOS ... <begin_of_image>."""
+    text = format_prompt(processor, prompt)
+    ids = processor(text=text, generation_mode="image", return_tensors="pt")["input_ids"][0]
+    return ids.tolist()
+
+
+def unconditional_ids(ids: list[int], processor: JanusProcessor) -> list[int]:
+    """The same ids with every token except BOS and <begin_of_image> replaced by the pad id."""
+    tokenizer = processor.tokenizer
+    keep = {tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids(tokenizer.boi_token)}
+    return [token if token in keep else tokenizer.pad_token_id for token in ids]
+
+
+def cfg_rows(processor: JanusProcessor, prompt: str, num_images: int) -> torch.Tensor:
+    """Interleaved CFG batch for one prompt: row 2i conditional, row 2i+1 unconditional.  # [2n, L]"""
+    cond = encode_prompt(processor, prompt)
+    uncond = unconditional_ids(cond, processor)
+    return torch.tensor([cond, uncond] * num_images, dtype=torch.long)

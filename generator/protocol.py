@@ -1,0 +1,166 @@
+"""What the bot and the generator agree on; torch-free, the only generator module the bot imports."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import asdict, dataclass
+
+MAX_PROMPT_CHARS = 1000
+COUNT_RANGE = (1, 16)
+CFG_RANGE = (1.0, 10.0)
+TEMPERATURE_RANGE = (0.0, 1.5)
+SEED_MAX = 2**63 - 1
+DEFAULTS = {"count": 4, "cfg": 5.0, "temperature": 1.0}
+
+
+class OptionError(ValueError):
+    """An option out of range; the message is a sentence telling the user what to change."""
+
+
+def _number(name: str, value: float, low: float, high: float) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise OptionError(f"{name} must be a number between {low:g} and {high:g}.")
+    if not low <= value <= high:
+        raise OptionError(f"{name} must be between {low:g} and {high:g}; you gave {value:g}.")
+    return float(value)
+
+
+def check_prompt(prompt: str) -> str:
+    """The prompt, stripped; refuses empty and over-long ones."""
+    text = prompt.strip() if isinstance(prompt, str) else ""
+    if not text:
+        raise OptionError("The prompt is empty; describe the picture you want.")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise OptionError(f"The prompt is {len(text)} characters long; keep it under {MAX_PROMPT_CHARS}.")
+    return text
+
+
+def check_options(count: int, cfg: float, temperature: float, seed: int | None) -> None:
+    """Raise OptionError for the first option out of range."""
+    if isinstance(count, bool) or not isinstance(count, int) or not COUNT_RANGE[0] <= count <= COUNT_RANGE[1]:
+        raise OptionError(f"count must be a whole number from {COUNT_RANGE[0]} to {COUNT_RANGE[1]}; you gave {count}.")
+    _number("cfg", cfg, *CFG_RANGE)
+    _number("temperature", temperature, *TEMPERATURE_RANGE)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX):
+        raise OptionError(f"seed must be a whole number from 0 to {SEED_MAX}; you gave {seed}.")
+
+
+# -- messages between the bot and the generator process ---------------------------------------------
+# Each message is one JSON object with a "type" field; bytes travel base64-encoded. The wire framing
+# (one JSON object per line over the process's pipe or a local socket) belongs to generator.server.
+
+
+@dataclass(frozen=True)
+class Generate:
+    """bot -> generator: make `count` images; `prefix` forces each image's first tokens (variations)."""
+
+    job_id: str
+    prompt: str
+    count: int
+    cfg: float
+    temperature: float
+    seed: int
+    prefix: list[list[int]] | None = None  # [count][k] token ids, row-major over the token grid
+    type: str = "generate"
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """bot -> generator: stop a job; answered by Cancelled (or nothing if it already finished)."""
+
+    job_id: str
+    type: str = "cancel"
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """bot -> generator: finish the current step, then exit."""
+
+    type: str = "shutdown"
+
+
+@dataclass(frozen=True)
+class Ready:
+    """generator -> bot: the model is loaded."""
+
+    model: str
+    device: str
+    image_size: int
+    grid_size: int
+    max_batch_images: int
+    type: str = "ready"
+
+
+@dataclass(frozen=True)
+class Started:
+    job_id: str
+    type: str = "started"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """generator -> bot: `step` of `total` tokens; a PNG preview every few percent."""
+
+    job_id: str
+    step: int
+    total: int
+    preview: bytes | None = None
+    type: str = "progress"
+
+
+@dataclass(frozen=True)
+class Done:
+    """generator -> bot: one PNG and one token grid (row-major ids) per image, in image order."""
+
+    job_id: str
+    images: list[bytes]
+    tokens: list[list[int]]
+    type: str = "done"
+
+
+@dataclass(frozen=True)
+class Failed:
+    job_id: str
+    reason: str
+    type: str = "failed"
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    job_id: str
+    type: str = "cancelled"
+
+
+Message = Generate | Cancel | Shutdown | Ready | Started | Progress | Done | Failed | Cancelled
+_TYPES: dict[str, type] = {cls.__dataclass_fields__["type"].default: cls for cls in Message.__args__}
+
+
+def encode(message: Message) -> str:
+    """One line of JSON."""
+    data = {}
+    for name, value in asdict(message).items():
+        if isinstance(value, bytes):
+            value = {"b64": base64.b64encode(value).decode()}
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            value = [{"b64": base64.b64encode(v).decode()} for v in value]
+        data[name] = value
+    return json.dumps(data, separators=(",", ":"))
+
+
+def decode(line: str | bytes) -> Message:
+    """The message of one line; ValueError for anything else."""
+    data = json.loads(line)
+    cls = _TYPES.get(data.pop("type", None)) if isinstance(data, dict) else None
+    if cls is None:
+        raise ValueError(f"not a protocol message: {str(line)[:80]!r}")
+
+    def unwrap(value: object) -> object:
+        if isinstance(value, dict) and set(value) == {"b64"}:
+            return base64.b64decode(value["b64"])
+        if isinstance(value, list):
+            return [unwrap(v) for v in value]
+        return value
+
+    return cls(**{k: unwrap(v) for k, v in data.items()})

@@ -1,0 +1,3 @@
+from janus_bot.cli import main
+
+raise SystemExit(main())
