@@ -1,0 +1,37 @@
+"""The generator as the bot's core sees it: what the process client implements and test fakes imitate."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from generator.protocol import Generate, Message, Ready
+
+
+class Generator(Protocol):
+    """One image generator (a process per GPU behind a supervisor, or a fake in tests).
+
+    `events()` yields Started, Progress, Done, Failed and Cancelled for submitted jobs; every submitted
+    job ends in exactly one of Done, Failed or Cancelled. Done carries one PNG and one row-major token
+    grid per image. The iterator ends after `close()`.
+    """
+
+    async def start(self) -> Ready:
+        """Start the generator and wait until the model is loaded."""
+        ...
+
+    async def submit(self, msg: Generate) -> None:
+        """Queue a job; it starts as soon as the generator has free image slots."""
+        ...
+
+    async def cancel(self, job_id: str) -> None:
+        """Stop a job; answered by Cancelled, or by nothing if it already finished."""
+        ...
+
+    async def close(self) -> None:
+        """Let the current step finish, then stop the generator."""
+        ...
+
+    def events(self) -> AsyncIterator[Message]:
+        """Messages from the generator about submitted jobs, in the order they happened."""
+        ...
