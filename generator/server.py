@@ -1,0 +1,456 @@
+"""The generator process: load the model once, then speak the protocol over stdin/stdout.
+
+One JSON message per line: commands (Generate, Cancel, Shutdown) arrive on stdin; Ready, then job events
+(Started, Progress, Done, Failed, Cancelled) leave on stdout. Anything else the process prints goes to
+stderr, where a start-up failure is the last line, `error: <one sentence>`, with exit code 2.
+
+An asyncio loop owns the pipes; one worker thread owns the model and the engine. Two `janus` queues
+(a sync and an async side each) bridge them, as aiosqlite bridges its connection thread: commands in,
+events out. The worker runs a step whenever a job is running, takes commands between steps, admits
+queued jobs first-in first-out as image slots free up, and decodes previews and results itself, since
+they need the device too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import janus
+import torch
+
+from generator.checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve_model
+from generator.decode import decode_preview, decode_tokens, encode_image, make_grid
+from generator.engine import Engine, Request, RequestError
+from generator.engine import Progress as StepProgress
+from generator.protocol import (
+    Cancel,
+    Cancelled,
+    Done,
+    Failed,
+    Generate,
+    Message,
+    Progress,
+    Ready,
+    Shutdown,
+    Started,
+    decode,
+    encode,
+)
+
+log = logging.getLogger("generator")
+
+LINE_LIMIT = 64 * 2**20  # longest command line read; a Generate with a full 16-image prefix is ~100 KiB
+PREVIEW_SIZE = 768  # longer side of a preview grid, in pixels
+EXIT_LOAD_FAILED = 2
+EXIT_DEVICE_FAILED = 3
+
+
+class DeviceFailure(Exception):
+    """The device is unusable (a CUDA error, not out-of-memory); the process must exit and be restarted."""
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def is_device_failure(err: BaseException) -> bool:
+    """Whether an error leaves the device unusable: a sticky CUDA error, unlike out-of-memory."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return False
+    return isinstance(err, torch.AcceleratorError) or "CUDA error" in str(err)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the worker builds (and after a failure, rebuilds) its engine."""
+
+    max_batch_images: int = 16
+    preview_every: int = 0  # steps between previews; 0 = none
+
+
+def default_preview_every(checkpoint: Checkpoint) -> int:
+    """A preview every 5% of an image's tokens."""
+    return max(1, round(checkpoint.num_image_tokens / 20))
+
+
+# -- worker thread ----------------------------------------------------------------------------------
+
+
+class Worker(threading.Thread):
+    """Owns the engine: takes commands from `inbox`, puts events on `outbox`, then None when it stops."""
+
+    def __init__(self, checkpoint: Checkpoint, options: EngineOptions,
+                 inbox: janus.SyncQueue[Message], outbox: janus.SyncQueue[Message | None],
+                 step_delay: float = 0.0) -> None:
+        super().__init__(name="generator-worker", daemon=True)
+        self.checkpoint = checkpoint
+        self.options = options
+        self.inbox = inbox
+        self.outbox = outbox
+        self.step_delay = step_delay  # seconds slept after each step; crash tests use it to catch a job mid-way
+        self.codebook = int(checkpoint.model.config.vq_config.num_embeddings)
+        self.pending: deque[Request] = deque()
+        self.running: dict[str, Request] = {}
+        self.percent: dict[str, int] = {}
+        self.reports: list[StepProgress] = []
+        with torch.inference_mode():
+            self.engine = self._new_engine()
+        self.dirty = False  # an admission failed half-way; rebuild the engine once it is idle
+        self.stopping = False
+        self.exit_code = 0
+
+    def _new_engine(self) -> Engine:
+        return Engine(self.checkpoint, max_batch_images=self.options.max_batch_images,
+                      preview_every=self.options.preview_every, on_progress=self.reports.append)
+
+
+    def run(self) -> None:
+        try:
+            with torch.inference_mode():
+                while not self.stopping:
+                    self._take_commands(block=not self.engine.busy and not self.pending)
+                    if self.stopping:
+                        break
+                    if self.dirty and not self.engine.busy:
+                        self._rebuild()
+                    self._admit()
+                    if self.engine.busy:
+                        self._step()
+        except DeviceFailure as err:
+            log.error("device failure, exiting so the bot restarts the generator: %s", err)
+            self.exit_code = EXIT_DEVICE_FAILED
+        except Exception as err:  # a bug in this loop: one line, and the supervisor restarts the process
+            log.error("worker stopped: %s: %s", type(err).__name__, one_line(err))
+            self.exit_code = 1
+        unfinished = len(self.running) + len(self.pending)
+        if unfinished:
+            log.info("stopping with %d unfinished job(s)", unfinished)
+        self.outbox.put(None)
+
+    def _send(self, message: Message) -> None:
+        self.outbox.put(message)
+
+    # -- commands --
+
+    def _take_commands(self, block: bool) -> None:
+        commands = [self.inbox.get()] if block else []
+        while True:
+            try:
+                commands.append(self.inbox.get_nowait())
+            except janus.SyncQueueEmpty:
+                break
+        for command in commands:
+            if isinstance(command, Generate):
+                self._queue(command)
+            elif isinstance(command, Cancel):
+                self._cancel(command.job_id)
+            elif isinstance(command, Shutdown):
+                self.stopping = True  # commands after it are ignored; the current step has finished
+
+    def _queue(self, msg: Generate) -> None:
+        if msg.job_id in self.running or any(r.id == msg.job_id for r in self.pending):
+            log.warning("job %s is already queued or running; ignored the second Generate", msg.job_id)
+            return
+        try:
+            request = self._request(msg)
+            self.engine.validate(request)
+        except RequestError as err:
+            self._send(Failed(msg.job_id, str(err)))
+            return
+        except Exception as err:
+            self._send(Failed(msg.job_id, f"The job could not be read ({one_line(err)}); check its options."))
+            return
+        self.pending.append(request)
+
+    def _request(self, msg: Generate) -> Request:
+        """An engine request for a Generate message; RequestError says what is wrong with it."""
+        if not isinstance(msg.prompt, str):
+            raise RequestError("The prompt must be text.")
+        if isinstance(msg.count, bool) or not isinstance(msg.count, int):
+            raise RequestError(f"The image count must be a whole number, not {msg.count!r}.")
+        if isinstance(msg.seed, bool) or not isinstance(msg.seed, int):
+            raise RequestError(f"The seed must be a whole number, not {msg.seed!r}.")
+        for name, value in (("guidance weight", msg.cfg), ("temperature", msg.temperature)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RequestError(f"The {name} must be a number, not {value!r}.")
+        return Request(msg.prompt, num_images=msg.count, cfg=float(msg.cfg), temperature=float(msg.temperature),
+                       seed=msg.seed, prefix=self._prefix(msg), id=msg.job_id)
+
+    def _prefix(self, msg: Generate) -> torch.Tensor | None:
+        if msg.prefix is None:
+            return None
+        rows = msg.prefix
+        ok = isinstance(rows, list) and len(rows) in (1, msg.count) and all(
+            isinstance(row, list) and len(row) == len(rows[0]) and all(
+                isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.codebook for t in row)
+            for row in rows
+        )
+        if not ok:
+            raise RequestError(
+                f"A token prefix must be one list of token ids per image (or one for all), all of the same "
+                f"length, each id from 0 to {self.codebook - 1}."
+            )
+        prefix = torch.tensor(rows, dtype=torch.long)  # [count or 1, k]
+        return prefix[0] if len(rows) == 1 else prefix
+
+    def _cancel(self, job_id: str) -> None:
+        for request in self.pending:
+            if request.id == job_id:
+                self.pending.remove(request)
+                self._send(Cancelled(job_id))
+                return
+        if job_id in self.running:
+            self.engine.cancel(job_id)
+            self._forget(job_id)
+            self._send(Cancelled(job_id))
+
+    def _forget(self, job_id: str) -> None:
+        self.running.pop(job_id, None)
+        self.percent.pop(job_id, None)
+
+    # -- engine --
+
+    def _admit(self) -> None:
+        """Add queued jobs, oldest first, while they fit; a job that does not fit waits for the next free slots."""
+        batch: list[Request] = []
+        free = self.engine.free_images
+        while self.pending and self.pending[0].num_images <= free:
+            request = self.pending.popleft()
+            free -= request.num_images
+            batch.append(request)
+        if not batch:
+            return
+        try:
+            self.engine.add(batch)
+        except Exception as err:
+            if is_device_failure(err):
+                raise DeviceFailure(one_line(err)) from None
+            log.warning("admitting %d job(s) failed: %s", len(batch), one_line(err))
+            self.reports.clear()
+            self.dirty = True
+            for request in batch:
+                self._send(Failed(request.id, f"The generator could not start this job ({one_line(err)}); "
+                                              f"try again, perhaps with fewer images."))
+            return
+        for request in batch:
+            self.running[request.id] = request
+            self.percent[request.id] = -1
+            self._send(Started(request.id))
+        self._report()
+
+    def _step(self) -> None:
+        try:
+            results = self.engine.step()
+        except Exception as err:
+            if is_device_failure(err):
+                raise DeviceFailure(one_line(err)) from None
+            log.warning("step failed for %d job(s): %s", len(self.running), one_line(err))
+            reason = f"The generator failed while making these images ({one_line(err)}); try again."
+            for job_id in list(self.running):
+                self._forget(job_id)
+                self._send(Failed(job_id, reason))
+            self._rebuild()
+            return
+        self._report()
+        for result in results:
+            self._forget(result.request.id)
+            if result.status == "done" and result.tokens is not None:
+                self._finish(result.request, result.tokens)
+        if self.step_delay:
+            time.sleep(self.step_delay)
+
+    def _rebuild(self) -> None:
+        """A fresh engine after a failure: nothing half-written survives into the next job."""
+        self.reports.clear()
+        del self.engine
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.engine = self._new_engine()
+        self.dirty = False
+
+    def _report(self) -> None:
+        """Progress for each running job when its percentage moves, with a preview when the engine gave tokens."""
+        reports = list(self.reports)
+        self.reports.clear()
+        for report in reports:
+            job_id = report.request.id
+            if job_id not in self.running:
+                continue
+            percent = report.step * 100 // report.total
+            if report.tokens is None and percent == self.percent[job_id]:
+                continue
+            self.percent[job_id] = percent
+            preview = None if report.tokens is None else self._preview(job_id, report.tokens)
+            self._send(Progress(job_id, report.step, report.total, preview))
+
+    def _preview(self, job_id: str, tokens: torch.Tensor) -> bytes | None:
+        try:
+            grid = make_grid(decode_preview(self.checkpoint, tokens))
+            scale = PREVIEW_SIZE / max(grid.size)
+            if scale < 1:
+                grid = grid.resize((round(grid.width * scale), round(grid.height * scale)))
+            return encode_image(grid)
+        except Exception as err:
+            if is_device_failure(err):
+                raise DeviceFailure(one_line(err)) from None
+            log.warning("preview of job %s failed: %s", job_id, one_line(err))
+            return None
+
+    def _finish(self, request: Request, tokens: torch.Tensor) -> None:
+        try:
+            images = [encode_image(image) for image in decode_tokens(self.checkpoint, tokens)]
+        except Exception as err:
+            if is_device_failure(err):
+                raise DeviceFailure(one_line(err)) from None
+            log.warning("decoding job %s failed: %s", request.id, one_line(err))
+            self._send(Failed(request.id, f"The images could not be decoded ({one_line(err)}); try again."))
+            return
+        self._send(Done(request.id, images, tokens.tolist()))
+
+
+# -- event loop -------------------------------------------------------------------------------------
+
+
+async def _read_commands(reader: asyncio.StreamReader, inbox: janus.AsyncQueue[Message]) -> None:
+    """Commands from stdin into the worker's inbox; end of input (the bot is gone) means Shutdown."""
+    while True:
+        try:
+            line = await reader.readline()
+        except ValueError:  # longer than LINE_LIMIT: the rest of the line is dropped
+            log.warning("ignored a command longer than %d bytes", LINE_LIMIT)
+            continue
+        if not line:
+            break
+        if not line.strip():
+            continue
+        try:
+            message = decode(line)
+        except (ValueError, TypeError) as err:
+            log.warning("ignored a line that is not a command: %s", one_line(err))
+            continue
+        if not isinstance(message, Generate | Cancel | Shutdown):
+            log.warning("ignored a %s message: only generate, cancel and shutdown are commands", message.type)
+            continue
+        await inbox.put(message)
+        if isinstance(message, Shutdown):
+            return
+    await inbox.put(Shutdown())
+
+
+async def serve(checkpoint: Checkpoint, options: EngineOptions, stdin: BinaryIO, stdout: BinaryIO, *,
+                step_delay: float = 0.0) -> int:
+    """Send Ready, run jobs until Shutdown or end of input; the exit code."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=LINE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, stdout)
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+
+    inbox: janus.Queue[Message] = janus.Queue()
+    outbox: janus.Queue[Message | None] = janus.Queue()
+    worker = Worker(checkpoint, options, inbox.sync_q, outbox.sync_q, step_delay=step_delay)
+    loop.add_signal_handler(signal.SIGTERM, inbox.async_q.put_nowait, Shutdown())
+
+    ready = Ready(model=checkpoint.name, device=str(checkpoint.device), image_size=checkpoint.image_size,
+                  grid_size=checkpoint.grid_size, max_batch_images=options.max_batch_images)
+    writer.write(encode(ready).encode() + b"\n")
+    await writer.drain()
+    log.info("ready: %s on %s, %d image slots", checkpoint.name, checkpoint.device, options.max_batch_images)
+
+    worker.start()
+    commands = asyncio.create_task(_read_commands(reader, inbox.async_q))
+    try:
+        while (event := await outbox.async_q.get()) is not None:
+            writer.write(encode(event).encode() + b"\n")
+            await writer.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        log.info("the bot closed the pipe; stopping")
+        inbox.async_q.put_nowait(Shutdown())
+    finally:
+        commands.cancel()
+        await asyncio.to_thread(worker.join)
+        inbox.close()
+        outbox.close()
+    writer.close()
+    return worker.exit_code
+
+
+# -- command line -----------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m generator", description="The janus-bot generator process.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="load a model, then run jobs sent as JSON lines on stdin")
+    serve.add_argument("--model", help="hub id or checkpoint directory (default: the built-in model)")
+    serve.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    serve.add_argument("--dtype", help="auto, bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    serve.add_argument("--max-batch-images", type=int, default=16, metavar="N",
+                       help="image slots sampled together, across jobs (default 16)")
+    serve.add_argument("--preview-every", type=int, metavar="K",
+                       help="steps between preview images; 0 for none (default: every 5%% of the tokens)")
+    serve.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # crash tests only
+    return parser
+
+
+def _protocol_stdout() -> BinaryIO:
+    """The real stdout for protocol lines; fd 1 is pointed at stderr so a stray print cannot corrupt them."""
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    out = _protocol_stdout()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the bot, which sends Shutdown
+
+    if args.max_batch_images < 1:
+        return _fail(f"--max-batch-images must be at least 1; you gave {args.max_batch_images}.")
+    if args.preview_every is not None and args.preview_every < 0:
+        return _fail(f"--preview-every must be 0 or more; you gave {args.preview_every}.")
+    started = time.perf_counter()
+    try:
+        device = None if args.device in (None, "", "auto") else args.device
+        checkpoint = load_checkpoint(resolve_model(args.model or None), device=device, dtype=args.dtype)
+    except CheckpointError as err:
+        return _fail(str(err))
+    except (RuntimeError, ValueError) as err:  # e.g. --device cuda on a machine without CUDA
+        return _fail(f"Cannot use device {args.device!r}: {one_line(err)}")
+    except Exception as err:
+        return _fail(f"The model could not be loaded: {type(err).__name__}: {one_line(err)}")
+    preview_every = default_preview_every(checkpoint) if args.preview_every is None else args.preview_every
+    options = EngineOptions(max_batch_images=args.max_batch_images, preview_every=preview_every)
+    log.info("loaded in %.1fs", time.perf_counter() - started)
+    try:
+        return asyncio.run(serve(checkpoint, options, sys.stdin.buffer, out, step_delay=args.step_delay))
+    except torch.OutOfMemoryError:
+        return _fail(f"The device has too little memory for {options.max_batch_images} image slots; "
+                     f"lower --max-batch-images.")
+    except Exception as err:  # before Ready this is the start-up error the bot reports
+        print(f"error: The generator stopped: {type(err).__name__}: {one_line(err)}", file=sys.stderr, flush=True)
+        return 1
+
+
+def _fail(sentence: str) -> int:
+    print(f"error: {sentence}", file=sys.stderr, flush=True)
+    return EXIT_LOAD_FAILED
