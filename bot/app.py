@@ -1,0 +1,109 @@
+"""The running bot assembled from settings: store, generator and service, with a clean shutdown on signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from types import TracebackType
+
+from bot.config import Settings
+from bot.generator import Generator
+from bot.ratelimit import Clock
+from bot.service import Hook, Service
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def process_generator(settings: Settings) -> Generator:
+    """The supervised `python -m generator serve` process for the configured model."""
+    from bot.generator_client import GeneratorProcess
+
+    return GeneratorProcess(
+        settings.model.name or None,
+        device=settings.model.device,
+        dtype=settings.model.dtype,
+        max_batch_images=settings.generator.max_batch_images,
+        start_timeout=settings.generator.start_timeout_s,
+        shutdown_grace=settings.bot.shutdown_grace_s,
+    )
+
+
+class App:
+    """`async with App(settings) as app:` opens the store, starts the generator and the service; adapters
+    use `app.service`. Leaving the block shuts down in order: stop accepting, finish or persist, close."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        generator: Generator | None = None,
+        *,
+        on_recovered: Hook | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._generator = generator
+        self._on_recovered = on_recovered
+        self._clock = clock
+        self._store: Store | None = None
+        self._service: Service | None = None
+
+    @property
+    def service(self) -> Service:
+        """The service adapters call."""
+        assert self._service is not None, "use App inside `async with`"
+        return self._service
+
+    async def __aenter__(self) -> App:
+        self._store = await Store.open(self.settings.bot.data_dir)
+        generator = self._generator or process_generator(self.settings)
+        self._service = Service(
+            self.settings, self._store, generator, clock=self._clock, on_recovered=self._on_recovered
+        )
+        try:
+            await self._service.start()
+        except BaseException:
+            await generator.close()
+            await self._store.close()
+            raise
+        ready = self._service.ready
+        assert ready is not None
+        log.info("ready: %s on %s, %d image slots", ready.model, ready.device, ready.max_batch_images)
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self._service is not None:
+                await self._service.close()
+        finally:
+            if self._store is not None:
+                await self._store.close()
+
+
+async def until_signalled() -> signal.Signals:
+    """Wait for SIGTERM or SIGINT; the one that came."""
+    loop = asyncio.get_running_loop()
+    came: asyncio.Future[signal.Signals] = loop.create_future()
+
+    def arrived(sig: signal.Signals) -> None:
+        if not came.done():
+            came.set_result(sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, arrived, sig)
+    try:
+        return await came
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def run(settings: Settings) -> None:
+    """Run the bot until SIGTERM or SIGINT, then shut down gracefully."""
+    async with App(settings):
+        sig = await until_signalled()
+        log.info("%s: shutting down", sig.name)

@@ -1,0 +1,129 @@
+"""Settings from one TOML file (immutable, validated) plus secrets from environment variables."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from generator.protocol import CFG_RANGE, COUNT_RANGE, TEMPERATURE_RANGE
+
+
+class ConfigError(ValueError):
+    """Bad configuration; the message is one line naming the file, the key and the problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSettings(_Section):
+    name: str = ""
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+class GeneratorSettings(_Section):
+    max_batch_images: int = Field(default=16, ge=1, le=256)
+    start_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class BotSettings(_Section):
+    data_dir: Path = Path("data")
+    admins: tuple[str, ...] = ()
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+
+    @field_validator("admins")
+    @classmethod
+    def _platform_prefixed(cls, admins: tuple[str, ...]) -> tuple[str, ...]:
+        for admin in admins:
+            platform, _, user = admin.partition(":")
+            if not platform or not user:
+                raise ValueError(f'"{admin}" should look like "discord:<user id>" or "slack:<user id>"')
+        return admins
+
+
+class DefaultSettings(_Section):
+    count: int = Field(default=4, ge=COUNT_RANGE[0], le=COUNT_RANGE[1])
+    cfg: float = Field(default=5.0, ge=CFG_RANGE[0], le=CFG_RANGE[1])
+    temperature: float = Field(default=1.0, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])
+
+
+class LimitSettings(_Section):
+    jobs_per_period: int = Field(default=10, ge=1)
+    period_s: float = Field(default=600.0, gt=0)
+    max_queued_per_user: int = Field(default=3, ge=1)
+    max_running_per_user: int = Field(default=1, ge=1)
+    queue_cap: int = Field(default=100, ge=1)
+
+
+class BlocklistSettings(_Section):
+    words: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+
+
+class ImageSettings(_Section):
+    upscale_px: int = Field(default=1024, ge=64, le=4096)
+
+
+class Secrets(_Section):
+    discord_token: str | None = None
+    slack_bot_token: str | None = None
+    slack_app_token: str | None = None
+    slack_signing_secret: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Secrets:
+        """Secrets from JANUS_BOT_* environment variables; empty ones count as unset."""
+        return cls(**{name: env.get(f"JANUS_BOT_{name.upper()}") or None for name in cls.model_fields})
+
+
+class Settings(_Section):
+    model: ModelSettings = ModelSettings()
+    generator: GeneratorSettings = GeneratorSettings()
+    bot: BotSettings = BotSettings()
+    defaults: DefaultSettings = DefaultSettings()
+    limits: LimitSettings = LimitSettings()
+    blocklist: BlocklistSettings = BlocklistSettings()
+    images: ImageSettings = ImageSettings()
+    secrets: Secrets = Field(default=Secrets(), exclude=True)
+
+    @property
+    def database(self) -> Path:
+        """The SQLite file under the data directory."""
+        return self.bot.data_dir / "janus-bot.db"
+
+
+def _one_line(source: str, error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key (config.example.toml lists every key)"
+    return f"{source}: {key}: {message}"
+
+
+def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the TOML file at `path` (defaults when None) and secrets from `env`."""
+    env = os.environ if env is None else env
+    data: dict[str, object] = {}
+    source = str(path) if path else "defaults"
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file (copy config.example.toml to start)") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: cannot read: {error}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    if "secrets" in data:
+        raise ConfigError(f"{source}: secrets: keep tokens out of the file; set JANUS_BOT_* environment variables")
+    try:
+        settings = Settings.model_validate(data)
+        return settings.model_copy(update={"secrets": Secrets.from_env(env)})
+    except ValidationError as error:
+        raise ConfigError(_one_line(source, error)) from None

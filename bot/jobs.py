@@ -1,0 +1,170 @@
+"""The vocabulary every adapter shares: who asked, what they asked for, the job and its events."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from generator.protocol import OptionError, check_options, check_prompt
+
+
+class Refused(Exception):
+    """A request the bot will not take; the message is a sentence for the user, saying when to retry."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        """Whether the job can no longer change."""
+        return self in (Status.DONE, Status.FAILED, Status.CANCELLED)
+
+
+class Kind(StrEnum):
+    IMAGINE = "imagine"
+    REROLL = "reroll"
+    UPSCALE = "upscale"
+    VARIATION = "variation"
+
+
+class Strength(StrEnum):
+    SUBTLE = "subtle"
+    STRONG = "strong"
+
+    @property
+    def kept(self) -> float:
+        """The share of the token grid's rows a variation keeps from its source image."""
+        return 0.75 if self is Strength.SUBTLE else 0.25
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asked and where: a user in a channel of a server (Discord guild or Slack workspace)."""
+
+    platform: str
+    server: str
+    channel: str
+    user: str
+    is_admin: bool = False  # an admin of this server, as the platform says
+
+    @property
+    def user_key(self) -> str:
+        """The user across servers of one platform."""
+        return f"{self.platform}:{self.user}"
+
+
+@dataclass(frozen=True)
+class Options:
+    count: int
+    cfg: float
+    temperature: float
+    seed: int | None = None
+
+    @classmethod
+    def checked(cls, count: int, cfg: float, temperature: float, seed: int | None) -> Options:
+        """Options in range, or Refused with a sentence saying which one to change."""
+        try:
+            check_options(count, cfg, temperature, seed)
+        except OptionError as error:
+            raise Refused(str(error)) from None
+        return cls(count, float(cfg), float(temperature), seed)
+
+
+def checked_prompt(prompt: str) -> str:
+    """The stripped prompt, or Refused with a sentence saying what is wrong with it."""
+    try:
+        return check_prompt(prompt)
+    except OptionError as error:
+        raise Refused(str(error)) from None
+
+
+def new_job_id() -> str:
+    """A short id that is safe in button custom ids and file names."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request and where it stands; `seed` is always set (picked at submit when the user gave none)."""
+
+    id: str
+    requester: Requester
+    prompt: str
+    options: Options
+    seed: int
+    created_at: float
+    kind: Kind = Kind.IMAGINE
+    parent_id: str | None = None
+    parent_index: int | None = None  # the source image of an upscale or variation
+    strength: Strength | None = None  # variations only
+    status: Status = Status.QUEUED
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    grid_path: str | None = None  # relative to the data directory
+    delivered: bool = False
+
+
+@dataclass(frozen=True)
+class Image:
+    """One stored image of a finished job."""
+
+    job_id: str
+    index: int
+    path: str  # relative to the data directory
+    seed: int
+    tokens: list[int] = field(repr=False)  # row-major token grid
+
+
+# -- events a handle streams; exactly one final event (Done, Failed or Cancelled) ends each stream --
+
+
+@dataclass(frozen=True)
+class Queued:
+    job_id: str
+    position: int  # 1 is next
+
+
+@dataclass(frozen=True)
+class Started:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    job_id: str
+    percent: int
+    preview: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Done:
+    job_id: str
+    seed: int
+    grid: bytes = field(repr=False)
+    images: list[bytes] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Failed:
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    job_id: str
+
+
+Event = Queued | Started | Progress | Done | Failed | Cancelled
+FINAL_EVENTS = (Done, Failed, Cancelled)

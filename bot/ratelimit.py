@@ -1,0 +1,101 @@
+"""Who may queue a job now: per-user token buckets, queue caps and the prompt blocklist."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable
+
+from bot.config import LimitSettings
+from bot.jobs import Refused
+
+Clock = Callable[[], float]  # seconds, monotonic
+_EPSILON = 1e-9
+QUEUE_FULL_RETRY_S = 60.0
+
+
+def duration(seconds: float) -> str:
+    """A wait as words: "1 second", "45 seconds", "3 minutes", "2 hours"."""
+    for unit, size in (("hour", 3600.0), ("minute", 60.0), ("second", 1.0)):
+        if seconds >= 1.5 * size or unit == "second":
+            n = max(1, math.ceil(seconds / size - _EPSILON))
+            return f"{n} {unit}" + ("" if n == 1 else "s")
+    raise AssertionError(seconds)
+
+
+class TokenBucket:
+    """Per-key buckets of `capacity` tokens, each refilled continuously over `period` seconds."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
+
+    def _tokens(self, key: str, capacity: int, period: float) -> float:
+        now = self._clock()
+        tokens, when = self._buckets.get(key, (float(capacity), now))
+        return min(float(capacity), tokens + (now - when) * capacity / period)
+
+    def wait(self, key: str, capacity: int, period: float) -> float:
+        """Seconds until `key` has a token (0 when it has one now)."""
+        tokens = self._tokens(key, capacity, period)
+        return 0.0 if tokens >= 1 - _EPSILON else (1 - tokens) * period / capacity
+
+    def take(self, key: str, capacity: int, period: float) -> float:
+        """Take a token and return 0, or take nothing and return the seconds until one is there."""
+        wait = self.wait(key, capacity, period)
+        if wait == 0:
+            self._buckets[key] = (max(0.0, self._tokens(key, capacity, period) - 1), self._clock())
+        return wait
+
+
+class Blocklist:
+    """Words (whole words) and regular expressions, matched case-insensitively."""
+
+    def __init__(self, words: Iterable[str] = (), patterns: Iterable[str] = ()) -> None:
+        self._checks = [
+            re.compile(rf"(?<!\w){re.escape(word.strip())}(?!\w)", re.IGNORECASE) for word in words if word.strip()
+        ]
+        self._checks += [compile_pattern(pattern) for pattern in patterns]
+
+    def match(self, prompt: str) -> str | None:
+        """The first blocked text found in the prompt, if any."""
+        for check in self._checks:
+            found = check.search(prompt)
+            if found:
+                return found.group(0)
+        return None
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """A case-insensitive regex, or Refused with a sentence saying why it is not one."""
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error as error:
+        raise Refused(f"That is not a valid regular expression ({error}); fix it and try again.") from None
+
+
+class RateLimiter:
+    """Refuses a job the user may not queue now, saying why and when to try again; admins are exempt."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.buckets = TokenBucket(clock)
+
+    def admit(self, key: str, limits: LimitSettings, *, admin: bool, queued: int, queue_total: int) -> None:
+        """Take one job from `key`'s bucket, or raise Refused; `queued` counts that user's waiting jobs."""
+        if queue_total >= limits.queue_cap:
+            raise Refused(
+                f"The queue is full ({queue_total} jobs waiting); try again in about a minute.",
+                QUEUE_FULL_RETRY_S,
+            )
+        if admin:
+            return
+        if queued >= limits.max_queued_per_user:
+            jobs = "job" if queued == 1 else "jobs"
+            raise Refused(f"You already have {queued} {jobs} waiting; try again when one of them starts.")
+        wait = self.buckets.take(key, limits.jobs_per_period, limits.period_s)
+        if wait:
+            raise Refused(
+                f"You can start {limits.jobs_per_period} jobs every {duration(limits.period_s)}; "
+                f"try again in {duration(wait)}.",
+                wait,
+            )

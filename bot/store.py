@@ -1,0 +1,371 @@
+"""Everything the bot keeps: one SQLite file (WAL) with versioned migrations, and images under the data directory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiosqlite
+
+from bot.jobs import Image, Job, Kind, Options, Requester, Status, Strength
+
+# Each entry takes the schema from version i to i + 1; never edit a released entry, append a new one.
+MIGRATIONS: list[str] = [
+    # 1: jobs and their images
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        platform TEXT NOT NULL, server TEXT NOT NULL, channel TEXT NOT NULL, user TEXT NOT NULL,
+        is_admin INTEGER NOT NULL,
+        prompt TEXT NOT NULL, count INTEGER NOT NULL, cfg REAL NOT NULL, temperature REAL NOT NULL,
+        requested_seed INTEGER, seed INTEGER NOT NULL,
+        kind TEXT NOT NULL, parent_id TEXT, parent_index INTEGER, strength TEXT,
+        status TEXT NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL,
+        error TEXT, grid_path TEXT
+    );
+    CREATE INDEX jobs_by_status ON jobs (status, created_at);
+    CREATE TABLE images (
+        job_id TEXT NOT NULL REFERENCES jobs (id),
+        idx INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        tokens BLOB NOT NULL,  -- row-major uint32 little-endian
+        PRIMARY KEY (job_id, idx)
+    );
+    """,
+    # 2: delivery tracking, per-server settings, bans, usage counters and the audit log
+    """
+    ALTER TABLE jobs ADD COLUMN delivered INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET delivered = 1 WHERE status IN ('done', 'failed', 'cancelled');
+    CREATE TABLE server_settings (
+        platform TEXT NOT NULL, server TEXT NOT NULL, key TEXT NOT NULL,
+        value TEXT NOT NULL,  -- JSON
+        PRIMARY KEY (platform, server, key)
+    );
+    CREATE TABLE bans (
+        platform TEXT NOT NULL, server TEXT NOT NULL, user TEXT NOT NULL,
+        reason TEXT NOT NULL, banned_by TEXT NOT NULL, at REAL NOT NULL,
+        PRIMARY KEY (platform, server, user)
+    );
+    CREATE TABLE usage (
+        platform TEXT NOT NULL, server TEXT NOT NULL, user TEXT NOT NULL, day TEXT NOT NULL,
+        jobs INTEGER NOT NULL, images INTEGER NOT NULL,
+        PRIMARY KEY (platform, server, user, day)
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL, platform TEXT NOT NULL, server TEXT NOT NULL, actor TEXT NOT NULL,
+        action TEXT NOT NULL, detail TEXT NOT NULL  -- JSON
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+_Statement = tuple[str, tuple[Any, ...]]
+
+_JOB_COLUMNS = (
+    "id, platform, server, channel, user, is_admin, prompt, count, cfg, temperature, requested_seed, seed, "
+    "kind, parent_id, parent_index, strength, status, created_at, started_at, finished_at, error, grid_path, "
+    "delivered"
+)
+
+
+@dataclass(frozen=True)
+class Ban:
+    platform: str
+    server: str
+    user: str
+    reason: str
+    banned_by: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Usage:
+    user: str
+    jobs: int
+    images: int
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: float
+    platform: str
+    server: str
+    actor: str
+    action: str
+    detail: dict[str, Any]
+
+
+def _pack(tokens: list[int]) -> bytes:
+    packed = array("I", tokens)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _unpack(blob: bytes) -> list[int]:
+    packed = array("I")
+    packed.frombytes(blob)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tolist()
+
+
+def _job_row(job: Job) -> tuple[Any, ...]:
+    r, o = job.requester, job.options
+    return (
+        job.id, r.platform, r.server, r.channel, r.user, int(r.is_admin), job.prompt, o.count, o.cfg, o.temperature,
+        o.seed, job.seed, job.kind.value, job.parent_id, job.parent_index, job.strength and job.strength.value,
+        job.status.value, job.created_at, job.started_at, job.finished_at, job.error, job.grid_path, int(job.delivered),
+    )  # fmt: skip
+
+
+def _job(row: aiosqlite.Row) -> Job:
+    return Job(
+        id=row["id"],
+        requester=Requester(row["platform"], row["server"], row["channel"], row["user"], bool(row["is_admin"])),
+        prompt=row["prompt"],
+        options=Options(row["count"], row["cfg"], row["temperature"], row["requested_seed"]),
+        seed=row["seed"],
+        created_at=row["created_at"],
+        kind=Kind(row["kind"]),
+        parent_id=row["parent_id"],
+        parent_index=row["parent_index"],
+        strength=Strength(row["strength"]) if row["strength"] else None,
+        status=Status(row["status"]),
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        error=row["error"],
+        grid_path=row["grid_path"],
+        delivered=bool(row["delivered"]),
+    )
+
+
+async def migrate(db: aiosqlite.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Bring the schema up to `target`, one committed step per version; the version reached."""
+    async with db.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"the database is at schema version {version}, newer than this bot ({SCHEMA_VERSION})")
+    for step in range(version, target):
+        await db.executescript(f"BEGIN;\n{MIGRATIONS[step]}\nPRAGMA user_version = {step + 1};\nCOMMIT;")
+        version = step + 1
+    return version
+
+
+class Store:
+    """The bot's database and image files; writes are serialised so each is one whole transaction."""
+
+    def __init__(self, db: aiosqlite.Connection, data_dir: Path) -> None:
+        self._db = db
+        self.data_dir = data_dir
+        self._write = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, data_dir: Path, target: int = SCHEMA_VERSION) -> Store:
+        """Open (creating and migrating) the database under `data_dir`."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(data_dir / "janus-bot.db", isolation_level=None)
+        try:
+            db.row_factory = aiosqlite.Row
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")  # WAL: a process crash loses nothing committed
+            await db.execute("PRAGMA foreign_keys = ON")
+            await migrate(db, target)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, data_dir)
+
+    async def close(self) -> None:
+        """Close the database."""
+        await self._db.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def version(self) -> int:
+        """The schema version of the open database."""
+        return int((await self._one("PRAGMA user_version"))[0])
+
+    async def _one(self, sql: str, args: Iterable[Any] = ()) -> aiosqlite.Row:
+        async with self._db.execute(sql, tuple(args)) as cursor:
+            row = await cursor.fetchone()
+        assert row is not None, sql
+        return row
+
+    async def _all(self, sql: str, args: Iterable[Any] = ()) -> list[aiosqlite.Row]:
+        async with self._db.execute(sql, tuple(args)) as cursor:
+            return list(await cursor.fetchall())
+
+    async def _transaction(self, statements: list[_Statement]) -> None:
+        async with self._write:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in statements:
+                    await self._db.execute(sql, args)
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    # -- jobs and images --
+
+    async def add_job(self, job: Job) -> None:
+        """Insert a new job."""
+        marks = ", ".join("?" * len(_JOB_COLUMNS.split(",")))
+        await self._transaction([(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({marks})", _job_row(job))])
+
+    async def update_job(self, job: Job) -> None:
+        """Write a job's changing fields: status, times, error, grid and delivery."""
+        await self._transaction([_update(job)])
+
+    async def finish_job(self, job: Job, images: list[Image]) -> None:
+        """Record a finished job, its images and its usage in one transaction."""
+        r = job.requester
+        day = time.strftime("%Y-%m-%d", time.gmtime(job.finished_at or time.time()))
+        statements: list[_Statement] = [
+            (
+                "INSERT OR REPLACE INTO images (job_id, idx, path, seed, tokens) VALUES (?, ?, ?, ?, ?)",
+                (image.job_id, image.index, image.path, image.seed, _pack(image.tokens)),
+            )
+            for image in images
+        ]
+        statements.append(_update(job))
+        statements.append(
+            (
+                "INSERT INTO usage (platform, server, user, day, jobs, images) VALUES (?, ?, ?, ?, 1, ?) "
+                "ON CONFLICT DO UPDATE SET jobs = jobs + 1, images = images + excluded.images",
+                (r.platform, r.server, r.user, day, len(images)),
+            )
+        )
+        await self._transaction(statements)
+
+    async def job(self, job_id: str) -> Job | None:
+        """The job with this id, if any."""
+        rows = await self._all(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    async def jobs(self, *statuses: Status) -> list[Job]:
+        """Jobs in any of these statuses, oldest first."""
+        marks = ", ".join("?" * len(statuses))
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN ({marks}) ORDER BY created_at, rowid"
+        return [_job(row) for row in await self._all(sql, [s.value for s in statuses])]
+
+    async def undelivered(self) -> list[Job]:
+        """Finished jobs whose result has not reached the chat yet, oldest first."""
+        sql = (
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE delivered = 0 AND status IN ('done', 'failed', 'cancelled') "
+            "ORDER BY created_at, rowid"
+        )
+        return [_job(row) for row in await self._all(sql)]
+
+    async def images(self, job_id: str) -> list[Image]:
+        """The stored images of a job, in order."""
+        rows = await self._all("SELECT * FROM images WHERE job_id = ? ORDER BY idx", (job_id,))
+        return [Image(r["job_id"], r["idx"], r["path"], r["seed"], _unpack(r["tokens"])) for r in rows]
+
+    async def save_files(self, files: dict[str, bytes]) -> None:
+        """Write files (paths relative to the data directory), each replaced whole."""
+        await asyncio.to_thread(_write_files, self.data_dir, files)
+
+    async def read_file(self, path: str) -> bytes:
+        """A file saved under the data directory."""
+        return await asyncio.to_thread((self.data_dir / path).read_bytes)
+
+    # -- per-server settings, bans, usage and audit --
+
+    async def overrides(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Every server's settings overrides, by (platform, server)."""
+        result: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in await self._all("SELECT * FROM server_settings"):
+            result.setdefault((row["platform"], row["server"]), {})[row["key"]] = json.loads(row["value"])
+        return result
+
+    async def set_override(self, platform: str, server: str, key: str, value: Any, audit: AuditEntry) -> None:
+        """Set (or, with None, remove) one server's override, with its audit row."""
+        statement: _Statement
+        if value is None:
+            statement = (
+                "DELETE FROM server_settings WHERE platform = ? AND server = ? AND key = ?",
+                (platform, server, key),
+            )
+        else:
+            statement = (
+                "INSERT OR REPLACE INTO server_settings (platform, server, key, value) VALUES (?, ?, ?, ?)",
+                (platform, server, key, json.dumps(value)),
+            )
+        await self._transaction([statement, _audit(audit)])
+
+    async def bans(self) -> list[Ban]:
+        """Every ban."""
+        return [Ban(*row) for row in await self._all("SELECT platform, server, user, reason, banned_by, at FROM bans")]
+
+    async def ban(self, ban: Ban, audit: AuditEntry) -> None:
+        """Ban a user in a server, with its audit row."""
+        sql = "INSERT OR REPLACE INTO bans (platform, server, user, reason, banned_by, at) VALUES (?, ?, ?, ?, ?, ?)"
+        args = (ban.platform, ban.server, ban.user, ban.reason, ban.banned_by, ban.at)
+        await self._transaction([(sql, args), _audit(audit)])
+
+    async def unban(self, platform: str, server: str, user: str, audit: AuditEntry) -> None:
+        """Lift a ban, with its audit row."""
+        sql = "DELETE FROM bans WHERE platform = ? AND server = ? AND user = ?"
+        await self._transaction([(sql, (platform, server, user)), _audit(audit)])
+
+    async def audit(self, entry: AuditEntry) -> None:
+        """Record an admin action that changes no table of its own."""
+        await self._transaction([_audit(entry)])
+
+    async def audit_log(self, platform: str, server: str, limit: int = 50) -> list[AuditEntry]:
+        """A server's most recent admin actions, newest first."""
+        sql = (
+            "SELECT at, platform, server, actor, action, detail FROM audit WHERE platform = ? AND server = ? "
+            "ORDER BY id DESC LIMIT ?"
+        )
+        rows = await self._all(sql, (platform, server, limit))
+        return [AuditEntry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+
+    async def usage(self, platform: str, server: str, since_day: str) -> list[Usage]:
+        """Jobs and images per user in a server since a UTC day (YYYY-MM-DD), busiest first."""
+        sql = (
+            "SELECT user, SUM(jobs), SUM(images) FROM usage WHERE platform = ? AND server = ? AND day >= ? "
+            "GROUP BY user ORDER BY SUM(images) DESC, user"
+        )
+        return [Usage(*row) for row in await self._all(sql, (platform, server, since_day))]
+
+
+def _write_files(root: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_bytes(data)
+        partial.replace(path)
+
+
+def _update(job: Job) -> _Statement:
+    sql = (
+        "UPDATE jobs SET status = ?, started_at = ?, finished_at = ?, error = ?, grid_path = ?, delivered = ? "
+        "WHERE id = ?"
+    )
+    args = (job.status.value, job.started_at, job.finished_at, job.error, job.grid_path, int(job.delivered), job.id)
+    return sql, args
+
+
+def _audit(entry: AuditEntry) -> _Statement:
+    sql = "INSERT INTO audit (at, platform, server, actor, action, detail) VALUES (?, ?, ?, ?, ?, ?)"
+    return sql, (entry.at, entry.platform, entry.server, entry.actor, entry.action, json.dumps(entry.detail))

@@ -1,0 +1,334 @@
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.jobs import Cancelled, Done, Event, Failed, Progress, Queued, Refused, Started, Status, Strength
+from bot.service import Handle
+from tests.bot.helpers import OWNER, FakeClock, FakeGenerator, requester, running, settings
+
+pytestmark = pytest.mark.asyncio
+
+
+async def collect(handle: Handle) -> list[Event]:
+    return [event async for event in handle]
+
+
+async def test_a_job_streams_queued_started_progress_then_done(tmp_path: Path) -> None:
+    async with running(settings(tmp_path)) as (service, fake, store):
+        handle = await service.submit(requester(), "a lighthouse at dusk", count=4, seed=7)
+        events = await asyncio.wait_for(collect(handle), 5)
+    assert events[0] == Queued(handle.job.id, 1)
+    assert events[1] == Started(handle.job.id)
+    assert [e.percent for e in events if isinstance(e, Progress)] == [25, 50, 75, 100]
+    done = events[-1]
+    assert isinstance(done, Done) and done.seed == 7 and len(done.images) == 4
+    assert Image.open(io.BytesIO(done.grid)).size == (16, 16)  # 2x2 of 8 px images
+    assert fake.submitted[0].seed == 7 and fake.submitted[0].count == 4
+    async with running(settings(tmp_path)) as (service, fake, store):
+        job = await store.job(handle.job.id)
+        assert job is not None and job.status is Status.DONE and job.grid_path
+        stored = await store.images(job.id)
+        assert [i.index for i in stored] == [0, 1, 2, 3] and all(i.seed == 7 for i in stored)
+        assert stored[2].tokens == fake.tokens(fake_msg(handle.job.id, 7, 4), 2)
+        assert (tmp_path / stored[0].path).read_bytes() == done.images[0]
+
+
+def fake_msg(job_id: str, seed: int, count: int):  # type: ignore[no-untyped-def]
+    from generator.protocol import Generate
+
+    return Generate(job_id, "", count, 5.0, 1.0, seed)
+
+
+async def test_options_default_from_config_and_bad_ones_are_refused_with_a_sentence(tmp_path: Path) -> None:
+    async with running(settings(tmp_path, defaults={"count": 2, "cfg": 3.0})) as (service, fake, _):
+        handle = await service.submit(requester(), "a cat")
+        await handle.final()
+        assert (fake.submitted[0].count, fake.submitted[0].cfg, fake.submitted[0].temperature) == (2, 3.0, 1.0)
+        with pytest.raises(Refused, match="count must be a whole number from 1 to 16; you gave 17"):
+            await service.submit(requester(), "a cat", count=17)
+        with pytest.raises(Refused, match="The prompt is empty"):
+            await service.submit(requester(), "   ")
+        with pytest.raises(Refused, match="temperature must be between 0 and 1.5"):
+            await service.submit(requester(), "a cat", temperature=2)
+
+
+async def test_count_above_the_generator_capacity_is_refused(tmp_path: Path) -> None:
+    async with running(settings(tmp_path), FakeGenerator(max_batch_images=8)) as (service, _, _):
+        with pytest.raises(Refused, match="at most 8 images per job"):
+            await service.submit(requester(), "a cat", count=9)
+
+
+async def test_failed_job_says_why(tmp_path: Path) -> None:
+    async with running(settings(tmp_path)) as (service, _, store):
+        handle = await service.submit(requester(), "please fail")
+        final = await handle.final()
+        assert final == Failed(handle.job.id, "The fake generator was told to fail.")
+        job = await store.job(handle.job.id)
+        assert job is not None and job.status is Status.FAILED and job.error == final.reason
+
+
+async def test_cancel_waiting_and_running_jobs_owner_or_admin_only(tmp_path: Path) -> None:
+    fake = FakeGenerator(max_batch_images=1)
+    fake.hold.clear()
+    async with running(settings(tmp_path), fake) as (service, fake, store):
+        first = await service.submit(requester("alice"), "one", count=1)
+        second = await service.submit(requester("bob"), "two", count=1)
+        await asyncio.sleep(0.01)  # first is dispatched, second waits for the slot
+        with pytest.raises(Refused, match="Only the person who asked"):
+            await service.cancel(requester("mallory"), second.job.id)
+        await service.cancel(requester("bob"), second.job.id)
+        assert await collect(second) == [Queued(second.job.id, 1), Cancelled(second.job.id)]
+        await service.cancel(requester("carol", admin=True), first.job.id)  # a server admin
+        fake.hold.set()
+        assert await first.final() == Cancelled(first.job.id)
+        assert fake.cancels == [first.job.id]
+        assert [a.action for a in await store.audit_log("discord", "s1")] == ["cancel"]
+        with pytest.raises(Refused, match="already finished"):
+            await service.cancel(requester("alice"), first.job.id)
+        statuses = [(await store.job(h.job.id)).status for h in (first, second)]  # type: ignore[union-attr]
+        assert statuses == [Status.CANCELLED, Status.CANCELLED]
+
+
+async def test_positions_are_reported_as_they_change(tmp_path: Path) -> None:
+    fake = FakeGenerator(max_batch_images=1, step_delay=0.001)
+    async with running(settings(tmp_path, limits={"max_queued_per_user": 5}), fake) as (service, _, _):
+        await service.pause(OWNER)
+        handles = [await service.submit(requester(f"u{i}"), "x", count=1) for i in range(3)]
+        await service.resume(OWNER)
+        events = [await asyncio.wait_for(collect(h), 5) for h in handles]
+    queued = [[e.position for e in stream if isinstance(e, Queued)] for stream in events]
+    assert queued == [[1], [2, 1], [3, 2, 1]]
+
+
+async def test_reroll_keeps_the_prompt_and_picks_a_new_seed(tmp_path: Path) -> None:
+    async with running(settings(tmp_path)) as (service, fake, store):
+        first = await service.submit(requester(), "a fox", count=2, cfg=7, seed=1)
+        await first.final()
+        again = await service.reroll(requester("bob"), first.job.id)
+        await again.final()
+        assert (fake.submitted[1].prompt, fake.submitted[1].count, fake.submitted[1].cfg) == ("a fox", 2, 7.0)
+        assert fake.submitted[1].seed != 1
+        job = await store.job(again.job.id)
+        assert job is not None and job.parent_id == first.job.id and job.kind == "reroll"
+
+
+@pytest.mark.parametrize(("strength", "rows"), [(Strength.SUBTLE, 3), (Strength.STRONG, 1)])
+async def test_variation_keeps_the_top_rows_of_the_chosen_image(tmp_path: Path, strength: Strength, rows: int) -> None:
+    async with running(settings(tmp_path)) as (service, fake, store):
+        first = await service.submit(requester(), "a fox", count=4, seed=100)
+        await first.final()
+        varied = await service.vary(requester(), first.job.id, 2, strength)
+        assert isinstance(await varied.final(), Done)
+        source = (await store.images(first.job.id))[2].tokens
+        msg = fake.submitted[1]
+        assert msg.prefix == [source[: rows * 4]] * 4  # grid 4x4: 75% = 3 rows, 25% = 1 row
+        assert msg.seed != 100
+        stored = await store.images(varied.job.id)
+        assert all(image.tokens[: rows * 4] == source[: rows * 4] for image in stored)
+        with pytest.raises(Refused, match="images 1 to 4"):
+            await service.vary(requester(), first.job.id, 4, strength)
+
+
+async def test_upscale_is_lanczos_in_the_bot_at_the_configured_size(tmp_path: Path) -> None:
+    async with running(settings(tmp_path, images={"upscale_px": 64})) as (service, fake, store):
+        first = await service.submit(requester(), "a fox", count=4, seed=3)
+        done = await first.final()
+        assert isinstance(done, Done)
+        up = await service.upscale(requester(), first.job.id, 1)
+        events = await collect(up)
+        assert [type(e) for e in events] == [Started, Done]
+        final = events[-1]
+        assert isinstance(final, Done)
+        image = Image.open(io.BytesIO(final.images[0]))
+        assert image.size == (64, 64)
+        assert image.getpixel((10, 10)) == Image.open(io.BytesIO(done.images[1])).convert("RGB").getpixel((1, 1))
+        assert len(fake.submitted) == 1  # the generator was not involved
+        stored = await store.images(up.job.id)
+        assert stored[0].tokens == (await store.images(first.job.id))[1].tokens
+
+
+async def test_rate_limit_refusal_says_when_to_try_again(tmp_path: Path) -> None:
+    clock = FakeClock()
+    config = settings(tmp_path, limits={"jobs_per_period": 2, "period_s": 60, "max_queued_per_user": 10})
+    async with running(config, clock=clock) as (service, _, _):
+        for _ in range(2):
+            await (await service.submit(requester(), "a")).final()
+        with pytest.raises(Refused, match="You can start 2 jobs every 60 seconds; try again in 30 seconds") as info:
+            await service.submit(requester(), "a")
+        assert info.value.retry_after == pytest.approx(30)
+        await (await service.submit(requester("bob"), "a")).final()  # others are not affected
+        await (await service.submit(requester(admin=True), "a")).final()  # admins are exempt
+        clock.advance(30)
+        await (await service.submit(requester(), "a")).final()
+
+
+async def test_max_queued_per_user_and_global_queue_cap(tmp_path: Path) -> None:
+    config = settings(tmp_path, limits={"max_queued_per_user": 2, "queue_cap": 3})
+    async with running(config) as (service, _, _):
+        await service.pause(OWNER)
+        await service.submit(requester("a"), "x")
+        await service.submit(requester("a"), "x")
+        with pytest.raises(Refused, match="You already have 2 jobs waiting; try again when one of them starts"):
+            await service.submit(requester("a"), "x")
+        await service.submit(requester("b"), "x")
+        with pytest.raises(Refused, match=r"The queue is full \(3 jobs waiting\); try again in about a minute"):
+            await service.submit(requester("c"), "x")
+        with pytest.raises(Refused, match="queue is full"):
+            await service.submit(requester("c", admin=True), "x")
+
+
+async def test_max_running_per_user(tmp_path: Path) -> None:
+    fake = FakeGenerator(max_batch_images=16)
+    fake.hold.clear()
+    config = settings(tmp_path, limits={"max_running_per_user": 2, "max_queued_per_user": 5})
+    async with running(config, fake) as (service, fake, _):
+        handles = [await service.submit(requester("a"), "x", count=1) for _ in range(4)]
+        await asyncio.sleep(0.01)
+        assert len(fake.submitted) == 2
+        fake.hold.set()
+        for handle in handles:
+            await handle.final()
+        assert len(fake.submitted) == 4
+
+
+async def test_bans_are_per_server_and_audited(tmp_path: Path) -> None:
+    admin = requester("boss", admin=True)
+    async with running(settings(tmp_path)) as (service, _, store):
+        with pytest.raises(Refused, match="Only server admins can do that"):
+            await service.ban(requester("alice"), "bob")
+        await service.ban(admin, "bob", "spam")
+        with pytest.raises(Refused, match=r"You are banned from making images here \(spam\)"):
+            await service.submit(requester("bob"), "x")
+        await (await service.submit(requester("bob", server="s2"), "x")).final()  # another server
+        assert [b.user for b in service.bans(admin)] == ["bob"]
+    async with running(settings(tmp_path)) as (service, _, store):  # bans survive restarts
+        with pytest.raises(Refused, match="banned"):
+            await service.submit(requester("bob"), "x")
+        await service.unban(admin, "bob")
+        await (await service.submit(requester("bob"), "x")).final()
+        log = await store.audit_log("discord", "s1")
+        assert [(a.action, a.actor, a.detail) for a in log] == [
+            ("unban", "boss", {"user": "bob"}),
+            ("ban", "boss", {"user": "bob", "reason": "spam"}),
+        ]
+
+
+async def test_blocklist_from_config_and_admins(tmp_path: Path) -> None:
+    admin = requester("boss", admin=True)
+    async with running(settings(tmp_path, blocklist={"words": ["gore"]})) as (service, _, store):
+        with pytest.raises(Refused, match='Your prompt contains "GORE", which is not allowed here; rephrase it'):
+            await service.submit(requester(), "lots of GORE please")
+        await (await service.submit(requester(), "a gorennial plant")).final()  # whole words only
+        await service.block(admin, r"blood\w*", regex=True)
+        with pytest.raises(Refused, match='contains "Bloody"'):
+            await service.submit(requester(), "a Bloody sunset")
+        await (await service.submit(requester(server="s2"), "a bloody sunset")).final()
+        with pytest.raises(Refused, match="not a valid regular expression"):
+            await service.block(admin, "(", regex=True)
+        await service.unblock(admin, r"blood\w*")
+        await (await service.submit(requester(), "a bloody sunset")).final()
+        assert [a.action for a in await store.audit_log("discord", "s1")] == ["unblock", "block"]
+
+
+async def test_admin_overrides_are_per_server_validated_and_audited(tmp_path: Path) -> None:
+    admin = requester("boss", admin=True)
+    async with running(settings(tmp_path)) as (service, fake, store):
+        await service.set_setting(admin, "defaults.count", 1)
+        await service.set_setting(admin, "limits.max_queued_per_user", 1)
+        with pytest.raises(Refused, match="defaults.count input should be less than or equal to 16; you gave 40"):
+            await service.set_setting(admin, "defaults.count", 40)
+        with pytest.raises(Refused, match="limits.queue_cap is not a setting you can change here"):
+            await service.set_setting(admin, "limits.queue_cap", 5)
+        with pytest.raises(Refused, match="Only server admins"):
+            await service.set_setting(requester(), "defaults.count", 2)
+        await (await service.submit(requester(), "x")).final()
+        await (await service.submit(requester(server="s2"), "x")).final()
+        assert [m.count for m in fake.submitted] == [1, 4]
+        view = service.server_settings(admin)
+        assert view["defaults.count"] == 1 and view["limits.max_queued_per_user"] == 1 and view["defaults.cfg"] == 5
+    async with running(settings(tmp_path)) as (service, fake, store):  # overrides survive restarts
+        assert service.defaults(requester()).count == 1
+        await service.set_setting(admin, "defaults.count", None)
+        assert service.defaults(requester()).count == 4
+        log = await store.audit_log("discord", "s1")
+        assert [(a.action, a.detail) for a in log] == [
+            ("set", {"key": "defaults.count", "to": None}),
+            ("set", {"key": "limits.max_queued_per_user", "to": 1}),
+            ("set", {"key": "defaults.count", "to": 1}),
+        ]
+
+
+async def test_pause_resume_queue_list_and_usage(tmp_path: Path) -> None:
+    admin = requester("boss", admin=True)
+    async with running(settings(tmp_path)) as (service, fake, store):
+        with pytest.raises(Refused, match="Only the bot's admins"):
+            await service.pause(admin)
+        await service.pause(OWNER)
+        handles = [await service.submit(requester(u), "x", count=2) for u in ("a", "b")]
+        other = await service.submit(requester("c", server="s2"), "x")
+        assert [(s.job.id, s.position) for s in service.queue(admin)] == [
+            (h.job.id, i) for i, h in enumerate(handles, 1)
+        ]
+        assert len(service.queue(OWNER)) == 3
+        assert fake.submitted == []
+        await service.resume(OWNER)
+        for handle in [*handles, other]:
+            await handle.final()
+        usage = await service.usage(admin)
+        assert [(u.user, u.jobs, u.images) for u in usage] == [("a", 1, 2), ("b", 1, 2)]
+        assert [a.action for a in await store.audit_log("discord", "s1")] == ["resume", "pause"]
+
+
+async def test_restart_requeues_unfinished_jobs_and_hands_over_undelivered_ones(tmp_path: Path) -> None:
+    fake = FakeGenerator(max_batch_images=1)
+    fake.hold.clear()
+    async with running(settings(tmp_path)) as (service, _, _):
+        done = await service.submit(requester("a"), "finished before", count=1)
+        await done.final()
+        delivered = await service.submit(requester("a"), "delivered", count=1)
+        await delivered.final()
+        await service.delivered(delivered.job.id)
+    async with running(settings(tmp_path), fake) as (service, _, _):
+        running_job = await service.submit(requester("a"), "running", count=1)
+        waiting = await service.submit(requester("b"), "waiting", count=1)
+        await asyncio.sleep(0.01)
+        assert [m.job_id for m in fake.submitted] == [running_job.job.id]
+    recovered: list[Handle] = []
+
+    async def hook(handle: Handle) -> None:
+        recovered.append(handle)
+
+    fresh = FakeGenerator()
+    async with running(settings(tmp_path), fresh, on_recovered=hook) as (service, _, store):
+        await asyncio.sleep(0)
+        finals = {h.job.id: await asyncio.wait_for(h.final(), 5) for h in recovered}
+        assert set(finals) == {done.job.id, running_job.job.id, waiting.job.id}
+        assert all(isinstance(f, Done) for f in finals.values())
+        assert sorted(m.job_id for m in fresh.submitted) == sorted([running_job.job.id, waiting.job.id])
+        assert [m.seed for m in fresh.submitted if m.job_id == waiting.job.id] == [waiting.job.seed]  # same seed
+        for handle in recovered:
+            await service.delivered(handle.job.id)
+        assert await store.undelivered() == []
+
+
+async def test_shutdown_refuses_new_jobs(tmp_path: Path) -> None:
+    async with running(settings(tmp_path)) as (service, _, _):
+        pass
+    with pytest.raises(Refused, match="restarting; try again in a minute"):
+        await service.submit(requester(), "x")
+
+
+async def test_generator_stream_ending_fails_running_jobs_with_a_reason(tmp_path: Path) -> None:
+    fake = FakeGenerator()
+    fake.hold.clear()
+    async with running(settings(tmp_path), fake) as (service, _, _):
+        handle = await service.submit(requester(), "x")
+        await asyncio.sleep(0.01)
+        fake._events.put_nowait(None)  # the generator went away for good
+        final = await asyncio.wait_for(handle.final(), 5)
+        assert isinstance(final, Failed) and "stopped before finishing" in final.reason
