@@ -1,0 +1,174 @@
+"""`python -m generator serve` in a real process with the tiny checkpoint, spoken to in raw protocol lines."""
+
+from __future__ import annotations
+
+import io
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from generator.engine import Request, generate
+from generator.protocol import (
+    Cancel,
+    Cancelled,
+    Done,
+    Failed,
+    Generate,
+    Message,
+    Progress,
+    Ready,
+    Started,
+    decode,
+    encode,
+)
+
+TIMEOUT = 60.0
+
+
+class Server:
+    """A generator process; events are read by a thread so a test can wait for them with a timeout."""
+
+    def __init__(self, model: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "generator", "serve", "--model", str(model), *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self.events: queue.Queue[Message | None] = queue.Queue()
+        self.backlog: list[Message] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.events.put(decode(line))
+        self.events.put(None)
+
+    def send(self, message: Message) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(encode(message).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def next(self) -> Message | None:
+        return self.events.get(timeout=TIMEOUT)
+
+    def until_final(self, job_id: str) -> list[Message]:
+        """Events of one job up to its Done, Failed or Cancelled; other jobs' events wait in the backlog."""
+        seen = [e for e in self.backlog if getattr(e, "job_id", None) == job_id]
+        self.backlog = [e for e in self.backlog if getattr(e, "job_id", None) != job_id]
+        while not (seen and isinstance(seen[-1], Done | Failed | Cancelled)):
+            event = self.next()
+            if event is None:
+                raise AssertionError(f"the generator exited before job {job_id} ended: {seen}")
+            (seen if getattr(event, "job_id", None) == job_id else self.backlog).append(event)
+        return seen
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir: Path) -> Iterator[Server]:
+    server = Server(tiny_dir, "--max-batch-images", "4", "--preview-every", "12", "--step-delay", "0.01")
+    ready = server.next()
+    assert isinstance(ready, Ready), server.proc.stderr.read().decode() if server.proc.stderr else ""
+    assert (ready.image_size, ready.grid_size, ready.max_batch_images) == (96, 6, 4)
+    yield server
+    if server.proc.poll() is None:
+        server.proc.kill()
+        server.proc.wait()
+
+
+def _png(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG"
+    return image
+
+
+def test_job_round_trip(server: Server) -> None:
+    server.send(Generate("trip", "a red circle", count=3, cfg=5.0, temperature=1.0, seed=11))
+    events = server.until_final("trip")
+    assert isinstance(events[0], Started)
+    progress = [e for e in events if isinstance(e, Progress)]
+    steps = [p.step for p in progress]
+    assert steps == sorted(steps) and steps[-1] == 36 and all(p.total == 36 for p in progress)
+    previews = [p for p in progress if p.preview is not None]
+    assert [p.step for p in previews] == [12, 24]
+    assert _png(previews[0].preview).size == (2 * 96, 2 * 96)  # three images on a 2x2 grid
+    done = events[-1]
+    assert isinstance(done, Done)
+    assert [_png(image).size for image in done.images] == [(96, 96)] * 3
+    assert len(done.tokens) == 3 and all(len(row) == 36 for row in done.tokens)
+    assert all(0 <= t < 256 for row in done.tokens for t in row)
+
+
+def test_prefix_forces_first_tokens_and_matches_the_engine(server: Server, tiny) -> None:
+    prefix = [[5, 6, 7, 8, 9, 10], [200, 201, 202, 203, 204, 205]]
+    server.send(Generate("pre", "a blue house", count=2, cfg=3.0, temperature=0.0, seed=1, prefix=prefix))
+    done = server.until_final("pre")[-1]
+    assert isinstance(done, Done)
+    assert [row[:6] for row in done.tokens] == prefix
+    [local] = generate(tiny, [Request("a blue house", 2, cfg=3.0, temperature=0.0, prefix=torch.tensor(prefix))])
+    assert done.tokens == local.tokens.tolist()  # the process runs the same engine
+
+    server.send(Generate("pre1", "a blue house", count=2, cfg=3.0, temperature=1.0, seed=1, prefix=[[1, 2, 3]]))
+    done = server.until_final("pre1")[-1]
+    assert isinstance(done, Done) and [row[:3] for row in done.tokens] == [[1, 2, 3], [1, 2, 3]]
+
+
+def test_cancel_running_and_queued_jobs(server: Server) -> None:
+    server.send(Generate("big", "a green tree", count=4, cfg=5.0, temperature=1.0, seed=2))
+    server.send(Generate("queued", "a cat", count=1, cfg=5.0, temperature=1.0, seed=3))  # no free slot yet
+    server.send(Cancel("queued"))
+    assert server.until_final("queued") == [Cancelled("queued")]  # never started
+
+    server.send(Generate("next", "a dog", count=1, cfg=5.0, temperature=1.0, seed=4))
+    server.send(Cancel("big"))
+    big = server.until_final("big")
+    assert isinstance(big[0], Started) and big[-1] == Cancelled("big")
+    assert isinstance(server.until_final("next")[-1], Done)  # admitted once the slots were freed
+    server.send(Cancel("next"))  # already finished: no answer
+    server.send(Generate("after", "a dog", count=1, cfg=5.0, temperature=1.0, seed=4))
+    assert isinstance(server.until_final("after")[-1], Done)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"prompt": "   "}, "The prompt is empty; describe the picture you want."),
+        ({"count": 5}, "Ask for between 1 and 4 images, not 5."),
+        ({"count": "4"}, "The image count must be a whole number, not '4'."),
+        ({"prefix": [[1, 2], [3]]}, "A token prefix must be one list of token ids per image"),
+        ({"prefix": [[1, 999]]}, "each id from 0 to 255."),
+    ],
+)
+def test_invalid_job_fails_with_a_sentence(server: Server, fields: dict, reason: str) -> None:
+    job = {"job_id": "bad", "prompt": "a cat", "count": 2, "cfg": 5.0, "temperature": 1.0, "seed": 0} | fields
+    server.send(Generate(**job))
+    [failed] = server.until_final("bad")
+    assert isinstance(failed, Failed) and reason in failed.reason and failed.reason.endswith(".")
+
+
+def test_garbage_lines_and_bad_jobs_leave_the_process_working(server: Server) -> None:
+    assert server.proc.stdin is not None
+    server.proc.stdin.write(b"not json\n{\"type\": \"nope\"}\n\n")
+    server.proc.stdin.flush()
+    server.send(Generate("ok", "a cat", count=1, cfg=5.0, temperature=1.0, seed=0))
+    assert isinstance(server.until_final("ok")[-1], Done)
+
+
+def test_end_of_input_stops_after_the_current_step(server: Server) -> None:
+    # Last in the file: it ends the shared process.
+    server.send(Generate("long", "a cat", count=1, cfg=5.0, temperature=1.0, seed=0))
+    while not isinstance(event := server.next(), Progress) or event.job_id != "long":
+        pass
+    assert server.proc.stdin is not None
+    server.proc.stdin.close()  # the bot is gone: the same as Shutdown
+    assert server.proc.wait(timeout=TIMEOUT) == 0
+    events = []
+    while (event := server.next()) is not None:
+        events.append(event)
+    assert all(isinstance(e, Progress) for e in events)  # no Done, no Failed: the bot re-queues the job
