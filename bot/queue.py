@@ -12,6 +12,9 @@ from bot.jobs import Job
 class Scheduler:
     """Waiting jobs per user, served round-robin into the generator's free image slots.
 
+    Users are served least recently served first: a newcomer goes ahead of users already served, and a
+    user whose queue ran dry does not jump the line by queueing again.
+
     A job is dispatched when the images in flight plus its own fit in `capacity` (or nothing is in
     flight), and its user runs fewer than `max_running(job)` jobs. The next fair job waits for room
     rather than letting smaller jobs overtake it, so large jobs are never starved.
@@ -31,7 +34,9 @@ class Scheduler:
         self._on_positions = on_positions
         self._max_running = max_running
         self._queues: dict[str, deque[Job]] = {}
-        self._order: deque[str] = deque()  # users with waiting jobs, next to serve first
+        self._order: deque[str] = deque()  # users with waiting jobs, least recently served first
+        self._served: dict[str, int] = {}  # user -> dispatch number of their latest job
+        self._dispatches = 0
         self._running: dict[str, Job] = {}
         self._running_by: Counter[str] = Counter()
         self._reported: dict[str, int] = {}
@@ -44,7 +49,9 @@ class Scheduler:
         user = job.requester.user_key
         if user not in self._queues:
             self._queues[user] = deque()
-            self._order.append(user)
+            served = self._served.get(user, -1)
+            at = next((i for i, u in enumerate(self._order) if self._served.get(u, -1) > served), len(self._order))
+            self._order.insert(at, user)
         self._queues[user].append(job)
         position = self.positions()[job.id]
         self._reported[job.id] = position
@@ -133,6 +140,8 @@ class Scheduler:
                 return None
             del self._order[i]
             self._queues[user].popleft()
+            self._dispatches += 1
+            self._served[user] = self._dispatches
             if self._queues[user]:
                 self._order.append(user)
             else:

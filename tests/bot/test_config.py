@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, Settings, load_settings
+
+EXAMPLE = Path(__file__).parents[2] / "config.example.toml"
+
+
+def test_the_example_documents_every_key_with_its_default() -> None:
+    example = tomllib.loads(EXAMPLE.read_text())
+    defaults = Settings().model_dump(mode="json")
+    assert example == defaults  # every section and key, nothing more, with the default value
+    assert load_settings(EXAMPLE, {}) == Settings()
+
+
+def test_no_file_means_defaults_and_settings_are_immutable() -> None:
+    settings = load_settings(None, {})
+    assert settings.limits.queue_cap == 100 and settings.database == Path("data/janus-bot.db")
+    with pytest.raises(ValueError):
+        settings.limits.queue_cap = 5  # type: ignore[misc]
+
+
+def test_secrets_come_from_the_environment_only(tmp_path: Path) -> None:
+    settings = load_settings(None, {"JANUS_BOT_DISCORD_TOKEN": "abc", "JANUS_BOT_SLACK_BOT_TOKEN": ""})
+    assert settings.secrets.discord_token == "abc" and settings.secrets.slack_bot_token is None
+    assert "abc" not in settings.model_dump_json() and "abc" not in repr(settings.model_dump())
+    path = tmp_path / "config.toml"
+    path.write_text('[secrets]\ndiscord_token = "abc"\n')
+    with pytest.raises(ConfigError, match="secrets: keep tokens out of the file; set JANUS_BOT_"):
+        load_settings(path, {})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[limits]\nqueue_cap = 0\n", "config.toml: limits.queue_cap: Input should be greater than or equal to 1"),
+        ("[limits]\nqueue_kap = 5\n", "config.toml: limits.queue_kap: unknown key (config.example.toml lists every"),
+        ("[defaults]\ncount = 17\n", "config.toml: defaults.count: Input should be less than or equal to 16"),
+        ('[bot]\nadmins = ["1234"]\n', 'config.toml: bot.admins: "1234" should look like "discord:<user id>"'),
+        ("[limits\n", "config.toml: not valid TOML: "),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {})
+    assert str(info.value).startswith(str(tmp_path / message)) and "\n" not in str(info.value)
+
+
+def test_a_missing_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file \\(copy config.example.toml to start\\)"):
+        load_settings(tmp_path / "nope.toml", {})
