@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import is_offline_mode, try_to_load_from_cache
 from transformers import JanusForConditionalGeneration, JanusProcessor
 
 log = logging.getLogger(__name__)
@@ -113,18 +114,16 @@ def load_checkpoint(
         source = str(path)
     else:
         source = name
+        if is_offline_mode() and not isinstance(try_to_load_from_cache(source, "config.json"), str):
+            raise CheckpointError(_offline_message(source))
     try:
         processor = JanusProcessor.from_pretrained(source)
         model = JanusForConditionalGeneration.from_pretrained(source, dtype=dt, attn_implementation="sdpa")
     except OSError as err:
         if local:
             raise CheckpointError(f"Could not read the checkpoint in {source!r}: {_first_line(err)}") from None
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(err).lower() or _is_connection(err)
-        if offline:
-            raise CheckpointError(
-                f"Model {source!r} is not in the local cache and the hub cannot be reached; "
-                f"download it on a connected machine or give a local checkpoint directory."
-            ) from None
+        if is_offline_mode() or "offline" in str(err).lower() or _is_connection(err):
+            raise CheckpointError(_offline_message(source)) from None
         raise CheckpointError(
             f"Model {source!r} is neither a local directory nor a hub id that could be fetched "
             f"(known ids: {', '.join(KNOWN_CHECKPOINTS)})."
@@ -135,6 +134,13 @@ def load_checkpoint(
     model.requires_grad_(False)
     log.info("loaded %s on %s in %s", source, dev, str(dt).removeprefix("torch."))
     return Checkpoint(model=model, processor=processor, name=source)
+
+
+def _offline_message(source: str) -> str:
+    return (
+        f"Model {source!r} is not in the local cache and the hub cannot be reached; "
+        f"download it on a connected machine or give a local checkpoint directory."
+    )
 
 
 def _first_line(err: BaseException) -> str:

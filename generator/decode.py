@@ -23,8 +23,8 @@ def to_uint8(decoded: torch.Tensor) -> np.ndarray:
 
 
 @torch.inference_mode()
-def decode_tokens(checkpoint: Checkpoint, tokens: torch.Tensor, *, chunk: int = 4) -> list[Image.Image]:
-    """VQ-decode full token grids, a few images at a time so a large batch stays inside memory."""
+def decode_tokens(checkpoint: Checkpoint, tokens: torch.Tensor, *, chunk: int = 1) -> list[Image.Image]:
+    """VQ-decode full token grids; one image at a time by default, so pixels never depend on neighbours."""
     vq = checkpoint.model.model.vqmodel
     images: list[Image.Image] = []
     for part in tokens.split(chunk):

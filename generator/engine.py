@@ -275,10 +275,10 @@ class Engine:
         """Prefill requests into free slots; they sample their first token now and join the next step."""
         if not requests:
             return
+        prompts = [self.validate(r) for r in requests]
         need = sum(r.num_images for r in requests)
         if need > len(self._free):
             raise RequestError(f"{need} images do not fit in {len(self._free)} free slots.")
-        prompts = [self.validate(r) for r in requests]
         slots_of: list[list[int]] = []
         rows: list[list[int]] = []
         for request, cond in zip(requests, prompts):

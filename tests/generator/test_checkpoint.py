@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from generator.checkpoint import CheckpointError, load_checkpoint
+from generator.presets import BOI, PRESETS, build_config, build_model, build_tokenizer
+from generator.prompt import encode_prompt, format_prompt, unconditional_ids
+
+
+def test_saved_checkpoint_has_the_standard_files(tiny_dir):
+    names = {p.name for p in tiny_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= names
+    assert json.loads((tiny_dir / "config.json").read_text())["model_type"] == "janus"
+
+
+def test_loaded_checkpoint_on_cpu_is_fp32_eval(tiny):
+    assert tiny.device.type == "cpu" and tiny.dtype == torch.float32
+    assert not tiny.model.training
+    assert (tiny.image_size, tiny.grid_size, tiny.num_image_tokens) == (96, 6, 36)
+
+
+def test_dtype_is_overridable(tiny_dir):
+    assert load_checkpoint(tiny_dir, device="cpu", dtype="bf16").dtype == torch.bfloat16
+
+
+def test_prompt_format_matches_janus_conversation(tiny):
+    assert format_prompt(tiny.processor, "a red fox") == "<|User|>: a red fox\n\n<|Assistant|>:"
+    ids = encode_prompt(tiny.processor, "a red fox")
+    tok = tiny.processor.tokenizer
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.convert_tokens_to_ids(BOI)
+    assert tok.decode(ids[1:-1]) == "<|User|>: a red fox\n\n<|Assistant|>:"
+
+
+def test_unconditional_row_keeps_only_bos_and_begin_of_image(tiny):
+    ids = encode_prompt(tiny.processor, "a red fox")
+    uncond = unconditional_ids(ids, tiny.processor)
+    pad = tiny.processor.tokenizer.pad_token_id
+    assert uncond[0] == ids[0] and uncond[-1] == ids[-1]
+    assert uncond[1:-1] == [pad] * (len(ids) - 2)
+
+
+@pytest.mark.parametrize(
+    ("preset", "layers", "hidden", "heads", "mlp"),
+    [("janus-pro-1b", 24, 2048, 16, 5632), ("janus-pro-7b", 30, 4096, 32, 11008)],
+)
+def test_real_presets_copy_the_published_architectures(preset, layers, hidden, heads, mlp):
+    config = build_config(PRESETS[preset], build_tokenizer())
+    text = config.text_config
+    assert (text.num_hidden_layers, text.hidden_size, text.num_attention_heads, text.intermediate_size) == (
+        layers, hidden, heads, mlp)
+    assert text.vocab_size == 102400
+    assert (config.vq_config.num_embeddings, config.vq_config.embed_dim) == (16384, 8)
+    assert config.vision_config.num_image_tokens == 576
+
+
+def test_real_preset_builds_in_memory_without_saving():
+    model, processor = build_model("janus-pro-7b", device="meta", dtype=torch.bfloat16)
+    params = sum(p.numel() for p in model.parameters())
+    assert 6.5e9 < params < 8e9
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert processor.num_image_tokens == 576
+
+
+def test_missing_path_is_one_sentence(tmp_path):
+    with pytest.raises(CheckpointError, match="not a directory") as info:
+        load_checkpoint(tmp_path / "nope")
+    assert "\n" not in str(info.value)
+
+
+def test_directory_without_config_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="not a Janus checkpoint: it has no config.json"):
+        load_checkpoint(tmp_path)
+
+
+def test_other_model_type_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(CheckpointError, match="model_type is 'llama'"):
+        load_checkpoint(tmp_path)
+
+
+def test_hub_id_offline_without_cache_says_so(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(CheckpointError, match="not in the local cache and the hub cannot be reached") as info:
+        load_checkpoint("deepseek-community/Janus-Pro-1B")
+    assert "\n" not in str(info.value)

@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from generator.engine import Engine, Request, RequestError, generate, gumbel_noise, image_key, sample
+from generator.reference import reference_generate
+
+PROMPTS = ["a lighthouse at dusk", "red", "two small yellow squares in the top left corner on a blue background"]
+
+
+def _run(engine: Engine) -> dict[str, torch.Tensor]:
+    done = {}
+    while engine.busy:
+        for result in engine.step():
+            done[result.request.id] = result.tokens
+    return done
+
+
+@pytest.mark.parametrize("cfg", [1.0, 5.0])
+def test_greedy_single_prompt_matches_reference(tiny, cfg):
+    ref = reference_generate(tiny, PROMPTS[0], 2, cfg=cfg, temperature=0)
+    [result] = generate(tiny, [Request(PROMPTS[0], num_images=2, cfg=cfg, temperature=0)])
+    assert torch.equal(result.tokens, ref.tokens)
+
+
+def test_greedy_prompts_of_different_lengths_batched_match_reference(tiny):
+    settings = [(PROMPTS[0], 2, 5.0), (PROMPTS[1], 1, 1.0), (PROMPTS[2], 3, 5.0)]
+    results = generate(tiny, [Request(p, num_images=n, cfg=w, temperature=0) for p, n, w in settings])
+    lengths = {len(tiny.processor.tokenizer(p).input_ids) for p in PROMPTS}
+    assert len(lengths) == 3  # the batch really is left-padded
+    for (prompt, n, cfg), result in zip(settings, results):
+        ref = reference_generate(tiny, prompt, n, cfg=cfg, temperature=0)
+        assert torch.equal(result.tokens, ref.tokens), prompt
+
+
+def test_teacher_forced_guided_logits_match_reference(tiny):
+    n_tok = tiny.num_image_tokens
+    forced = [torch.randint(0, 256, (2, n_tok), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    requests = [
+        Request(PROMPTS[2], num_images=2, cfg=5.0, temperature=0, prefix=forced[0]),
+        Request(PROMPTS[1], num_images=2, cfg=3.0, temperature=1.0, prefix=forced[1]),
+    ]
+    results = generate(tiny, requests, record_logits=True)
+    for request, result, tokens in zip(requests, results, forced):
+        ref = reference_generate(tiny, request.prompt, 2, cfg=request.cfg, forced=tokens, record_logits=True)
+        assert torch.equal(result.tokens, tokens)
+        assert result.logits.shape == ref.logits.shape == (2, n_tok, 256)
+        torch.testing.assert_close(result.logits, ref.logits, atol=1e-4, rtol=0)
+
+
+def test_same_seed_same_images_and_different_seed_different(tiny):
+    a, b, c = generate(tiny, [Request(PROMPTS[0], 4, seed=7), Request(PROMPTS[0], 4, seed=7),
+                              Request(PROMPTS[0], 4, seed=8)])
+    assert torch.equal(a.tokens, b.tokens)
+    assert not torch.equal(a.tokens, c.tokens)
+    assert len({tuple(row.tolist()) for row in a.tokens}) == 4  # each image of a request has its own stream
+
+
+def test_request_alone_equals_request_batched_with_others(tiny):
+    target = Request(PROMPTS[0], num_images=3, cfg=4.0, temperature=1.0, seed=1234)
+    [alone] = generate(tiny, [target])
+    others = [Request(PROMPTS[2], 5, seed=1), Request(PROMPTS[1], 2, cfg=1.0, temperature=0.5, seed=2)]
+    together = generate(tiny, [others[0], Request(**{**target.__dict__, "id": "again"}), others[1]])
+    assert torch.equal(alone.tokens, together[1].tokens)
+
+
+def test_temperature_zero_ignores_seed(tiny):
+    a, b = generate(tiny, [Request(PROMPTS[0], 2, temperature=0, seed=1), Request(PROMPTS[0], 2, temperature=0,
+                                                                                   seed=99)])
+    assert torch.equal(a.tokens, b.tokens)
+
+
+def test_prefix_forces_first_tokens_then_samples(tiny):
+    prefix = torch.tensor([5, 6, 7, 8, 9, 10])
+    [result] = generate(tiny, [Request(PROMPTS[0], 3, seed=3, prefix=prefix)])
+    assert torch.equal(result.tokens[:, :6], prefix.expand(3, -1))
+    assert len({tuple(row.tolist()) for row in result.tokens[:, 6:]}) == 3
+
+
+def test_progress_reports_every_step_and_partial_grids(tiny):
+    events = []
+    generate(tiny, [Request(PROMPTS[0], 2)], preview_every=12, on_progress=events.append)
+    assert [e.step for e in events] == list(range(1, tiny.num_image_tokens + 1))
+    partial = [e for e in events if e.tokens is not None]
+    assert [e.step for e in partial] == [12, 24]
+    assert partial[1].tokens.shape == (2, 24)
+
+
+def test_request_joining_mid_run_gets_the_same_tokens(tiny):
+    late = Request(PROMPTS[1], 2, seed=5)
+    [alone] = generate(tiny, [Request(**{**late.__dict__, "id": "alone"})])
+    engine = Engine(tiny, max_batch_images=4)
+    with torch.inference_mode():
+        engine.add([Request(PROMPTS[2], 2, seed=6)])
+        for _ in range(10):
+            engine.step()
+        engine.add([late])
+        done = _run(engine)
+    assert torch.equal(done[late.id], alone.tokens)
+
+
+def test_cancel_frees_slots_and_leaves_others_untouched(tiny):
+    keep = Request(PROMPTS[0], 2, seed=11)
+    [alone] = generate(tiny, [Request(**{**keep.__dict__, "id": "alone"})])
+    engine = Engine(tiny, max_batch_images=4)
+    with torch.inference_mode():
+        doomed = Request(PROMPTS[2], 2, seed=12)
+        engine.add([doomed, keep])
+        engine.step()
+        assert engine.free_images == 0
+        result = engine.cancel(doomed.id)
+        assert result.status == "cancelled" and result.tokens is None
+        assert engine.free_images == 2
+        done = _run(engine)
+    assert list(done) == [keep.id]
+    assert torch.equal(done[keep.id], alone.tokens)
+
+
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        (Request("   "), "empty"),
+        (Request("x", num_images=0), "between 1 and"),
+        (Request("x", num_images=9), "between 1 and"),
+        (Request("x", cfg=float("nan")), "guidance"),
+        (Request("x", temperature=-1), "temperature"),
+        (Request("word " * 80), "too long"),
+    ],
+)
+def test_invalid_requests_are_refused_with_a_sentence(tiny, request_, message):
+    engine = Engine(tiny, max_batch_images=8, max_prompt_tokens=64)
+    with pytest.raises(RequestError, match=message):
+        engine.add([request_])
+    assert engine.free_images == 8
+
+
+def test_gumbel_max_samples_the_softmax_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    n = 20000
+    keys = torch.tensor([image_key(seed, 0) for seed in range(n)])
+    tokens = sample(logits.expand(n, -1), torch.full((n,), 0.7), keys, torch.zeros(n, dtype=torch.long))
+    freq = torch.bincount(tokens, minlength=4).float() / n
+    expected = torch.softmax(logits[0] / 0.7, dim=-1)
+    torch.testing.assert_close(freq, expected, atol=0.012, rtol=0)
+
+
+def test_gumbel_noise_is_a_pure_function_of_key_step_and_index():
+    keys = torch.tensor([image_key(1, 0), image_key(1, 1), image_key(2, 0)])
+    steps = torch.tensor([0, 0, 0])
+    a = gumbel_noise(keys, steps, 64)
+    b = gumbel_noise(keys[[2, 0]], steps[:2], 64)
+    assert torch.equal(a[0], b[1]) and torch.equal(a[2], b[0])
+    assert not torch.equal(a[0], a[1])
+    assert not torch.equal(a[0], gumbel_noise(keys[:1], torch.tensor([1]), 64)[0])
+    assert torch.isfinite(a).all()
