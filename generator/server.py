@@ -101,7 +101,7 @@ class Worker(threading.Thread):
         self.inbox = inbox
         self.outbox = outbox
         self.step_delay = step_delay  # seconds slept after each step; crash tests use it to catch a job mid-way
-        self.codebook = int(checkpoint.model.config.vq_config.num_embeddings)
+        self.codebook = int(checkpoint.model.model.generation_embeddings.num_embeddings)
         self.pending: deque[Request] = deque()
         self.running: dict[str, Request] = {}
         self.percent: dict[str, int] = {}

@@ -1,0 +1,142 @@
+"""The supervised generator process with the tiny checkpoint: jobs, cancel, start errors, kill -9 and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from bot.generator import Generator
+from bot.generator_client import CRASHED_TWICE, GeneratorProcess, GeneratorStartError
+from generator.protocol import Cancelled, Done, Failed, Generate, Message, Progress, Started
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")  # the tests share one supervised process, in order
+TIMEOUT = 60.0
+
+
+class Events:
+    """Everything events() yields, collected in the background so a test can wait for what it expects."""
+
+    def __init__(self, generator: Generator) -> None:
+        self.seen: list[Message] = []
+        self._changed = asyncio.Event()
+        self.task = asyncio.create_task(self._collect(generator))
+
+    async def _collect(self, generator: Generator) -> None:
+        async for event in generator.events():
+            self.seen.append(event)
+            self._changed.set()
+
+    async def wait(self, predicate: Callable[[Message], bool], after: int = 0) -> Message:
+        """The first event from index `after` on that matches."""
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                for event in self.seen[after:]:
+                    if predicate(event):
+                        return event
+                self._changed.clear()
+                await self._changed.wait()
+
+
+def job(job_id: str, count: int = 1, **fields: object) -> Generate:
+    options = {"prompt": "a lighthouse at dusk", "cfg": 5.0, "temperature": 1.0, "seed": 7} | fields
+    return Generate(job_id, count=count, **options)  # type: ignore[arg-type]
+
+
+def of(kind: type, job_id: str) -> Callable[[Message], bool]:
+    return lambda event: isinstance(event, kind) and event.job_id == job_id
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def generator(tiny_dir: Path) -> AsyncIterator[tuple[GeneratorProcess, Events]]:
+    client = GeneratorProcess(str(tiny_dir), max_batch_images=4, preview_every=12, extra_args=["--step-delay", "0.03"])
+    ready = await client.start()
+    assert (ready.model, ready.image_size, ready.grid_size, ready.max_batch_images) == (str(tiny_dir), 96, 6, 4)
+    yield client, Events(client)
+    await client.close()
+
+
+async def test_job_round_trip(generator: tuple[GeneratorProcess, Events]) -> None:
+    client, events = generator
+    await client.submit(job("trip", count=2, prefix=[[1, 2, 3, 4]]))
+    done = await events.wait(of(Done, "trip"))
+    assert [Image.open(io.BytesIO(png)).size for png in done.images] == [(96, 96), (96, 96)]
+    assert [len(row) for row in done.tokens] == [36, 36] and [row[:4] for row in done.tokens] == [[1, 2, 3, 4]] * 2
+    trip = [e for e in events.seen if e.job_id == "trip"]
+    assert isinstance(trip[0], Started) and trip[-1] is done
+    assert sum(isinstance(e, Progress) and e.preview is not None for e in trip) == 2
+
+
+async def test_cancel_and_invalid_job(generator: tuple[GeneratorProcess, Events]) -> None:
+    client, events = generator
+    await client.submit(job("stop", count=4))
+    await events.wait(of(Started, "stop"))
+    await client.cancel("stop")
+    await events.wait(of(Cancelled, "stop"))
+
+    await client.submit(job("empty", prompt=" "))
+    failed = await events.wait(of(Failed, "empty"))
+    assert failed.reason == "The prompt is empty; describe the picture you want."
+
+
+async def test_kill_9_re_runs_jobs_once_and_fails_those_caught_by_a_second_death(
+    generator: tuple[GeneratorProcess, Events], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, events = generator
+    caplog.set_level(logging.INFO, logger="bot.generator_client")
+    mark = len(events.seen)
+    await client.submit(job("first"))
+    await events.wait(of(Progress, "first"), after=mark)
+    first_pid = client.pid
+    assert first_pid is not None
+    os.kill(first_pid, signal.SIGKILL)  # mid-job: "first" is re-run by the next process
+    await events.wait(of(Started, "first"), after=len(events.seen))
+    second_pid = client.pid
+    assert second_pid not in (None, first_pid) and client.restarts == 1
+
+    await client.submit(job("second"))
+    await events.wait(of(Progress, "second"))
+    os.kill(second_pid, signal.SIGKILL)  # "first" dies a second time and fails; "second" is re-run
+    failed = await events.wait(of(Failed, "first"))
+    assert failed.reason == CRASHED_TWICE
+    done = await events.wait(of(Done, "second"))
+    assert len(done.images) == 1 and len(done.tokens[0]) == 36
+    assert client.restarts == 2 and client.in_flight == []
+
+    finals = [(type(e).__name__, e.job_id) for e in events.seen[mark:] if isinstance(e, Done | Failed | Cancelled)]
+    assert finals == [("Failed", "first"), ("Done", "second")]  # one final event per job
+    deaths = [r.getMessage() for r in caplog.records if "died" in r.getMessage()]
+    assert len(deaths) == 2 and all("killed by SIGKILL" in d and "\n" not in d for d in deaths)
+    assert "1 job(s) to re-run, 0 failed" in deaths[0] and "1 job(s) to re-run, 1 failed" in deaths[1]
+
+
+async def test_close_leaves_unfinished_jobs_in_flight(generator: tuple[GeneratorProcess, Events]) -> None:
+    # Last of the shared-process tests: it closes the process.
+    client, events = generator
+    await client.submit(job("left", count=4))
+    await events.wait(of(Started, "left"))
+    await client.close()  # the current step finishes; the unfinished job stays for the bot to re-queue
+    await asyncio.wait_for(events.task, TIMEOUT)  # events() ended
+    assert client.in_flight == ["left"]
+    assert not any(isinstance(e, Done | Failed | Cancelled) and e.job_id == "left" for e in events.seen)
+
+
+async def test_bad_model_path_fails_start_with_one_sentence(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope")
+    with pytest.raises(GeneratorStartError) as caught:
+        await GeneratorProcess(missing).start()
+    assert str(caught.value) == f"Model path {missing!r} is not a directory; give a checkpoint directory or a hub id."
+
+
+async def test_a_process_that_dies_before_ready_is_explained() -> None:
+    with pytest.raises(GeneratorStartError) as caught:
+        await GeneratorProcess(python="false").start()
+    assert str(caught.value) == "The generator process ended (exit code 1) before its model was loaded."
