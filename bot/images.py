@@ -10,7 +10,7 @@ from PIL import Image
 
 def _png(image: Image.Image) -> bytes:
     out = io.BytesIO()
-    image.save(out, format="PNG", compress_level=3)
+    image.save(out, format="PNG", compress_level=1)  # 2-4x faster than the default, files barely larger
     return out.getvalue()
 
 

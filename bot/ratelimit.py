@@ -82,6 +82,9 @@ class RateLimiter:
 
     def admit(self, key: str, limits: LimitSettings, *, admin: bool, queued: int, queue_total: int) -> None:
         """Take one job from `key`'s bucket, or raise Refused; `queued` counts that user's waiting jobs."""
+        if not admin and queued >= limits.max_queued_per_user:
+            jobs = "job" if queued == 1 else "jobs"
+            raise Refused(f"You already have {queued} {jobs} waiting; try again when one of them starts.")
         if queue_total >= limits.queue_cap:
             raise Refused(
                 f"The queue is full ({queue_total} jobs waiting); try again in about a minute.",
@@ -89,9 +92,6 @@ class RateLimiter:
             )
         if admin:
             return
-        if queued >= limits.max_queued_per_user:
-            jobs = "job" if queued == 1 else "jobs"
-            raise Refused(f"You already have {queued} {jobs} waiting; try again when one of them starts.")
         wait = self.buckets.take(key, limits.jobs_per_period, limits.period_s)
         if wait:
             raise Refused(

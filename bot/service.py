@@ -118,6 +118,7 @@ class Service:
         self._accepting = False
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._completing: dict[str, asyncio.Task[None]] = {}  # finished jobs whose files are being written
         self._loops: list[asyncio.Task[None]] = []
 
     # -- life cycle --
@@ -167,6 +168,8 @@ class Service:
         if pump is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(pump, timeout=5)
+        if self._completing:
+            await asyncio.wait(self._completing.values(), timeout=5)
         for task in [*self._loops, *self._tasks]:
             task.cancel()
         await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
@@ -262,6 +265,8 @@ class Service:
         if not self._closing:
             log.error("the generator's event stream ended; failing the jobs it was running")
             for running in self._scheduler.running():
+                if running.id in self._completing:
+                    continue
                 job = self._jobs.get(running.id, running)
                 await self._fail(job, GENERATOR_GONE)
 
@@ -280,14 +285,24 @@ class Service:
             if percent != self._percent.get(job.id) or message.preview is not None:
                 self._percent[job.id] = percent
                 self._emit(Progress(job.id, percent, message.preview))
-        elif isinstance(message, protocol.Done):
-            await self._complete(job, message.images, message.tokens)
+        elif isinstance(message, protocol.Done) and job.id not in self._completing:
+            # Grids and files take a while; other jobs' events go on meanwhile.
+            task = asyncio.create_task(self._complete(job, message.images, message.tokens))
+            self._completing[job.id] = task
+            task.add_done_callback(lambda _: self._completing.pop(job.id, None))
         elif isinstance(message, protocol.Failed):
             await self._fail(job, message.reason)
         elif isinstance(message, protocol.Cancelled):
             await self._end(replace(job, status=Status.CANCELLED, finished_at=time.time()), Cancelled(job.id))
 
     async def _complete(self, job: Job, pngs: list[bytes], tokens: list[list[int]]) -> None:
+        try:
+            await self._save(job, pngs, tokens)
+        except Exception:
+            log.exception("could not store the images of job %s", job.id)
+            await self._fail(job, "The images were made but could not be saved; please try again.")
+
+    async def _save(self, job: Job, pngs: list[bytes], tokens: list[list[int]]) -> None:
         folder = f"images/{job.id}"
         grid = pngs[0] if len(pngs) == 1 else await asyncio.to_thread(images.grid, pngs)
         files = {f"{folder}/{i}.png": png for i, png in enumerate(pngs)}
