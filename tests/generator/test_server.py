@@ -1,15 +1,18 @@
-"""`python -m generator serve` in a real process with the tiny checkpoint, spoken to in raw protocol lines."""
+"""`python -m generator serve` in a real process with the tiny checkpoint, spoken to in raw protocol lines;
+and its worker thread in this process, with an engine step made to fail."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import janus
 import pytest
 import torch
 from PIL import Image
@@ -24,10 +27,12 @@ from generator.protocol import (
     Message,
     Progress,
     Ready,
+    Shutdown,
     Started,
     decode,
     encode,
 )
+from generator.server import EXIT_DEVICE_FAILED, EngineOptions, Worker
 
 TIMEOUT = 60.0
 
@@ -172,3 +177,63 @@ def test_end_of_input_stops_after_the_current_step(server: Server) -> None:
     while (event := server.next()) is not None:
         events.append(event)
     assert all(isinstance(e, Progress) for e in events)  # no Done, no Failed: the bot re-queues the job
+
+
+
+
+# -- the worker thread in this process, with an engine step that fails --------------------------------
+
+
+class FailingWorker:
+    """A worker whose first engine raises `failure` from step(); queue jobs, then start() and read events()."""
+
+    def __init__(self, checkpoint, failure: Exception) -> None:
+        self.inbox: janus.Queue[Message] = janus.Queue()
+        self.outbox: janus.Queue[Message | None] = janus.Queue()
+        self.worker = Worker(checkpoint, EngineOptions(max_batch_images=4), self.inbox.sync_q, self.outbox.sync_q)
+        self.first = self.worker.engine
+
+        def fail() -> None:
+            raise failure
+
+        self.first.step = fail  # type: ignore[method-assign]
+
+    async def events(self) -> AsyncIterator[Message]:
+        self.worker.start()
+        async with asyncio.timeout(TIMEOUT):
+            while (event := await self.outbox.async_q.get()) is not None:
+                yield event
+        await asyncio.to_thread(self.worker.join)
+
+
+REASON = "The generator failed while making these images (boom); try again."
+
+
+def _job(job_id: str, count: int = 1) -> Generate:
+    return Generate(job_id, "a cat", count=count, cfg=5.0, temperature=1.0, seed=0)
+
+
+@pytest.mark.asyncio
+async def test_a_step_error_fails_the_jobs_it_touched_and_the_process_carries_on(tiny) -> None:
+    failing = FailingWorker(tiny, RuntimeError("boom\nwith a long explanation"))
+    for job_id in ("one", "two"):  # queued before the worker starts: they share the failing step
+        failing.inbox.sync_q.put(_job(job_id, count=2))
+    events = []
+    async for event in failing.events():
+        events.append(event)
+        if event == Failed("two", REASON):
+            await failing.inbox.async_q.put(_job("after"))
+        elif isinstance(event, Done):
+            await failing.inbox.async_q.put(Shutdown())
+    assert [e for e in events if isinstance(e, Failed)] == [Failed("one", REASON), Failed("two", REASON)]
+    assert isinstance(events[-1], Done) and events[-1].job_id == "after"
+    assert failing.worker.engine is not failing.first and failing.worker.exit_code == 0  # a fresh engine
+
+
+@pytest.mark.asyncio
+async def test_a_cuda_error_stops_the_worker_without_failing_jobs(tiny) -> None:
+    failing = FailingWorker(tiny, RuntimeError("CUDA error: an illegal memory access was encountered"))
+    failing.inbox.sync_q.put(_job("one"))
+    events = [type(event) async for event in failing.events()]
+    assert events == [Started, Progress]  # no Failed: the supervisor restarts the process and re-runs "one"
+    assert failing.worker.exit_code == EXIT_DEVICE_FAILED
