@@ -28,7 +28,34 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("out_dir", metavar="OUT_DIR")
     make.add_argument("--preset", default="tiny", help="tiny, small, janus-pro-1b or janus-pro-7b (default tiny)")
     make.add_argument("--seed", type=int, default=0)
+
+    run = commands.add_parser("run", help="run the bot until SIGTERM or Ctrl-C")
+    run.add_argument("-c", "--config", help="TOML settings file (default: config.toml if present, else defaults)")
     return parser
+
+
+def _run_bot(config: str | None) -> int:
+    import asyncio
+    import logging
+    from pathlib import Path
+
+    from bot import app
+    from bot.config import ConfigError, load_settings
+    from bot.generator_client import GeneratorStartError
+
+    path = Path(config) if config else Path("config.toml")
+    try:
+        settings = load_settings(path if config or path.exists() else None)
+    except ConfigError as error:
+        print(f"janus-bot: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(app.run(settings))
+    except GeneratorStartError as error:
+        print(f"janus-bot: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from generator import cli
 
         return cli.run(args)
+    if args.command == "run":
+        return _run_bot(args.config)
     raise AssertionError(args.command)
 
 
