@@ -183,11 +183,14 @@ class GeneratorProcess:
 
     async def _spawn(self) -> tuple[_Process, Ready]:
         """A new process that said Ready."""
-        proc = await asyncio.create_subprocess_exec(
-            *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=self.env, limit=LINE_LIMIT,
-            start_new_session=True,  # Ctrl-C goes to the bot, which shuts the generator down in order
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=self.env, limit=LINE_LIMIT,
+                start_new_session=True,  # Ctrl-C goes to the bot, which shuts the generator down in order
+            )
+        except OSError as err:
+            raise GeneratorStartError(f"Cannot run the generator with {self.command[0]!r}: {err.strerror}.") from None
         tail: deque[str] = deque(maxlen=STDERR_TAIL)
         process = _Process(proc, asyncio.create_task(self._pump_stderr(proc, tail)), tail, time.monotonic())
         try:
@@ -269,6 +272,17 @@ class GeneratorProcess:
     # -- supervision --
 
     async def _supervise(self) -> None:
+        """Watch the process; should watching itself fail, end every job rather than leave it hanging."""
+        try:
+            await self._watch()
+        except Exception as err:
+            log.error("generator supervisor stopped: %s: %s", type(err).__name__, err)
+            self._down = NOT_RUNNING
+            for job_id in list(self._jobs):
+                del self._jobs[job_id]
+                self._events.put_nowait(Failed(job_id, NOT_RUNNING))
+
+    async def _watch(self) -> None:
         """Read events until the process's stdout closes; if it died, restart it and re-send its jobs."""
         quick_deaths = 0
         while self._process is not None:

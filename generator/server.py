@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -350,32 +352,67 @@ async def _read_commands(reader: asyncio.StreamReader, inbox: janus.AsyncQueue[M
     await inbox.put(Shutdown())
 
 
+def _is_stream(file: BinaryIO) -> bool:
+    """A pipe or socket, which the event loop can watch (a regular file, /dev/null or a terminal it cannot)."""
+    mode = os.fstat(file.fileno()).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+async def _line_reader(stdin: BinaryIO) -> asyncio.StreamReader:
+    """Lines of stdin: through the loop's pipe transport, or fed by a thread when stdin is a file or terminal."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=LINE_LIMIT)
+    if _is_stream(stdin):
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
+        return reader
+
+    def feed() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening any more
+            for line in stdin:
+                loop.call_soon_threadsafe(reader.feed_data, line)
+            loop.call_soon_threadsafe(reader.feed_eof)
+
+    threading.Thread(target=feed, name="generator-stdin", daemon=True).start()
+    return reader
+
+
+async def _line_writer(stdout: BinaryIO) -> Callable[[Message], Awaitable[None]]:
+    """A function that sends one message as one line: through the loop's pipe transport, or plainly to a file."""
+    if not _is_stream(stdout):
+        async def write_file(message: Message) -> None:
+            stdout.write(encode(message).encode() + b"\n")
+            stdout.flush()
+
+        return write_file
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, stdout)
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+
+    async def write_pipe(message: Message) -> None:
+        writer.write(encode(message).encode() + b"\n")
+        await writer.drain()
+
+    return write_pipe
+
+
 async def serve(checkpoint: Checkpoint, options: EngineOptions, stdin: BinaryIO, stdout: BinaryIO, *,
                 step_delay: float = 0.0) -> int:
     """Send Ready, run jobs until Shutdown or end of input; the exit code."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=LINE_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
-    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, stdout)
-    writer = asyncio.StreamWriter(transport, protocol, None, loop)
-
+    reader = await _line_reader(stdin)
+    write = await _line_writer(stdout)
     inbox: janus.Queue[Message] = janus.Queue()
     outbox: janus.Queue[Message | None] = janus.Queue()
     worker = Worker(checkpoint, options, inbox.sync_q, outbox.sync_q, step_delay=step_delay)
     loop.add_signal_handler(signal.SIGTERM, inbox.async_q.put_nowait, Shutdown())
 
-    ready = Ready(model=checkpoint.name, device=str(checkpoint.device), image_size=checkpoint.image_size,
-                  grid_size=checkpoint.grid_size, max_batch_images=options.max_batch_images)
-    writer.write(encode(ready).encode() + b"\n")
-    await writer.drain()
-    log.info("ready: %s on %s, %d image slots", checkpoint.name, checkpoint.device, options.max_batch_images)
-
+    await write(Ready(model=checkpoint.name, device=str(checkpoint.device), image_size=checkpoint.image_size,
+                      grid_size=checkpoint.grid_size, max_batch_images=options.max_batch_images))
     worker.start()
     commands = asyncio.create_task(_read_commands(reader, inbox.async_q))
     try:
         while (event := await outbox.async_q.get()) is not None:
-            writer.write(encode(event).encode() + b"\n")
-            await writer.drain()
+            await write(event)
     except (BrokenPipeError, ConnectionResetError):
         log.info("the bot closed the pipe; stopping")
         inbox.async_q.put_nowait(Shutdown())
@@ -384,7 +421,6 @@ async def serve(checkpoint: Checkpoint, options: EngineOptions, stdin: BinaryIO,
         await asyncio.to_thread(worker.join)
         inbox.close()
         outbox.close()
-    writer.close()
     return worker.exit_code
 
 
@@ -418,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = _protocol_stdout()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("generator.checkpoint").setLevel(logging.WARNING)  # said once below, with the timing
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -440,7 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"The model could not be loaded: {type(err).__name__}: {one_line(err)}")
     preview_every = default_preview_every(checkpoint) if args.preview_every is None else args.preview_every
     options = EngineOptions(max_batch_images=args.max_batch_images, preview_every=preview_every)
-    log.info("loaded in %.1fs", time.perf_counter() - started)
+    log.info("loaded %s on %s in %s in %.1fs; %d image slots", checkpoint.name, checkpoint.device,
+             str(checkpoint.dtype).removeprefix("torch."), time.perf_counter() - started, options.max_batch_images)
     try:
         return asyncio.run(serve(checkpoint, options, sys.stdin.buffer, out, step_delay=args.step_delay))
     except torch.OutOfMemoryError:
