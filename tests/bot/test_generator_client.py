@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest_asyncio
 from PIL import Image
 
 from bot.generator import Generator
-from bot.generator_client import CRASHED_TWICE, GeneratorProcess, GeneratorStartError
+from bot.generator_client import CRASHED_TWICE, NOT_RUNNING, GeneratorProcess, GeneratorStartError
 from generator.protocol import Cancelled, Done, Failed, Generate, Message, Progress, Started
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")  # the tests share one supervised process, in order
@@ -140,3 +141,51 @@ async def test_a_process_that_dies_before_ready_is_explained() -> None:
     with pytest.raises(GeneratorStartError) as caught:
         await GeneratorProcess(python="false").start()
     assert str(caught.value) == "The generator process ended (exit code 1) before its model was loaded."
+
+
+FAKE_GENERATOR = """
+import sys
+import time
+from pathlib import Path
+
+from generator.protocol import Generate, Ready, Started, decode, encode
+
+if Path(sys.argv[-1]).exists():
+    sys.exit(print("error: The model is gone.", file=sys.stderr) or 2)
+print(encode(Ready("fake", "cpu", 96, 6, 16)), flush=True)
+for line in sys.stdin:  # jobs start and never end; Shutdown and the end of input are ignored
+    if isinstance(msg := decode(line), Generate):
+        print(encode(Started(msg.job_id)), flush=True)
+time.sleep(60)
+"""
+
+
+async def test_jobs_fail_while_the_generator_cannot_restart_and_run_once_it_can(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    script, broken = tmp_path / "fake-generator", tmp_path / "broken"
+    script.write_text(f"#!{sys.executable}\n{FAKE_GENERATOR}")
+    script.chmod(0o755)
+    client = GeneratorProcess(python=str(script), extra_args=[str(broken)], shutdown_grace=0.2)
+    await client.start()
+    events = Events(client)
+    await client.submit(job("a"))
+    await events.wait(of(Started, "a"))
+
+    broken.touch()
+    assert client.pid is not None
+    os.kill(client.pid, signal.SIGKILL)
+    assert await events.wait(of(Failed, "a")) == Failed("a", NOT_RUNNING)
+    await client.submit(job("b"))  # refused at once while the generator is down
+    assert await events.wait(of(Failed, "b")) == Failed("b", NOT_RUNNING)
+    assert any("could not restart: The model is gone. (retrying in 2s)" in r.getMessage() for r in caplog.records)
+
+    broken.unlink()
+    async with asyncio.timeout(TIMEOUT):
+        while client.restarts == 0:
+            await asyncio.sleep(0.1)
+    await client.submit(job("c"))
+    await events.wait(of(Started, "c"))
+    await client.close()  # the fake ignores Shutdown: killed after the grace period
+    assert client.in_flight == ["c"]
+    assert any("did not stop within 0.2s; killing it" in r.getMessage() for r in caplog.records)
