@@ -1,0 +1,80 @@
+"""A bot process for the crash test: `python -m tests.bot.crash_bot submit|recover DATA_DIR MODEL_DIR [N]`.
+
+submit: start, accept N one-image jobs, write their ids to DATA_DIR/accepted, then wait to be killed.
+recover: start (re-queueing what the killed bot left), wait until no job is waiting or running, exit.
+Both append every job id they send to the generator to DATA_DIR/submitted-<mode>.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from bot.app import App
+from bot.config import Settings
+from bot.generator_client import GeneratorProcess
+from bot.jobs import Requester, Status
+from bot.store import Store
+from generator.protocol import Generate, Message, Ready
+
+
+class Recording:
+    """A generator that notes, durably, every job id it is asked to run."""
+
+    def __init__(self, inner: GeneratorProcess, log: Path) -> None:
+        self.inner = inner
+        self.log = log
+
+    async def start(self) -> Ready:
+        ready = await self.inner.start()
+        (self.log.parent / "generator.pid").write_text(str(self.inner.pid))
+        return ready
+
+    async def submit(self, msg: Generate) -> None:
+        with self.log.open("a") as f:
+            f.write(msg.job_id + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        await self.inner.submit(msg)
+
+    async def cancel(self, job_id: str) -> None:
+        await self.inner.cancel(job_id)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def events(self) -> AsyncIterator[Message]:
+        return self.inner.events()
+
+
+async def main(mode: str, data_dir: Path, model_dir: str, n: int) -> None:
+    settings = Settings.model_validate(
+        {
+            "bot": {"data_dir": str(data_dir), "shutdown_grace_s": 0},
+            "limits": {"max_queued_per_user": n, "max_running_per_user": n},
+        }
+    )
+    process = GeneratorProcess(
+        model_dir, device="cpu", max_batch_images=2, preview_every=0, extra_args=["--step-delay", "0.02"]
+    )
+    async with App(settings, Recording(process, data_dir / f"submitted-{mode}")) as app:
+        if mode == "submit":
+            ids = []
+            for i in range(n):
+                handle = await app.service.submit(Requester("test", "s", "c", f"u{i % 3}"), f"crash {i}", count=1)
+                ids.append(handle.job.id)
+            (data_dir / "accepted").write_text("\n".join(ids) + "\n")
+            print("accepted", flush=True)
+            await asyncio.sleep(3600)
+        else:
+            async with await Store.open(data_dir) as store:
+                while await store.jobs(Status.QUEUED, Status.RUNNING):
+                    await asyncio.sleep(0.1)
+            print("recovered", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 6))
