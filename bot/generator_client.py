@@ -357,6 +357,10 @@ class GeneratorProcess:
                     self._events.put_nowait(Failed(job_id, NOT_RUNNING))
                 await asyncio.sleep(pause)
                 continue
+            if self._closing:  # close() came while it loaded
+                process.proc.kill()
+                await process.proc.wait()
+                return
             self._process, self.ready, self._down = process, ready, None
             self.restarts += 1
             log.info("generator restarted in %.1fs as process %d", time.monotonic() - started, process.proc.pid)

@@ -118,7 +118,6 @@ class Worker(threading.Thread):
         return Engine(self.checkpoint, max_batch_images=self.options.max_batch_images,
                       preview_every=self.options.preview_every, on_progress=self.reports.append)
 
-
     def run(self) -> None:
         try:
             with torch.inference_mode():
@@ -415,8 +414,8 @@ async def serve(checkpoint: Checkpoint, options: EngineOptions, stdin: BinaryIO,
             await write(event)
     except (BrokenPipeError, ConnectionResetError):
         log.info("the bot closed the pipe; stopping")
-        inbox.async_q.put_nowait(Shutdown())
     finally:
+        inbox.async_q.put_nowait(Shutdown())  # unless the worker has stopped already
         commands.cancel()
         await asyncio.to_thread(worker.join)
         inbox.close()
