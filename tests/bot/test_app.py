@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from bot.app import App, until_signalled
+from bot.jobs import Done, Refused, Status
+from bot.store import Store
+from tests.bot.helpers import FakeGenerator, requester, settings
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_app_builds_store_service_and_generator_and_closes_them(tmp_path: Path) -> None:
+    fake = FakeGenerator()
+    async with App(settings(tmp_path), fake) as app:
+        assert app.service.ready is not None and app.service.ready.max_batch_images == 16
+        handle = await app.service.submit(requester(), "a cat")
+        assert isinstance(await handle.final(), Done)
+    assert fake.closed
+    with pytest.raises(Refused, match="restarting"):
+        await app.service.submit(requester(), "a cat")
+    assert (tmp_path / "janus-bot.db").exists()
+
+
+async def test_shutdown_lets_running_jobs_finish_within_the_grace_period(tmp_path: Path) -> None:
+    fake = FakeGenerator(max_batch_images=1, steps=5, step_delay=0.02)
+    config = settings(tmp_path, bot={"shutdown_grace_s": 5})
+    async with App(config, fake) as app:
+        running = await app.service.submit(requester("a"), "x", count=1)
+        waiting = await app.service.submit(requester("b"), "y", count=1)
+        await asyncio.sleep(0.01)
+    assert isinstance(await running.final(), Done)
+    async with await Store.open(tmp_path) as store:
+        assert (await store.job(running.job.id)).status is Status.DONE  # type: ignore[union-attr]
+        assert (await store.job(waiting.job.id)).status is Status.QUEUED  # type: ignore[union-attr]
+    assert [m.job_id for m in fake.submitted] == [running.job.id]
+
+
+async def test_sigterm_and_sigint_end_the_wait(tmp_path: Path) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().call_later(0.01, os.kill, os.getpid(), sig)
+        assert await asyncio.wait_for(until_signalled(), 5) is sig
