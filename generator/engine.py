@@ -8,7 +8,9 @@ random numbers depend only on (seed, image index, step), never on its neighbours
 
 from __future__ import annotations
 
+import gc
 import itertools
+import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +20,9 @@ import torch
 from generator.checkpoint import Checkpoint
 from generator.prompt import encode_prompt, unconditional_ids
 
+log = logging.getLogger(__name__)
+
+OUT_OF_MEMORY = "The GPU ran out of memory for this request; try fewer images."
 _M32 = 0xFFFFFFFF
 _MIX = 0x45D9F3B
 _GOLDEN = 0x9E3779B1
@@ -122,7 +127,7 @@ class SlotCache:
 
     Speaks the part of transformers' Cache interface the language model calls (`update`). Before each
     forward the engine says which rows it covers: `prefill(rows)` writes a prompt at positions [0, L) of
-    the given rows; `decode(n, pos, kv_len)` writes one token per row at `pos` for rows [0, n) and
+    the given rows; `decode(start, stop, pos, kv_len)` writes one token per row at `pos` for rows [start, stop) and
     returns the first `kv_len` positions.
     """
 
@@ -135,7 +140,7 @@ class SlotCache:
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.max_len = max_len
         self._rows: torch.Tensor | None = None
-        self._n = 0
+        self._start = self._stop = 0
         self._pos: torch.Tensor | None = None
         self._kv_len = max_len
 
@@ -146,8 +151,8 @@ class SlotCache:
     def prefill(self, rows: torch.Tensor) -> None:
         self._rows = rows
 
-    def decode(self, n: int, pos: torch.Tensor, kv_len: int) -> None:
-        self._rows, self._n, self._pos, self._kv_len = None, n, pos, kv_len
+    def decode(self, start: int, stop: int, pos: torch.Tensor, kv_len: int) -> None:
+        self._rows, self._start, self._stop, self._pos, self._kv_len = None, start, stop, pos, kv_len
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,7 +162,7 @@ class SlotCache:
             keys[self._rows, :, :length] = key_states
             values[self._rows, :, :length] = value_states
             return key_states, value_states
-        keys, values = keys[: self._n], values[: self._n]
+        keys, values = keys[self._start : self._stop], values[self._start : self._stop]
         index = self._pos.view(-1, 1, 1, 1).expand(-1, keys.shape[1], 1, keys.shape[3])
         keys.scatter_(2, index, key_states)
         values.scatter_(2, index, value_states)
@@ -173,6 +178,21 @@ def kv_bytes_per_row(checkpoint: Checkpoint, length: int) -> int:
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim
     return per_token * length * torch.tensor([], dtype=checkpoint.dtype).element_size()
+
+
+def auto_batch_images(checkpoint: Checkpoint, max_prompt_tokens: int, *, limit: int = 64) -> int:
+    """How many images fit the free GPU memory (16 on CPU): two KV rows each, after a reserve."""
+    device = checkpoint.device
+    if device.type != "cuda":
+        return 16
+    free, total = torch.cuda.mem_get_info(device)
+    per_image = 2 * kv_bytes_per_row(checkpoint, max_prompt_tokens + checkpoint.num_image_tokens)
+    # The reserve covers prefill activations, logits and the VQ decoder's largest feature maps.
+    usable = free - max(int(0.1 * total), 3 << 30)
+    fit = max(1, min(limit, usable // per_image))
+    log.info("sizing the batch for %d images (%.1f GiB free, %.0f MiB of KV cache each)", fit, free / 2**30,
+             per_image / 2**20)
+    return fit
 
 
 # -- engine -----------------------------------------------------------------------------------------
@@ -192,16 +212,19 @@ class Engine:
         self,
         checkpoint: Checkpoint,
         *,
-        max_batch_images: int = 16,
+        max_batch_images: int | None = None,
         max_prompt_tokens: int = 256,
         preview_every: int = 0,
         record_logits: bool = False,
         on_progress: Callable[[Progress], None] | None = None,
+        compile: bool | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.model = checkpoint.model
         self.processor = checkpoint.processor
         self.n_tokens = checkpoint.num_image_tokens
+        if max_batch_images is None:
+            max_batch_images = auto_batch_images(checkpoint, max_prompt_tokens)
         self.max_batch_images = max_batch_images
         self.max_prompt_tokens = max_prompt_tokens
         self.preview_every = preview_every
@@ -237,6 +260,34 @@ class Engine:
         self._host_pos = [0] * (2 * j)
         self._free = list(range(j))
         self._running: dict[str, _Running] = {}
+        # Compiled decoding runs every slot over the whole cache each step: static shapes, one graph.
+        self.static = False
+        if compile if compile is not None else device.type == "cuda":
+            self._compile()
+
+    def _compile(self) -> None:
+        """Compile the decode step (CUDA graphs on a GPU); fall back to eager with one log line."""
+        for tensor in [*self.cache.keys, *self.cache.values, self.pos, self.pid, self.valid, self.cfg,
+                       self.temperature, self.keys, self.step_of, self.live, self.prefix, self.prefix_len,
+                       self.tokens]:
+            torch._dynamo.mark_static_address(tensor)
+        mode = "reduce-overhead" if self.checkpoint.device.type == "cuda" else "default"
+        eager = self._decode
+        self._decode = torch.compile(eager, mode=mode, fullgraph=False, dynamic=False)
+        self.static = True
+        try:  # compiler errors show up at the first calls: run a throwaway request a few steps
+            with torch.inference_mode():
+                warm_up = Request("warm-up", num_images=1, temperature=0, id="__warm_up__")
+                self.add([warm_up])
+                for _ in range(3):
+                    self.step()
+                self.cancel(warm_up.id)
+        except Exception as err:  # any compiler failure means eager
+            log.warning("compiled decoding unavailable (%s); running eager", str(err).strip().splitlines()[0][:200])
+            self._running.pop("__warm_up__", None)
+            self._free = list(range(self.max_batch_images))
+            self._decode, self.static = eager, False
+
 
     # -- admission --
 
@@ -271,26 +322,42 @@ class Engine:
                 raise RequestError(f"A token prefix must be [k] or [num_images, k] with k <= {self.n_tokens}.")
         return ids
 
-    def add(self, requests: Sequence[Request]) -> None:
-        """Prefill requests into free slots; they sample their first token now and join the next step."""
+    def add(self, requests: Sequence[Request]) -> list[Result]:
+        """Prefill requests into free slots; they sample their first token now and join the next step.
+
+        Invalid requests raise RequestError before anything changes. Returns the requests that could not
+        start (out of memory even when prefilled alone), as failed results.
+        """
         if not requests:
-            return
+            return []
         prompts = [self.validate(r) for r in requests]
         need = sum(r.num_images for r in requests)
         if need > len(self._free):
             raise RequestError(f"{need} images do not fit in {len(self._free)} free slots.")
-        slots_of: list[list[int]] = []
+        return self._add(list(requests), prompts)
+
+    def _add(self, requests: list[Request], prompts: list[list[int]]) -> list[Result]:
+        slots_of: list[list[int]] = [[] for _ in requests]
         rows: list[list[int]] = []
-        for request, cond in zip(requests, prompts):
-            slots = [self._free.pop(0) for _ in range(request.num_images)]
-            slots_of.append(slots)
+        for request, cond, slots in zip(requests, prompts, slots_of):
+            slots += [self._free.pop(0) for _ in range(request.num_images)]
             uncond = unconditional_ids(cond, self.processor)
-            for _ in slots:
-                rows += [cond, uncond]
-        self._prefill(requests, slots_of, rows)
+            rows += [cond, uncond] * request.num_images
+        try:
+            self._prefill(requests, slots_of, rows)
+        except torch.OutOfMemoryError:
+            self._free = sorted(self._free + [s for slots in slots_of for s in slots])
+            self.live[torch.tensor([s for slots in slots_of for s in slots], device=self.live.device)] = False
+            self._free_memory()
+            if len(requests) == 1:
+                log.warning("out of memory prefilling request %s alone; failing it", requests[0].id)
+                return [Result(requests[0], None, status="failed", error=OUT_OF_MEMORY)]
+            log.warning("out of memory prefilling %d requests together; adding them one by one", len(requests))
+            return [failed for request, ids in zip(requests, prompts) for failed in self._add([request], [ids])]
         for request, slots in zip(requests, slots_of):
             self._running[request.id] = _Running(request, slots, step=1)
-        self._report()
+        self._report(requests)
+        return []
 
     def _prefill(self, requests: Sequence[Request], slots_of: list[list[int]], rows: list[list[int]]) -> None:
         device = self.checkpoint.device
@@ -310,8 +377,8 @@ class Engine:
         pid = (mask.cumsum(dim=1) - 1).clamp(min=0)
         self.pos[row_t] = length
         self.pid[row_t] = pid[:, -1] + 1
-        for r in row_t.tolist():
-            self._host_pos[r] = length
+        for slot in slots:
+            self._host_pos[2 * slot] = self._host_pos[2 * slot + 1] = length
 
         settings = [(r, i) for r, group in zip(requests, slots_of) for i in range(len(group))]
         self.cfg[slot_t] = torch.tensor([r.cfg for r, _ in settings], dtype=torch.float32, device=device)
@@ -365,24 +432,12 @@ class Engine:
         self.step_of[slots] += live.long()
 
     def step(self) -> list[Result]:
-        """One token for every running image; returns the requests that finished."""
+        """One token for every running image; returns the requests that finished (or failed)."""
         finished = self._collect()
         if not self._running:
             return finished
-        n_img = max(s for run in self._running.values() for s in run.slots) + 1
-        n_rows = 2 * n_img
-        live_rows = self.live[:n_img].repeat_interleave(2)
-        last = self.tokens[:n_img].gather(1, (self.step_of[:n_img] - 1).clamp(min=0)[:, None])  # [n, 1]
-        embeds = self.model.prepare_embeddings_for_image_generation(last.repeat_interleave(2, dim=0))
-        pos = self.pos[:n_rows]
-        self.valid[:n_rows].scatter_(1, pos[:, None], True)
-        kv_len = max(self._host_pos[:n_rows]) + 1
-        mask = self.valid[:n_rows, None, None, :kv_len]
-        self.cache.decode(n_rows, pos, kv_len)
-        hidden = self._forward(embeds, mask, self.pid[:n_rows, None])
-        self._sample(slice(0, n_img), hidden)
-        self.pos[:n_rows] += live_rows.long()
-        self.pid[:n_rows] += live_rows.long()
+        hi = self.max_batch_images if self.static else max(s for run in self._running.values() for s in run.slots) + 1
+        finished += self._decode_split(0, hi)
         for run in self._running.values():
             run.step += 1
             for s in run.slots:
@@ -391,10 +446,46 @@ class Engine:
         self._report()
         return finished + self._collect()
 
-    def _report(self) -> None:
+    def _decode_split(self, lo: int, hi: int) -> list[Result]:
+        """Decode image slots [lo, hi); out of memory splits the range, and fails a request only alone."""
+        try:
+            self._decode(lo, hi)
+            return []
+        except torch.OutOfMemoryError:
+            self._free_memory()
+        runs = [run for run in self._running.values() if any(lo <= s < hi for s in run.slots)]
+        if hi - lo == 1:
+            log.warning("out of memory decoding one image alone; failing request %s", runs[0].request.id)
+            return [self._release(runs[0], "failed", OUT_OF_MEMORY)]
+        log.warning("out of memory on a %d-image step; splitting it in two", hi - lo)
+        mid = (lo + hi) // 2
+        return self._decode_split(lo, mid) + self._decode_split(mid, hi)
+
+    def _decode(self, lo: int, hi: int) -> None:
+        """Feed each image's last token and sample the next, for image slots [lo, hi)."""
+        r0, r1 = 2 * lo, 2 * hi
+        live_rows = self.live[lo:hi].repeat_interleave(2).long()
+        last = self.tokens[lo:hi].gather(1, (self.step_of[lo:hi] - 1).clamp(min=0)[:, None])  # [n, 1]
+        embeds = self.model.prepare_embeddings_for_image_generation(last.repeat_interleave(2, dim=0))  # [2n, 1, H]
+        pos = self.pos[r0:r1]
+        self.valid[r0:r1].scatter_(1, pos[:, None], True)
+        kv_len = self.max_len if self.static else max(self._host_pos[r0:r1]) + 1
+        self.cache.decode(r0, r1, pos, kv_len)
+        hidden = self._forward(embeds, self.valid[r0:r1, None, None, :kv_len], self.pid[r0:r1, None])
+        self._sample(slice(lo, hi), hidden)
+        self.pos[r0:r1] += live_rows
+        self.pid[r0:r1] += live_rows
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if self.checkpoint.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _report(self, only: Sequence[Request] | None = None) -> None:
         if self.on_progress is None:
             return
-        for run in self._running.values():
+        runs = self._running.values() if only is None else [self._running[r.id] for r in only]
+        for run in runs:
             tokens = None
             if self.preview_every and (run.step % self.preview_every == 0) and run.step < self.n_tokens:
                 tokens = self.tokens[run.slots, : run.step].cpu()

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
+    GenerationConfig,
     JanusConfig,
     JanusForConditionalGeneration,
     JanusImageProcessorPil,
@@ -180,6 +181,14 @@ def build_model(
     torch.manual_seed(seed)
     with torch.device(device):
         model = JanusForConditionalGeneration(config).to(dtype)
+    # As in the published checkpoints, so transformers' own generate(generation_mode="image") runs too.
+    model.generation_config = GenerationConfig(
+        bos_token_id=processor.tokenizer.bos_token_id,
+        eos_token_id=processor.tokenizer.eos_token_id,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        guidance_scale=5.0,
+        generation_kwargs={"boi_token_id": processor.tokenizer.convert_tokens_to_ids(BOI)},
+    )
     if spec.hidden <= 256:
         # Default init gives near-uniform logits at these sizes; wider heads make greedy decoding
         # and sampling tell tokens apart the way a trained model does.

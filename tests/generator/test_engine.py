@@ -154,3 +154,90 @@ def test_gumbel_noise_is_a_pure_function_of_key_step_and_index():
     assert not torch.equal(a[0], a[1])
     assert not torch.equal(a[0], gumbel_noise(keys[:1], torch.tensor([1]), 64)[0])
     assert torch.isfinite(a).all()
+
+
+def test_transformers_generate_agrees_with_the_engine_when_greedy(tiny):
+    from generator.prompt import format_prompt
+
+    inputs = tiny.processor(text=format_prompt(tiny.processor, PROMPTS[0]), generation_mode="image",
+                            return_tensors="pt")
+    hf = tiny.model.generate(**inputs, generation_mode="image", do_sample=False, guidance_scale=5.0)
+    [ours] = generate(tiny, [Request(PROMPTS[0], 1, cfg=5.0, temperature=0)])
+    assert torch.equal(hf, ours.tokens)
+
+
+def _out_of_memory_above(monkeypatch, tiny, step_rows: int, prompt_rows: int) -> list[int]:
+    """Make the language model raise CUDA-style out-of-memory for forwards with more rows than allowed."""
+    lm = tiny.model.model.language_model
+    inner, calls = lm.forward, []
+
+    def forward(*, inputs_embeds, **kwargs):
+        n, length = inputs_embeds.shape[:2]
+        calls.append(n)
+        if n > (step_rows if length == 1 else prompt_rows):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return inner(inputs_embeds=inputs_embeds, **kwargs)
+
+    monkeypatch.setattr(lm, "forward", forward)
+    return calls
+
+
+def test_out_of_memory_in_a_step_splits_it_and_changes_no_tokens(tiny, monkeypatch, caplog):
+    requests = [Request(PROMPTS[i % 3], 2, seed=i) for i in range(3)]
+    expected = generate(tiny, [Request(**{**r.__dict__, "id": f"alone{i}"}) for i, r in enumerate(requests)])
+    engine = Engine(tiny, max_batch_images=6)
+    calls = _out_of_memory_above(monkeypatch, tiny, step_rows=4, prompt_rows=100)
+    with torch.inference_mode():
+        assert engine.add(requests) == []
+        done = _run(engine)
+    assert 12 in calls and calls.count(4) > 0  # full steps failed, halves (2 images = 4 rows) ran
+    for request, want in zip(requests, expected):
+        assert torch.equal(done[request.id], want.tokens)
+    assert "splitting it in two" in caplog.text
+
+
+def test_out_of_memory_prefilling_fails_only_the_request_that_cannot_fit(tiny, monkeypatch):
+    small, big = Request(PROMPTS[0], 1, seed=1), Request(PROMPTS[1], 4, seed=2)
+    [want] = generate(tiny, [Request(**{**small.__dict__, "id": "alone"})])
+    engine = Engine(tiny, max_batch_images=6)
+    _out_of_memory_above(monkeypatch, tiny, step_rows=100, prompt_rows=4)
+    with torch.inference_mode():
+        failed = engine.add([small, big])
+        assert [(r.request.id, r.status) for r in failed] == [(big.id, "failed")]
+        assert "out of memory" in failed[0].error and "\n" not in failed[0].error
+        assert engine.free_images == 5
+        done = _run(engine)
+    assert torch.equal(done[small.id], want.tokens)
+
+
+def test_an_image_that_cannot_fit_even_alone_fails_its_request_only(tiny, monkeypatch):
+    keep, doomed = Request(PROMPTS[0], 1, seed=1), Request(PROMPTS[1], 1, seed=2)
+    [want] = generate(tiny, [Request(**{**keep.__dict__, "id": "alone"})])
+    engine = Engine(tiny, max_batch_images=2)
+    with torch.inference_mode():
+        engine.add([keep, doomed])
+        lm = tiny.model.model.language_model
+        inner = lm.forward
+
+        def forward(*, inputs_embeds, **kwargs):  # the second image slot always runs out of memory
+            if inputs_embeds.shape[0] == 4 or engine.cache._start == 2:
+                raise torch.OutOfMemoryError("CUDA out of memory.")
+            return inner(inputs_embeds=inputs_embeds, **kwargs)
+
+        monkeypatch.setattr(lm, "forward", forward)
+        finished = engine.step()
+        assert [(r.request.id, r.status) for r in finished] == [(doomed.id, "failed")]
+        done = _run(engine)
+    assert torch.equal(done[keep.id], want.tokens)
+
+
+@pytest.mark.slow
+def test_compiled_decoding_matches_eager(tiny):
+    request = Request(PROMPTS[0], 2, seed=3)
+    [want] = generate(tiny, [Request(**{**request.__dict__, "id": "eager"})])
+    engine = Engine(tiny, max_batch_images=2, compile=True)
+    assert engine.static  # compiled, not fallen back
+    with torch.inference_mode():
+        engine.add([request])
+        done = _run(engine)
+    assert torch.equal(done[request.id], want.tokens)
