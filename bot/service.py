@@ -90,7 +90,12 @@ Hook = Callable[[Handle], Awaitable[None]]
 
 
 class Service:
-    """The bot's core: one per process, shared by every adapter."""
+    """The bot's core: one per process, shared by every adapter.
+
+    After a restart `on_recovered` gets a handle for every job the last run left unfinished (re-queued,
+    its stream goes on) and for every finished job whose result the adapters had not marked `delivered`
+    (its stream holds just the final event).
+    """
 
     def __init__(
         self,
@@ -140,7 +145,7 @@ class Service:
             else:
                 handle.put(Queued(job.id, self._scheduler.push(job)))
             recovered.append(handle)
-        for job in await self._store.undelivered():
+        for job in await self._store.undelivered() if self._on_recovered is not None else []:
             handle = Handle(job)
             handle.put(await self._final_event(job))
             recovered.append(handle)
