@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
 from bot.jobs import Job
+
+log = logging.getLogger(__name__)
 
 
 class Scheduler:
@@ -166,5 +169,9 @@ class Scheduler:
                 self._running_by[job.requester.user_key] += 1
                 self.images_in_flight += job.options.count
                 self._reported.pop(job.id, None)
-                await self._dispatch(job)
+                try:
+                    await self._dispatch(job)
+                except Exception:  # the dispatcher reports its own failures; keep serving the others
+                    log.exception("dispatching job %s failed", job.id)
+                    self.finish(job.id)
             self._report()
