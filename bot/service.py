@@ -169,10 +169,9 @@ class Service:
             await asyncio.sleep(0.05)
         self._closing = True
         await self._generator.close()
-        pump, scheduler = self._loops or (None, None)
-        if pump is not None:
+        if self._loops:  # the pump ends with the generator's events; let it record the last ones
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(pump, timeout=5)
+                await asyncio.wait_for(self._loops[0], timeout=5)
         if self._completing:
             await asyncio.wait(self._completing.values(), timeout=5)
         for task in [*self._loops, *self._tasks]:
@@ -227,9 +226,13 @@ class Service:
 
     async def _final_event(self, job: Job) -> Event:
         if job.status is Status.DONE:
-            stored = await self._store.images(job.id)
-            pngs = [await self._store.read_file(image.path) for image in stored]
-            grid = await self._store.read_file(job.grid_path) if job.grid_path else pngs[0]
+            try:
+                stored = await self._store.images(job.id)
+                pngs = [await self._store.read_file(image.path) for image in stored]
+                grid = await self._store.read_file(job.grid_path) if job.grid_path else pngs[0]
+            except (OSError, IndexError):
+                log.warning("the images of job %s are missing from the data directory", job.id)
+                return Failed(job.id, "The images of this job are no longer stored; start a new one with /imagine.")
             return Done(job.id, job.seed, grid, pngs)
         if job.status is Status.FAILED:
             return Failed(job.id, job.error or GENERATOR_GONE)

@@ -332,3 +332,25 @@ async def test_generator_stream_ending_fails_running_jobs_with_a_reason(tmp_path
         fake._events.put_nowait(None)  # the generator went away for good
         final = await asyncio.wait_for(handle.final(), 5)
         assert isinstance(final, Failed) and "stopped before finishing" in final.reason
+
+
+async def test_status_and_watch(tmp_path: Path) -> None:
+    async with running(settings(tmp_path)) as (service, _, _):
+        await service.pause(OWNER)
+        first = await service.submit(requester("a"), "x")
+        second = await service.submit(requester("b"), "y")
+        status = await service.status(second.job.id)
+        assert status is not None and status.position == 2 and status.job.status is Status.QUEUED
+        watcher = await service.watch(second.job.id)
+        await service.resume(OWNER)
+        assert await watcher.final() == await second.final()
+        await first.final()
+        status = await service.status(first.job.id)
+        assert status is not None and status.position is None and status.job.status is Status.DONE
+        again = await service.watch(first.job.id)
+        assert [type(e) for e in await collect(again)] == [Done]
+        (tmp_path / (await service.status(first.job.id)).job.grid_path).unlink()  # type: ignore[union-attr, operator]
+        assert isinstance(await (await service.watch(first.job.id)).final(), Failed)
+        assert await service.status("nope") is None
+        with pytest.raises(Refused, match="no longer exists"):
+            await service.watch("nope")
