@@ -77,7 +77,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tiny_dir: Path) -> Iterator[Server]:
-    server = Server(tiny_dir, "--max-batch-images", "4", "--preview-every", "12", "--step-delay", "0.01")
+    server = Server(tiny_dir, "--max-batch-images", "4", "--preview-every", "12", "--step-delay", "0.02")
     ready = server.next()
     assert isinstance(ready, Ready), server.proc.stderr.read().decode() if server.proc.stderr else ""
     assert (ready.image_size, ready.grid_size, ready.max_batch_images) == (96, 6, 4)
