@@ -12,9 +12,8 @@ from bot.jobs import Done, Refused, Status
 from bot.store import Store
 from tests.bot.helpers import FakeGenerator, requester, settings
 
-pytestmark = pytest.mark.asyncio
 
-
+@pytest.mark.asyncio
 async def test_app_builds_store_service_and_generator_and_closes_them(tmp_path: Path) -> None:
     fake = FakeGenerator()
     async with App(settings(tmp_path), fake) as app:
@@ -27,6 +26,7 @@ async def test_app_builds_store_service_and_generator_and_closes_them(tmp_path: 
     assert (tmp_path / "janus-bot.db").exists()
 
 
+@pytest.mark.asyncio
 async def test_shutdown_lets_running_jobs_finish_within_the_grace_period(tmp_path: Path) -> None:
     fake = FakeGenerator(max_batch_images=1, steps=5, step_delay=0.02)
     config = settings(tmp_path, bot={"shutdown_grace_s": 5})
@@ -41,7 +41,22 @@ async def test_shutdown_lets_running_jobs_finish_within_the_grace_period(tmp_pat
     assert [m.job_id for m in fake.submitted] == [running.job.id]
 
 
+@pytest.mark.asyncio
 async def test_sigterm_and_sigint_end_the_wait(tmp_path: Path) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().call_later(0.01, os.kill, os.getpid(), sig)
         assert await asyncio.wait_for(until_signalled(), 5) is sig
+
+
+def test_run_command_reports_bad_config_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from janus_bot.cli import main
+
+    assert main(["run", "-c", str(tmp_path / "missing.toml")]) == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[limits]\nperiod_s = 0\n")
+    assert main(["run", "-c", str(bad)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        f"janus-bot: {tmp_path / 'missing.toml'}: no such file (copy config.example.toml to start)",
+        f"janus-bot: {bad}: limits.period_s: Input should be greater than 0",
+    ]
