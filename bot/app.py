@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
+from collections.abc import Mapping
 from types import TracebackType
 
 from bot.config import Settings
 from bot.generator import Generator
 from bot.ratelimit import Clock
-from bot.service import Hook, Service
+from bot.service import Handle, Hook, Service
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -102,8 +104,26 @@ async def until_signalled() -> signal.Signals:
             loop.remove_signal_handler(sig)
 
 
-async def run(settings: Settings) -> None:
-    """Run the bot until SIGTERM or SIGINT, then shut down gracefully."""
-    async with App(settings):
-        sig = await until_signalled()
-        log.info("%s: shutting down", sig.name)
+async def run(settings: Settings, env: Mapping[str, str] | None = None) -> None:
+    """Run the bot and its adapters until SIGTERM or SIGINT, then shut down gracefully."""
+    from bot.adapters import configured_adapters
+
+    adapters = configured_adapters(settings, os.environ if env is None else env)
+    by_platform = {adapter.platform: adapter for adapter in adapters}
+
+    async def recovered(handle: Handle) -> None:
+        adapter = by_platform.get(handle.job.platform)
+        if adapter is not None:
+            await adapter.recovered(handle)
+
+    async with App(settings, on_recovered=recovered) as app:
+        started = []
+        try:
+            for adapter in adapters:
+                await adapter.start(app.service)
+                started.append(adapter)
+            sig = await until_signalled()
+            log.info("%s: shutting down", sig.name)
+        finally:
+            for adapter in reversed(started):  # stop taking commands first; the service then finishes its jobs
+                await adapter.close()

@@ -77,8 +77,10 @@ class Secrets(_Section):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Secrets:
-        """Secrets from JANUS_BOT_* environment variables; empty ones count as unset."""
-        return cls(**{name: env.get(f"JANUS_BOT_{name.upper()}") or None for name in cls.model_fields})
+        """Secrets from DISCORD_TOKEN, SLACK_BOT_TOKEN, ... (or JANUS_BOT_-prefixed); empty ones count as unset."""
+        return cls(**{
+            name: env.get(name.upper()) or env.get(f"JANUS_BOT_{name.upper()}") or None for name in cls.model_fields
+        })
 
 
 class Settings(_Section):
@@ -121,7 +123,7 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML: {error}") from None
     if "secrets" in data:
-        raise ConfigError(f"{source}: secrets: keep tokens out of the file; set JANUS_BOT_* environment variables")
+        raise ConfigError(f"{source}: secrets: keep tokens out of the file; set them in the environment")
     try:
         settings = Settings.model_validate(data)
         return settings.model_copy(update={"secrets": Secrets.from_env(env)})

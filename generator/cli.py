@@ -20,6 +20,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.command == "imagine":
             return imagine(args)
+        if args.command == "bench":
+            return bench(args)
         return make_model(args)
     except (UsageError, OptionError) as err:
         print(f"janus-bot: error: {err}", file=sys.stderr)
@@ -47,6 +49,16 @@ def make_model(args: argparse.Namespace) -> int:
     out = build(args.out_dir, args.preset, seed=args.seed)
     print(f"saved a random {args.preset} checkpoint to {out}")
     return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    from generator import bench
+
+    problem = bench.check_arguments(args)
+    if problem:
+        raise UsageError(problem)
+    _quiet_transformers()
+    return bench.bench(args)
 
 
 def imagine(args: argparse.Namespace) -> int:

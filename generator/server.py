@@ -235,7 +235,7 @@ class Worker(threading.Thread):
         if not batch:
             return
         try:
-            self.engine.add(batch)
+            failed = self.engine.add(batch)
         except Exception as err:
             if is_device_failure(err):
                 raise DeviceFailure(one_line(err)) from None
@@ -246,7 +246,11 @@ class Worker(threading.Thread):
                 self._send(Failed(request.id, f"The generator could not start this job ({one_line(err)}); "
                                               f"try again, perhaps with fewer images."))
             return
+        refused = {result.request.id: result.error or "The generator could not start this job." for result in failed}
         for request in batch:
+            if request.id in refused:  # out of memory even alone: this job only
+                self._send(Failed(request.id, refused[request.id]))
+                continue
             self.running[request.id] = request
             self.percent[request.id] = -1
             self._send(Started(request.id))
@@ -270,6 +274,8 @@ class Worker(threading.Thread):
             self._forget(result.request.id)
             if result.status == "done" and result.tokens is not None:
                 self._finish(result.request, result.tokens)
+            elif result.status == "failed":  # the engine gave up on this job alone (out of memory)
+                self._send(Failed(result.request.id, result.error or "The generator failed on this job."))
         if self.step_delay:
             time.sleep(self.step_delay)
 

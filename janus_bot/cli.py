@@ -29,8 +29,35 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("--preset", default="tiny", help="tiny, small, janus-pro-1b or janus-pro-7b (default tiny)")
     make.add_argument("--seed", type=int, default=0)
 
+    bench = commands.add_parser("bench", help="measure the engine against the reference loop and transformers")
+    bench.add_argument("--preset", default="small", help="tiny, small, janus-pro-1b or janus-pro-7b (default small)")
+    bench.add_argument("--tokens", type=int, help="tokens per image, a square (default: the preset's; small: 144)")
+    bench.add_argument("--requests", type=int, default=8, help="number of requests (default 8)")
+    bench.add_argument("--images", type=int, default=4, help="images per request (default 4)")
+    bench.add_argument("--arrival", choices=["together", "staggered"], default="together",
+                       help="all at once, or one every half of a lone request's time")
+    bench.add_argument("--max-batch-images", type=int, help="engine slots (default: the whole workload)")
+    bench.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="compile the engine's decode step (default: on CUDA)")
+    bench.add_argument("--skip", nargs="*", default=[], choices=["reference", "transformers"],
+                       help="baselines to leave out")
+    bench.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    bench.add_argument("--dtype", help="auto, bf16 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
+
     run = commands.add_parser("run", help="run the bot until SIGTERM or Ctrl-C")
     run.add_argument("-c", "--config", help="TOML settings file (default: config.toml if present, else defaults)")
+
+    train = commands.add_parser("train-demo", help="train the built-in demo model on synthetic scenes (CPU, minutes)")
+    train.add_argument("out_dir", metavar="OUT_DIR")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+
+    evaluate = commands.add_parser("eval-demo", help="score prompt adherence on held-out scenes, cfg 1 vs --cfg")
+    evaluate.add_argument("--model", help="checkpoint directory (default: the built-in demo model)")
+    evaluate.add_argument("--cfg", type=float, help="guidance weight compared with cfg 1 (default 5)")
+    evaluate.add_argument("--n", type=int, default=32, help="held-out prompts (default 32)")
+    evaluate.add_argument("--images", type=int, default=4, help="images per prompt (default 4)")
+    evaluate.add_argument("--seed", type=int, default=0, help="picks the prompts and the sampling noise")
     return parser
 
 
@@ -60,10 +87,14 @@ def _run_bot(config: str | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("imagine", "make-model"):
+    if args.command in ("imagine", "make-model", "bench"):
         from generator import cli
 
         return cli.run(args)
+    if args.command in ("train-demo", "eval-demo"):
+        from generator.demo import cli as demo
+
+        return demo.run(args)
     if args.command == "run":
         return _run_bot(args.config)
     raise AssertionError(args.command)

@@ -25,12 +25,14 @@ def test_no_file_means_defaults_and_settings_are_immutable() -> None:
 
 
 def test_secrets_come_from_the_environment_only(tmp_path: Path) -> None:
-    settings = load_settings(None, {"JANUS_BOT_DISCORD_TOKEN": "abc", "JANUS_BOT_SLACK_BOT_TOKEN": ""})
+    env = {"DISCORD_TOKEN": "abc", "SLACK_BOT_TOKEN": "", "JANUS_BOT_SLACK_APP_TOKEN": "xapp"}
+    settings = load_settings(None, env)
     assert settings.secrets.discord_token == "abc" and settings.secrets.slack_bot_token is None
+    assert settings.secrets.slack_app_token == "xapp"
     assert "abc" not in settings.model_dump_json() and "abc" not in repr(settings.model_dump())
     path = tmp_path / "config.toml"
     path.write_text('[secrets]\ndiscord_token = "abc"\n')
-    with pytest.raises(ConfigError, match="secrets: keep tokens out of the file; set JANUS_BOT_"):
+    with pytest.raises(ConfigError, match="secrets: keep tokens out of the file; set them in the environment"):
         load_settings(path, {})
 
 

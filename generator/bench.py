@@ -1,0 +1,236 @@
+"""`janus-bot bench`: the reference loop, transformers' generate and the engine on one workload, one process."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from generator.checkpoint import Checkpoint, default_device, parse_dtype
+from generator.engine import Engine, Request
+from generator.presets import PRESETS, build_model
+from generator.prompt import format_prompt
+from generator.reference import reference_generate
+
+PROMPTS = [
+    "a lighthouse at dusk", "a red fox in the snow", "an astronaut riding a horse on the moon",
+    "a bowl of ramen, watercolor", "a castle on a hill under a starry sky", "a robot reading a book in a library",
+    "a yellow taxi in the rain at night", "a field of sunflowers at sunrise", "a portrait of an old fisherman",
+    "a tiny house in a forest clearing", "a dragon made of clouds", "a city street in the style of an oil painting",
+    "two cats sleeping on a windowsill", "a sailboat on a calm blue ocean", "a mountain village in the fog",
+    "an owl on a branch, detailed drawing",
+]
+
+
+@dataclass
+class Measurement:
+    name: str
+    images: int
+    seconds: float
+    steps: int
+    latencies: list[float]
+    peak_bytes: int
+    note: str = ""
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds
+
+    @property
+    def s_per_step(self) -> float:
+        return self.seconds / self.steps
+
+
+class PeakMemory:
+    """Peak memory over a block: max allocated on CUDA, resident set size (sampled every 5 ms) on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss())
+            self._stop.wait(0.005)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, _rss())
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _one_at_a_time(name: str, checkpoint: Checkpoint, requests: list[Request], arrivals: list[float],
+                   run: Callable[[Request], None]) -> Measurement:
+    """Serve requests in arrival order, one finishing before the next starts (as today's bots do)."""
+    device = checkpoint.device
+    latencies = []
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        for request, arrival in zip(requests, arrivals):
+            wait = start + arrival - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            run(request)
+            _sync(device)
+            latencies.append(time.perf_counter() - start - arrival)
+        seconds = time.perf_counter() - start
+    steps = len(requests) * checkpoint.num_image_tokens
+    return Measurement(name, sum(r.num_images for r in requests), seconds, steps, latencies, memory.peak)
+
+
+def run_reference(checkpoint: Checkpoint, requests: list[Request], arrivals: list[float]) -> Measurement:
+    def run(r: Request) -> None:
+        reference_generate(checkpoint, r.prompt, r.num_images, cfg=r.cfg, temperature=r.temperature, seed=r.seed)
+
+    return _one_at_a_time("reference", checkpoint, requests, arrivals, run)
+
+
+def run_transformers(checkpoint: Checkpoint, requests: list[Request], arrivals: list[float]) -> Measurement:
+    model, processor = checkpoint.model, checkpoint.processor
+
+    @torch.inference_mode()
+    def run(r: Request) -> None:
+        inputs = processor(text=format_prompt(processor, r.prompt), generation_mode="image", return_tensors="pt")
+        torch.manual_seed(r.seed)
+        model.generate(**inputs.to(checkpoint.device), generation_mode="image", do_sample=True,
+                       temperature=r.temperature, num_return_sequences=r.num_images, guidance_scale=r.cfg)
+
+    return _one_at_a_time("transformers", checkpoint, requests, arrivals, run)
+
+
+def run_engine(checkpoint: Checkpoint, requests: list[Request], arrivals: list[float], *, max_batch_images: int,
+               compile: bool | None) -> Measurement:
+    """All requests through one engine; each joins at the first step after it arrives."""
+    device = checkpoint.device
+    engine = Engine(checkpoint, max_batch_images=max_batch_images, compile=compile)
+    pending = list(zip(requests, arrivals))
+    arrived = {r.id: a for r, a in zip(requests, arrivals)}
+    latencies: dict[str, float] = {}
+    waits: list[float] = []
+    steps = 0
+    step_seconds: list[float] = []
+    with PeakMemory(device) as memory, torch.inference_mode():
+        start = time.perf_counter()
+        while pending or engine.busy:
+            now = time.perf_counter() - start
+            if not engine.busy and pending and pending[0][1] > now:
+                time.sleep(pending[0][1] - now)
+                now = pending[0][1]
+            joining = []
+            while pending and pending[0][1] <= now and pending[0][0].num_images <= engine.free_images - sum(
+                    r.num_images for r in joining):
+                joining.append(pending.pop(0)[0])
+            if joining:
+                engine.add(joining)
+                waits += [(now - arrived[r.id]) / (statistics.mean(step_seconds) if step_seconds else math.inf)
+                          for r in joining]
+            began = time.perf_counter()
+            for result in engine.step():
+                _sync(device)
+                latencies[result.request.id] = time.perf_counter() - start
+            step_seconds.append(time.perf_counter() - began)
+            steps += 1
+        _sync(device)
+        seconds = time.perf_counter() - start
+    lat = [latencies[r.id] - arrived[r.id] for r in requests]
+    note = f"joined within {max(waits):.2f} steps of arriving" if any(a > 0 for a in arrivals) else ""
+    return Measurement("engine", sum(r.num_images for r in requests), seconds, steps, lat, memory.peak, note)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def _format(m: Measurement) -> str:
+    return (f"{m.name:<13} {m.images_per_s:9.3f} {m.s_per_step * 1000:10.2f} {_percentile(m.latencies, 0.5):10.2f}"
+            f" {_percentile(m.latencies, 0.95):10.2f} {m.peak_bytes / 2**20:11.0f}")
+
+
+def bench(args: argparse.Namespace) -> int:
+    device = torch.device(args.device) if args.device else default_device()
+    dtype = parse_dtype(args.dtype, device)
+    preset = PRESETS[args.preset]
+    if args.tokens:
+        side = math.isqrt(args.tokens)
+        preset = dataclasses.replace(preset, image_size=16 * side)
+    torch.set_grad_enabled(False)
+    model, processor = build_model(preset, seed=0, device=device, dtype=dtype)
+    checkpoint = Checkpoint(model, processor, f"random {args.preset}")
+    n_tok = checkpoint.num_image_tokens
+    requests = [Request(PROMPTS[i % len(PROMPTS)], num_images=args.images, cfg=5.0, temperature=1.0, seed=i,
+                        id=f"bench{i}") for i in range(args.requests)]
+    params = sum(p.numel() for p in model.parameters())
+    print(f"janus-bot bench: preset {args.preset} ({params / 1e6:.0f}M parameters), {n_tok} tokens per image "
+          f"({preset.image_size} px), {args.requests} requests x {args.images} images, arrivals {args.arrival}, "
+          f"{device.type} {str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads", flush=True)
+
+    # Warm up every path once so no one pays for first-call costs in the measurement.
+    warm = [Request("warm up", num_images=1, seed=0, id="warm")]
+    run_reference(checkpoint, warm, [0.0])
+    single = run_reference(checkpoint, requests[:1], [0.0]).seconds
+    if "transformers" not in args.skip:
+        run_transformers(checkpoint, warm, [0.0])
+    interval = single / 2 if args.arrival == "staggered" else 0.0
+    arrivals = [i * interval for i in range(len(requests))]
+
+    print(f"{'method':<13} {'images/s':>9} {'ms/step':>10} {'p50 lat s':>10} {'p95 lat s':>10} {'peak MiB':>11}",
+          flush=True)
+    results = []
+    if "reference" not in args.skip:
+        results.append(run_reference(checkpoint, requests, arrivals))
+        print(_format(results[-1]), flush=True)
+    if "transformers" not in args.skip:
+        results.append(run_transformers(checkpoint, requests, arrivals))
+        print(_format(results[-1]), flush=True)
+    max_images = args.max_batch_images or max(1, sum(r.num_images for r in requests))
+    engine = run_engine(checkpoint, requests, arrivals, max_batch_images=max_images, compile=args.compile)
+    print(_format(engine), flush=True)
+    if engine.note:
+        print(f"engine: {engine.note}")
+    reference = next((m for m in results if m.name == "reference"), None)
+    if reference is not None:
+        print(f"speedup vs reference: {engine.images_per_s / reference.images_per_s:.2f}")
+    return 0
+
+
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """The first problem with the arguments, as a sentence, or None."""
+    if args.preset not in PRESETS:
+        return f"Unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}."
+    if args.tokens is not None and (args.tokens < 1 or math.isqrt(args.tokens) ** 2 != args.tokens):
+        return f"--tokens must be a square number of tokens (16, 64, 144, 576 ...); you gave {args.tokens}."
+    if not 1 <= args.images <= 16 or args.requests < 1:
+        return "--images must be from 1 to 16 and --requests at least 1."
+    return None
