@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from generator.checkpoint import Checkpoint, default_device, parse_dtype
-from generator.engine import Engine, Request
+from generator.engine import Engine, Request, kv_bytes_per_row
 from generator.presets import PRESETS, build_model
 from generator.prompt import format_prompt
 from generator.reference import reference_generate
@@ -168,6 +168,33 @@ def run_engine(checkpoint: Checkpoint, requests: list[Request], arrivals: list[f
     return Measurement("engine", sum(r.num_images for r in requests), seconds, steps, lat, memory.peak, note)
 
 
+# Peak HBM bandwidth in bytes/s of cards the floor is worked out for (vendor figures).
+BANDWIDTH = {"H200": 4.8e12, "H100 SXM": 3.35e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "A100-SXM4-80GB": 2.04e12,
+             "A100": 1.55e12, "L40S": 0.864e12, "RTX 4090": 1.008e12}
+
+
+def bytes_per_step(checkpoint: Checkpoint, images: int, prompt_tokens: int = 32) -> float:
+    """Bytes one decode step must read: the generation path's weights plus the average KV cache."""
+    core = checkpoint.model.model
+    modules = [core.language_model, core.generation_head, core.generation_aligner]
+    weights = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+    text_embeddings = core.language_model.embed_tokens.weight  # only the prompt reads these, not a step
+    weights -= text_embeddings.numel() * text_embeddings.element_size()
+    mean_length = prompt_tokens + checkpoint.num_image_tokens / 2
+    return weights + 2 * images * kv_bytes_per_row(checkpoint, round(mean_length))
+
+
+def bandwidth_of(device: torch.device) -> tuple[str, float] | None:
+    """The card's name and peak bandwidth, when known."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in BANDWIDTH.items():
+        if key.lower() in name.lower():
+            return name, value
+    return None
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
@@ -219,6 +246,12 @@ def bench(args: argparse.Namespace) -> int:
     print(_format(engine), flush=True)
     if engine.note:
         print(f"engine: {engine.note}")
+    card = bandwidth_of(device)
+    if card is not None:
+        floor = bytes_per_step(checkpoint, sum(r.num_images for r in requests) if max_images >= sum(
+            r.num_images for r in requests) else max_images) / card[1]
+        print(f"bandwidth floor on {card[0]}: {floor * 1000:.2f} ms/step; engine at "
+              f"{engine.s_per_step / floor:.2f}x the floor")
     reference = next((m for m in results if m.name == "reference"), None)
     if reference is not None:
         print(f"speedup vs reference: {engine.images_per_s / reference.images_per_s:.2f}")
