@@ -69,11 +69,26 @@ class ImageSettings(_Section):
     upscale_px: int = Field(default=1024, ge=64, le=4096)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+class WebSettings(_Section):
+    enabled: bool = False  # also serve the page when a chat platform is configured
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8080, ge=0, le=65535)  # 0 picks a free port
+
+    @property
+    def public(self) -> bool:
+        """Bound to more than this machine, so the API needs the access token."""
+        return self.host not in LOOPBACK_HOSTS
+
+
 class Secrets(_Section):
     discord_token: str | None = None
     slack_bot_token: str | None = None
     slack_app_token: str | None = None
     slack_signing_secret: str | None = None
+    web_token: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Secrets:
@@ -91,6 +106,7 @@ class Settings(_Section):
     limits: LimitSettings = LimitSettings()
     blocklist: BlocklistSettings = BlocklistSettings()
     images: ImageSettings = ImageSettings()
+    web: WebSettings = WebSettings()
     secrets: Secrets = Field(default=Secrets(), exclude=True)
 
     @property
