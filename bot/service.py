@@ -36,6 +36,7 @@ from bot.jobs import (
     checked_prompt,
     new_job_id,
 )
+from bot.metrics import Meter, Stats
 from bot.queue import Scheduler
 from bot.ratelimit import Blocklist, Clock, RateLimiter, compile_pattern
 from bot.store import AuditEntry, Ban, Store, Usage
@@ -125,6 +126,7 @@ class Service:
         self._tasks: set[asyncio.Task[None]] = set()
         self._completing: dict[str, asyncio.Task[None]] = {}  # finished jobs whose files are being written
         self._loops: list[asyncio.Task[None]] = []
+        self.meter = Meter()
 
     # -- life cycle --
 
@@ -219,6 +221,8 @@ class Service:
         )
 
     def _finished(self, job: Job, event: Event) -> None:
+        made = len(event.images) if isinstance(event, Done) and job.kind is not Kind.UPSCALE else 0
+        self.meter.finished(job.id, job.status.value, made)
         self._scheduler.finish(job.id)
         self._percent.pop(job.id, None)
         self._cancelling.discard(job.id)
@@ -289,6 +293,7 @@ class Service:
                 await self._store.update_job(job)
                 self._emit(Started(job.id))
         elif isinstance(message, protocol.Progress):
+            self.meter.progress(job.id, message.step)
             percent = min(100, message.step * 100 // max(1, message.total))
             if percent != self._percent.get(job.id) or message.preview is not None:
                 self._percent[job.id] = percent
@@ -507,6 +512,24 @@ class Service:
         handle = Handle(stored)
         handle.put(await self._final_event(stored))
         return handle
+
+    def stats(self) -> Stats:
+        """Generator, queue and throughput figures for health checks and metrics."""
+        waiting = len(self._scheduler)
+        return Stats(
+            generator_up=self.ready is not None and self._accepting and getattr(self._generator, "pid", 0) is not None,
+            model=self.ready.model if self.ready else None,
+            device=self.ready.device if self.ready else None,
+            waiting=waiting,
+            running=len(self._jobs) - waiting,
+            paused=self._scheduler.paused,
+            ended=dict(self.meter.ended),
+            images=self.meter.images,
+            step_seconds=self.meter.step_seconds,
+            steps=self.meter.steps,
+            images_per_second=self.meter.images_per_second(),
+            generator_restarts=getattr(self._generator, "restarts", 0),
+        )
 
     async def delivered(self, job_id: str) -> None:
         """The adapter has shown a finished job's result; it will not be handed over again after a restart."""
