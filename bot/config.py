@@ -83,6 +83,11 @@ class WebSettings(_Section):
         return self.host not in LOOPBACK_HOSTS
 
 
+class DiscordSettings(_Section):
+    edit_every_s: float = Field(default=1.5, ge=0)
+    sync_commands: bool = True
+
+
 class Secrets(_Section):
     discord_token: str | None = None
     slack_bot_token: str | None = None
@@ -107,6 +112,7 @@ class Settings(_Section):
     blocklist: BlocklistSettings = BlocklistSettings()
     images: ImageSettings = ImageSettings()
     web: WebSettings = WebSettings()
+    discord: DiscordSettings = DiscordSettings()
     secrets: Secrets = Field(default=Secrets(), exclude=True)
 
     @property

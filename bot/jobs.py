@@ -114,6 +114,11 @@ class Job:
     grid_path: str | None = None  # relative to the data directory
     delivered: bool = False
 
+    @property
+    def platform(self) -> str:
+        """The chat platform the job came from (which adapter delivers it)."""
+        return self.requester.platform
+
 
 @dataclass(frozen=True)
 class Image:

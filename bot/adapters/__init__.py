@@ -28,4 +28,8 @@ def configured_adapters(settings: Settings, env: Mapping[str, str]) -> list[Adap
     """The adapters the settings ask for: Discord and Slack when their tokens are set, else the web page."""
     adapters: list[Adapter] = []
     # Each platform adds its block here.
+    if settings.secrets.discord_token:
+        from bot.adapters.discord import DiscordAdapter
+
+        adapters.append(DiscordAdapter(settings, settings.secrets.discord_token))
     return adapters

@@ -1,0 +1,65 @@
+"""The Discord adapter as `run` sees it: connect with a bot token, deliver recovered jobs, disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from bot.adapters.discord.client import PLATFORM, ImagineClient
+from bot.config import Settings
+from bot.service import Handle, Service
+
+log = logging.getLogger(__name__)
+
+
+class DiscordAdapter:
+    """/imagine in Discord servers and DMs: one client connected to the gateway for the bot's lifetime."""
+
+    platform = PLATFORM
+
+    def __init__(self, settings: Settings, token: str, *, guild_ready_timeout: float = 2.0) -> None:
+        self._settings = settings
+        self._token = token
+        self._guild_ready_timeout = guild_ready_timeout  # how long READY waits for the servers to stream in
+        self._client: ImagineClient | None = None
+        self._connection: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    @property
+    def client(self) -> ImagineClient:
+        """The connected discord.py client."""
+        assert self._client is not None, "start the adapter first"
+        return self._client
+
+    async def start(self, service: Service) -> None:
+        """Log in (which registers and syncs the commands), connect to the gateway and wait for READY."""
+        self._client = ImagineClient(service, self._settings, guild_ready_timeout=self._guild_ready_timeout)
+        try:
+            await self._client.login(self._token)
+        except BaseException:
+            await self._client.close()
+            raise
+        self._connection = asyncio.create_task(self._client.connect())
+        ready = asyncio.create_task(self._client.wait_until_ready())
+        await asyncio.wait({ready, self._connection}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():  # the connection ended before READY: a bad token or an unreachable gateway
+            ready.cancel()
+            await self._client.close()
+            self._connection.result()
+            raise ConnectionError("the Discord gateway closed the connection before it was ready")
+        log.info("discord: connected as %s", self._client.user)
+        self._ready.set()
+
+    async def recovered(self, handle: Handle) -> None:
+        """Post a job the last run left unfinished or undelivered in its channel (it may come before start)."""
+        await self._ready.wait()
+        self.client.deliver(handle)
+
+    async def close(self) -> None:
+        """Stop following jobs and disconnect."""
+        if self._client is not None:
+            await self._client.close()
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection

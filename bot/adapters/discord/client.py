@@ -1,0 +1,353 @@
+"""The discord.py client: /imagine, /imagine-admin and the grid buttons, each a thin call into the service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bot.adapters.discord import messages
+from bot.adapters.discord.delivery import Reply, follow
+from bot.config import Settings
+from bot.jobs import Refused, Requester, Strength
+from bot.service import OVERRIDABLE, Handle, Service
+from generator.protocol import CFG_RANGE, COUNT_RANGE, MAX_PROMPT_CHARS, SEED_MAX, TEMPERATURE_RANGE
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "discord"
+DM_SERVER = "dm"  # the "server" of direct messages with the bot, for settings and bans
+SEED_OPTION_MAX = min(SEED_MAX, 2**53 - 1)  # Discord's integer options stop at 2^53
+
+
+def requester(interaction: discord.Interaction) -> Requester:
+    """Who pressed or typed, where; Manage Server (or Administrator) in a server makes a server admin."""
+    perms = interaction.permissions
+    admin = interaction.guild_id is not None and (perms.manage_guild or perms.administrator)
+    server = str(interaction.guild_id) if interaction.guild_id is not None else DM_SERVER
+    return Requester(PLATFORM, server, str(interaction.channel_id), str(interaction.user.id), admin)
+
+
+def _client(interaction: discord.Interaction) -> ImagineClient:
+    client = interaction.client
+    assert isinstance(client, ImagineClient)
+    return client
+
+
+class ImagineClient(discord.Client):
+    """A Discord connection serving one service; commands and buttons are registered in setup_hook."""
+
+    def __init__(self, service: Service, settings: Settings, *, guild_ready_timeout: float = 2.0) -> None:
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False  # no voice here: no warning about it
+        # Slash commands and buttons arrive as interactions: no privileged intents, no message content.
+        super().__init__(intents=discord.Intents(guilds=True), guild_ready_timeout=guild_ready_timeout)
+        self.service = service
+        self.settings = settings
+        self.tree = app_commands.CommandTree(self)
+        self.tree.on_error = self._on_command_error  # type: ignore[method-assign]
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def setup_hook(self) -> None:
+        """Register the commands and the persistent buttons, and tell Discord about the commands."""
+        self.tree.add_command(imagine)
+        self.tree.add_command(AdminCommands())
+        self.add_dynamic_items(messages.JobButton, messages.JobPick)
+        if self.settings.discord.sync_commands:
+            await self.tree.sync()
+
+    async def close(self) -> None:
+        """Stop following jobs (unfinished ones are delivered after the next start), then disconnect."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await super().close()
+
+    def spawn(self, work: Awaitable[None]) -> None:
+        """Run `work` in the background, logging its failure."""
+
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("following a job failed")
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def deliver(self, handle: Handle, interaction: discord.Interaction | None = None) -> None:
+        """Follow a job on its own message (the interaction's, else a new one in the job's channel)."""
+        reply = Reply(self, handle.job, interaction)
+        self.spawn(follow(self.service, handle, reply, self.settings.discord.edit_every_s))
+
+    async def imagine(self, interaction: discord.Interaction, prompt: str, **options: Any) -> None:
+        """Queue a job and follow it on the interaction's message."""
+        await interaction.response.defer(thinking=True)
+        try:
+            handle = await self.service.submit(requester(interaction), prompt, **options)
+        except Refused as refusal:
+            await refuse(interaction, refusal)
+            return
+        self.deliver(handle, interaction)
+
+    async def pressed(self, interaction: discord.Interaction, action: str, job_id: str, index: int | None) -> None:
+        """A grid button or menu: the new job is the presser's own, on a new message; cancel edits nothing."""
+        who = requester(interaction)
+        if action == "cancel":
+            await interaction.response.defer()
+            try:
+                await self.service.cancel(who, job_id)
+            except Refused as refusal:
+                await interaction.followup.send(str(refusal), ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True)
+        try:
+            if action == "reroll":
+                handle = await self.service.reroll(who, job_id)
+            elif action == "upscale":
+                handle = await self.service.upscale(who, job_id, index or 0)
+            else:
+                strength = Strength.STRONG if action == "strong" else Strength.SUBTLE
+                handle = await self.service.vary(who, job_id, index or 0, strength)
+        except Refused as refusal:
+            await refuse(interaction, refusal)
+            return
+        self.deliver(handle, interaction)
+
+    async def _on_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        log.error("command %s failed", interaction.command and interaction.command.qualified_name, exc_info=error)
+        text = "Something went wrong on the bot's side; try again, and tell its operator if it keeps happening."
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+
+
+async def refuse(interaction: discord.Interaction, refusal: Refused) -> None:
+    """Replace the public "thinking…" message with a sentence only the requester sees."""
+    with contextlib.suppress(discord.HTTPException):
+        await interaction.delete_original_response()
+    await interaction.followup.send(str(refusal), ephemeral=True)
+
+
+@app_commands.command(name="imagine")
+@app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+@app_commands.describe(
+    prompt="What to draw",
+    count="How many images (the server's default if left out)",
+    cfg="How closely to follow the prompt: higher is more literal",
+    temperature="How adventurous the sampling is: 0 is always the same picture",
+    seed="Start from this seed to repeat a result",
+)
+async def imagine(
+    interaction: discord.Interaction,
+    prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
+    count: app_commands.Range[int, COUNT_RANGE[0], COUNT_RANGE[1]] | None = None,
+    cfg: app_commands.Range[float, CFG_RANGE[0], CFG_RANGE[1]] | None = None,
+    temperature: app_commands.Range[float, TEMPERATURE_RANGE[0], TEMPERATURE_RANGE[1]] | None = None,
+    seed: app_commands.Range[int, 0, SEED_OPTION_MAX] | None = None,
+) -> None:
+    """Make images from a text prompt."""
+    await _client(interaction).imagine(interaction, prompt, count=count, cfg=cfg, temperature=temperature, seed=seed)
+
+
+def _value(text: str) -> Any:
+    """A setting's value as typed: a number where it looks like one; "default" removes the override."""
+    if text.strip().lower() in ("default", "none", ""):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _when(at: float) -> str:
+    return discord.utils.format_dt(datetime.fromtimestamp(at, UTC), "R")
+
+
+@app_commands.default_permissions(manage_guild=True)
+@app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+class AdminCommands(app_commands.Group, name="imagine-admin", description="Manage the image bot in this server"):
+    """/imagine-admin: every reply is ephemeral; refusals are sentences saying why."""
+
+    blocklist = app_commands.Group(name="blocklist", description="Words and patterns refused in prompts")
+
+    async def _reply(self, interaction: discord.Interaction, work: Awaitable[str]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            text = await work
+        except Refused as refusal:
+            text = str(refusal)
+        await interaction.edit_original_response(content=text[:2000], allowed_mentions=discord.AllowedMentions.none())
+
+    @app_commands.command(name="settings")
+    async def settings(self, interaction: discord.Interaction) -> None:
+        """Show the defaults, limits and blocklist in effect here."""
+
+        async def show() -> str:
+            view = _client(interaction).service.server_settings(requester(interaction))
+            return "\n".join(f"`{key}` = {value}" for key, value in view.items())
+
+        await self._reply(interaction, show())
+
+    @app_commands.command(name="set")
+    @app_commands.describe(key="The setting to change", value='The new value, or "default" to drop the override')
+    @app_commands.choices(key=[app_commands.Choice(name=key, value=key) for key in sorted(OVERRIDABLE)])
+    async def set(self, interaction: discord.Interaction, key: str, value: str) -> None:
+        """Change a default or a limit for this server."""
+
+        async def change() -> str:
+            parsed = _value(value)
+            await _client(interaction).service.set_setting(requester(interaction), key, parsed)
+            return f"`{key}` is back to the bot's default." if parsed is None else f"`{key}` is now {parsed}."
+
+        await self._reply(interaction, change())
+
+    @app_commands.command(name="ban")
+    @app_commands.describe(user="Who may no longer make images here", reason="Shown to them when refused")
+    async def ban(self, interaction: discord.Interaction, user: discord.User, reason: str = "") -> None:
+        """Stop someone making images in this server."""
+
+        async def ban() -> str:
+            await _client(interaction).service.ban(requester(interaction), str(user.id), reason)
+            return f"{user.mention} can no longer make images here."
+
+        await self._reply(interaction, ban())
+
+    @app_commands.command(name="unban")
+    @app_commands.describe(user="Who may make images again")
+    async def unban(self, interaction: discord.Interaction, user: discord.User) -> None:
+        """Let a banned user make images again."""
+
+        async def unban() -> str:
+            await _client(interaction).service.unban(requester(interaction), str(user.id))
+            return f"{user.mention} can make images here again."
+
+        await self._reply(interaction, unban())
+
+    @app_commands.command(name="bans")
+    async def bans(self, interaction: discord.Interaction) -> None:
+        """List the users banned in this server."""
+
+        async def bans() -> str:
+            listed = _client(interaction).service.bans(requester(interaction))
+            lines = [
+                f"<@{b.user}> by <@{b.banned_by}> {_when(b.at)}{': ' + b.reason if b.reason else ''}" for b in listed
+            ]
+            return "\n".join(lines) or "Nobody is banned here."
+
+        await self._reply(interaction, bans())
+
+    @blocklist.command(name="add")
+    @app_commands.describe(
+        text="A word or phrase, or a regular expression", regex="Treat the text as a regular expression"
+    )
+    async def block(self, interaction: discord.Interaction, text: str, regex: bool = False) -> None:
+        """Refuse prompts containing a word, phrase or pattern."""
+
+        async def block() -> str:
+            await _client(interaction).service.block(requester(interaction), text, regex)
+            return f"Prompts matching `{text}` are now refused here."
+
+        await self._reply(interaction, block())
+
+    @blocklist.command(name="remove")
+    @app_commands.describe(text="The word or pattern exactly as listed")
+    async def unblock(self, interaction: discord.Interaction, text: str) -> None:
+        """Allow a blocked word or pattern again."""
+
+        async def unblock() -> str:
+            await _client(interaction).service.unblock(requester(interaction), text)
+            return f"`{text}` is no longer blocked here."
+
+        await self._reply(interaction, unblock())
+
+    @blocklist.command(name="list")
+    async def listed(self, interaction: discord.Interaction) -> None:
+        """Show the blocked words and patterns in effect here."""
+
+        async def listed() -> str:
+            blocked = _client(interaction).service.blocklist(requester(interaction))
+            words = ", ".join(f"`{w}`" for w in blocked.words) or "none"
+            patterns = ", ".join(f"`{p}`" for p in blocked.patterns) or "none"
+            return f"Words: {words}\nPatterns: {patterns}"
+
+        await self._reply(interaction, listed())
+
+    @app_commands.command(name="queue")
+    async def queue(self, interaction: discord.Interaction) -> None:
+        """List the running and waiting jobs."""
+
+        async def queue() -> str:
+            jobs = _client(interaction).service.queue(requester(interaction))
+            lines = [
+                f"`{s.job.id}` {'running' if s.position is None else f'#{s.position}'} <@{s.job.requester.user}>: "
+                f"{discord.utils.escape_markdown(s.job.prompt[:80])}"
+                for s in jobs[:25]
+            ]
+            more = f"\n…and {len(jobs) - 25} more" if len(jobs) > 25 else ""
+            return "\n".join(lines) + more if lines else "No jobs are running or waiting."
+
+        await self._reply(interaction, queue())
+
+    @app_commands.command(name="cancel")
+    @app_commands.describe(job="The job id, as /imagine-admin queue shows it")
+    async def cancel(self, interaction: discord.Interaction, job: str) -> None:
+        """Cancel someone's job."""
+
+        async def cancel() -> str:
+            await _client(interaction).service.cancel(requester(interaction), job.strip())
+            return f"Job `{job}` is cancelled."
+
+        await self._reply(interaction, cancel())
+
+    @app_commands.command(name="pause")
+    async def pause(self, interaction: discord.Interaction) -> None:
+        """Start no new jobs until resumed (bot admins only)."""
+
+        async def pause() -> str:
+            await _client(interaction).service.pause(requester(interaction))
+            return "Paused: running jobs finish, new ones wait until you resume."
+
+        await self._reply(interaction, pause())
+
+    @app_commands.command(name="resume")
+    async def resume(self, interaction: discord.Interaction) -> None:
+        """Start jobs again after a pause (bot admins only)."""
+
+        async def resume() -> str:
+            await _client(interaction).service.resume(requester(interaction))
+            return "Resumed: waiting jobs start again."
+
+        await self._reply(interaction, resume())
+
+    @app_commands.command(name="usage")
+    @app_commands.describe(days="How many days back to count")
+    async def usage(self, interaction: discord.Interaction, days: app_commands.Range[int, 1, 365] = 30) -> None:
+        """Jobs and images per user over the last days."""
+
+        async def usage() -> str:
+            rows = await _client(interaction).service.usage(requester(interaction), days)
+            lines = [f"<@{u.user}>: {u.jobs} jobs, {u.images} images" for u in rows[:40]]
+            return "\n".join(lines) or f"No images made here in the last {days} days."
+
+        await self._reply(interaction, usage())
+
+    @app_commands.command(name="audit")
+    async def audit(self, interaction: discord.Interaction) -> None:
+        """The latest admin actions in this server."""
+
+        async def audit() -> str:
+            entries = await _client(interaction).service.audit_log(requester(interaction), 20)
+            lines = [f"{_when(e.at)} <@{e.actor}> {e.action} {e.detail}" for e in entries]
+            return "\n".join(lines) or "No admin actions yet."
+
+        await self._reply(interaction, audit())

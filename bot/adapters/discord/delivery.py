@@ -1,0 +1,110 @@
+"""One message per job, edited in place: through the interaction while its token lasts, then in the channel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+
+import discord
+
+from bot.adapters.discord import messages
+from bot.jobs import FINAL_EVENTS, Done, Event, Job, Progress
+from bot.service import Handle, Service
+
+log = logging.getLogger(__name__)
+
+NO_PINGS = discord.AllowedMentions.none()
+
+
+class Reply:
+    """Where a job's message lives.
+
+    An interaction's token lasts 15 minutes; after that (or when Discord refuses it) the message moves to a
+    normal channel message that mentions the requester once, and later edits go to that message.
+    """
+
+    def __init__(self, client: discord.Client, job: Job, interaction: discord.Interaction | None = None) -> None:
+        self._client = client
+        self._job = job
+        self._interaction = interaction
+        self._message: discord.PartialMessage | discord.Message | None = None
+
+    async def show(self, content: str, files: dict[str, bytes], view: discord.ui.View | None) -> None:
+        """Put `content`, the files (replacing earlier ones) and the buttons on the job's message."""
+        if self._interaction is not None and not self._interaction.is_expired():
+            try:
+                await self._interaction.edit_original_response(
+                    content=content, attachments=_files(files), view=view, allowed_mentions=NO_PINGS
+                )
+                return
+            except discord.HTTPException as error:
+                log.info("job %s: interaction message gone (%s); posting in the channel", self._job.id, error.status)
+        self._interaction = None
+        if self._message is not None:
+            try:
+                await self._message.edit(content=content, attachments=_files(files), view=view)
+                return
+            except discord.NotFound:
+                self._message = None
+        channel = self._client.get_partial_messageable(int(self._job.requester.channel))
+        self._message = await channel.send(
+            content=content,
+            files=_files(files),
+            view=view or discord.utils.MISSING,
+            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+        )
+
+
+def _files(files: dict[str, bytes]) -> list[discord.File]:
+    return [discord.File(io.BytesIO(data), filename=name) for name, data in files.items()]
+
+
+def _content(job: Job, event: Event) -> tuple[str, dict[str, bytes], discord.ui.View | None]:
+    text = messages.text(job, event)
+    if isinstance(event, Done):
+        return text, {messages.file_name(job, event): event.grid}, messages.result_view(job)
+    if isinstance(event, FINAL_EVENTS):
+        return text, {}, None
+    return text, {}, messages.working_view(job)
+
+
+async def follow(service: Service, handle: Handle, reply: Reply, every_s: float) -> None:
+    """Show a job's events on its message until the final one, at most one edit per `every_s` seconds.
+
+    Edits coalesce: a burst of progress shows only its latest state (and the latest preview). Once the
+    final state is shown the job is marked delivered, so a restart does not post it again.
+    """
+    job = handle.job
+    latest: list[Event] = []
+    preview: dict[str, bytes] = {}
+    changed = asyncio.Event()
+
+    async def editor() -> None:
+        while True:
+            await changed.wait()
+            changed.clear()
+            content, _, view = _content(job, latest[-1])
+            try:
+                await reply.show(content, preview, view)
+            except discord.HTTPException as error:
+                log.warning("job %s: could not show progress: %s", job.id, error)
+            await asyncio.sleep(every_s)
+
+    task = asyncio.create_task(editor())
+    try:
+        async for event in handle:
+            if isinstance(event, FINAL_EVENTS):
+                break
+            if isinstance(event, Progress) and event.preview is not None:
+                preview = {messages.file_name(job, event): event.preview}
+            latest[:] = [event]
+            changed.set()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    content, files, view = _content(job, event)
+    await reply.show(content, files, view)
+    await service.delivered(job.id)
