@@ -7,8 +7,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 from bot.config import Settings
 from bot.generator import Generator
@@ -104,6 +105,15 @@ async def until_signalled() -> signal.Signals:
             loop.remove_signal_handler(sig)
 
 
+def banner(service: Service, adapters: Sequence[Any]) -> str:
+    """What runs where, for the operator starting the bot: the model and device, then each adapter."""
+    ready = service.ready
+    model = f"{ready.model} on {ready.device}, {ready.max_batch_images} image slots" if ready else "no model"
+    lines = [f"janus-bot is running: {model}"]
+    lines += [f"  {adapter.platform}: {getattr(adapter, 'where', 'connected')}" for adapter in adapters]
+    return "\n".join([*lines, "Stop it with Ctrl-C."])
+
+
 async def run(settings: Settings, env: Mapping[str, str] | None = None) -> None:
     """Run the bot and its adapters until SIGTERM or SIGINT, then shut down gracefully."""
     from bot.adapters import configured_adapters
@@ -122,6 +132,7 @@ async def run(settings: Settings, env: Mapping[str, str] | None = None) -> None:
             for adapter in adapters:
                 await adapter.start(app.service)
                 started.append(adapter)
+            print(banner(app.service, started), flush=True)
             sig = await until_signalled()
             log.info("%s: shutting down", sig.name)
         finally:

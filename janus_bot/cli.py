@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the bot until SIGTERM or Ctrl-C")
     run.add_argument("-c", "--config", help="TOML settings file (default: config.toml if present, else defaults)")
+    run.add_argument("--model", help="hub id or checkpoint directory (overrides [model] name)")
+    run.add_argument("--data-dir", help="database and images directory (overrides [bot] data_dir)")
+    run.add_argument("--web-port", type=int, metavar="N",
+                     help="serve the web playground and API on port N (0: any free port), chat platforms or not")
 
     train = commands.add_parser("train-demo", help="train the built-in demo model on synthetic scenes (CPU, minutes)")
     train.add_argument("out_dir", metavar="OUT_DIR")
@@ -61,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_bot(config: str | None) -> int:
+def _run_bot(args: argparse.Namespace) -> int:
     import asyncio
     import logging
     from pathlib import Path
@@ -70,15 +74,29 @@ def _run_bot(config: str | None) -> int:
     from bot.config import ConfigError, load_settings
     from bot.generator_client import GeneratorStartError
 
-    path = Path(config) if config else Path("config.toml")
+    path = Path(args.config) if args.config else Path("config.toml")
     try:
-        settings = load_settings(path if config or path.exists() else None)
+        settings = load_settings(path if args.config or path.exists() else None)
+        if args.web_port is not None and not 0 <= args.web_port <= 65535:
+            raise ConfigError(f"--web-port: {args.web_port} is not a port; give 0 to 65535")
     except ConfigError as error:
         print(f"janus-bot: {error}", file=sys.stderr)
         return 2
+    # Flags override the file.
+    if args.model is not None:
+        settings = settings.model_copy(update={"model": settings.model.model_copy(update={"name": args.model})})
+    if args.data_dir is not None:
+        bot = settings.bot.model_copy(update={"data_dir": Path(args.data_dir)})
+        settings = settings.model_copy(update={"bot": bot})
+    if args.web_port is not None:
+        web = settings.web.model_copy(update={"enabled": True, "port": args.web_port})
+        settings = settings.model_copy(update={"web": web})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(app.run(settings))
+    except ConfigError as error:
+        print(f"janus-bot: {error}", file=sys.stderr)
+        return 2
     except GeneratorStartError as error:
         print(f"janus-bot: {error}", file=sys.stderr)
         return 1
@@ -96,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return demo.run(args)
     if args.command == "run":
-        return _run_bot(args.config)
+        return _run_bot(args)
     raise AssertionError(args.command)
 
 

@@ -32,4 +32,9 @@ def configured_adapters(settings: Settings, env: Mapping[str, str]) -> list[Adap
         from bot.adapters.discord import DiscordAdapter
 
         adapters.append(DiscordAdapter(settings, settings.secrets.discord_token))
+    # The web page stays last: it runs when asked ([web] enabled, --web-port) or when no chat platform is set.
+    if settings.web.enabled or not adapters:
+        from bot.adapters.web import WebAdapter
+
+        adapters.append(WebAdapter.from_settings(settings))
     return adapters
