@@ -34,6 +34,26 @@ def process_generator(settings: Settings) -> Generator:
     )
 
 
+def redis_generator(settings: Settings) -> Generator:
+    """This instance's side of the job queue shared through Redis with other bots and the GPU workers."""
+    from bot.redis_queue import RedisQueue, connect
+
+    q = settings.queue
+    return RedisQueue(
+        connect(q.redis_url),
+        instance=q.instance,
+        prefix=q.prefix,
+        max_batch_images=settings.generator.max_batch_images,
+        result_ttl=q.result_ttl_s,
+        poll_s=q.poll_s,
+    )
+
+
+def configured_generator(settings: Settings) -> Generator:
+    """The generator `[queue] backend` asks for: a local process, or the Redis pool."""
+    return redis_generator(settings) if settings.queue.backend == "redis" else process_generator(settings)
+
+
 class App:
     """`async with App(settings) as app:` opens the store, starts the generator and the service; adapters
     use `app.service`. Leaving the block shuts down in order: stop accepting, finish or persist, close."""
@@ -61,7 +81,7 @@ class App:
 
     async def __aenter__(self) -> App:
         self._store = await Store.open(self.settings.bot.data_dir)
-        generator = self._generator or process_generator(self.settings)
+        generator = self._generator or configured_generator(self.settings)
         self._service = Service(
             self.settings, self._store, generator, clock=self._clock, on_recovered=self._on_recovered
         )

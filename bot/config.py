@@ -6,6 +6,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -69,6 +70,15 @@ class ImageSettings(_Section):
     upscale_px: int = Field(default=1024, ge=64, le=4096)
 
 
+class QueueSettings(_Section):
+    backend: Literal["local", "redis"] = "local"
+    redis_url: str = "redis://localhost:6379/0"
+    prefix: str = Field(default="janus", min_length=1)
+    instance: str = Field(default="bot", min_length=1, pattern=r"^[\w.-]+$")  # one per platform/shard
+    result_ttl_s: float = Field(default=86400.0, gt=0)
+    poll_s: float = Field(default=0.5, gt=0)
+
+
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
@@ -111,6 +121,7 @@ class Settings(_Section):
     limits: LimitSettings = LimitSettings()
     blocklist: BlocklistSettings = BlocklistSettings()
     images: ImageSettings = ImageSettings()
+    queue: QueueSettings = QueueSettings()
     web: WebSettings = WebSettings()
     discord: DiscordSettings = DiscordSettings()
     secrets: Secrets = Field(default=Secrets(), exclude=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from bot.config import LimitSettings
+from bot.jobs import Job
 from generator.protocol import Generate, Message, Ready
 
 
@@ -34,4 +36,29 @@ class Generator(Protocol):
 
     def events(self) -> AsyncIterator[Message]:
         """Messages from the generator about submitted jobs, in the order they happened."""
+        ...
+
+
+@runtime_checkable
+class SharedQueue(Generator, Protocol):
+    """A generator pool fed by one queue that several bot instances share (bot.redis_queue over Redis).
+
+    The queue, not the service, then enforces the limits, bans and cap (atomically, across instances),
+    orders jobs fairly across every instance's users, and reports positions as Waiting events.
+    """
+
+    async def admit(self, job: Job, msg: Generate, limits: LimitSettings, *, admin: bool) -> int:
+        """Queue a new job if the limits allow it, else raise Refused; its position (1 is next)."""
+        ...
+
+    async def requeue(self, job: Job, msg: Generate, limits: LimitSettings, *, admin: bool) -> None:
+        """After a restart: keep, re-deliver or queue again a job the last run accepted."""
+        ...
+
+    async def set_ban(self, platform: str, server: str, user: str, banned: bool) -> None:
+        """Apply a ban, or lift it, in every instance."""
+        ...
+
+    async def position(self, job_id: str) -> int | None:
+        """A waiting job's position in the whole queue; None unless waiting."""
         ...

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 
 from bot import images
 from bot.config import BlocklistSettings, DefaultSettings, LimitSettings, Settings
-from bot.generator import Generator
+from bot.generator import Generator, SharedQueue
 from bot.jobs import (
     FINAL_EVENTS,
     Cancelled,
@@ -126,6 +127,8 @@ class Service:
         self._tasks: set[asyncio.Task[None]] = set()
         self._completing: dict[str, asyncio.Task[None]] = {}  # finished jobs whose files are being written
         self._loops: list[asyncio.Task[None]] = []
+        self._shared = generator if isinstance(generator, SharedQueue) else None  # a queue several bots share
+        self._requeue: set[str] = set()  # recovered jobs the shared queue is asked to keep or queue again
         self.meter = Meter()
 
     # -- life cycle --
@@ -133,7 +136,8 @@ class Service:
     async def start(self) -> None:
         """Start the generator, re-queue unfinished jobs, hand undelivered ones to the hook, then accept jobs."""
         self.ready = await self._generator.start()
-        self._scheduler.capacity = self.ready.max_batch_images
+        # With a shared queue every job goes straight to it: the pool's workers own the image slots.
+        self._scheduler.capacity = sys.maxsize if self._shared else self.ready.max_batch_images
         self._overrides = await self._store.overrides()
         self._bans = {(b.platform, b.server, b.user): b for b in await self._store.bans()}
         recovered: list[Handle] = []
@@ -145,6 +149,8 @@ class Service:
             if job.kind is Kind.UPSCALE:
                 self._spawn(self._upscale(job))
             else:
+                if self._shared is not None:
+                    self._requeue.add(job.id)
                 handle.put(Queued(job.id, self._scheduler.push(job)))
             recovered.append(handle)
         for job in await self._store.undelivered() if self._on_recovered is not None else []:
@@ -245,15 +251,20 @@ class Service:
     # -- the generator side --
 
     def _max_running(self, job: Job) -> int | None:
-        return None if self.is_admin(job.requester) else self._limits(job.requester).max_running_per_user
+        if self._shared is not None or self.is_admin(job.requester):
+            return None  # a shared queue limits running jobs across every instance itself
+        return self._limits(job.requester).max_running_per_user
 
     async def _dispatch(self, job: Job) -> None:
         try:
-            prefix = await self._prefix(job) if job.kind is Kind.VARIATION else None
-            o = job.options
-            await self._generator.submit(
-                protocol.Generate(job.id, job.prompt, o.count, o.cfg, o.temperature, job.seed, prefix)
-            )
+            if self._shared is None:
+                await self._generator.submit(await self._message(job))
+            elif job.id in self._requeue:  # new jobs went into the shared queue when admitted
+                self._requeue.discard(job.id)
+                limits, admin = self._limits(job.requester), self.is_admin(job.requester)
+                await self._shared.requeue(job, await self._message(job), limits, admin=admin)
+            else:
+                return
         except Exception as error:
             log.exception("could not hand job %s to the generator", job.id)
             reason = str(error) if isinstance(error, Refused) else GENERATOR_GONE
@@ -261,6 +272,11 @@ class Service:
             return
         if job.id in self._cancelling:
             await self._generator.cancel(job.id)
+
+    async def _message(self, job: Job) -> protocol.Generate:
+        prefix = await self._prefix(job) if job.kind is Kind.VARIATION else None
+        o = job.options
+        return protocol.Generate(job.id, job.prompt, o.count, o.cfg, o.temperature, job.seed, prefix)
 
     async def _prefix(self, job: Job) -> list[list[int]]:
         source = await self._image(job.parent_id or "", job.parent_index or 0)
@@ -283,10 +299,16 @@ class Service:
                 await self._fail(job, GENERATOR_GONE)
 
     async def _on_message(self, message: protocol.Message) -> None:
-        job = self._jobs.get(getattr(message, "job_id", ""))
+        job_id = getattr(message, "job_id", "")
+        if self._shared is not None and job_id not in self._jobs:
+            async with self._accept:  # a worker may finish a job before its admission has been recorded here
+                pass
+        job = self._jobs.get(job_id)
         if job is None or not self._scheduler.is_running(job.id):
             return  # a late message about a job that already ended
-        if isinstance(message, protocol.Started):
+        if isinstance(message, protocol.Waiting):
+            self._emit(Queued(job.id, message.position))
+        elif isinstance(message, protocol.Started):
             if job.status is not Status.RUNNING:  # a supervisor re-run starts a job twice
                 job = replace(job, status=Status.RUNNING, started_at=time.time())
                 self._jobs[job.id] = job
@@ -374,19 +396,24 @@ class Service:
     async def _queue(self, requester: Requester, prompt: str, options: Options, **parent: Any) -> Handle:
         self._check(requester, prompt, options.count)
         async with self._accept:
-            self._limiter.admit(
-                f"{requester.platform}:{requester.server}:{requester.user}",
-                self._limits(requester),
-                admin=self.is_admin(requester),
-                queued=self._scheduler.waiting_for(requester.user_key),
-                queue_total=len(self._scheduler),
-            )
+            limits, admin = self._limits(requester), self.is_admin(requester)
+            if self._shared is None:
+                self._limiter.admit(
+                    f"{requester.platform}:{requester.server}:{requester.user}",
+                    limits,
+                    admin=admin,
+                    queued=self._scheduler.waiting_for(requester.user_key),
+                    queue_total=len(self._scheduler),
+                )
             seed = options.seed if options.seed is not None else random.randint(0, SEED_MAX)
             job = Job(new_job_id(), requester, prompt, options, seed, time.time(), **parent)
+            if self._shared is not None:  # limits, bans and the cap hold across every instance
+                shared_position = await self._shared.admit(job, await self._message(job), limits, admin=admin)
             await self._store.add_job(job)
             self._jobs[job.id] = job
             handle = self._handle(job)
-            handle.put(Queued(job.id, self._scheduler.push(job)))
+            position = self._scheduler.push(job)
+            handle.put(Queued(job.id, shared_position if self._shared is not None else position))
         return handle
 
     # -- the API adapters call --
@@ -499,7 +526,12 @@ class Service:
     async def status(self, job_id: str) -> JobStatus | None:
         """Where a job stands; None if there is no such job."""
         job = self._jobs.get(job_id) or await self._store.job(job_id)
-        return None if job is None else JobStatus(job, self._scheduler.positions().get(job_id))
+        if job is None:
+            return None
+        if self._shared is not None:
+            position = await self._shared.position(job_id) if job.status is Status.QUEUED else None
+            return JobStatus(job, position)
+        return JobStatus(job, self._scheduler.positions().get(job_id))
 
     async def watch(self, job_id: str) -> Handle:
         """A new handle on a job's events from now on (a finished job's holds just its final event)."""
@@ -626,6 +658,8 @@ class Service:
         ban = Ban(requester.platform, requester.server, user, reason, requester.user, time.time())
         await self._store.ban(ban, self._entry(requester, "ban", user=user, reason=reason))
         self._bans[(ban.platform, ban.server, ban.user)] = ban
+        if self._shared is not None:
+            await self._shared.set_ban(ban.platform, ban.server, ban.user, True)
 
     async def unban(self, requester: Requester, user: str) -> None:
         """Lift a ban in the requester's server."""
@@ -635,6 +669,8 @@ class Service:
             raise Refused("That user is not banned here.")
         await self._store.unban(*key, self._entry(requester, "unban", user=user))
         del self._bans[key]
+        if self._shared is not None:
+            await self._shared.set_ban(*key, False)
 
     def bans(self, requester: Requester) -> list[Ban]:
         """The users banned in the requester's server."""

@@ -94,6 +94,15 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """queue -> bot: a job waiting in a queue shared by several bots is now `position` (1 is next)."""
+
+    job_id: str
+    position: int
+    type: str = "waiting"
+
+
+@dataclass(frozen=True)
 class Started:
     job_id: str
     type: str = "started"
@@ -133,7 +142,7 @@ class Cancelled:
     type: str = "cancelled"
 
 
-Message = Generate | Cancel | Shutdown | Ready | Started | Progress | Done | Failed | Cancelled
+Message = Generate | Cancel | Shutdown | Ready | Waiting | Started | Progress | Done | Failed | Cancelled
 _TYPES: dict[str, type] = {cls.__dataclass_fields__["type"].default: cls for cls in Message.__args__}
 
 

@@ -1,0 +1,528 @@
+"""The job queue shared through Redis by several bot instances and GPU workers.
+
+Keys, all under one prefix (`janus` by default):
+
+    job:<id>        hash: the Generate message, its user, limits, the bot instance it belongs to, its state
+    q:<user>        list: the user's waiting job ids, oldest first
+    ring            sorted set: users with waiting jobs, least recently served first (score: last service)
+    waiting         the number of waiting jobs (the queue cap counts it)
+    running         hash: user -> jobs handed to workers and not yet ended
+    bucket:<key>    hash: a user's token bucket (tokens, at), on Redis's clock
+    bans            set: "platform:server:user"
+    jobs            stream + group "workers": jobs handed to a worker; an entry is acknowledged once its result
+                    is stored, and entries a dead worker held are claimed by others after a visibility timeout
+    out:<instance>  stream + group "bot": one bot instance's events (started, progress, final)
+    result:<id>     a finished job's Done message (PNG bytes and token grids), kept for `result_ttl_s`
+    worker:<name>   hash: a worker's health and counters, expiring unless the worker refreshes it
+
+Every decision that must hold across instances (admission against limits, bans and the cap; the fair pick of
+the next job; finishing a job once) is one Lua script, so it is atomic in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from bot.config import LimitSettings
+from bot.jobs import Job, Refused
+from bot.ratelimit import QUEUE_FULL_RETRY_S, duration
+from generator.protocol import Cancelled, Generate, Message, Ready, Waiting, decode, encode
+
+log = logging.getLogger(__name__)
+
+WORKERS = "workers"  # the consumer group of the job stream
+BOT = "bot"  # the consumer group of each instance's event stream
+OUT_MAXLEN = 100_000  # events kept per instance stream while its bot is away (approximate trim)
+RETRY_S = 1.0
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+T = TypeVar("T")
+
+# Where a user who enters the ring goes: after every user served less recently (never: first, by arrival).
+_ENQUEUE = """
+local function enqueue(p, id, user, msg, instance, count, limit)
+  redis.call('HSET', p .. 'job:' .. id, 'msg', msg, 'user', user, 'instance', instance, 'count', count,
+             'limit', limit, 'state', 'waiting')
+  redis.call('RPUSH', p .. 'q:' .. user, id)
+  if not redis.call('ZSCORE', p .. 'ring', user) then
+    local served = redis.call('HGET', p .. 'served', user)
+    local score = served and tonumber(served) or (redis.call('INCR', p .. 'arrivals') - 1e15)
+    redis.call('ZADD', p .. 'ring', score, user)
+  end
+  redis.call('INCR', p .. 'waiting')
+end
+
+-- 1-based place of job `id` in the fair order: depth by depth through the ring.
+local function position(p, id, user)
+  local depth = redis.call('LPOS', p .. 'q:' .. user, id)
+  if not depth then return 0 end
+  local ahead, before = depth, true
+  for _, other in ipairs(redis.call('ZRANGE', p .. 'ring', 0, -1)) do
+    if other == user then
+      before = false
+    else
+      local n = redis.call('LLEN', p .. 'q:' .. other)
+      ahead = ahead + math.min(n, depth)
+      if before and n > depth then ahead = ahead + 1 end
+    end
+  end
+  return ahead + 1
+end
+"""
+
+# ARGV: prefix, id, user, msg, instance, count, limit (max running, 0 = none), max_queued (0 = none),
+# queue_cap, bucket key, bucket capacity (0 = none), bucket period, ban key.
+ADMIT = _ENQUEUE + """
+local p, id, user = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('EXISTS', p .. 'job:' .. id) == 1 then return {'ok', position(p, id, user)} end
+if redis.call('SISMEMBER', p .. 'bans', ARGV[13]) == 1 then return {'banned', 0} end
+local queued = redis.call('LLEN', p .. 'q:' .. user)
+local max_queued = tonumber(ARGV[8])
+if max_queued > 0 and queued >= max_queued then return {'queued', queued} end
+local waiting = tonumber(redis.call('GET', p .. 'waiting') or '0')
+if waiting >= tonumber(ARGV[9]) then return {'full', waiting} end
+local capacity, period = tonumber(ARGV[11]), tonumber(ARGV[12])
+if capacity > 0 then
+  local key = p .. 'bucket:' .. ARGV[10]
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+  local state = redis.call('HMGET', key, 'tokens', 'at')
+  local tokens = tonumber(state[1]) or capacity
+  local at = tonumber(state[2]) or now
+  tokens = math.min(capacity, tokens + math.max(0, now - at) * capacity / period)
+  if tokens < 1 - 1e-9 then return {'rate', tostring((1 - tokens) * period / capacity)} end
+  redis.call('HSET', key, 'tokens', tostring(tokens - 1), 'at', tostring(now))
+  redis.call('EXPIRE', key, math.ceil(period) + 60)
+end
+enqueue(p, id, user, ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+return {'ok', position(p, id, user)}
+"""
+
+# A bot re-sends the jobs its last run left unfinished: keep what Redis has, re-publish a stored result,
+# queue the job again (past every limit: it was accepted already) only when Redis has lost it.
+# ARGV: prefix, id, user, msg, instance, count, limit.
+RESUBMIT = _ENQUEUE + """
+local p, id = ARGV[1], ARGV[2]
+local job = p .. 'job:' .. id
+local state = redis.call('HGET', job, 'state')
+if state == 'waiting' or state == 'running' then return 'kept' end
+if state == 'done' and redis.call('EXISTS', p .. 'result:' .. id) == 1 then
+  redis.call('XADD', p .. 'out:' .. ARGV[5], 'MAXLEN', '~', ARGV[8], '*', 'result', id)
+  return 'result'
+end
+if state == 'done' and redis.call('HGET', job, 'final') then
+  redis.call('XADD', p .. 'out:' .. ARGV[5], 'MAXLEN', '~', ARGV[8], '*', 'msg', redis.call('HGET', job, 'final'))
+  return 'final'
+end
+redis.call('DEL', job)
+enqueue(p, id, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+return 'queued'
+"""
+
+# The fair pick: users least recently served first; a user at their running limit is passed over; the next
+# fair job waits for room rather than letting smaller ones overtake it. Picked jobs go into the job stream
+# and are read by this worker in the same step, so nothing sits unread in the stream.
+# ARGV: prefix, consumer, free image slots, idle (1 when the worker runs nothing).
+TAKE = """
+local p, consumer = ARGV[1], ARGV[2]
+local free, idle = tonumber(ARGV[3]), ARGV[4] == '1'
+local taken = 0
+local progress = true
+while progress and free > 0 do
+  progress = false
+  for _, user in ipairs(redis.call('ZRANGE', p .. 'ring', 0, -1)) do
+    local q = p .. 'q:' .. user
+    local id = redis.call('LINDEX', q, 0)
+    local job = p .. 'job:' .. id
+    local count, limit = unpack(redis.call('HMGET', job, 'count', 'limit'))
+    count, limit = tonumber(count), tonumber(limit)
+    local running = tonumber(redis.call('HGET', p .. 'running', user) or '0')
+    if limit == 0 or running < limit then
+      if count > free and not (idle and taken == 0) then
+        free = 0
+        break
+      end
+      redis.call('LPOP', q)
+      redis.call('DECR', p .. 'waiting')
+      redis.call('HINCRBY', p .. 'running', user, 1)
+      local seq = redis.call('INCR', p .. 'seq')
+      redis.call('HSET', p .. 'served', user, seq)
+      if redis.call('LLEN', q) > 0 then
+        redis.call('ZADD', p .. 'ring', seq, user)
+      else
+        redis.call('ZREM', p .. 'ring', user)
+      end
+      redis.call('HSET', job, 'state', 'running')
+      redis.call('XADD', p .. 'jobs', '*', 'job', id)
+      free = free - count
+      taken = taken + 1
+      progress = true
+      break  -- the ring changed: start again from its front
+    end
+  end
+end
+if taken == 0 then return {} end
+local read = redis.call('XREADGROUP', 'GROUP', 'workers', consumer, 'COUNT', taken, 'STREAMS', p .. 'jobs', '>')
+local out = {}
+for _, entry in ipairs(read[1][2]) do
+  local id = entry[2][2]
+  local job = redis.call('HMGET', p .. 'job:' .. id, 'msg', 'instance', 'cancel')
+  table.insert(out, {entry[1], id, job[1], job[2], job[3] or ''})
+end
+return out
+"""
+
+# A job ended on a worker: store its result, tell its bot, acknowledge the entry; a second finish (a worker
+# thought dead that was only slow) only acknowledges. ARGV: prefix, id, entry, final message, Done message
+# or '', result ttl.
+FINISH = """
+local p, id, entry = ARGV[1], ARGV[2], ARGV[3]
+local job = p .. 'job:' .. id
+local state, user, instance = unpack(redis.call('HMGET', job, 'state', 'user', 'instance'))
+redis.call('XACK', p .. 'jobs', 'workers', entry)
+redis.call('XDEL', p .. 'jobs', entry)
+if state ~= 'running' then return 0 end
+local ttl = tonumber(ARGV[6])
+if ARGV[5] ~= '' then
+  redis.call('SET', p .. 'result:' .. id, ARGV[5], 'EX', ttl)
+  redis.call('XADD', p .. 'out:' .. instance, 'MAXLEN', '~', ARGV[7], '*', 'result', id)
+else
+  redis.call('HSET', job, 'final', ARGV[4])
+  redis.call('XADD', p .. 'out:' .. instance, 'MAXLEN', '~', ARGV[7], '*', 'msg', ARGV[4])
+end
+redis.call('HSET', job, 'state', 'done')
+redis.call('EXPIRE', job, ttl)
+if tonumber(redis.call('HINCRBY', p .. 'running', user, -1)) <= 0 then redis.call('HDEL', p .. 'running', user) end
+return 1
+"""
+
+# ARGV: prefix, id, Cancelled message, ttl. 'removed' (it was waiting), 'running' (its worker is told), or ''.
+CANCEL = """
+local p, id = ARGV[1], ARGV[2]
+local job = p .. 'job:' .. id
+local state, user, instance = unpack(redis.call('HMGET', job, 'state', 'user', 'instance'))
+if state == 'waiting' then
+  local q = p .. 'q:' .. user
+  redis.call('LREM', q, 1, id)
+  redis.call('DECR', p .. 'waiting')
+  if redis.call('LLEN', q) == 0 then redis.call('ZREM', p .. 'ring', user) end
+  redis.call('HSET', job, 'state', 'done', 'final', ARGV[3])
+  redis.call('EXPIRE', job, tonumber(ARGV[4]))
+  redis.call('XADD', p .. 'out:' .. instance, 'MAXLEN', '~', ARGV[5], '*', 'msg', ARGV[3])
+  return 'removed'
+end
+if state == 'running' then
+  redis.call('HSET', job, 'cancel', '1')
+  redis.call('PUBLISH', p .. 'cancel', id)
+  return 'running'
+end
+return ''
+"""
+
+# Every waiting job id in the fair order (depth by depth through the ring). ARGV: prefix.
+ORDER = """
+local p = ARGV[1]
+local lists = {}
+for _, user in ipairs(redis.call('ZRANGE', p .. 'ring', 0, -1)) do
+  table.insert(lists, redis.call('LRANGE', p .. 'q:' .. user, 0, -1))
+end
+local out, depth, more = {}, 1, true
+while more do
+  more = false
+  for _, ids in ipairs(lists) do
+    if ids[depth] then
+      table.insert(out, ids[depth])
+      more = true
+    end
+  end
+  depth = depth + 1
+end
+return out
+"""
+
+
+def connect(url: str) -> aioredis.Redis:
+    """A client for `url` (redis://host:port/db) that reconnects by itself after Redis restarts."""
+    return aioredis.Redis.from_url(url, health_check_interval=10, socket_connect_timeout=5)
+
+
+async def ensure_group(client: aioredis.Redis, stream: str, group: str) -> None:
+    """Create a consumer group (and its stream) unless it exists."""
+    try:
+        await client.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as error:
+        if "BUSYGROUP" not in str(error):
+            raise
+
+
+async def retrying(what: str, call: Callable[[], Awaitable[T]], stop: asyncio.Event | None = None) -> T:
+    """`call()` again every second while Redis is unreachable (it restarts, the network drops); logged once."""
+    warned = False
+    while True:
+        try:
+            result = await call()
+        except REDIS_DOWN as error:
+            if not warned:
+                log.warning("Redis is unreachable while %s (%s); retrying every %gs", what, error, RETRY_S)
+                warned = True
+            if stop is not None and stop.is_set():
+                raise
+            await asyncio.sleep(RETRY_S)
+            continue
+        if warned:
+            log.info("Redis is back; %s", what)
+        return result
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    """One worker as it last reported itself."""
+
+    name: str
+    fields: dict[str, str]
+
+    @property
+    def age_s(self) -> float:
+        """Seconds since the worker last reported."""
+        return max(0.0, time.time() - float(self.fields.get("seen_at", 0)))
+
+
+async def pool_health(client: aioredis.Redis, prefix: str = "janus") -> list[WorkerHealth]:
+    """Every worker that reported within its health key's lifetime, by name."""
+    found = []
+    async for key in client.scan_iter(match=f"{prefix}:worker:*"):
+        fields = {_str(k): _str(v) for k, v in (await client.hgetall(key)).items()}
+        if fields:
+            found.append(WorkerHealth(_str(key).removeprefix(f"{prefix}:worker:"), fields))
+    return sorted(found, key=lambda w: w.name)
+
+
+async def pool_metrics(client: aioredis.Redis, prefix: str = "janus") -> str:
+    """The whole pool in Prometheus' text format: queue depth, and each worker's gauges and counters."""
+    waiting = int(await client.get(f"{prefix}:waiting") or 0)
+    lines = ["# TYPE janus_pool_waiting_jobs gauge", f"janus_pool_waiting_jobs {waiting}"]
+    workers = await pool_health(client, prefix)
+    lines += ["# TYPE janus_pool_workers gauge", f"janus_pool_workers {len(workers)}"]
+    for name in ("slots", "images_in_flight", "jobs_running", "jobs_done", "images_done", "jobs_failed",
+                 "jobs_claimed", "seen_age_s"):
+        kind = "counter" if name in ("jobs_done", "images_done", "jobs_failed", "jobs_claimed") else "gauge"
+        lines.append(f"# TYPE janus_worker_{name} {kind}")
+        for worker in workers:
+            value = f"{worker.age_s:.1f}" if name == "seen_age_s" else worker.fields.get(name, "0")
+            lines.append(f'janus_worker_{name}{{worker="{worker.name}"}} {value}')
+    return "\n".join(lines) + "\n"
+
+
+class RedisQueue:
+    """bot.generator.SharedQueue over Redis: this bot instance's side of the shared queue.
+
+    `admit` checks the limits, bans and the cap and queues the job in one atomic step; workers anywhere pick
+    jobs fairly across every instance's users. `events()` yields this instance's events only (its stream
+    `out:<instance>`), including ones that arrived while it was down, plus Waiting when a job's place changes.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        instance: str = "bot",
+        prefix: str = "janus",
+        max_batch_images: int = 16,
+        result_ttl: float = 86400.0,
+        poll_s: float = 0.5,
+    ) -> None:
+        self.client = client
+        self.instance = instance
+        self.max_batch_images = max_batch_images
+        self.result_ttl = int(result_ttl)
+        self.poll_s = poll_s
+        self._p = f"{prefix}:"
+        self._prefix = prefix
+        self._out = f"{prefix}:out:{instance}"
+        self._admit = client.register_script(ADMIT)
+        self._resubmit = client.register_script(RESUBMIT)
+        self._cancel = client.register_script(CANCEL)
+        self._order = client.register_script(ORDER)
+        self._waiting: dict[str, int] = {}  # this instance's jobs not yet started -> last position told
+        self._closed = asyncio.Event()
+
+    # -- the Generator interface --
+
+    async def start(self) -> Ready:
+        """Check Redis and create the streams' groups; workers may come and go later."""
+        await retrying("starting", self._create_groups)
+        return Ready("redis pool", self.instance, 0, 0, self.max_batch_images)
+
+    async def _create_groups(self) -> None:
+        await ensure_group(self.client, f"{self._p}jobs", WORKERS)
+        await ensure_group(self.client, self._out, BOT)
+
+    async def submit(self, msg: Generate) -> None:
+        """Queue a job outside any user's limits (the service uses admit and requeue instead)."""
+        await self._requeue_message(msg, f"bot:{self.instance}", 0)
+
+    async def _requeue_message(self, msg: Generate, user: str, limit: int) -> None:
+        args = [self._p, msg.job_id, user, encode(msg), self.instance, msg.count, limit, OUT_MAXLEN]
+        outcome = _str(await retrying("re-queueing a job", lambda: self._resubmit(args=args)))
+        if outcome in ("kept", "queued"):
+            self._waiting.setdefault(msg.job_id, 0)
+        log.debug("job %s re-sent to the pool: %s", msg.job_id, outcome)
+
+    async def cancel(self, job_id: str) -> None:
+        """Take a waiting job out of the queue, or tell the worker running it to stop."""
+        args = [self._p, job_id, encode(Cancelled(job_id)), self.result_ttl, OUT_MAXLEN]
+        await retrying("cancelling a job", lambda: self._cancel(args=args))
+
+    async def close(self) -> None:
+        """End events() and drop the connections; everything this instance is owed stays in Redis."""
+        self._closed.set()
+
+    async def events(self) -> AsyncIterator[Message]:
+        """This instance's events: first what it was sent and had not acknowledged, then new ones."""
+        backlog = True
+        next_positions = 0.0
+        while not self._closed.is_set():
+            try:
+                if self._waiting and time.monotonic() >= next_positions:
+                    next_positions = time.monotonic() + self.poll_s
+                    for message in await self._positions():
+                        yield message
+                read = await self.client.xreadgroup(
+                    BOT, "main", {self._out: "0" if backlog else ">"}, count=64,
+                    block=None if backlog else int(self.poll_s * 1000),
+                )
+            except REDIS_DOWN as error:
+                log.warning("Redis is unreachable (%s); reading events again in %gs", error, RETRY_S)
+                await asyncio.sleep(RETRY_S)
+                continue
+            except ResponseError as error:  # Redis lost the group (restarted without persistence)
+                log.warning("reading events failed (%s); creating the stream again", error)
+                await retrying("creating the streams", self._create_groups)
+                continue
+            entries = read[0][1] if read else []
+            if backlog and not entries:
+                backlog = False
+            for entry_id, fields in entries:
+                message = await self._message({_str(k): v for k, v in fields.items()})
+                if message is not None:
+                    self._waiting.pop(getattr(message, "job_id", ""), None)
+                    yield message
+                await retrying("acknowledging an event", lambda e=entry_id: self.client.xack(self._out, BOT, e))
+        await self.client.aclose()
+
+    async def _message(self, fields: dict[str, Any]) -> Message | None:
+        try:
+            if "result" in fields:
+                job_id = _str(fields["result"])
+                stored = await retrying("reading a result", lambda: self.client.get(f"{self._p}result:{job_id}"))
+                if stored is None:
+                    log.error("the result of job %s expired before this bot read it", job_id)
+                    return None
+                return decode(stored)
+            return decode(fields["msg"])
+        except (KeyError, ValueError, TypeError) as error:
+            log.warning("ignored an event that could not be read: %s", error)
+            return None
+
+    async def _positions(self) -> list[Waiting]:
+        order = [_str(job_id) for job_id in await self._order(args=[self._p])]
+        moved = []
+        place = {job_id: i for i, job_id in enumerate(order, 1)}
+        for job_id, told in list(self._waiting.items()):
+            now = place.get(job_id)
+            if now is None:
+                self._waiting[job_id] = 0  # handed to a worker; Started follows
+            elif now != told:
+                self._waiting[job_id] = now
+                moved.append(Waiting(job_id, now))
+        return moved
+
+    # -- the shared queue --
+
+    async def admit(self, job: Job, msg: Generate, limits: LimitSettings, *, admin: bool) -> int:
+        """Queue `msg` for `job` if the limits, bans and cap allow it, atomically across instances; its position."""
+        r = job.requester
+        user = r.user_key
+        args = [
+            self._p, job.id, user, encode(msg), self.instance, msg.count,
+            0 if admin else limits.max_running_per_user,
+            0 if admin else limits.max_queued_per_user,
+            limits.queue_cap,
+            f"{r.platform}:{r.server}:{r.user}",
+            0 if admin else limits.jobs_per_period,
+            limits.period_s,
+            ban_key(r.platform, r.server, r.user),
+        ]  # fmt: skip
+        try:
+            verdict, value = await self._admit(args=args)
+        except REDIS_DOWN:
+            log.exception("Redis is unreachable; refusing a job")
+            raise Refused("The bot cannot reach its job queue right now; try again in a minute.", 60.0) from None
+        verdict = _str(verdict)
+        if verdict == "ok":
+            self._waiting[job.id] = int(value)
+            return int(value)
+        if verdict == "banned":
+            raise Refused("You are banned from making images here; ask a server admin if this is a mistake.")
+        if verdict == "queued":
+            jobs = "job" if int(value) == 1 else "jobs"
+            raise Refused(f"You already have {value} {jobs} waiting; try again when one of them starts.")
+        if verdict == "full":
+            raise Refused(
+                f"The queue is full ({value} jobs waiting); try again in about a minute.", QUEUE_FULL_RETRY_S
+            )
+        wait = float(_str(value))
+        raise Refused(
+            f"You can start {limits.jobs_per_period} jobs every {duration(limits.period_s)}; "
+            f"try again in {duration(wait)}.",
+            wait,
+        )
+
+    async def requeue(self, job: Job, msg: Generate, limits: LimitSettings, *, admin: bool) -> None:
+        """After a restart: keep a job Redis still has, re-send its stored result, or queue it again past the
+        limits (it was accepted before)."""
+        await self._requeue_message(msg, job.requester.user_key, 0 if admin else limits.max_running_per_user)
+
+    async def set_ban(self, platform: str, server: str, user: str, banned: bool) -> None:
+        """Apply a ban (or lift it) in every instance."""
+        key = ban_key(platform, server, user)
+        bans = f"{self._p}bans"
+        await retrying("saving a ban", lambda: self.client.sadd(bans, key) if banned else self.client.srem(bans, key))
+
+    async def position(self, job_id: str) -> int | None:
+        """A waiting job's place in the whole pool's queue (1 is next); None once it has started."""
+        order = [_str(j) for j in await self._order(args=[self._p])]
+        return order.index(job_id) + 1 if job_id in order else None
+
+    async def metrics(self) -> str:
+        """The pool's metrics in Prometheus' text format."""
+        return await pool_metrics(self.client, self._prefix)
+
+
+def ban_key(platform: str, server: str, user: str) -> str:
+    """How a ban is named in the shared set."""
+    return f"{platform}:{server}:{user}"
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client for `url`, closed on the way out."""
+    client = connect(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()

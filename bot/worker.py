@@ -1,0 +1,330 @@
+"""A GPU worker of the Redis pool: `janus-bot worker --redis URL` on each GPU host, one per GPU.
+
+It runs the usual supervised generator process (`python -m generator serve`, the one engine loop: the model is
+loaded once and restarted after a crash) and feeds it from the shared queue: whenever image slots are free it
+takes the next fair jobs (bot.redis_queue.TAKE), several at a time, so that jobs of different users and bot
+instances share its batches. Started and Progress go to the job's bot instance as they happen; a finished job's
+images are stored in Redis with an expiry, its bot is told, and only then is its stream entry acknowledged.
+
+While it runs it refreshes its entries' idle time; entries of a worker that stopped refreshing (kill -9, a
+lost machine) are claimed by the others once idle for the visibility timeout, and run again from the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from bot.generator import Generator
+from bot.redis_queue import (
+    FINISH,
+    OUT_MAXLEN,
+    REDIS_DOWN,
+    TAKE,
+    WORKERS,
+    connect,
+    ensure_group,
+    retrying,
+)
+from generator.protocol import Cancelled, Done, Failed, Message, Progress, Started, decode, encode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Held:
+    """A job this worker took from the stream and has not finished."""
+
+    entry: str
+    count: int
+    instance: str
+
+
+class PoolWorker:
+    """Takes jobs from the shared queue into one generator while it has room, and reports them back."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        generator: Generator,
+        *,
+        name: str,
+        prefix: str = "janus",
+        visibility_timeout: float = 60.0,
+        result_ttl: float = 86400.0,
+        poll_s: float = 0.1,
+        shutdown_grace: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.generator = generator
+        self.name = name
+        self.visibility_timeout = visibility_timeout
+        self.result_ttl = int(result_ttl)
+        self.poll_s = poll_s
+        self.shutdown_grace = shutdown_grace
+        self.slots = 0
+        self.counters = {"jobs_done": 0, "images_done": 0, "jobs_failed": 0, "jobs_cancelled": 0, "jobs_claimed": 0}
+        self._p = f"{prefix}:"
+        self._jobs = f"{prefix}:jobs"
+        self._take = client.register_script(TAKE)
+        self._finish = client.register_script(FINISH)
+        self._held: dict[str, _Held] = {}
+        self._taking = True
+        self._info: dict[str, str] = {}
+
+    @property
+    def images_in_flight(self) -> int:
+        """Image slots the held jobs use."""
+        return sum(held.count for held in self._held.values())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set, then let running jobs finish for the grace period and stop the generator."""
+        ready = await self.generator.start()
+        self.slots = ready.max_batch_images
+        self._info = {"model": ready.model, "device": ready.device, "host": socket.gethostname(),
+                      "pid": str(os.getpid()), "started_at": f"{time.time():.3f}"}
+        await retrying("creating the job stream", lambda: ensure_group(self.client, self._jobs, WORKERS))
+        with contextlib.suppress(*REDIS_DOWN):
+            await self._report_health()
+        log.info("worker %s: %s on %s, %d image slots", self.name, ready.model, ready.device, self.slots)
+        pump = asyncio.create_task(self._pump())
+        loops = [asyncio.create_task(self._feed()), asyncio.create_task(self._heartbeat()),
+                 asyncio.create_task(self._cancels())]
+        await stop.wait()
+        self._taking = False
+        deadline = time.monotonic() + self.shutdown_grace
+        while self._held and time.monotonic() < deadline and not pump.done():
+            await asyncio.sleep(0.05)
+        if self._held:
+            log.info("stopping with %d job(s) unfinished; other workers will claim them", len(self._held))
+        await self.generator.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(pump, 5)
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, pump, return_exceptions=True)
+        with contextlib.suppress(*REDIS_DOWN):
+            await self.client.delete(f"{self._p}worker:{self.name}")
+
+    # -- taking jobs --
+
+    async def _feed(self) -> None:
+        """Take jobs while image slots are free: first entries a dead worker left, then the next fair ones."""
+        while self._taking:
+            took = 0
+            free = self.slots - self.images_in_flight
+            if free > 0:
+                try:
+                    took = await self._reclaim(free)
+                    free = self.slots - self.images_in_flight
+                    if free > 0:
+                        took += await self._take_fair(free)
+                except REDIS_DOWN as error:
+                    log.warning("Redis is unreachable (%s); taking jobs again in a second", error)
+                    await asyncio.sleep(1.0)
+                except Exception:
+                    log.exception("taking jobs failed")
+                    await asyncio.sleep(1.0)
+            if not took:
+                await asyncio.sleep(self.poll_s)
+
+    async def _take_fair(self, free: int) -> int:
+        idle = "1" if not self._held else "0"
+        taken = await self._take(args=[self._p, self.name, free, idle])
+        for entry, job_id, msg, instance, cancel in taken:
+            await self._start(_s(entry), _s(job_id), msg, _s(instance), _s(cancel) == "1")
+        return len(taken)
+
+    async def _reclaim(self, free: int) -> int:
+        """Claim entries idle longer than the visibility timeout: their worker stopped refreshing them."""
+        reply = await self.client.xautoclaim(
+            self._jobs, WORKERS, self.name, min_idle_time=int(self.visibility_timeout * 1000), start_id="0-0",
+            count=max(1, free),
+        )
+        claimed = 0
+        for entry, fields in reply[1]:
+            entry_id = _s(entry)
+            job_id = _s(fields[b"job"])
+            if job_id in self._held:
+                continue
+            msg, instance, state, cancel = await self.client.hmget(
+                f"{self._p}job:{job_id}", "msg", "instance", "state", "cancel"
+            )
+            if msg is None or _s(state) != "running":  # it ended after all, or expired: nothing to run
+                await self.client.xack(self._jobs, WORKERS, entry_id)
+                await self.client.xdel(self._jobs, entry_id)
+                continue
+            log.info("claimed job %s from a worker that stopped (entry %s)", job_id, entry_id)
+            self.counters["jobs_claimed"] += 1
+            await self._start(entry_id, job_id, msg, _s(instance), _s(cancel or b"") == "1")
+            claimed += 1
+        return claimed
+
+    async def _start(self, entry: str, job_id: str, msg: bytes, instance: str, cancelled: bool) -> None:
+        try:
+            generate = decode(msg)
+        except (ValueError, TypeError) as error:
+            log.warning("job %s cannot be read (%s); failing it", job_id, error)
+            self._held[job_id] = _Held(entry, 0, instance)
+            await self._end(job_id, Failed(job_id, "The job could not be read by the image generator; try again."))
+            return
+        self._held[job_id] = _Held(entry, getattr(generate, "count", 1), instance)
+        if cancelled:
+            await self._end(job_id, Cancelled(job_id))
+            return
+        await self.generator.submit(generate)  # type: ignore[arg-type]
+
+    # -- reporting --
+
+    async def _pump(self) -> None:
+        """The generator's events to the jobs' bots; a final one stores the result and acknowledges the entry."""
+        async for message in self.generator.events():
+            job_id = getattr(message, "job_id", "")
+            held = self._held.get(job_id)
+            if held is None:
+                continue
+            try:
+                if isinstance(message, Started | Progress):
+                    await self._publish(held, message)
+                elif isinstance(message, Done | Failed | Cancelled):
+                    await self._end(job_id, message)
+            except Exception:
+                log.exception("could not report %s for job %s", type(message).__name__, job_id)
+
+    async def _publish(self, held: _Held, message: Message) -> None:
+        """Send a passing event; one lost while Redis is down does no harm (the final one is never lost)."""
+        with contextlib.suppress(*REDIS_DOWN):
+            await self.client.xadd(f"{self._p}out:{held.instance}", {"msg": encode(message)},
+                                   maxlen=OUT_MAXLEN, approximate=True)
+
+    async def _end(self, job_id: str, message: Message) -> None:
+        held = self._held[job_id]
+        done = encode(message) if isinstance(message, Done) else ""
+        final = "" if done else encode(message)
+        args = [self._p, job_id, held.entry, final, done, self.result_ttl, OUT_MAXLEN]
+        await retrying(f"storing the result of job {job_id}", lambda: self._finish(args=args))
+        del self._held[job_id]
+        if isinstance(message, Done):
+            self.counters["jobs_done"] += 1
+            self.counters["images_done"] += len(message.images)
+        elif isinstance(message, Failed):
+            self.counters["jobs_failed"] += 1
+        else:
+            self.counters["jobs_cancelled"] += 1
+
+    # -- keeping entries and health fresh --
+
+    async def _heartbeat(self) -> None:
+        every = max(0.2, self.visibility_timeout / 3)
+        while True:
+            with contextlib.suppress(*REDIS_DOWN):
+                entries = [held.entry for held in self._held.values()]
+                if entries:  # resets their idle time, so that nobody claims them
+                    await self.client.xclaim(self._jobs, WORKERS, self.name, 0, entries, justid=True)
+                await self._report_health(ttl=every * 3 + 5)
+            await asyncio.sleep(every)
+
+    async def _report_health(self, ttl: float = 30.0) -> None:
+        key = f"{self._p}worker:{self.name}"
+        fields = {**self._info, **{k: str(v) for k, v in self.counters.items()},
+                  "slots": str(self.slots), "images_in_flight": str(self.images_in_flight),
+                  "jobs_running": str(len(self._held)), "seen_at": f"{time.time():.3f}"}
+        async with self.client.pipeline(transaction=True) as pipe:
+            await pipe.hset(key, mapping=fields).expire(key, int(ttl)).execute()
+
+    async def _cancels(self) -> None:
+        """Stop jobs their users cancelled while this worker runs them."""
+        while True:
+            try:
+                async with self.client.pubsub() as pubsub:
+                    await pubsub.subscribe(f"{self._p}cancel")
+                    async for item in pubsub.listen():
+                        job_id = _s(item["data"]) if item.get("type") == "message" else ""
+                        if job_id in self._held:
+                            await self.generator.cancel(job_id)
+            except REDIS_DOWN:
+                await asyncio.sleep(1.0)
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# -- command line -----------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The worker's options, shared by `janus-bot worker` and `python -m bot.worker`."""
+    parser.add_argument("--redis", required=True, metavar="URL", help="the pool's Redis, redis://host:6379/0")
+    parser.add_argument("--model", help="hub id or checkpoint directory (default: the built-in model)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    parser.add_argument("--dtype", help="auto, bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--max-batch-images", type=int, default=16, metavar="N",
+                        help="image slots sampled together, across jobs (default 16)")
+    parser.add_argument("--name", help="this worker's name in the pool (default: host name and process id)")
+    parser.add_argument("--prefix", default="janus", help="Redis key prefix shared with the bots (default janus)")
+    parser.add_argument("--visibility-timeout", type=float, default=60.0, metavar="S",
+                        help="seconds after which a silent worker's jobs are claimed by others (default 60)")
+    parser.add_argument("--result-ttl", type=float, default=86400.0, metavar="S",
+                        help="seconds finished images are kept in Redis for their bot (default 86400)")
+    parser.add_argument("--poll", type=float, default=0.1, metavar="S", help="seconds between looks at the queue")
+    parser.add_argument("--preview-every", type=int, metavar="K", help="steps between previews; 0 for none")
+    parser.add_argument("--shutdown-grace", type=float, default=10.0, metavar="S",
+                        help="on SIGTERM, seconds to let running jobs finish (default 10)")
+    parser.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # crash tests only
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """Run one worker until SIGTERM or SIGINT."""
+    from bot.generator_client import GeneratorProcess
+
+    extra = ["--step-delay", str(args.step_delay)] if args.step_delay else []
+    generator = GeneratorProcess(
+        args.model or None, device=args.device, dtype=args.dtype, max_batch_images=args.max_batch_images,
+        preview_every=args.preview_every, extra_args=extra, shutdown_grace=args.shutdown_grace,
+    )
+    client = connect(args.redis)
+    name = args.name or f"{socket.gethostname()}-{os.getpid()}"
+    worker = PoolWorker(client, generator, name=name, prefix=args.prefix,
+                        visibility_timeout=args.visibility_timeout, result_ttl=args.result_ttl, poll_s=args.poll,
+                        shutdown_grace=args.shutdown_grace)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await worker.run(stop)
+    finally:
+        await client.aclose()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:
+    """`janus-bot worker`: one-line errors for a model that cannot load or a Redis that cannot be reached."""
+    from bot.generator_client import GeneratorStartError
+
+    if args is None:
+        parser = argparse.ArgumentParser(prog="python -m bot.worker", description="A GPU worker of the Redis pool.")
+        add_arguments(parser)
+        args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(serve(args))
+    except GeneratorStartError as error:
+        print(f"janus-bot: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""The Redis backend with a real redis-server: bot instances and GPU workers sharing one queue, nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.jobs import Cancelled, Done, Queued, Refused
+from bot.redis_queue import RedisQueue, connect, pool_health, pool_metrics
+from bot.service import Handle, Service
+from bot.store import Store
+from tests.bot.helpers import requester, settings
+from tests.bot.redis_server import RedisServer
+
+ROOT = Path(__file__).parents[2]
+VISIBILITY_S = 2.0
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def shared(data_dir: Path, url: str, instance: str, **limits: Any) -> AsyncIterator[Service]:
+    """A started service on the Redis pool with its own store, as one bot instance."""
+    config = settings(data_dir, limits=limits, queue={"backend": "redis", "redis_url": url, "instance": instance,
+                                                      "poll_s": 0.1})
+    queue = RedisQueue(connect(url), instance=instance, max_batch_images=16, poll_s=0.1)
+    async with await Store.open(data_dir) as store:
+        service = Service(config, store, queue)
+        await service.start()
+        try:
+            yield service
+        finally:
+            await service.close()
+
+
+def start_worker(
+    url: str, model: Path, name: str, logs: Path, *, slots: int = 8, step_delay: float = 0.0
+) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "bot.worker", "--redis", url, "--model", str(model), "--device", "cpu",
+            "--max-batch-images", str(slots), "--name", name, "--visibility-timeout", str(VISIBILITY_S),
+            "--poll", "0.05", "--preview-every", "0", "--shutdown-grace", "0", "--result-ttl", "600"]
+    if step_delay:
+        args += ["--step-delay", str(step_delay)]
+    return subprocess.Popen(args, cwd=ROOT, stdout=(logs / f"{name}.log").open("ab"), stderr=subprocess.STDOUT)
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+async def health(url: str) -> dict[str, dict[str, str]]:
+    client = connect(url)
+    try:
+        return {w.name: w.fields for w in await pool_health(client)}
+    finally:
+        await client.aclose()
+
+
+async def until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+async def workers_ready(url: str, names: set[str], timeout: float = 120) -> None:
+    async def ready() -> bool:
+        return names <= set(await health(url))
+
+    await until(ready, timeout, f"workers {sorted(names)}")
+
+
+# -- limits across instances (no workers: jobs just wait) ---------------------------------------------
+
+
+async def test_the_queue_cap_holds_under_concurrent_submissions_to_two_instances(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    url = redis_server.url
+    async with shared(tmp_path / "a", url, "a", queue_cap=12) as a, shared(tmp_path / "b", url, "b", queue_cap=12) as b:
+        calls = [(a if i % 2 else b).submit(requester(f"u{i}"), f"cap {i}", count=1) for i in range(40)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        accepted = [r for r in results if isinstance(r, Handle)]
+        refused = [r for r in results if isinstance(r, Refused)]
+        assert len(accepted) == 12 and len(refused) == 28
+        assert all("queue is full" in str(r) for r in refused)
+        first = [await h._events.get() for h in accepted]  # each stream opens with its place in the whole queue
+        assert sorted(e.position for e in first if isinstance(e, Queued)) == list(range(1, 13))
+
+
+async def test_a_users_token_bucket_and_waiting_jobs_count_across_instances(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    url = redis_server.url
+    limits = {"jobs_per_period": 3, "period_s": 600, "max_queued_per_user": 10}
+    async with shared(tmp_path / "a", url, "a", **limits) as a, shared(tmp_path / "b", url, "b", **limits) as b:
+        results = await asyncio.gather(
+            *[(a if i % 2 else b).submit(requester("alice"), f"bucket {i}", count=1) for i in range(10)],
+            return_exceptions=True,
+        )
+        assert sum(isinstance(r, Handle) for r in results) == 3
+        assert all("jobs every 10 minutes" in str(r) for r in results if isinstance(r, Refused))
+
+        queued = {"max_queued_per_user": 2, "jobs_per_period": 100}
+        async with shared(tmp_path / "c", url, "c", **queued) as c, shared(tmp_path / "d", url, "d", **queued) as d:
+            results = await asyncio.gather(
+                *[(c if i % 2 else d).submit(requester("bob"), f"queued {i}", count=1) for i in range(6)],
+                return_exceptions=True,
+            )
+            assert sum(isinstance(r, Handle) for r in results) == 2
+            # a ban given on one instance holds on the others
+            admin = requester("admin", admin=True)
+            await c.ban(admin, "carol", "spam")
+            with pytest.raises(Refused, match="banned"):
+                await d.submit(requester("carol"), "banned elsewhere", count=1)
+            await c.unban(admin, "carol")
+            await d.submit(requester("carol"), "welcome back", count=1)
+
+
+async def test_cancel_a_waiting_job_from_its_instance(tmp_path: Path, redis_server: RedisServer) -> None:
+    async with shared(tmp_path / "a", redis_server.url, "a") as a:
+        first = await a.submit(requester("alice"), "first", count=1)
+        second = await a.submit(requester("bob"), "second", count=1)
+        assert (await a.status(second.job.id)).position == 2  # type: ignore[union-attr]
+        await a.cancel(requester("alice"), first.job.id)
+        assert isinstance(await first.final(), Cancelled)
+        events = [await second._events.get(), await asyncio.wait_for(second._events.get(), 5)]
+        assert events == [Queued(second.job.id, 2), Queued(second.job.id, 1)]  # it moved up
+
+
+# -- the pool with real workers -------------------------------------------------------------------------
+
+
+async def test_two_workers_two_bots_200_jobs_from_20_users(
+    tmp_path: Path, redis_server: RedisServer, tiny_dir: Path
+) -> None:
+    url = redis_server.url
+    procs = [start_worker(url, tiny_dir, name, tmp_path) for name in ("w1", "w2")]
+    try:
+        await workers_ready(url, {"w1", "w2"})
+        limits = {"queue_cap": 200, "max_queued_per_user": 10, "jobs_per_period": 100, "max_running_per_user": 2}
+        async with shared(tmp_path / "a", url, "a", **limits) as a, shared(tmp_path / "b", url, "b", **limits) as b:
+            handles = []
+            for i in range(200):
+                user = i % 20
+                service, platform = (a, "discord") if user < 10 else (b, "slack")
+                who = requester(f"u{user}", platform=platform)
+                handles.append(await service.submit(who, f"a picture {i}", count=1, seed=i))
+            finals = await asyncio.wait_for(asyncio.gather(*(h.final() for h in handles)), 300)
+            assert all(isinstance(f, Done) for f in finals), [f for f in finals if not isinstance(f, Done)][:3]
+            for data in ("a", "b"):
+                with sqlite3.connect(tmp_path / data / "janus-bot.db") as con:
+                    assert dict(con.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")) == {"done": 100}
+                    assert set(dict(con.execute("SELECT job_id, COUNT(*) FROM images GROUP BY job_id")).values()) == {1}
+            pool = await health(url)
+            done = Counter({name: int(fields["jobs_done"]) for name, fields in pool.items()})
+            assert sum(done.values()) == 200  # every job ran once
+            assert min(done.values()) >= 40, done  # and both workers took a share
+            client = connect(url)
+            try:
+                metrics = await pool_metrics(client)
+            finally:
+                await client.aclose()
+            assert 'janus_worker_jobs_done{worker="w1"}' in metrics and "janus_pool_workers 2" in metrics
+    finally:
+        stop(procs)
+
+
+def _statuses(db: Path) -> dict[str, str]:
+    with sqlite3.connect(db) as con:
+        return dict(con.execute("SELECT id, status FROM jobs").fetchall())
+
+
+def _bot(mode: str, data: Path, url: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "tests.bot.redis_bot", mode, str(data), url], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+
+
+async def test_kill_9_a_worker_redis_and_the_bot_loses_no_accepted_job(
+    tmp_path: Path, redis_server: RedisServer, tiny_dir: Path
+) -> None:
+    url = redis_server.url
+    data = tmp_path / "bot"
+    data.mkdir()
+    w1 = start_worker(url, tiny_dir, "w1", tmp_path, slots=2, step_delay=0.05)
+    w2 = start_worker(url, tiny_dir, "w2", tmp_path, slots=2, step_delay=0.05)
+    procs = [w1, w2]
+    try:
+        await workers_ready(url, {"w1", "w2"})
+        bot = _bot("submit", data, url)
+        procs.append(bot)
+        assert bot.stdout is not None and bot.stdout.readline().strip() == "accepted"
+        accepted = (data / "accepted").read_text().split()
+
+        async def w1_busy() -> bool:
+            return int((await health(url)).get("w1", {}).get("jobs_running", 0)) > 0
+
+        await until(w1_busy, 60, "w1 to run jobs")
+        w1.send_signal(signal.SIGKILL)
+        w1.wait(10)
+        await workers_ready(url, {"w2"})
+
+        redis_server.kill()  # persistence on: every acknowledged write is on disk
+        await asyncio.sleep(0.5)
+        redis_server.start()
+
+        async def some_done() -> bool:
+            return "done" in _statuses(data / "janus-bot.db").values()
+
+        await until(some_done, 120, "a job to finish after the restarts")
+        bot.send_signal(signal.SIGKILL)
+        bot.wait(10)
+
+        again = _bot("recover", data, url)
+        procs.append(again)
+        out, _ = await asyncio.to_thread(again.communicate, timeout=180)
+        assert again.returncode == 0 and out.strip() == "recovered"
+        after = _statuses(data / "janus-bot.db")
+        assert sorted(after) == sorted(accepted) and set(after.values()) == {"done"}
+        with sqlite3.connect(data / "janus-bot.db") as con:
+            per_job = dict(con.execute("SELECT job_id, COUNT(*) FROM images GROUP BY job_id").fetchall())
+        assert per_job == dict.fromkeys(accepted, 1)
+        pool = await health(url)
+        assert int(pool["w2"]["jobs_claimed"]) >= 1  # w2 took over what w1 held
+    finally:
+        stop(procs)
