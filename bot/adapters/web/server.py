@@ -161,9 +161,9 @@ class WebAdapter:
         """Listen on the configured host and port."""
         self._service = service
         self._started.set()
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, shutdown_timeout=2.0)
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         try:
             await site.start()
         except OSError as error:
