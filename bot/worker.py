@@ -310,14 +310,17 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:
-    """`janus-bot worker`: one-line errors for a model that cannot load or a Redis that cannot be reached."""
+def main(argv: Sequence[str] | None = None, prog: str = "python -m bot.worker") -> int:
+    """`janus-bot worker`: serve until SIGTERM or Ctrl-C; a model that cannot load is one line and exit code 1."""
     from bot.generator_client import GeneratorStartError
 
-    if args is None:
-        parser = argparse.ArgumentParser(prog="python -m bot.worker", description="A GPU worker of the Redis pool.")
-        add_arguments(parser)
-        args = parser.parse_args(argv)
+    parser = argparse.ArgumentParser(prog=prog, description="A GPU worker of janus-bot's Redis pool, one per GPU.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.max_batch_images < 1:
+        parser.error(f"--max-batch-images must be at least 1; you gave {args.max_batch_images}")
+    if args.visibility_timeout <= 0:
+        parser.error(f"--visibility-timeout must be more than 0; you gave {args.visibility_timeout:g}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return asyncio.run(serve(args))

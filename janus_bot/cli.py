@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="database and images directory (overrides [bot] data_dir)")
     run.add_argument("--web-port", type=int, metavar="N",
                      help="serve the web playground and API on port N (0: any free port), chat platforms or not")
+    run.add_argument("--redis", metavar="URL",
+                     help='share the job queue in Redis with other bots and GPU workers ([queue] backend = "redis")')
+    run.add_argument("--instance", help="this bot's name in the Redis pool, one per platform or shard")
+
+    # Parsed by bot.worker itself (see main); listed here for `janus-bot -h`.
+    commands.add_parser("worker", add_help=False,
+                        help="run a GPU worker of the Redis pool: janus-bot worker --redis URL [--model ...]")
 
     train = commands.add_parser("train-demo", help="train the built-in demo model on synthetic scenes (CPU, minutes)")
     train.add_argument("out_dir", metavar="OUT_DIR")
@@ -91,6 +98,12 @@ def _run_bot(args: argparse.Namespace) -> int:
     if args.web_port is not None:
         web = settings.web.model_copy(update={"enabled": True, "port": args.web_port})
         settings = settings.model_copy(update={"web": web})
+    if args.redis is not None or args.instance is not None:
+        queue = settings.queue.model_copy(update={"backend": "redis"} if args.redis is None else
+                                          {"backend": "redis", "redis_url": args.redis})
+        if args.instance is not None:
+            queue = queue.model_copy(update={"instance": args.instance})
+        settings = settings.model_copy(update={"queue": queue})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(app.run(settings))
@@ -104,6 +117,11 @@ def _run_bot(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["worker"]:  # its options live with it, so that the bot's side imports nothing of it
+        from bot import worker
+
+        return worker.main(argv[1:], prog="janus-bot worker")
     args = _parser().parse_args(argv)
     if args.command in ("imagine", "make-model", "bench"):
         from generator import cli
