@@ -98,6 +98,16 @@ class DiscordSettings(_Section):
     sync_commands: bool = True
 
 
+class SlackSettings(_Section):
+    mode: Literal["auto", "socket", "http"] = "auto"  # auto: Socket Mode with an app token, else HTTP
+    host: str = Field(default="0.0.0.0", min_length=1)  # HTTP mode only
+    port: int = Field(default=3000, ge=0, le=65535)  # 0 picks a free port
+    path: str = Field(default="/slack/events", pattern=r"^/")
+    api_url: str = ""  # the Web API's base URL; empty is https://slack.com/api/
+    update_interval_s: float = Field(default=2.0, ge=0)
+    preview_interval_s: float = Field(default=5.0, ge=0)
+
+
 class Secrets(_Section):
     discord_token: str | None = None
     slack_bot_token: str | None = None
@@ -124,6 +134,7 @@ class Settings(_Section):
     queue: QueueSettings = QueueSettings()
     web: WebSettings = WebSettings()
     discord: DiscordSettings = DiscordSettings()
+    slack: SlackSettings = SlackSettings()
     secrets: Secrets = Field(default=Secrets(), exclude=True)
 
     @property

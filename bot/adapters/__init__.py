@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -32,6 +33,23 @@ def configured_adapters(settings: Settings, env: Mapping[str, str]) -> list[Adap
         from bot.adapters.discord import DiscordAdapter
 
         adapters.append(DiscordAdapter(settings, settings.secrets.discord_token))
+    secrets = settings.secrets
+    if secrets.slack_bot_token and (secrets.slack_app_token or secrets.slack_signing_secret):
+        from bot.adapters.slack import SlackAdapter
+
+        adapters.append(
+            SlackAdapter(
+                settings,
+                secrets.slack_bot_token,
+                app_token=secrets.slack_app_token,
+                signing_secret=secrets.slack_signing_secret,
+            )
+        )
+    elif secrets.slack_bot_token:
+        logging.getLogger(__name__).warning(
+            "SLACK_BOT_TOKEN is set without SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode); "
+            "Slack stays off"
+        )
     # The web page stays last: it runs when asked ([web] enabled, --web-port) or when no chat platform is set.
     if settings.web.enabled or not adapters:
         from bot.adapters.web import WebAdapter

@@ -1,0 +1,7 @@
+"""Slack: `/imagine` and `/imagine-admin` slash commands and job buttons, over Socket Mode or signed HTTP."""
+
+from __future__ import annotations
+
+from bot.adapters.slack.adapter import SlackAdapter
+
+__all__ = ["SlackAdapter"]

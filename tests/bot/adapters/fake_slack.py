@@ -1,0 +1,406 @@
+"""A local stand-in for Slack: the Web API methods the bot calls, file uploads, response_url posts, signed
+HTTP requests to the bot and a Socket Mode websocket speaking the envelope protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import inspect
+import itertools
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import ClientResponse, ClientSession, WSMsgType, web
+
+from bot.adapters.slack import SlackAdapter
+from bot.config import Settings
+from bot.service import Service
+from bot.store import Store
+from tests.bot.helpers import FakeGenerator, running, settings
+
+BOT_TOKEN = "xoxb-test-token"
+APP_TOKEN = "xapp-test-token"
+SIGNING_SECRET = "test-signing-secret"
+TEAM = "T0TEAM"
+CHANNEL = "C0GENERAL"
+
+
+async def _value(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+@dataclass
+class Call:
+    method: str
+    args: dict[str, Any]
+
+
+@dataclass
+class Message:
+    channel: str
+    ts: str
+    text: str
+    blocks: list[dict[str, Any]]
+    thread_ts: str | None = None
+    edits: list[list[dict[str, Any]]] = field(default_factory=list)  # every version of the blocks, oldest first
+
+    def buttons(self) -> dict[str, dict[str, Any]]:
+        """The message's buttons by label."""
+        return {
+            element["text"]["text"]: element
+            for block in self.blocks
+            if block["type"] == "actions"
+            for element in block["elements"]
+        }
+
+    def image(self) -> str | None:
+        """The file id the message shows, if any."""
+        return next((b["slack_file"]["id"] for b in self.blocks if b["type"] == "image"), None)
+
+
+@dataclass
+class File:
+    id: str
+    filename: str
+    data: bytes = b""
+    channel: str | None = None
+    thread_ts: str | None = None
+    deleted: bool = False
+
+
+class FakeSlack:
+    """`async with FakeSlack() as slack:` serves the Web API at `slack.api_url` and Socket Mode at `/link`.
+
+    Every Web API call is recorded in `calls`; `fail(method, error, ...)` makes the next calls of a method
+    answer with Slack errors. `admins` are the users users.info reports as workspace admins.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.messages: dict[str, Message] = {}  # by ts
+        self.files: dict[str, File] = {}
+        self.responses: list[dict[str, Any]] = []  # response_url posts
+        self.admins: set[str] = set()
+        self.acks: dict[str, dict[str, Any]] = {}  # Socket Mode acknowledgements by envelope id
+        self.connections = 0
+        self._failures: dict[str, list[dict[str, Any]]] = {}
+        self._ts = itertools.count(1)
+        self._sockets: list[web.WebSocketResponse] = []
+        self._acked = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api/"
+
+    def response_url(self, name: str = "r") -> str:
+        return f"{self.url}/respond/{name}"
+
+    async def __aenter__(self) -> FakeSlack:
+        server = web.Application()
+        server.router.add_route("*", "/api/{method}", self._api)
+        server.router.add_post("/upload/{file_id}", self._upload)
+        server.router.add_post("/respond/{name}", self._respond)
+        server.router.add_get("/link", self._socket)
+        self._runner = web.AppRunner(server, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for ws in self._sockets:
+            await ws.close()
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    # -- what tests look at --
+
+    def fail(self, method: str, error: str, *, times: int = 1, status: int = 200, **extra: Any) -> None:
+        """Answer the next `times` calls of `method` with Slack error `error`."""
+        self._failures.setdefault(method, []).extend([{"error": error, "status": status, **extra}] * times)
+
+    def called(self, method: str) -> list[dict[str, Any]]:
+        """The arguments of every call of one Web API method, in order."""
+        return [c.args for c in self.calls if c.method == method]
+
+    def posted(self) -> list[Message]:
+        """The channel messages the bot posted, in order."""
+        return sorted(self.messages.values(), key=lambda m: float(m.ts))
+
+    async def until(self, condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Wait until `condition()` (awaited if it is a coroutine) is truthy; its value."""
+        deadline = time.monotonic() + timeout
+        while not (value := await _value(condition())):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting; calls so far: {[c.method for c in self.calls]}")
+            await asyncio.sleep(0.01)
+        return value
+
+    async def final(self, text: str, timeout: float = 10.0) -> Message:
+        """Wait for a posted message whose fallback text ends with `text` (": done", ": failed", ...)."""
+        return await self.until(lambda: next((m for m in self.posted() if m.text.endswith(text)), None), timeout)
+
+    # -- the Web API --
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        args: dict[str, Any] = dict(request.query)
+        if request.content_type == "application/json":
+            args.update(await request.json())
+        else:
+            args.update(await request.post())
+        for key in ("blocks", "files"):
+            if isinstance(args.get(key), str):
+                args[key] = json.loads(args[key])
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ") or args.get("token")
+        self.calls.append(Call(method, args))
+        if token != (APP_TOKEN if method == "apps.connections.open" else BOT_TOKEN):
+            return web.json_response({"ok": False, "error": "invalid_auth"})
+        if failures := self._failures.get(method):
+            failure = dict(failures.pop(0))
+            status = failure.pop("status")
+            headers = {"Retry-After": "0"} if failure["error"] == "ratelimited" else {}
+            return web.json_response({"ok": False, **failure}, status=status, headers=headers)
+        handler = getattr(self, "_" + method.replace(".", "_"), None)
+        if handler is None:
+            return web.json_response({"ok": False, "error": "unknown_method"})
+        return web.json_response({"ok": True, **handler(args)})
+
+    def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"user_id": "U0BOT", "user": "janus", "team_id": TEAM, "team": "Test", "bot_id": "B0BOT"}
+
+    def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"url": self.url.replace("http", "ws", 1) + "/link"}
+
+    def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        user = args["user"]
+        return {"user": {"id": user, "team_id": TEAM, "is_admin": user in self.admins, "is_owner": False}}
+
+    def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
+        ts = f"{1700000000 + next(self._ts)}.000100"
+        blocks = args.get("blocks") or []
+        self.messages[ts] = Message(args["channel"], ts, args.get("text", ""), blocks, args.get("thread_ts"), [blocks])
+        return {"channel": args["channel"], "ts": ts}
+
+    def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self.messages[args["ts"]]
+        message.text, message.blocks = args.get("text", ""), args.get("blocks") or []
+        message.edits.append(message.blocks)
+        return {"channel": args["channel"], "ts": args["ts"]}
+
+    def _chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"message_ts": f"{time.time():.6f}"}
+
+    def _conversations_join(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"channel": {"id": args["channel"]}}
+
+    def _files_getUploadURLExternal(self, args: dict[str, Any]) -> dict[str, Any]:
+        file_id = f"F{len(self.files):06d}"
+        self.files[file_id] = File(file_id, args["filename"])
+        assert int(args["length"]) > 0
+        return {"upload_url": f"{self.url}/upload/{file_id}", "file_id": file_id}
+
+    def _files_completeUploadExternal(self, args: dict[str, Any]) -> dict[str, Any]:
+        done = []
+        for entry in args["files"]:
+            file = self.files[entry["id"]]
+            file.channel, file.thread_ts = args.get("channel_id"), args.get("thread_ts")
+            done.append({"id": file.id, "name": file.filename, "title": entry.get("title")})
+        return {"files": done}
+
+    def _files_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.files[args["file"]].deleted = True
+        return {}
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        self.files[request.match_info["file_id"]].data = await request.read()
+        return web.Response(text="OK")
+
+    async def _respond(self, request: web.Request) -> web.Response:
+        self.responses.append(await request.json())
+        return web.Response(text="ok")
+
+    # -- requests to the bot over HTTP --
+
+    @staticmethod
+    def signed(body: str, *, secret: str = SIGNING_SECRET, at: float | None = None) -> dict[str, str]:
+        """The headers Slack sends with a request body."""
+        timestamp = str(int(time.time() if at is None else at))
+        digest = hmac.new(secret.encode(), f"v0:{timestamp}:{body}".encode(), hashlib.sha256).hexdigest()
+        return {
+            "X-Slack-Request-Timestamp": timestamp,
+            "X-Slack-Signature": f"v0={digest}",
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+
+    def command(self, text: str, *, user: str = "U0ALICE", command: str = "/imagine") -> dict[str, str]:
+        """A slash command's form fields."""
+        return {
+            "token": "legacy",
+            "team_id": TEAM,
+            "team_domain": "test",
+            "channel_id": CHANNEL,
+            "channel_name": "general",
+            "user_id": user,
+            "user_name": user.lower(),
+            "command": command,
+            "text": text,
+            "api_app_id": "A0APP",
+            "response_url": self.response_url(),
+            "trigger_id": "1.2.3",
+        }
+
+    def click(self, message: Message, label: str, *, user: str = "U0ALICE") -> dict[str, Any]:
+        """The block_actions payload of clicking a button on a message."""
+        button = message.buttons()[label]
+        return {
+            "type": "block_actions",
+            "team": {"id": TEAM, "domain": "test"},
+            "user": {"id": user, "team_id": TEAM},
+            "api_app_id": "A0APP",
+            "token": "legacy",
+            "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel},
+            "channel": {"id": message.channel, "name": "general"},
+            "message": {"ts": message.ts, "text": message.text, "blocks": message.blocks},
+            "response_url": self.response_url(),
+            "trigger_id": "1.2.4",
+            "actions": [
+                {
+                    "type": "button",
+                    "block_id": "b",
+                    "action_id": button["action_id"],
+                    "value": button["value"],
+                    "action_ts": f"{time.time():.6f}",
+                }
+            ],
+        }
+
+    @staticmethod
+    def form(fields: dict[str, str]) -> str:
+        return urlencode(fields)
+
+    @staticmethod
+    def interactive(payload: dict[str, Any]) -> str:
+        return urlencode({"payload": json.dumps(payload)})
+
+    # -- Socket Mode --
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.connections += 1
+        self._sockets.append(ws)
+        await ws.send_json({"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A0APP"}})
+        async for message in ws:
+            if message.type != WSMsgType.TEXT:
+                continue
+            data = json.loads(message.data)
+            async with self._acked:
+                self.acks[data["envelope_id"]] = data
+                self._acked.notify_all()
+        self._sockets.remove(ws)
+        return ws
+
+    async def envelope(self, kind: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        """Send one envelope on the newest connection; the bot's acknowledgement of it."""
+        envelope_id = str(uuid.uuid4())
+        await self._sockets[-1].send_json(
+            {
+                "envelope_id": envelope_id,
+                "type": kind,
+                "payload": payload,
+                "accepts_response_payload": kind != "events_api",
+                "retry_attempt": 0,
+                "retry_reason": "",
+            }
+        )
+        async with self._acked:
+            await asyncio.wait_for(self._acked.wait_for(lambda: envelope_id in self.acks), timeout)
+        return self.acks[envelope_id]
+
+    async def disconnect(self) -> None:
+        """Ask the bot to reconnect, as Slack does every few hours; returns once it has."""
+        before = self.connections
+        await self._sockets[-1].send_json({"type": "disconnect", "reason": "refresh_requested"})
+        await self.until(lambda: self.connections > before)
+
+    async def drop(self) -> None:
+        """Close the connection from Slack's side without warning; returns once the bot is back."""
+        before = self.connections
+        await self._sockets[-1].close()
+        await self.until(lambda: self.connections > before and self._sockets)
+
+
+@dataclass
+class Running:
+    """A service on a fake generator with the Slack adapter attached to a FakeSlack."""
+
+    slack: FakeSlack
+    service: Service
+    generator: FakeGenerator
+    store: Store
+    adapter: SlackAdapter
+    config: Settings
+    http: ClientSession
+
+    async def post(self, body: str, headers: dict[str, str] | None = None) -> ClientResponse:
+        """POST a body to the bot's HTTP endpoint, signed unless headers are given."""
+        assert self.adapter.port is not None
+        url = f"http://127.0.0.1:{self.adapter.port}{self.config.slack.path}"
+        return await self.http.post(url, data=body, headers=self.slack.signed(body) if headers is None else headers)
+
+    async def command(self, text: str, **kwargs: Any) -> dict[str, Any]:
+        """Run a slash command over HTTP; the bot's immediate answer."""
+        response = await self.post(self.slack.form(self.slack.command(text, **kwargs)))
+        assert response.status == 200, await response.text()
+        return await response.json() if response.content_length else {}
+
+    async def click(self, message: Message, label: str, **kwargs: Any) -> None:
+        """Click a button over HTTP."""
+        response = await self.post(self.slack.interactive(self.slack.click(message, label, **kwargs)))
+        assert response.status == 200, await response.text()
+
+
+@contextlib.asynccontextmanager
+async def running_slack(
+    data_dir: Path,
+    *,
+    mode: str = "http",
+    generator: FakeGenerator | None = None,
+    slack: FakeSlack | None = None,
+    **kwargs: Any,
+) -> AsyncIterator[Running]:
+    """The bot with its Slack adapter in HTTP or Socket Mode against a FakeSlack (a fresh one unless given)."""
+    async with contextlib.AsyncExitStack() as stack:
+        fake_slack = slack or await stack.enter_async_context(FakeSlack())
+        config = settings(
+            data_dir,
+            bot={"admins": ["discord:owner", "slack:U0OWNER"]},
+            slack={
+                "mode": mode,
+                "host": "127.0.0.1",
+                "port": 0,
+                "api_url": fake_slack.api_url,
+                "update_interval_s": 0,
+                "preview_interval_s": 0,
+            },
+        )
+        adapter = SlackAdapter(config, BOT_TOKEN, app_token=APP_TOKEN, signing_secret=SIGNING_SECRET)
+        service, fake, store = await stack.enter_async_context(
+            running(config, generator, on_recovered=adapter.recovered, **kwargs)
+        )
+        http = await stack.enter_async_context(ClientSession())
+        await adapter.start(service)
+        stack.push_async_callback(adapter.close)
+        yield Running(fake_slack, service, fake, store, adapter, config, http)

@@ -1,0 +1,80 @@
+"""The Slack adapter's pure parts: Block Kit payloads, button ids, admin parsing and when Slack is switched on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.adapters import configured_adapters
+from bot.adapters.slack import SlackAdapter
+from bot.adapters.slack.admin import setting_value, user_id
+from bot.adapters.slack.blocks import Button, done_blocks, escape, parse_button, waiting_blocks
+from bot.config import ConfigError, Secrets
+from bot.jobs import Job, Kind, Options, Refused, Requester, Strength
+from tests.bot.helpers import settings
+
+JOB = Job("0123abcd", Requester("slack", "T1", "C1", "U1"), "a <b> & c", Options(16, 5.0, 1.0), 42, 0.0)
+
+
+def test_every_button_carries_the_job_id_and_parses_back() -> None:
+    blocks = done_blocks(JOB, "F1")
+    buttons = [e for b in blocks if b["type"] == "actions" for e in b["elements"]]
+    assert len(buttons) == 1 + 16 + 16
+    assert all(len(b["elements"]) <= 25 for b in blocks if b["type"] == "actions")  # Slack's limit per block
+    assert len({b["action_id"] for b in buttons}) == len(buttons)  # unique within the message
+    parsed = [parse_button(b["action_id"], b["value"]) for b in buttons]
+    assert parsed[0] == Button("reroll", JOB.id)
+    assert parsed[1] == Button("upscale", JOB.id, 0) and parsed[16] == Button("upscale", JOB.id, 15)
+    assert parsed[17] == Button("vary", JOB.id, 0, Strength.SUBTLE)
+    assert {"type": "image", "slack_file": {"id": "F1"}, "alt_text": JOB.prompt} in blocks
+    assert "a &lt;b&gt; &amp; c" in blocks[0]["text"]["text"]
+
+
+def test_waiting_and_upscaled_messages() -> None:
+    waiting = waiting_blocks(JOB, "⏳ Queued, position 2.", "F9")
+    assert [b["type"] for b in waiting] == ["section", "image", "actions"]
+    assert parse_button(waiting[-1]["elements"][0]["action_id"], JOB.id) == Button("cancel", JOB.id)
+    upscaled = Job("u1", JOB.requester, "x", Options(1, 5.0, 1.0), 1, 0.0, kind=Kind.UPSCALE, parent_index=2)
+    assert "(image 3, upscaled)" in done_blocks(upscaled, "F2")[0]["text"]["text"]
+    assert all(b["type"] != "actions" for b in done_blocks(upscaled, "F2"))
+
+
+@pytest.mark.parametrize(
+    ("action", "value"),
+    [("other:reroll", "j"), ("imagine:reroll", ""), ("imagine:upscale", "j"), ("imagine:reroll:1", "j"),
+     ("imagine:vary:x", "j"), ("imagine:vary:1:wild", "j"), ("imagine:explode", "j")],
+)  # fmt: skip
+def test_buttons_this_bot_did_not_make_are_ignored(action: str, value: str) -> None:
+    assert parse_button(action, value) is None
+
+
+def test_admin_arguments() -> None:
+    assert user_id("<@U0BOB|bob>") == user_id("<@U0BOB>") == user_id("U0BOB") == "U0BOB"
+    with pytest.raises(Refused, match="mention them"):
+        user_id("@bob")
+    assert [setting_value(v) for v in ("2", "2.5", "true", "words")] == [2, 2.5, True, "words"]
+    assert escape("<&>") == "&lt;&amp;&gt;"
+
+
+def _with(tmp_path: Path, **env: str) -> list[object]:
+    config = settings(tmp_path).model_copy(update={"secrets": Secrets.from_env(env)})
+    return configured_adapters(config, env)
+
+
+def test_slack_runs_when_its_bot_token_and_an_app_token_or_signing_secret_are_set(tmp_path: Path) -> None:
+    socket = _with(tmp_path, SLACK_BOT_TOKEN="xoxb-1", SLACK_APP_TOKEN="xapp-1", SLACK_SIGNING_SECRET="s")
+    assert [(type(a), getattr(a, "mode", None)) for a in socket] == [(SlackAdapter, "socket")]
+    http = _with(tmp_path, JANUS_BOT_SLACK_BOT_TOKEN="xoxb-1", JANUS_BOT_SLACK_SIGNING_SECRET="s")
+    assert [getattr(a, "mode", None) for a in http] == ["http"]
+    both = _with(tmp_path, DISCORD_TOKEN="d", SLACK_BOT_TOKEN="xoxb-1", SLACK_APP_TOKEN="xapp-1")
+    assert [a.platform for a in both] == ["discord", "slack"]  # type: ignore[attr-defined]
+    assert all(not isinstance(a, SlackAdapter) for a in _with(tmp_path, SLACK_BOT_TOKEN="xoxb-1"))
+
+
+def test_a_mode_without_its_secret_is_a_config_error(tmp_path: Path) -> None:
+    config = settings(tmp_path, slack={"mode": "http"})
+    with pytest.raises(ConfigError, match="SLACK_SIGNING_SECRET"):
+        SlackAdapter(config, "xoxb-1", app_token="xapp-1")
+    with pytest.raises(ConfigError, match="SLACK_APP_TOKEN"):
+        SlackAdapter(settings(tmp_path, slack={"mode": "socket"}), "xoxb-1", signing_secret="s")

@@ -1,0 +1,188 @@
+"""The Slack adapter in HTTP mode, at the wire: signed requests in, Web API calls out to a fake Slack."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.adapters.slack.app import NOT_ADMIN
+from bot.commandline import USAGE
+from bot.jobs import Status
+from bot.store import Store
+from tests.bot.adapters.fake_slack import CHANNEL, FakeSlack, running_slack
+from tests.bot.helpers import FakeGenerator
+
+pytestmark = pytest.mark.asyncio
+
+
+async def all_delivered(store: Store, count: int) -> bool:
+    """Whether `count` jobs are done and each was marked delivered."""
+    done = await store.jobs(Status.DONE)
+    return len(done) == count and all(job.delivered for job in done)
+
+
+async def test_imagine_acks_with_the_position_then_edits_one_message_and_uploads_the_grid(tmp_path: Path) -> None:
+    fake = FakeGenerator(steps=4, step_delay=0.02)
+    async with running_slack(tmp_path, generator=fake) as bot:
+        answer = await bot.command("a lighthouse at dusk --count 2 --seed 7")
+        assert answer == {"text": "Queued, position 1.", "response_type": "ephemeral"}
+        done = await bot.slack.final(": done")
+        assert [m.ts for m in bot.slack.posted()] == [done.ts]  # one message, edited in place
+        assert done.channel == CHANNEL and done.thread_ts is None
+        statuses = [block[0]["text"]["text"] for block in done.edits[:-1]]
+        assert "Queued, position 1." in statuses[0] and "Cancel" in str(done.edits[0])
+        assert any("Generating… 50%" in s for s in statuses)
+        previews = [f for f in bot.slack.files.values() if f.channel is None]
+        await bot.slack.until(lambda: previews and all(p.deleted for p in previews))  # shown by id, then removed
+        assert any(b["type"] == "image" and b["slack_file"]["id"] == previews[0].id for e in done.edits for b in e)
+
+        job = (await bot.store.jobs(Status.DONE))[0]
+        grid = bot.slack.files[done.image() or ""]
+        assert (grid.channel, grid.thread_ts) == (CHANNEL, done.ts)  # shared in the job message's thread
+        assert grid.data == await bot.store.read_file(job.grid_path or "")
+        assert set(done.buttons()) == {"🔄 Reroll", "U1", "U2", "V1", "V2"}
+        assert {b["value"] for b in done.buttons().values()} == {job.id}
+        assert "seed 7" in str(done.blocks)
+        assert fake.submitted[0].count == 2 and fake.submitted[0].seed == 7
+        await bot.slack.until(lambda: all_delivered(bot.store, 1))
+
+
+async def test_forged_stale_unsigned_and_replayed_requests_get_401_and_start_nothing(tmp_path: Path) -> None:
+    async with running_slack(tmp_path) as bot:
+        body = bot.slack.form(bot.slack.command("a cat"))
+        forged = bot.slack.signed(body, secret="not-the-secret")
+        stale = bot.slack.signed(body, at=time.time() - 6 * 60)
+        unsigned = {"Content-Type": "application/x-www-form-urlencoded"}
+        tampered = bot.slack.signed(body.replace("a+cat", "a+dog"))
+        for headers in (forged, stale, unsigned, {**tampered, "X-Slack-Signature": "v0=00"}):
+            assert (await bot.post(body, headers)).status == 401
+        signed = bot.slack.signed(body)
+        assert (await bot.post(body, signed)).status == 200
+        assert (await bot.post(body, signed)).status == 401  # the same request again is a replay
+        await bot.slack.final(": done")
+        assert len(bot.generator.submitted) == 1
+
+
+async def test_buttons_reroll_upscale_vary_and_cancel_by_the_job_id_they_carry(tmp_path: Path) -> None:
+    async with running_slack(tmp_path) as bot:
+        await bot.command("a cat --count 2 --seed 5")
+        first = await bot.slack.final(": done")
+        parent = bot.generator.submitted[0]
+
+        await bot.click(first, "U2")
+        upscaled = await bot.slack.until(lambda: [m for m in bot.slack.posted()[1:] if m.text.endswith(": done")])
+        assert "(image 2, upscaled)" in str(upscaled[0].blocks)
+        assert upscaled[0].buttons() == {}  # an upscale is one image, no more buttons
+        upscaled_file = bot.slack.files[upscaled[0].image() or ""]
+        assert upscaled_file.thread_ts == upscaled[0].ts and upscaled_file.data.startswith(b"\x89PNG")
+
+        await bot.click(first, "V1")
+        await bot.slack.until(lambda: len(bot.generator.submitted) == 2)
+        variation = bot.generator.submitted[1]
+        assert variation.prompt == "a cat" and variation.prefix is not None
+        assert variation.prefix[0] == bot.generator.tokens(parent, 0)[: len(variation.prefix[0])]
+
+        await bot.slack.until(lambda: len([m for m in bot.slack.posted() if m.text.endswith(": done")]) == 3)
+        bot.generator.hold.clear()
+        await bot.click(first, "🔄 Reroll")
+        waiting = await bot.slack.until(lambda: bot.slack.posted()[3:])
+        assert bot.generator.submitted[-1].prompt == "a cat" and bot.generator.submitted[-1].seed != 5
+        await bot.click(waiting[0], "Cancel")
+        await bot.slack.until(lambda: bot.generator.cancels)
+        bot.generator.hold.set()
+        cancelled = await bot.slack.final(": cancelled")
+        assert "Cancelled." in str(cancelled.blocks) and set(cancelled.buttons()) == {"🔄 Try again"}
+
+
+async def test_refusals_are_ephemeral_sentences_and_post_nothing(tmp_path: Path) -> None:
+    async with running_slack(tmp_path, generator=FakeGenerator(max_batch_images=4)) as bot:
+        assert (await bot.command("a cat --count two"))["text"] == f'--count needs a whole number, not "two".\n{USAGE}'
+        assert (await bot.command(""))["text"].startswith("Say what to draw.")
+        too_many = await bot.command("a cat --count 8")
+        assert too_many == {"text": "This bot makes at most 4 images per job; ask for 4 or fewer.",
+                            "response_type": "ephemeral"}  # fmt: skip
+        bot.slack.admins.add("U0ADMIN")
+        banned = await bot.command("ban <@U0BOB|bob> spam", user="U0ADMIN", command="/imagine-admin")
+        assert banned["text"] == "<@U0BOB> can no longer make images here."
+        refused = await bot.command("a cat", user="U0BOB")
+        assert refused["text"].startswith("You are banned from making images here (spam)")
+        assert bot.slack.posted() == [] and bot.generator.submitted == []
+
+        await bot.command("a cat --count 1", user="U0BOB2")
+        done = await bot.slack.final(": done")
+        await bot.click(done, "U1", user="U0BOB")  # a banned user's click is refused through the response_url
+        await bot.slack.until(lambda: bot.slack.responses)
+        assert bot.slack.responses[-1]["response_type"] == "ephemeral"
+        assert bot.slack.responses[-1]["text"].startswith("You are banned")
+
+
+async def test_admin_commands_for_workspace_admins_and_bot_admins_only(tmp_path: Path) -> None:
+    async with running_slack(tmp_path) as bot:
+        assert (await bot.command("settings", command="/imagine-admin"))["text"] == NOT_ADMIN
+        bot.slack.admins.add("U0ADMIN")  # users.info says so
+        admin = {"user": "U0ADMIN", "command": "/imagine-admin"}
+        assert "`defaults.count` = `4`" in (await bot.command("settings", **admin))["text"]
+        assert (await bot.command("set defaults.count 2", **admin))["text"] == "`defaults.count` is now `2` here."
+        assert "less than or equal to 16" in (await bot.command("set defaults.count 99", **admin))["text"]
+        assert "Blocked `dragon`" in (await bot.command("block dragon", **admin))["text"]
+        assert "not allowed here" in (await bot.command("a red dragon"))["text"]
+        assert (await bot.command("pause", **admin))["text"] == "Only the bot's admins can do that."
+        owner = {"user": "U0OWNER", "command": "/imagine-admin"}  # slack:U0OWNER in [bot] admins
+        assert (await bot.command("pause", **owner))["text"].startswith("Paused")
+        await bot.command("a cat")
+        assert "waiting, position 1" in (await bot.command("queue", **admin))["text"]
+        assert (await bot.command("resume", **owner))["text"].startswith("Resumed")
+        await bot.slack.final(": done")
+        assert bot.generator.submitted[0].count == 2  # the workspace default set above
+        audit = (await bot.command("audit", **admin))["text"]
+        assert "<@U0OWNER> resume" in audit and "<@U0ADMIN> set key=defaults.count" in audit
+        assert "not an /imagine-admin subcommand" in (await bot.command("frobnicate", **admin))["text"]
+        assert len(bot.slack.called("users.info")) == 3  # looked up once per user, then cached
+
+
+async def test_slack_api_errors_are_retried_or_reported_with_the_missing_scope(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_slack(tmp_path) as bot:
+        bot.slack.fail("chat.postMessage", "ratelimited", status=429)
+        await bot.command("a cat --count 1")
+        await bot.slack.final(": done")
+        assert len(bot.slack.called("chat.postMessage")) == 2  # retried after Retry-After
+
+        bot.slack.fail("files.getUploadURLExternal", "missing_scope", times=10, needed="files:write",
+                       provided="commands,chat:write")  # fmt: skip
+        with caplog.at_level(logging.ERROR):
+            await bot.command("a dog --count 1")
+            await bot.slack.until(lambda: bot.slack.responses)
+        assert "files:write" in bot.slack.responses[-1]["text"]
+        assert "missing scope files:write" in caplog.text
+        dog = (await bot.store.jobs(Status.DONE))[-1]
+        assert dog.prompt == "a dog" and not dog.delivered  # shown again after a restart, once fixed
+
+        bot.generator.hold.clear()
+        bot.slack.fail("chat.postMessage", "channel_not_found")
+        await bot.command("a bird")
+        await bot.slack.until(lambda: len(bot.slack.responses) == 2)
+        assert bot.slack.responses[-1]["text"].startswith("I cannot post in this channel")
+        bot.generator.hold.set()
+        cancelled = await bot.slack.until(lambda: bot.store.jobs(Status.CANCELLED))  # no one would see it
+        assert [job.prompt for job in cancelled] == ["a bird"]
+
+
+async def test_restart_shows_unfinished_jobs_again_and_old_buttons_still_work(tmp_path: Path) -> None:
+    async with FakeSlack() as slack:
+        async with running_slack(tmp_path, slack=slack) as bot:
+            await bot.command("a fox --count 1")
+            before = await slack.final(": done")
+            bot.generator.hold.clear()
+            await bot.command("an owl --count 1")
+            await slack.until(lambda: len(slack.posted()) == 2)
+        async with running_slack(tmp_path, slack=slack) as bot:
+            owl = await slack.until(lambda: [m for m in slack.posted()[2:] if m.text == "an owl: done"])
+            assert owl[0].channel == CHANNEL  # a new message: the old one's place was not kept
+            await bot.click(before, "🔄 Reroll")  # a button from before the restart
+            await slack.until(lambda: [m for m in slack.posted()[3:] if m.text == "a fox: done"])
+            await slack.until(lambda: all_delivered(bot.store, 3))
