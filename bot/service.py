@@ -545,6 +545,11 @@ class Service:
         handle.put(await self._final_event(stored))
         return handle
 
+    async def pool_metrics(self) -> str:
+        """The shared pool's queue and workers in Prometheus' text format; empty with a local generator."""
+        metrics = getattr(self._shared, "metrics", None)
+        return await metrics() if metrics is not None else ""
+
     def stats(self) -> Stats:
         """Generator, queue and throughput figures for health checks and metrics."""
         waiting = len(self._scheduler)

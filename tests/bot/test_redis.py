@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bot.jobs import Cancelled, Done, Queued, Refused
-from bot.redis_queue import RedisQueue, connect, pool_health, pool_metrics
+from bot.redis_queue import TAKE, RedisQueue, connect, pool_health
 from bot.service import Handle, Service
 from bot.store import Store
 from tests.bot.helpers import requester, settings
@@ -160,6 +160,27 @@ async def test_cancel_a_waiting_job_from_its_instance(tmp_path: Path, redis_serv
         assert events == [Queued(second.job.id, 2), Queued(second.job.id, 1)]  # it moved up
 
 
+async def test_workers_take_jobs_round_robin_across_users_and_instances(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    url = redis_server.url
+    async with shared(tmp_path / "a", url, "a") as a, shared(tmp_path / "b", url, "b") as b:
+        alice = [await a.submit(requester("alice"), f"alice {i}", count=1) for i in range(3)]
+        bob = await b.submit(requester("bob", platform="slack"), "bob", count=1)
+        assert [(await h._events.get()).position for h in [*alice, bob]] == [1, 2, 3, 2]  # type: ignore[union-attr]
+        client = connect(url)
+        try:
+            take = client.register_script(TAKE)
+            order = []
+            for _ in range(4):  # a worker with one free image slot, four times
+                [(_entry, job_id, *_rest)] = await take(args=["janus:", "w", 1, "1"])
+                order.append(job_id.decode())
+                await client.hdel("janus:running", "discord:alice", "slack:bob")  # as if each had finished
+        finally:
+            await client.aclose()
+        assert order == [alice[0].job.id, bob.job.id, alice[1].job.id, alice[2].job.id]
+
+
 # -- the pool with real workers -------------------------------------------------------------------------
 
 
@@ -188,11 +209,7 @@ async def test_two_workers_two_bots_200_jobs_from_20_users(
             done = Counter({name: int(fields["jobs_done"]) for name, fields in pool.items()})
             assert sum(done.values()) == 200  # every job ran once
             assert min(done.values()) >= 40, done  # and both workers took a share
-            client = connect(url)
-            try:
-                metrics = await pool_metrics(client)
-            finally:
-                await client.aclose()
+            metrics = await b.pool_metrics()  # what the web adapter's /metrics adds: the whole pool
             assert 'janus_worker_jobs_done{worker="w1"}' in metrics and "janus_pool_workers 2" in metrics
     finally:
         stop(procs)

@@ -267,7 +267,7 @@ class WebAdapter:
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text."""
-        response = web.Response(text=prometheus(self.service.stats()))
+        response = web.Response(text=prometheus(self.service.stats()) + await self.service.pool_metrics())
         response.content_type = "text/plain; version=0.0.4"
         return response
 
