@@ -59,6 +59,10 @@ class SharedQueue(Generator, Protocol):
         """Apply a ban, or lift it, in every instance."""
         ...
 
+    async def set_paused(self, paused: bool) -> None:
+        """Stop every worker from starting jobs (running ones finish), or let them start again."""
+        ...
+
     async def position(self, job_id: str) -> int | None:
         """A waiting job's position in the whole queue; None unless waiting."""
         ...

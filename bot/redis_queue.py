@@ -9,6 +9,7 @@ Keys, all under one prefix (`janus` by default):
     running         hash: user -> jobs handed to workers and not yet ended
     bucket:<key>    hash: a user's token bucket (tokens, at), on Redis's clock
     bans            set: "platform:server:user"
+    paused          present while a bot admin has paused the bot: workers start nothing new
     jobs            stream + group "workers": jobs handed to a worker; an entry is acknowledged once its result
                     is stored, and entries a dead worker held are claimed by others after a visibility timeout
     out:<instance>  stream + group "bot": one bot instance's events (started, progress, final)
@@ -135,6 +136,7 @@ return 'queued'
 # ARGV: prefix, consumer, free image slots, idle (1 when the worker runs nothing).
 TAKE = """
 local p, consumer = ARGV[1], ARGV[2]
+if redis.call('EXISTS', p .. 'paused') == 1 then return {} end
 local free, idle = tonumber(ARGV[3]), ARGV[4] == '1'
 local taken = 0
 local progress = true
@@ -502,6 +504,11 @@ class RedisQueue:
         key = ban_key(platform, server, user)
         bans = f"{self._p}bans"
         await retrying("saving a ban", lambda: self.client.sadd(bans, key) if banned else self.client.srem(bans, key))
+
+    async def set_paused(self, paused: bool) -> None:
+        """Stop every worker from starting jobs (running ones finish), or let them start again."""
+        key = f"{self._p}paused"
+        await retrying("pausing the pool", lambda: self.client.set(key, "1") if paused else self.client.delete(key))
 
     async def position(self, job_id: str) -> int | None:
         """A waiting job's place in the whole pool's queue (1 is next); None once it has started."""

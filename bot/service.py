@@ -173,7 +173,8 @@ class Service:
         self._accepting = False
         self._scheduler.pause()
         deadline = time.monotonic() + self.settings.bot.shutdown_grace_s
-        while self._scheduler.running() and time.monotonic() < deadline:
+        # A shared queue's jobs go on in the pool; their results wait in Redis for the next start.
+        while self._shared is None and self._scheduler.running() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self._closing = True
         await self._generator.close()
@@ -693,13 +694,19 @@ class Service:
     async def pause(self, requester: Requester) -> None:
         """Start no new jobs (running ones finish; new ones still queue). Bot admins only."""
         self._require_admin(requester, owner=True)
-        self._scheduler.pause()
+        if self._shared is not None:  # every instance's jobs wait in the pool; local dispatch goes on
+            await self._shared.set_paused(True)
+        else:
+            self._scheduler.pause()
         await self._audit(requester, "pause")
 
     async def resume(self, requester: Requester) -> None:
         """Start jobs again. Bot admins only."""
         self._require_admin(requester, owner=True)
-        self._scheduler.resume()
+        if self._shared is not None:
+            await self._shared.set_paused(False)
+        else:
+            self._scheduler.resume()
         await self._audit(requester, "resume")
 
     async def usage(self, requester: Requester, days: int = 30) -> list[Usage]:

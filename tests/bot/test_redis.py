@@ -20,7 +20,7 @@ from bot.jobs import Cancelled, Done, Queued, Refused
 from bot.redis_queue import TAKE, RedisQueue, connect, pool_health
 from bot.service import Handle, Service
 from bot.store import Store
-from tests.bot.helpers import requester, settings
+from tests.bot.helpers import OWNER, requester, settings
 from tests.bot.redis_server import RedisServer
 
 ROOT = Path(__file__).parents[2]
@@ -160,7 +160,7 @@ async def test_cancel_a_waiting_job_from_its_instance(tmp_path: Path, redis_serv
         assert events == [Queued(second.job.id, 2), Queued(second.job.id, 1)]  # it moved up
 
 
-async def test_workers_take_jobs_round_robin_across_users_and_instances(
+async def test_workers_take_jobs_round_robin_across_users_and_instances_unless_paused(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     url = redis_server.url
@@ -171,6 +171,9 @@ async def test_workers_take_jobs_round_robin_across_users_and_instances(
         client = connect(url)
         try:
             take = client.register_script(TAKE)
+            await b.pause(OWNER)  # a bot admin pauses the whole pool from any instance
+            assert await take(args=["janus:", "w", 1, "1"]) == []
+            await a.resume(OWNER)
             order = []
             for _ in range(4):  # a worker with one free image slot, four times
                 [(_entry, job_id, *_rest)] = await take(args=["janus:", "w", 1, "1"])
