@@ -105,7 +105,7 @@ async def imagine(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond,
     """
     bot = _bot(context)
     try:
-        parsed = parse_imagine(command.get("text") or "")
+        parsed = parse_imagine(blocks.unescape(command.get("text") or ""))
     except CommandError as error:
         await ack(text=str(error), response_type="ephemeral")
         return
@@ -132,7 +132,7 @@ async def imagine_admin(ack: AsyncAck, command: dict[str, Any], context: AsyncBo
         await ack(text=NOT_ADMIN, response_type="ephemeral")
         return
     try:
-        reply = await run_admin(bot.service, requester, command.get("text") or "")
+        reply = await run_admin(bot.service, requester, blocks.unescape(command.get("text") or ""))
     except Refused as refused:
         reply = str(refused)
     await ack(text=reply, response_type="ephemeral")

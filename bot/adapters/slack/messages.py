@@ -95,7 +95,7 @@ class Messages:
             await self.service.cancel(job.requester, job.id)
 
     async def _post(self, job: Job, place: Place, status: str) -> _Message:
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "channel": place.channel,
             "thread_ts": place.thread_ts,
             "text": f"{job.prompt}: {status}",

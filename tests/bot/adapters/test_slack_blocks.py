@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bot.adapters import configured_adapters
 from bot.adapters.slack import SlackAdapter
@@ -78,3 +79,11 @@ def test_a_mode_without_its_secret_is_a_config_error(tmp_path: Path) -> None:
         SlackAdapter(config, "xoxb-1", app_token="xapp-1")
     with pytest.raises(ConfigError, match="SLACK_APP_TOKEN"):
         SlackAdapter(settings(tmp_path, slack={"mode": "socket"}), "xoxb-1", signing_secret="s")
+
+
+def test_the_manifest_asks_for_what_the_adapter_uses() -> None:
+    manifest = yaml.safe_load((Path(__file__).parents[3] / "slack-manifest.yml").read_text())
+    assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/imagine", "/imagine-admin"]
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    assert {"commands", "chat:write", "files:write", "users:read"} <= scopes
+    assert manifest["settings"]["interactivity"]["is_enabled"] and manifest["settings"]["socket_mode_enabled"]

@@ -27,7 +27,7 @@ async def all_delivered(store: Store, count: int) -> bool:
 async def test_imagine_acks_with_the_position_then_edits_one_message_and_uploads_the_grid(tmp_path: Path) -> None:
     fake = FakeGenerator(steps=4, step_delay=0.02)
     async with running_slack(tmp_path, generator=fake) as bot:
-        answer = await bot.command("a lighthouse at dusk --count 2 --seed 7")
+        answer = await bot.command("a lighthouse &amp; a boat --count 2 --seed 7")  # Slack escapes &, < and >
         assert answer == {"text": "Queued, position 1.", "response_type": "ephemeral"}
         done = await bot.slack.final(": done")
         assert [m.ts for m in bot.slack.posted()] == [done.ts]  # one message, edited in place
@@ -46,7 +46,11 @@ async def test_imagine_acks_with_the_position_then_edits_one_message_and_uploads
         assert set(done.buttons()) == {"🔄 Reroll", "U1", "U2", "V1", "V2"}
         assert {b["value"] for b in done.buttons().values()} == {job.id}
         assert "seed 7" in str(done.blocks)
-        assert fake.submitted[0].count == 2 and fake.submitted[0].seed == 7
+        assert (fake.submitted[0].prompt, fake.submitted[0].count, fake.submitted[0].seed) == (
+            "a lighthouse & a boat",
+            2,
+            7,
+        )
         await bot.slack.until(lambda: all_delivered(bot.store, 1))
 
 
