@@ -285,7 +285,7 @@ class FakeDiscord:
         given += [{"name": k, "type": kinds[k], "value": v} for k, v in options.items()]
         return await self.command("imagine", user, *given, dm=dm)
 
-    async def admin(self, user: dict[str, Any], *path: str, admin: bool = True, **options: Any) -> Interaction:
+    async def admin(self, by: dict[str, Any], *path: str, admin: bool = True, **options: Any) -> Interaction:
         """Someone uses /imagine-admin <path...> with string, boolean or user options."""
         given: list[dict[str, Any]] = []
         resolved: dict[str, Any] = {"users": {}}
@@ -301,7 +301,7 @@ class FakeDiscord:
                 given.append({"name": key, "type": 3, "value": value})
         for depth, part in reversed(list(enumerate(path))):
             given = [{"name": part, "type": 1 if depth == len(path) - 1 else 2, "options": given}]
-        return await self.command("imagine-admin", user, *given, admin=admin, resolved=resolved)
+        return await self.command("imagine-admin", by, *given, admin=admin, resolved=resolved)
 
     async def press(
         self, message: Message, custom_id: str, user: dict[str, Any], *, values: list[str] | None = None
@@ -320,6 +320,13 @@ class FakeDiscord:
             assert time.monotonic() < deadline, "timed out waiting for the bot"
             await asyncio.sleep(0.01)
         return result
+
+    def old_message(self, *custom_ids: str) -> Message:
+        """A message of the bot's with these buttons, as if posted long ago (its job may be gone)."""
+        message = self._new_message(self.channel_id)
+        buttons = [{"type": 2, "style": 2, "label": "?", "custom_id": custom_id} for custom_id in custom_ids]
+        message.components = [{"type": 1, "components": buttons}]
+        return message
 
     def channel_messages(self) -> list[Message]:
         """Messages the bot posted in channels itself (not through interactions)."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ from PIL import Image
 
 from bot.adapters.discord import DiscordAdapter
 from bot.app import App
+from bot.jobs import Job, Kind, Status, Strength
 from bot.service import Service
-from tests.bot.adapters.fake_discord import FakeDiscord, Message, fake_discord
-from tests.bot.helpers import PNG_SIZE, FakeGenerator, settings
+from tests.bot.adapters.fake_discord import EPHEMERAL, FakeDiscord, Interaction, Message, fake_discord
+from tests.bot.helpers import OWNER, PNG_SIZE, FakeGenerator, settings
 
 pytestmark = pytest.mark.asyncio
 
@@ -73,6 +75,37 @@ async def finished(discord: FakeDiscord, message_of: Any) -> Message:
     return await discord.wait_for(done)
 
 
+async def delivered(discord: FakeDiscord, service: Service, job: str) -> Job:
+    """Wait until the adapter has marked a job delivered (just after its final message is shown)."""
+
+    async def check() -> Job | None:
+        status = await service.status(job)
+        return status.job if status is not None and status.job.delivered else None
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while (found := await check()) is None:
+        assert asyncio.get_running_loop().time() < deadline, f"job {job} was never marked delivered"
+        await asyncio.sleep(0.01)
+    return found
+
+
+async def note(discord: FakeDiscord, interaction: Interaction) -> Message:
+    """The first followup message the bot sent on an interaction (refusals)."""
+    return await discord.wait_for(lambda: interaction.followups and interaction.followups[0])
+
+
+async def shown(discord: FakeDiscord, interaction: Interaction, check: Callable[[Message], bool] = bool) -> Message:
+    """The interaction's own message once it says something (and passes `check`)."""
+    return await discord.wait_for(
+        lambda: (
+            interaction.original
+            and interaction.original.content
+            and check(interaction.original)
+            and interaction.original
+        )
+    )
+
+
 def original(interaction: Any) -> Any:
     return lambda: interaction.original
 
@@ -111,5 +144,194 @@ async def test_imagine_defers_then_edits_one_message_to_a_grid_with_buttons(
         assert any("generating, " in s for s in states)
         working = [h for h in message.history if "preview.png" in h["files"]]
         assert working and all(h["custom_ids"] == [f"imagine:cancel:{job}"] for h in working)
-        status = await bot.service.status(job)
-        assert status is not None and status.job.delivered and status.job.requester.user == alice["id"]
+        assert (await delivered(discord, bot.service, job)).requester.user == alice["id"]
+
+
+async def test_anyone_may_press_reroll_upscale_and_variations_and_the_new_job_is_theirs(
+    discord: FakeDiscord, tmp_path: Path
+) -> None:
+    alice, bob = discord.user("alice"), discord.user("bob")
+    async with discord_bot(tmp_path) as bot:
+        grid = await finished(discord, original(await discord.imagine(alice, "a red fox", seed=3)))
+        job = job_id(grid)
+
+        async def press(custom_id: str, values: list[str] | None = None) -> tuple[Message, Any]:
+            pressed = await discord.press(grid, f"imagine:{custom_id}", bob, values=values)
+            message = await finished(discord, original(pressed))
+            assert pressed.callbacks[0]["type"] == 5 and not message.ephemeral  # a new public message
+            status = await bot.service.status(next(iter(message.files)).split("-")[0].removesuffix(".png"))
+            assert status is not None and status.job.requester.user == bob["id"]
+            return message, status.job
+
+        rerolled, reroll = await press(f"reroll:{job}")
+        assert reroll.kind is Kind.REROLL and reroll.parent_id == job and reroll.seed != 3
+        assert size(rerolled.files[f"{reroll.id}-grid.png"]) == (2 * PNG_SIZE, 2 * PNG_SIZE)
+
+        upscaled, upscale = await press(f"upscale:{job}:1")
+        assert upscale.kind is Kind.UPSCALE and upscale.parent_index == 1
+        assert size(upscaled.files[f"{upscale.id}.png"]) == (64, 64)  # [images] upscale_px
+        assert upscaled.custom_ids == [f"imagine:vary:{job}:1", f"imagine:strong:{job}:1"]  # vary the source
+
+        varied, subtle = await press(f"vary:{job}:2")
+        assert (subtle.kind, subtle.parent_index, subtle.strength) == (Kind.VARIATION, 2, Strength.SUBTLE)
+        sent = next(m for m in bot.generator.submitted if m.job_id == subtle.id)
+        assert sent.prefix is not None and len(sent.prefix[0]) == 12  # 3 of the 4 token rows kept
+
+        _, strong = await press(f"pick:strong:{job}", ["3"])
+        assert (strong.parent_index, strong.strength) == (3, Strength.STRONG)
+        assert len(discord.messages) == 5  # one message per job, each edited in place
+
+
+async def test_cancel_is_for_the_owner_or_an_admin(discord: FakeDiscord, tmp_path: Path) -> None:
+    alice, bob = discord.user("alice"), discord.user("bob")
+    async with discord_bot(tmp_path) as bot:
+        bot.generator.hold.clear()
+        interaction = await discord.imagine(alice, "a slow snail")
+        message = await shown(discord, interaction, lambda m: bool(m.custom_ids))
+        job = job_id(message)
+        assert message.custom_ids == [f"imagine:cancel:{job}"] and "(next in line)" in message.content
+
+        refused = await discord.press(message, f"imagine:cancel:{job}", bob)
+        followup = await note(discord, refused)
+        assert refused.callbacks[0]["type"] == 6  # deferred update: the job's message is not replaced
+        assert followup.ephemeral and "Only the person who asked" in followup.content
+
+        await discord.press(message, f"imagine:cancel:{job}", alice)
+        await discord.wait_for(lambda: bot.generator.cancels == [job])
+        bot.generator.hold.set()  # the generator notices the cancel at its next step
+        cancelled = await finished(discord, original(interaction))
+        assert "(cancelled)" in cancelled.content and cancelled.custom_ids == []
+        assert (await delivered(discord, bot.service, job)).status is Status.CANCELLED
+
+
+async def test_refusals_are_ephemeral_sentences(discord: FakeDiscord, tmp_path: Path) -> None:
+    alice = discord.user("alice")
+    limits = {"jobs_per_period": 1, "period_s": 600}
+    async with discord_bot(tmp_path, limits=limits, blocklist={"words": ["kraken"]}) as bot:
+        blocked = await discord.imagine(alice, "a Kraken attacks")
+        said = await note(discord, blocked)
+        assert said.ephemeral and 'contains "Kraken"' in said.content
+        assert blocked.original is not None and blocked.original.deleted  # the public "thinking…" is gone
+
+        await finished(discord, original(await discord.imagine(alice, "a calm sea")))
+        limited = await discord.imagine(alice, "another calm sea")
+        said = await note(discord, limited)
+        assert said.ephemeral and "try again in" in said.content
+
+        gone = discord.old_message("imagine:reroll:0123456789abcdef")
+        bad = await discord.press(gone, "imagine:reroll:0123456789abcdef", alice)
+        said = await note(discord, bad)
+        assert said.ephemeral and "no longer exists" in said.content
+        assert len(bot.generator.submitted) == 1
+
+
+async def test_admin_commands_change_behaviour_and_are_refused_for_others(discord: FakeDiscord, tmp_path: Path) -> None:
+    alice, bob, owner = discord.user("alice"), discord.user("bob"), discord.user("owner")
+    async with discord_bot(tmp_path, bot={"admins": [f"discord:{owner['id']}"]}):
+
+        async def admin(by: dict[str, Any], *path: str, is_admin: bool = True, **options: Any) -> str:
+            interaction = await discord.admin(by, *path, admin=is_admin, **options)
+            reply = await shown(discord, interaction)
+            assert interaction.callbacks[0]["data"]["flags"] == EPHEMERAL and reply.ephemeral
+            return reply.content
+
+        assert "Only server admins" in await admin(bob, "set", is_admin=False, key="defaults.count", value="1")
+        assert "is now 1" in await admin(alice, "set", key="defaults.count", value="1")
+        assert "`defaults.count` = 1" in await admin(alice, "settings")
+        one = await finished(discord, original(await discord.imagine(bob, "a single pear")))
+        assert size(next(iter(one.files.values()))) == (PNG_SIZE, PNG_SIZE)
+        assert one.custom_ids[:2] == [f"imagine:upscale:{job_id(one)}:0", f"imagine:vary:{job_id(one)}:0"]
+        assert "not a setting" in await admin(alice, "set", key="limits.queue_cap", value="3")
+
+        assert "now refused" in await admin(alice, "blocklist", "add", text="pear")
+        assert "`pear`" in await admin(alice, "blocklist", "list")
+        refused = await discord.imagine(bob, "a pear tree")
+        assert "not allowed here" in (await note(discord, refused)).content
+        assert "no longer blocked" in await admin(alice, "blocklist", "remove", text="pear")
+
+        assert "can no longer make images" in await admin(alice, "ban", user=bob, reason="spam")
+        assert bob["id"] in await admin(alice, "bans")
+        refused = await discord.imagine(bob, "a plum")
+        assert "banned" in (await note(discord, refused)).content
+        assert "again" in await admin(alice, "unban", user=bob)
+
+        assert "Only the bot's admins" in await admin(alice, "pause")
+        assert "Paused" in await admin(owner, "pause")
+        waiting = await discord.imagine(bob, "a patient plum")
+        await shown(discord, waiting, lambda m: "next in line" in m.content)
+        listed = await admin(alice, "queue")
+        assert "#1" in listed and "a patient plum" in listed
+        assert "Resumed" in await admin(owner, "resume")
+        await finished(discord, original(waiting))
+
+        assert f"<@{bob['id']}>: 2 jobs, 2 images" in await admin(alice, "usage")
+        assert "ban" in await admin(alice, "audit")
+        job = job_id(waiting.original)
+        assert "already finished" in await admin(alice, "cancel", job=job)
+
+
+async def test_direct_messages_work_with_their_own_settings(discord: FakeDiscord, tmp_path: Path) -> None:
+    alice = discord.user("alice")
+    async with discord_bot(tmp_path) as bot:
+        interaction = await discord.imagine(alice, "a quiet dm", dm=True, count=2)
+        message = await finished(discord, original(interaction))
+        assert message.channel_id == discord.channel_id + 1 and len(message.custom_ids) == 6
+        job = await delivered(discord, bot.service, job_id(message))
+        assert (job.requester.server, job.requester.is_admin) == ("dm", False)
+        pressed = await discord.press(message, f"imagine:reroll:{job.id}", alice)
+        assert "Reroll" in (await finished(discord, original(pressed))).content
+
+
+async def test_an_expired_interaction_token_falls_back_to_a_channel_message(
+    discord: FakeDiscord, tmp_path: Path
+) -> None:
+    alice = discord.user("alice")
+    async with discord_bot(tmp_path) as bot:
+        bot.generator.hold.clear()
+        interaction = await discord.imagine(alice, "a long queue")
+        await shown(discord, interaction, lambda m: "next in line" in m.content)
+        interaction.expired = True  # 15 minutes later: Discord refuses the token
+        bot.generator.hold.set()
+        posted = await finished(discord, lambda: next(iter(discord.channel_messages()), None))
+        assert posted.channel_id == discord.channel_id and f"<@{alice['id']}>" in posted.content
+        assert posted.custom_ids == [f"imagine:{i.format(job_id(posted))}" for i in GRID_IDS]
+        assert len(discord.channel_messages()) == 1  # later edits went to the same channel message
+        await delivered(discord, bot.service, job_id(posted))
+
+
+async def test_after_a_restart_old_buttons_work_and_missed_results_are_posted(
+    discord: FakeDiscord, tmp_path: Path
+) -> None:
+    alice, bob = discord.user("alice"), discord.user("bob")
+    owner = {"admins": ["discord:owner"], "shutdown_grace_s": 5}
+    async with discord_bot(tmp_path, bot=owner) as bot:
+        grid = await finished(discord, original(await discord.imagine(alice, "an old grid")))
+        bot.generator.hold.clear()
+        running = await discord.imagine(alice, "finishes while the bot is away")
+        await shown(discord, running, lambda m: "next in line" in m.content)
+        await bot.service.pause(OWNER)  # so the next job is still waiting when the bot stops
+        waiting = await discord.imagine(bob, "still waiting at the restart")
+        await shown(discord, waiting, lambda m: "next in line" in m.content)
+        await bot.adapter.close()  # Discord goes first; the running job then finishes within the grace period
+        bot.generator.hold.set()
+    # The old messages stopped where the bot stopped; the results go to new channel messages.
+    assert "next in line" in running.original.content and "next in line" in waiting.original.content
+
+    async with discord_bot(tmp_path) as bot:
+        posted = await discord.wait_for(lambda: len(discord.channel_messages()) == 2 and discord.channel_messages())
+        for message in posted:
+            await finished(discord, lambda message=message: message)
+            assert message.channel_id == discord.channel_id and message.custom_ids[-1].startswith("imagine:pick:")
+        by_prompt = {m.content.split("**")[1]: m for m in posted}
+        assert f"<@{alice['id']}>" in by_prompt["finishes while the bot is away"].content
+        assert f"<@{bob['id']}>" in by_prompt["still waiting at the restart"].content
+        for message in posted:
+            await delivered(discord, bot.service, job_id(message))
+
+        pressed = await discord.press(grid, f"imagine:reroll:{job_id(grid)}", bob)
+        assert "Reroll by" in (await finished(discord, original(pressed))).content
+        assert discord.command_syncs == 2 and len(discord.identified) == 2
+
+    async with discord_bot(tmp_path) as bot:  # delivered results are not posted again
+        await asyncio.sleep(0.1)
+        assert len(discord.channel_messages()) == 2
