@@ -79,7 +79,7 @@ class JobCard {
     this.bar = element("progress", { max: 100, value: 0, hidden: true });
     this.preview = element("img", { className: "preview", alt: "preview", hidden: true });
     this.buttons = element("div", { className: "buttons" });
-    this.cancel = element("button", { type: "button", "data-action": "cancel" }, "✖ Cancel");
+    this.cancel = element("button", { type: "button", "data-action": "cancel" }, "Cancel");
     this.cancel.addEventListener("click", () => this.act("cancel"));
     this.buttons.append(this.cancel);
     this.node = add(element("article", { className: "message bot job", "data-job-id": jobId },
@@ -151,10 +151,10 @@ class JobCard {
     const grid = element("img", { className: "grid", alt: "the finished images" });
     grid.src = await imageSource(data.grid_url);
     this.node.insertBefore(grid, this.buttons);
-    const reroll = element("button", { type: "button", "data-action": "reroll", title: "same prompt, new seed" }, "🔄");
+    if (this.kind === "upscale") return; // one finished image: nothing more to make from it here
+    const reroll = element("button", { type: "button", "data-action": "reroll", title: "same prompt, new seed" }, "↻ Reroll");
     reroll.addEventListener("click", () => this.act("reroll"));
     this.buttons.append(reroll);
-    if (this.kind === "upscale") return; // an upscale is one finished image: nothing more to pick
     for (const action of ["upscale", "vary"]) {
       for (let i = 0; i < count; i++) {
         const label = `${action === "upscale" ? "U" : "V"}${i + 1}`;
@@ -176,7 +176,7 @@ class JobCard {
       return;
     }
     if (action === "cancel") return; // the event stream says "cancelled"
-    const what = { reroll: "🔄 reroll", upscale: `U${index + 1}`, vary: `V${index + 1} (${strength})` }[action];
+    const what = { reroll: "↻ reroll", upscale: `U${index + 1}`, vary: `V${index + 1} (${strength})` }[action];
     follow(data.job_id, `${user}: ${what} of ${this.jobId}`, action);
   }
 }
