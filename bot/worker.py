@@ -124,7 +124,7 @@ class PoolWorker:
         while self._taking:
             took = 0
             free = self.slots - self.images_in_flight
-            if free > 0:
+            if free > 0 and getattr(self.generator, "pid", 0) is not None:  # not while the process restarts
                 try:
                     took = await self._reclaim(free)
                     free = self.slots - self.images_in_flight
@@ -183,7 +183,12 @@ class PoolWorker:
         if cancelled:
             await self._end(job_id, Cancelled(job_id))
             return
-        await self.generator.submit(generate)  # type: ignore[arg-type]
+        try:
+            await self.generator.submit(generate)  # type: ignore[arg-type]
+        except Exception:
+            # Not refreshed any more, the entry is claimed by another worker after the visibility timeout.
+            log.exception("could not hand job %s to the generator; leaving it to the other workers", job_id)
+            del self._held[job_id]
 
     # -- reporting --
 

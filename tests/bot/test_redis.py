@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bot.jobs import Cancelled, Done, Queued, Refused
+from bot.jobs import Cancelled, Done, Queued, Refused, Started
 from bot.redis_queue import TAKE, RedisQueue, connect, pool_health
 from bot.service import Handle, Service
 from bot.store import Store
@@ -214,6 +214,28 @@ async def test_two_workers_two_bots_200_jobs_from_20_users(
             assert min(done.values()) >= 40, done  # and both workers took a share
             metrics = await b.pool_metrics()  # what the web adapter's /metrics adds: the whole pool
             assert 'janus_worker_jobs_done{worker="w1"}' in metrics and "janus_pool_workers 2" in metrics
+    finally:
+        stop(procs)
+
+
+async def test_cancel_a_job_while_a_worker_runs_it(tmp_path: Path, redis_server: RedisServer, tiny_dir: Path) -> None:
+    url = redis_server.url
+    procs = [start_worker(url, tiny_dir, "w1", tmp_path, slots=2, step_delay=0.2)]
+    try:
+        await workers_ready(url, {"w1"})
+        async with shared(tmp_path / "a", url, "a") as a:
+            handle = await a.submit(requester("alice"), "stop me", count=1)
+            async for event in handle:
+                if isinstance(event, Started):
+                    await a.cancel(requester("alice"), handle.job.id)
+            assert isinstance(event, Cancelled)
+            status = await a.status(handle.job.id)
+            assert status is not None and status.job.status.value == "cancelled"
+
+            async def counted() -> bool:
+                return (await health(url))["w1"].get("jobs_cancelled") == "1"
+
+            await until(counted, 10, "the worker to count the cancel")
     finally:
         stop(procs)
 
