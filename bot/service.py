@@ -575,6 +575,14 @@ class Service:
         if job is not None and job.status.final and not job.delivered:
             await self._store.update_job(replace(job, delivered=True))
 
+    async def remember_message(self, job_id: str, place: str) -> None:
+        """Where the adapter shows a job (its own reference), so after a restart it can edit that message."""
+        await self._store.set_message(job_id, place)
+
+    async def message(self, job_id: str) -> str | None:
+        """The place remember_message recorded for a job, if any."""
+        return await self._store.message(job_id)
+
     # -- admin operations: each checks rights and leaves an audit row --
 
     def _admin_of(self, requester: Requester, job: Job) -> bool:

@@ -66,6 +66,13 @@ MIGRATIONS: list[str] = [
         action TEXT NOT NULL, detail TEXT NOT NULL  -- JSON
     );
     """,
+    # 3: where an adapter shows each job, so it can edit that message in place after a restart
+    """
+    CREATE TABLE job_messages (
+        job_id TEXT PRIMARY KEY REFERENCES jobs (id),
+        place TEXT NOT NULL  -- opaque to the core, e.g. Slack's "<channel> <ts>"
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _Statement = tuple[str, tuple[Any, ...]]
@@ -213,6 +220,11 @@ class Store:
             return list(await cursor.fetchall())
 
     async def _transaction(self, statements: list[_Statement]) -> None:
+        # Shielded: a caller cancelled mid-way (an adapter shutting down) must not leave the connection
+        # inside an open transaction, which would break every later write.
+        await asyncio.shield(self._write_all(statements))
+
+    async def _write_all(self, statements: list[_Statement]) -> None:
         async with self._write:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -273,6 +285,16 @@ class Store:
             "ORDER BY created_at, rowid"
         )
         return [_job(row) for row in await self._all(sql)]
+
+    async def set_message(self, job_id: str, place: str) -> None:
+        """Remember where an adapter shows a job (replacing what was there)."""
+        sql = "INSERT OR REPLACE INTO job_messages (job_id, place) VALUES (?, ?)"
+        await self._transaction([(sql, (job_id, place))])
+
+    async def message(self, job_id: str) -> str | None:
+        """Where an adapter said it shows a job, if it did."""
+        rows = await self._all("SELECT place FROM job_messages WHERE job_id = ?", (job_id,))
+        return str(rows[0]["place"]) if rows else None
 
     async def images(self, job_id: str) -> list[Image]:
         """The stored images of a job, in order."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -77,3 +78,29 @@ async def test_settings_bans_and_audit_are_written_together(tmp_path: Path) -> N
         assert await store.bans() == []
         assert len(await store.audit_log("discord", "s")) == 5
         assert await store.audit_log("discord", "other") == []
+
+
+async def test_remembers_where_an_adapter_shows_a_job(tmp_path: Path) -> None:
+    job = Job("j1", Requester("slack", "T1", "C1", "U1"), "a cat", Options(1, 5.0, 1.0, None), 9, time.time())
+    async with await Store.open(tmp_path) as store:
+        await store.add_job(job)
+        assert await store.message("j1") is None
+        await store.set_message("j1", "C1 1700000001.000100")
+        await store.set_message("j1", "C1 1700000002.000100")
+    async with await Store.open(tmp_path) as store:
+        assert await store.message("j1") == "C1 1700000002.000100"
+
+
+async def test_a_write_cancelled_half_way_leaves_no_transaction_open(tmp_path: Path) -> None:
+    def job(i: int) -> Job:
+        return Job(f"j{i}", Requester("slack", "T1", "C1", "U1"), "a cat", Options(1, 5.0, 1.0, None), i, time.time())
+
+    async with await Store.open(tmp_path) as store:
+        for i in range(30):  # cancelled at different points: before, in and after BEGIN
+            task = asyncio.create_task(store.add_job(job(i)))
+            for _ in range(i % 6):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await store.add_job(job(100))
+        assert await store.job("j100") is not None
