@@ -14,7 +14,6 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot.adapters.slack.api import SlackProblem, call
 from bot.adapters.slack.app import PLATFORM, SlackBot, build_app
-from bot.adapters.slack.messages import Place
 from bot.config import ConfigError, Settings
 from bot.service import Handle, Service
 
@@ -127,7 +126,7 @@ class SlackAdapter:
         return self._verifier.is_valid(body, timestamp, request.headers.get("X-Slack-Signature"))
 
     async def recovered(self, handle: Handle) -> None:
-        """Show a job from before a restart in its channel with a new message, following it to its end."""
+        """Show a job from before a restart in its old message (or a new one), following it to its end."""
         await self._started.wait()
         assert self._bot is not None
         job = handle.job
@@ -137,7 +136,7 @@ class SlackAdapter:
             await call(client.chat_postEphemeral, attempts=1, channel=job.requester.channel, user=job.requester.user,
                        text=text)  # fmt: skip
 
-        await self._bot.follow(client, handle, Place(job.requester.channel), notify)
+        await self._bot.recover(client, handle, notify)
 
     async def close(self) -> None:
         """Disconnect or stop listening, then stop following jobs."""

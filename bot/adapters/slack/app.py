@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
@@ -62,18 +63,27 @@ class SlackBot:
         self._admins[(team, user)] = (time.monotonic(), admin)
         return admin
 
-    def follow(self, client: AsyncWebClient, handle: Handle, place: Place, notify: Notify) -> asyncio.Task[None]:
-        """Show a job in its channel until it ends, in the background."""
-        messages = Messages(
+    def _messages(self, client: AsyncWebClient) -> Messages:
+        return Messages(
             client, self.service, update_interval=self.update_interval, preview_interval=self.preview_interval
         )
-        task = asyncio.create_task(self._logged(messages.follow(handle, place, notify), handle.job.id))
+
+    def follow(self, client: AsyncWebClient, handle: Handle, place: Place, notify: Notify) -> asyncio.Task[None]:
+        """Show a job in its channel until it ends, in the background."""
+        return self._track(self._messages(client).follow(handle, place, notify), handle.job.id)
+
+    def recover(self, client: AsyncWebClient, handle: Handle, notify: Notify) -> asyncio.Task[None]:
+        """Show a job from before a restart until it ends, in its old message when possible, in the background."""
+        return self._track(self._messages(client).recover(handle, notify), handle.job.id)
+
+    def _track(self, work: Awaitable[None], job_id: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._logged(work, job_id))
         self._following.add(task)
         task.add_done_callback(self._following.discard)
         return task
 
     @staticmethod
-    async def _logged(work: Any, job_id: str) -> None:
+    async def _logged(work: Awaitable[None], job_id: str) -> None:
         try:
             await work
         except Exception:

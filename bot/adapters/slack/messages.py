@@ -52,10 +52,18 @@ class Messages:
         self.update_interval = update_interval
         self.preview_interval = preview_interval
 
-    async def follow(self, handle: Handle, place: Place, notify: Notify) -> None:
+    async def recover(self, handle: Handle, notify: Notify) -> None:
+        """Show a job from before a restart: in its old message when that is known, else in a new one."""
+        job = handle.job
+        place, message = Place(job.requester.channel), None
+        if remembered := await self.service.message(job.id):
+            channel, ts, *thread = remembered.split()
+            place, message = Place(channel, thread[0] if thread else None), _Message(channel, ts, [])
+        await self.follow(handle, place, notify, message)
+
+    async def follow(self, handle: Handle, place: Place, notify: Notify, message: _Message | None = None) -> None:
         """Show one job from its first event to its last; problems go to `notify` and the log."""
         job = handle.job
-        message: _Message | None = None
         last_edit = last_preview = float("-inf")
         status = blocks.queued_status(0)
         preview: str | None = None
@@ -79,10 +87,7 @@ class Messages:
                         preview = uploaded or preview
                     elif now - last_edit < self.update_interval:
                         continue
-                if message is None:
-                    message = await self._post(job, place, status)
-                else:
-                    await self._edit(job, message, status, preview)
+                message = await self._show(job, place, message, status, preview)
                 last_edit = time.monotonic()
         except SlackProblem as problem:
             await self._give_up(job, problem, notify)
@@ -93,6 +98,19 @@ class Messages:
             await notify(str(problem))
         with contextlib.suppress(Refused):
             await self.service.cancel(job.requester, job.id)
+
+    async def _show(
+        self, job: Job, place: Place, message: _Message | None, status: str, preview: str | None
+    ) -> _Message:
+        """Edit the job's message, or post it when there is none yet (or it was deleted)."""
+        if message is not None:
+            try:
+                await self._edit(job, message, status, preview)
+                return message
+            except SlackProblem as problem:
+                if problem.error != "message_not_found":
+                    raise
+        return await self._post(job, place, status)
 
     async def _post(self, job: Job, place: Place, status: str) -> _Message:
         kwargs: dict[str, Any] = {
@@ -109,7 +127,14 @@ class Messages:
             # A public channel the bot was not invited to: join it (needs channels:join) and post again.
             await call(self.client.conversations_join, channel=place.channel)
             response = await call(self.client.chat_postMessage, **kwargs)
-        return _Message(str(response["channel"]), str(response["ts"]), [])
+        message = _Message(str(response["channel"]), str(response["ts"]), [])
+        try:
+            await self.service.remember_message(
+                job.id, " ".join(filter(None, (message.channel, message.ts, place.thread_ts)))
+            )
+        except Exception:
+            log.exception("could not remember where job %s is shown", job.id)  # a restart then posts anew
+        return message
 
     async def _edit(self, job: Job, message: _Message, status: str, preview: str | None) -> None:
         text = f"{job.prompt}: {status}"

@@ -130,6 +130,10 @@ class FakeSlack:
         """Answer the next `times` calls of `method` with Slack error `error`."""
         self._failures.setdefault(method, []).extend([{"error": error, "status": status, **extra}] * times)
 
+    def heal(self) -> None:
+        """Forget the failures `fail` set up that have not happened yet."""
+        self._failures.clear()
+
     def called(self, method: str) -> list[dict[str, Any]]:
         """The arguments of every call of one Web API method, in order."""
         return [c.args for c in self.calls if c.method == method]

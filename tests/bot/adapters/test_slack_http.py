@@ -176,17 +176,26 @@ async def test_slack_api_errors_are_retried_or_reported_with_the_missing_scope(
         assert [job.prompt for job in cancelled] == ["a bird"]
 
 
-async def test_restart_shows_unfinished_jobs_again_and_old_buttons_still_work(tmp_path: Path) -> None:
+async def test_restart_edits_the_old_messages_of_unfinished_and_undelivered_jobs_and_old_buttons_work(
+    tmp_path: Path,
+) -> None:
     async with FakeSlack() as slack:
         async with running_slack(tmp_path, slack=slack) as bot:
+            slack.fail("files.getUploadURLExternal", "missing_scope", times=50, needed="files:write")
+            await bot.command("a dog --count 1")
+            dog = await slack.final(": done")
+            assert dog.image() is None and "files:write" in str(dog.blocks)
+            slack.heal()  # the app is reinstalled with the scope
             await bot.command("a fox --count 1")
-            before = await slack.final(": done")
+            fox = (await slack.until(lambda: [m for m in slack.posted() if m.text == "a fox: done"]))[0]
             bot.generator.hold.clear()
             await bot.command("an owl --count 1")
-            await slack.until(lambda: len(slack.posted()) == 2)
+            owl = (await slack.until(lambda: slack.posted()[2:]))[0]
+        assert "owl" in owl.text and "done" not in owl.text  # left waiting by the restart
         async with running_slack(tmp_path, slack=slack) as bot:
-            owl = await slack.until(lambda: [m for m in slack.posted()[2:] if m.text == "an owl: done"])
-            assert owl[0].channel == CHANNEL  # a new message: the old one's place was not kept
-            await bot.click(before, "🔄 Reroll")  # a button from before the restart
+            await slack.until(lambda: owl.text == "an owl: done")  # the same messages, edited in place
+            await slack.until(lambda: dog.image())
+            assert len(slack.posted()) == 3 and slack.files[owl.image() or ""].thread_ts == owl.ts
+            await bot.click(fox, "🔄 Reroll")  # a button from before the restart
             await slack.until(lambda: [m for m in slack.posted()[3:] if m.text == "a fox: done"])
-            await slack.until(lambda: all_delivered(bot.store, 3))
+            await slack.until(lambda: all_delivered(bot.store, 4))
