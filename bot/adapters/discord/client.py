@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
 DM_SERVER = "dm"  # the "server" of direct messages with the bot, for settings and bans
-SEED_OPTION_MAX = min(SEED_MAX, 2**53 - 1)  # Discord's integer options stop at 2^53
+SEED_DIGITS = len(str(SEED_MAX))  # a text option: Discord's integer options stop at 2^53, seeds go to 2^63
 
 
 def requester(interaction: discord.Interaction) -> Requester:
@@ -32,6 +32,15 @@ def requester(interaction: discord.Interaction) -> Requester:
     admin = interaction.guild_id is not None and (perms.manage_guild or perms.administrator)
     server = str(interaction.guild_id) if interaction.guild_id is not None else DM_SERVER
     return Requester(PLATFORM, server, str(interaction.channel_id), str(interaction.user.id), admin)
+
+
+def _seed(text: str | None) -> int | None:
+    """The seed option as a number (it is text: Discord's numbers stop at 2^53)."""
+    if text is None:
+        return None
+    if not text.strip().isdigit():
+        raise Refused(f"seed must be a whole number from 0 to {SEED_MAX}; you gave {text}.")
+    return int(text)
 
 
 def _client(interaction: discord.Interaction) -> ImagineClient:
@@ -86,11 +95,11 @@ class ImagineClient(discord.Client):
         reply = Reply(self, handle.job, interaction)
         self.spawn(follow(self.service, handle, reply, self.settings.discord.edit_every_s))
 
-    async def imagine(self, interaction: discord.Interaction, prompt: str, **options: Any) -> None:
+    async def imagine(self, interaction: discord.Interaction, prompt: str, seed: str | None, **options: Any) -> None:
         """Queue a job and follow it on the interaction's message."""
         await interaction.response.defer(thinking=True)
         try:
-            handle = await self.service.submit(requester(interaction), prompt, **options)
+            handle = await self.service.submit(requester(interaction), prompt, seed=_seed(seed), **options)
         except Refused as refusal:
             await refuse(interaction, refusal)
             return
@@ -143,7 +152,7 @@ async def refuse(interaction: discord.Interaction, refusal: Refused) -> None:
     count="How many images (the server's default if left out)",
     cfg="How closely to follow the prompt: higher is more literal",
     temperature="How adventurous the sampling is: 0 is always the same picture",
-    seed="Start from this seed to repeat a result",
+    seed="Repeat a result: the seed its message shows (a whole number)",
 )
 async def imagine(
     interaction: discord.Interaction,
@@ -151,7 +160,7 @@ async def imagine(
     count: app_commands.Range[int, COUNT_RANGE[0], COUNT_RANGE[1]] | None = None,
     cfg: app_commands.Range[float, CFG_RANGE[0], CFG_RANGE[1]] | None = None,
     temperature: app_commands.Range[float, TEMPERATURE_RANGE[0], TEMPERATURE_RANGE[1]] | None = None,
-    seed: app_commands.Range[int, 0, SEED_OPTION_MAX] | None = None,
+    seed: app_commands.Range[str, 1, SEED_DIGITS] | None = None,
 ) -> None:
     """Make images from a text prompt."""
     await _client(interaction).imagine(interaction, prompt, count=count, cfg=cfg, temperature=temperature, seed=seed)

@@ -80,16 +80,18 @@ async def follow(service: Service, handle: Handle, reply: Reply, every_s: float)
     latest: list[Event] = []
     preview: dict[str, bytes] = {}
     changed = asyncio.Event()
+    showing = asyncio.Lock()
 
     async def editor() -> None:
         while True:
             await changed.wait()
             changed.clear()
             content, _, view = _content(job, latest[-1])
-            try:
-                await reply.show(content, preview, view)
-            except discord.HTTPException as error:
-                log.warning("job %s: could not show progress: %s", job.id, error)
+            async with showing:
+                try:
+                    await reply.show(content, preview, view)
+                except discord.HTTPException as error:
+                    log.warning("job %s: could not show progress: %s", job.id, error)
             await asyncio.sleep(every_s)
 
     task = asyncio.create_task(editor())
@@ -101,10 +103,14 @@ async def follow(service: Service, handle: Handle, reply: Reply, every_s: float)
                 preview = {messages.file_name(job, event): event.preview}
             latest[:] = [event]
             changed.set()
-    finally:
+    except BaseException:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        raise
+    # An edit cut off halfway could still land after the final one, or post a second message.
+    async with showing:
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
     content, files, view = _content(job, event)
     await reply.show(content, files, view)
     await service.delivered(job.id)

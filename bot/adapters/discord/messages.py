@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import discord
 
@@ -31,7 +32,7 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=BUTTON_ID):
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str], /
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> JobButton:
         index = match["index"]
         return cls(match["action"], match["job"], None if index is None else int(index))
@@ -56,14 +57,14 @@ class JobPick(discord.ui.DynamicItem[discord.ui.Select], template=PICK_ID):
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Select, match: re.Match[str], /
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> JobPick:
         return cls(match["action"], match["job"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
         """Hand the chosen image to the client that received it."""
-        values = (interaction.data or {}).get("values") or ["0"]
-        await interaction.client.pressed(interaction, self.action, self.job_id, int(values[0]))  # type: ignore[attr-defined]
+        index = int(self.item.values[0]) if self.item.values else 0
+        await interaction.client.pressed(interaction, self.action, self.job_id, index)  # type: ignore[attr-defined]
 
 
 def _prompt(job: Job) -> str:

@@ -280,7 +280,7 @@ class FakeDiscord:
 
     async def imagine(self, user: dict[str, Any], prompt: str, dm: bool = False, **options: Any) -> Interaction:
         """Someone types /imagine."""
-        kinds = {"count": 4, "seed": 4, "cfg": 10, "temperature": 10}
+        kinds = {"count": 4, "seed": 3, "cfg": 10, "temperature": 10}
         given = [{"name": "prompt", "type": 3, "value": prompt}]
         given += [{"name": k, "type": kinds[k], "value": v} for k, v in options.items()]
         return await self.command("imagine", user, *given, dm=dm)

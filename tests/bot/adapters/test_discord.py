@@ -126,10 +126,11 @@ async def test_imagine_defers_then_edits_one_message_to_a_grid_with_buttons(
         assert options["prompt"]["required"] and options["prompt"]["description"] == "What to draw"
         assert (options["count"]["min_value"], options["count"]["max_value"]) == (1, 16)
         assert (options["cfg"]["min_value"], options["cfg"]["max_value"]) == (1, 10)
+        assert (options["seed"]["type"], options["seed"]["required"]) == (3, False)
         assert names["imagine"]["description"] == "Make images from a text prompt."
         assert int(names["imagine-admin"]["default_member_permissions"]) == 32  # Manage Server
 
-        interaction = await discord.imagine(alice, "a lighthouse at dusk", seed=7)
+        interaction = await discord.imagine(alice, "a lighthouse at dusk", seed="7")
         message = await finished(discord, original(interaction))
 
         assert interaction.callbacks[0]["type"] == 5  # deferred first, before any work
@@ -152,7 +153,7 @@ async def test_anyone_may_press_reroll_upscale_and_variations_and_the_new_job_is
 ) -> None:
     alice, bob = discord.user("alice"), discord.user("bob")
     async with discord_bot(tmp_path) as bot:
-        grid = await finished(discord, original(await discord.imagine(alice, "a red fox", seed=3)))
+        grid = await finished(discord, original(await discord.imagine(alice, "a red fox", seed="3")))
         job = job_id(grid)
 
         async def press(custom_id: str, values: list[str] | None = None) -> tuple[Message, Any]:
@@ -217,6 +218,8 @@ async def test_refusals_are_ephemeral_sentences(discord: FakeDiscord, tmp_path: 
         limited = await discord.imagine(alice, "another calm sea")
         said = await note(discord, limited)
         assert said.ephemeral and "try again in" in said.content
+        said = await note(discord, await discord.imagine(alice, "a sea", seed="forty-two"))
+        assert said.ephemeral and "seed must be a whole number" in said.content
 
         gone = discord.old_message("imagine:reroll:0123456789abcdef")
         bad = await discord.press(gone, "imagine:reroll:0123456789abcdef", alice)
@@ -273,8 +276,9 @@ async def test_admin_commands_change_behaviour_and_are_refused_for_others(discor
 async def test_direct_messages_work_with_their_own_settings(discord: FakeDiscord, tmp_path: Path) -> None:
     alice = discord.user("alice")
     async with discord_bot(tmp_path) as bot:
-        interaction = await discord.imagine(alice, "a quiet dm", dm=True, count=2)
+        interaction = await discord.imagine(alice, "a quiet dm", dm=True, count=2, seed=str(2**63 - 1))
         message = await finished(discord, original(interaction))
+        assert f"seed {2**63 - 1}" in message.content  # past Discord's 2^53 integers: the option is text
         assert message.channel_id == discord.channel_id + 1 and len(message.custom_ids) == 6
         job = await delivered(discord, bot.service, job_id(message))
         assert (job.requester.server, job.requester.is_admin) == ("dm", False)
@@ -329,7 +333,9 @@ async def test_after_a_restart_old_buttons_work_and_missed_results_are_posted(
             await delivered(discord, bot.service, job_id(message))
 
         pressed = await discord.press(grid, f"imagine:reroll:{job_id(grid)}", bob)
-        assert "Reroll by" in (await finished(discord, original(pressed))).content
+        rerolled = await finished(discord, original(pressed))
+        assert "Reroll by" in rerolled.content
+        await delivered(discord, bot.service, job_id(rerolled))
         assert discord.command_syncs == 2 and len(discord.identified) == 2
 
     async with discord_bot(tmp_path) as bot:  # delivered results are not posted again
