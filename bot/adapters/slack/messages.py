@@ -189,7 +189,13 @@ class Messages:
             else:
                 final = blocks.ended_blocks(job, "🚫 Cancelled.")
                 text = f"{job.prompt}: cancelled"
-            await self._edit_final(job, message, text, final, grid)
+            try:
+                await self._edit_final(job, message, text, final, grid)
+            except SlackProblem as problem:
+                if problem.error != "message_not_found":
+                    raise
+                message = await self._post(job, place, blocks.queued_status(0))  # someone deleted it
+                await self._edit_final(job, message, text, final, grid)
         except SlackProblem as problem:
             log.warning("could not show the end of job %s: %s", job.id, problem.error)
             delivered = problem.error in UNREACHABLE

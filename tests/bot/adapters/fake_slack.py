@@ -33,6 +33,10 @@ TEAM = "T0TEAM"
 CHANNEL = "C0GENERAL"
 
 
+class SlackError(Exception):
+    """A Web API method's error code."""
+
+
 async def _value(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
@@ -130,6 +134,10 @@ class FakeSlack:
         """Answer the next `times` calls of `method` with Slack error `error`."""
         self._failures.setdefault(method, []).extend([{"error": error, "status": status, **extra}] * times)
 
+    def delete(self, message: Message) -> None:
+        """Delete a message, as a user in the channel may."""
+        del self.messages[message.ts]
+
     def heal(self) -> None:
         """Forget the failures `fail` set up that have not happened yet."""
         self._failures.clear()
@@ -179,7 +187,10 @@ class FakeSlack:
         handler = getattr(self, "_" + method.replace(".", "_"), None)
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"})
-        return web.json_response({"ok": True, **handler(args)})
+        try:
+            return web.json_response({"ok": True, **handler(args)})
+        except SlackError as error:
+            return web.json_response({"ok": False, "error": str(error)})
 
     def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"user_id": "U0BOT", "user": "janus", "team_id": TEAM, "team": "Test", "bot_id": "B0BOT"}
@@ -198,7 +209,9 @@ class FakeSlack:
         return {"channel": args["channel"], "ts": ts}
 
     def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
-        message = self.messages[args["ts"]]
+        message = self.messages.get(args["ts"])
+        if message is None:
+            raise SlackError("message_not_found")
         message.text, message.blocks = args.get("text", ""), args.get("blocks") or []
         message.edits.append(message.blocks)
         return {"channel": args["channel"], "ts": args["ts"]}

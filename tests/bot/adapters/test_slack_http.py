@@ -199,3 +199,15 @@ async def test_restart_edits_the_old_messages_of_unfinished_and_undelivered_jobs
             await bot.click(fox, "🔄 Reroll")  # a button from before the restart
             await slack.until(lambda: [m for m in slack.posted()[3:] if m.text == "a fox: done"])
             await slack.until(lambda: all_delivered(bot.store, 4))
+
+
+async def test_a_job_whose_message_was_deleted_is_shown_in_a_new_one(tmp_path: Path) -> None:
+    async with FakeSlack() as slack:
+        async with running_slack(tmp_path, slack=slack) as bot:
+            bot.generator.hold.clear()
+            await bot.command("a newt --count 1")
+            slack.delete((await slack.until(lambda: slack.posted()))[0])
+        async with running_slack(tmp_path, slack=slack) as bot:
+            newt = await slack.final(": done")
+            assert newt.channel == CHANNEL and newt.image() is not None
+            await slack.until(lambda: all_delivered(bot.store, 1))
