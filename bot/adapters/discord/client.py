@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
 DM_SERVER = "dm"  # the "server" of direct messages with the bot, for settings and bans
+SORRY = "Something went wrong on the bot's side; try again, and tell its operator if it keeps happening."
 SEED_DIGITS = len(str(SEED_MAX))  # a text option: Discord's integer options stop at 2^53, seeds go to 2^63
 
 
@@ -127,15 +128,18 @@ class ImagineClient(discord.Client):
         except Refused as refusal:
             await refuse(interaction, refusal)
             return
+        except Exception:
+            log.exception("%s of job %s failed", action, job_id)
+            await refuse(interaction, Refused(SORRY))
+            return
         self.deliver(handle, interaction)
 
     async def _on_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         log.error("command %s failed", interaction.command and interaction.command.qualified_name, exc_info=error)
-        text = "Something went wrong on the bot's side; try again, and tell its operator if it keeps happening."
         if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True)
+            await refuse(interaction, Refused(SORRY))
         else:
-            await interaction.response.send_message(text, ephemeral=True)
+            await interaction.response.send_message(SORRY, ephemeral=True)
 
 
 async def refuse(interaction: discord.Interaction, refusal: Refused) -> None:

@@ -61,7 +61,14 @@ class Message:
         return [c["custom_id"] for row in self.components for c in row.get("components", []) if "custom_id" in c]
 
     def snapshot(self) -> None:
-        self.history.append({"content": self.content, "files": sorted(self.files), "custom_ids": self.custom_ids})
+        self.history.append(
+            {
+                "content": self.content,
+                "files": sorted(self.files),
+                "custom_ids": self.custom_ids,
+                "at": time.monotonic(),
+            }
+        )
 
 
 @dataclass

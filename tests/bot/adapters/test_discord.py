@@ -14,8 +14,10 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
+from bot.adapters import configured_adapters
 from bot.adapters.discord import DiscordAdapter
 from bot.app import App
+from bot.config import Secrets
 from bot.jobs import Job, Kind, Status, Strength
 from bot.service import Service
 from tests.bot.adapters.fake_discord import EPHEMERAL, FakeDiscord, Interaction, Message, fake_discord
@@ -36,7 +38,7 @@ async def discord_bot(
     data_dir: Path, generator: FakeGenerator | None = None, **sections: dict[str, Any]
 ) -> AsyncIterator[Bot]:
     """The whole bot (store, service, Discord adapter) on a fake generator, connected to the fake Discord."""
-    config = settings(data_dir, discord={"edit_every_s": 0}, images={"upscale_px": 64}, **sections)
+    config = settings(data_dir, **{"discord": {"edit_every_s": 0}, "images": {"upscale_px": 64}, **sections})
     fake = generator or FakeGenerator(steps=4, step_delay=0.005)
     adapter = DiscordAdapter(config, "token", guild_ready_timeout=0.05)
     async with App(config, fake, on_recovered=adapter.recovered) as app:
@@ -146,6 +148,26 @@ async def test_imagine_defers_then_edits_one_message_to_a_grid_with_buttons(
         working = [h for h in message.history if "preview.png" in h["files"]]
         assert working and all(h["custom_ids"] == [f"imagine:cancel:{job}"] for h in working)
         assert (await delivered(discord, bot.service, job)).requester.user == alice["id"]
+
+
+async def test_progress_edits_are_spaced_out_and_the_result_is_not_held_back(
+    discord: FakeDiscord, tmp_path: Path
+) -> None:
+    slow = FakeGenerator(steps=40, step_delay=0.01)  # 40 progress events in about 0.4 s
+    async with discord_bot(tmp_path, slow, discord={"edit_every_s": 0.15}):
+        interaction = await discord.imagine(discord.user("alice"), "a slow sunrise")
+        message = await finished(discord, original(interaction))
+    edits = message.history[1:]  # after the "thinking…" message the deferral made
+    working, final = edits[:-1], edits[-1]
+    assert 2 <= len(working) < 10
+    assert all(b["at"] - a["at"] >= 0.14 for a, b in zip(working, working[1:]))
+    assert any(name.endswith("-grid.png") for name in final["files"])
+    assert final["at"] - working[-1]["at"] < 0.15 + 1  # the last edit does not wait out the interval
+
+
+async def test_a_discord_token_turns_the_adapter_on(tmp_path: Path) -> None:
+    config = settings(tmp_path).model_copy(update={"secrets": Secrets(discord_token="token")})
+    assert [adapter.platform for adapter in configured_adapters(config, {})] == ["discord"]
 
 
 async def test_anyone_may_press_reroll_upscale_and_variations_and_the_new_job_is_theirs(
