@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,6 +49,7 @@ OUT_MAXLEN = 100_000  # events kept per instance stream while its bot is away (a
 RETRY_S = 1.0
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 T = TypeVar("T")
+Arg = str | int | float  # a script argument
 
 # Where a user who enters the ring goes: after every user served less recently (never: first, by arrival).
 _ENQUEUE = """
@@ -286,7 +288,7 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], stop: asyncio.Ev
         return result
 
 
-def _str(value: bytes | str) -> str:
+def _str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -378,7 +380,7 @@ class RedisQueue:
         await self._requeue_message(msg, f"bot:{self.instance}", 0)
 
     async def _requeue_message(self, msg: Generate, user: str, limit: int) -> None:
-        args = [self._p, msg.job_id, user, encode(msg), self.instance, msg.count, limit, OUT_MAXLEN]
+        args: list[Arg] = [self._p, msg.job_id, user, encode(msg), self.instance, msg.count, limit, OUT_MAXLEN]
         outcome = _str(await retrying("re-queueing a job", lambda: self._resubmit(args=args)))
         if outcome in ("kept", "queued"):
             self._waiting.setdefault(msg.job_id, 0)
@@ -386,7 +388,7 @@ class RedisQueue:
 
     async def cancel(self, job_id: str) -> None:
         """Take a waiting job out of the queue, or tell the worker running it to stop."""
-        args = [self._p, job_id, encode(Cancelled(job_id)), self.result_ttl, OUT_MAXLEN]
+        args: list[Arg] = [self._p, job_id, encode(Cancelled(job_id)), self.result_ttl, OUT_MAXLEN]
         await retrying("cancelling a job", lambda: self._cancel(args=args))
 
     async def close(self) -> None:
@@ -401,9 +403,9 @@ class RedisQueue:
             try:
                 if self._waiting and time.monotonic() >= next_positions:
                     next_positions = time.monotonic() + self.poll_s
-                    for message in await self._positions():
-                        yield message
-                read = await self.client.xreadgroup(
+                    for moved in await self._positions():
+                        yield moved
+                read: Any = await self.client.xreadgroup(
                     BOT, "main", {self._out: "0" if backlog else ">"}, count=64,
                     block=None if backlog else int(self.poll_s * 1000),
                 )
@@ -423,7 +425,7 @@ class RedisQueue:
                 if message is not None:
                     self._waiting.pop(getattr(message, "job_id", ""), None)
                     yield message
-                await retrying("acknowledging an event", lambda e=entry_id: self.client.xack(self._out, BOT, e))
+                await retrying("acknowledging an event", functools.partial(self.client.xack, self._out, BOT, entry_id))
         await self.client.aclose()
 
     async def _message(self, fields: dict[str, Any]) -> Message | None:
@@ -459,7 +461,7 @@ class RedisQueue:
         """Queue `msg` for `job` if the limits, bans and cap allow it, atomically across instances; its position."""
         r = job.requester
         user = r.user_key
-        args = [
+        args: list[Arg] = [
             self._p, job.id, user, encode(msg), self.instance, msg.count,
             0 if admin else limits.max_running_per_user,
             0 if admin else limits.max_queued_per_user,

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -33,6 +34,7 @@ from bot.redis_queue import (
     REDIS_DOWN,
     TAKE,
     WORKERS,
+    Arg,
     connect,
     ensure_group,
     retrying,
@@ -171,7 +173,7 @@ class PoolWorker:
             claimed += 1
         return claimed
 
-    async def _start(self, entry: str, job_id: str, msg: bytes, instance: str, cancelled: bool) -> None:
+    async def _start(self, entry: str, job_id: str, msg: Any, instance: str, cancelled: bool) -> None:
         try:
             generate = decode(msg)
         except (ValueError, TypeError) as error:
@@ -217,7 +219,7 @@ class PoolWorker:
         held = self._held[job_id]
         done = encode(message) if isinstance(message, Done) else ""
         final = "" if done else encode(message)
-        args = [self._p, job_id, held.entry, final, done, self.result_ttl, OUT_MAXLEN]
+        args: list[Arg] = [self._p, job_id, held.entry, final, done, self.result_ttl, OUT_MAXLEN]
         await retrying(f"storing the result of job {job_id}", lambda: self._finish(args=args))
         del self._held[job_id]
         if isinstance(message, Done):
@@ -234,7 +236,7 @@ class PoolWorker:
         every = max(0.2, self.visibility_timeout / 3)
         while True:
             with contextlib.suppress(*REDIS_DOWN):
-                entries = [held.entry for held in self._held.values()]
+                entries: list[Any] = [held.entry for held in self._held.values()]
                 if entries:  # resets their idle time, so that nobody claims them
                     await self.client.xclaim(self._jobs, WORKERS, self.name, 0, entries, justid=True)
                 await self._report_health(ttl=every * 3 + 5)
@@ -242,11 +244,13 @@ class PoolWorker:
 
     async def _report_health(self, ttl: float = 30.0) -> None:
         key = f"{self._p}worker:{self.name}"
-        fields = {**self._info, **{k: str(v) for k, v in self.counters.items()},
+        fields: dict[Any, Any] = {**self._info, **{k: str(v) for k, v in self.counters.items()},
                   "slots": str(self.slots), "images_in_flight": str(self.images_in_flight),
                   "jobs_running": str(len(self._held)), "seen_at": f"{time.time():.3f}"}
         async with self.client.pipeline(transaction=True) as pipe:
-            await pipe.hset(key, mapping=fields).expire(key, int(ttl)).execute()
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, int(ttl))
+            await pipe.execute()
 
     async def _cancels(self) -> None:
         """Stop jobs their users cancelled while this worker runs them."""
@@ -262,7 +266,7 @@ class PoolWorker:
                 await asyncio.sleep(1.0)
 
 
-def _s(value: bytes | str) -> str:
+def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
