@@ -194,8 +194,9 @@ class Store:
         return cls(db, data_dir)
 
     async def close(self) -> None:
-        """Close the database."""
-        await self._db.close()
+        """Close the database once the write in progress, if any, is committed."""
+        async with self._write:
+            await self._db.close()
 
     async def __aenter__(self) -> Store:
         return self
