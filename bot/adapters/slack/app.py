@@ -151,11 +151,13 @@ async def imagine_admin(ack: AsyncAck, command: dict[str, Any], context: AsyncBo
 async def button(
     ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
 ) -> None:
-    """A job button: reroll, upscale (U), vary (V) or cancel; the job id travels in the button's value."""
+    """A job button (reroll, upscale U, vary V, cancel) or the strong-variation menu; the job id travels in the
+    value."""
     await ack()
     bot = _bot(context)
     notify = _ephemeral(respond)
-    clicked = blocks.parse_button(action.get("action_id", ""), action.get("value", ""))
+    value = action.get("value") or (action.get("selected_option") or {}).get("value", "")
+    clicked = blocks.parse_button(action.get("action_id", ""), value)
     if clicked is None:
         await notify("That button is from an older version of this bot; start a new job with /imagine.")
         return

@@ -33,11 +33,14 @@ def action_id(verb: str, index: int | None = None, strength: Strength | None = N
 
 
 def parse_button(action: str, value: str) -> Button | None:
-    """The request behind a click (None for a button this bot did not make)."""
+    """The request behind a click or a pick from a menu (None for one this bot did not make)."""
     if not action.startswith(ACTION_PREFIX) or not value:
         return None
     verb, *rest = action.removeprefix(ACTION_PREFIX).split(":")
-    if verb not in _VERBS:
+    if verb == "pick" and rest:  # a select menu: the chosen option's value is "<job id>:<image index>"
+        value, _, index = value.partition(":")
+        verb, rest = rest[0], [index, *rest[1:]]
+    if verb not in _VERBS or not value:
         return None
     try:
         index = int(rest[0]) if rest else None
@@ -124,7 +127,8 @@ def progress_status(percent: int) -> str:
 
 
 def done_blocks(job: Job, grid_file: str | None, note: str | None = None) -> list[Block]:
-    """A finished job: the grid, and reroll, U1..Un and V1..Vn buttons (an upscale shows just its image)."""
+    """A finished job: the grid, reroll, U1..Un and V1..Vn buttons and a menu of strong variations (an upscale
+    shows just its image)."""
     blocks = [_section(_what(job)), _context(_details(job))]
     if grid_file:
         blocks.append(_image(grid_file, job.prompt))
@@ -133,7 +137,15 @@ def done_blocks(job: Job, grid_file: str | None, note: str | None = None) -> lis
     if job.kind is Kind.UPSCALE:
         return blocks
     n = job.options.count
-    blocks.append({"type": "actions", "elements": [_button("🔄 Reroll", action_id("reroll"), job.id)]})
+    strong = {
+        "type": "static_select",
+        "action_id": f"{ACTION_PREFIX}pick:vary:{Strength.STRONG.value}",
+        "placeholder": {"type": "plain_text", "text": "Vary (strong)…"},
+        "options": [
+            {"text": {"type": "plain_text", "text": f"V{i + 1} strong"}, "value": f"{job.id}:{i}"} for i in range(n)
+        ],
+    }
+    blocks.append({"type": "actions", "elements": [_button("🔄 Reroll", action_id("reroll"), job.id), strong]})
     blocks.append(
         {"type": "actions", "elements": [_button(f"U{i + 1}", action_id("upscale", i), job.id) for i in range(n)]}
     )

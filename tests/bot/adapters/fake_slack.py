@@ -63,7 +63,12 @@ class Message:
             for block in self.blocks
             if block["type"] == "actions"
             for element in block["elements"]
+            if element["type"] == "button"
         }
+
+    def menu(self) -> dict[str, Any]:
+        """The message's select menu."""
+        return next(e for b in self.blocks if b["type"] == "actions" for e in b["elements"] if e["type"] != "button")
 
     def image(self) -> str | None:
         """The file id the message shows, if any."""
@@ -279,8 +284,14 @@ class FakeSlack:
         }
 
     def click(self, message: Message, label: str, *, user: str = "U0ALICE") -> dict[str, Any]:
-        """The block_actions payload of clicking a button on a message."""
-        button = message.buttons()[label]
+        """The block_actions payload of clicking a button on a message, or picking an option of its menu."""
+        if label in message.buttons():
+            button = message.buttons()[label]
+            action = {"type": "button", "action_id": button["action_id"], "value": button["value"]}
+        else:
+            menu = message.menu()
+            option = next(o for o in menu["options"] if o["text"]["text"] == label)
+            action = {"type": "static_select", "action_id": menu["action_id"], "selected_option": option}
         return {
             "type": "block_actions",
             "team": {"id": TEAM, "domain": "test"},
@@ -292,15 +303,7 @@ class FakeSlack:
             "message": {"ts": message.ts, "text": message.text, "blocks": message.blocks},
             "response_url": self.response_url(),
             "trigger_id": "1.2.4",
-            "actions": [
-                {
-                    "type": "button",
-                    "block_id": "b",
-                    "action_id": button["action_id"],
-                    "value": button["value"],
-                    "action_ts": f"{time.time():.6f}",
-                }
-            ],
+            "actions": [{**action, "block_id": "b", "action_ts": f"{time.time():.6f}"}],
         }
 
     @staticmethod

@@ -20,7 +20,7 @@ JOB = Job("0123abcd", Requester("slack", "T1", "C1", "U1"), "a <b> & c", Options
 
 def test_every_button_carries_the_job_id_and_parses_back() -> None:
     blocks = done_blocks(JOB, "F1")
-    buttons = [e for b in blocks if b["type"] == "actions" for e in b["elements"]]
+    buttons = [e for b in blocks if b["type"] == "actions" for e in b["elements"] if e["type"] == "button"]
     assert len(buttons) == 1 + 16 + 16
     assert all(len(b["elements"]) <= 25 for b in blocks if b["type"] == "actions")  # Slack's limit per block
     assert len({b["action_id"] for b in buttons}) == len(buttons)  # unique within the message
@@ -28,6 +28,9 @@ def test_every_button_carries_the_job_id_and_parses_back() -> None:
     assert parsed[0] == Button("reroll", JOB.id)
     assert parsed[1] == Button("upscale", JOB.id, 0) and parsed[16] == Button("upscale", JOB.id, 15)
     assert parsed[17] == Button("vary", JOB.id, 0, Strength.SUBTLE)
+    menu = next(e for b in blocks if b["type"] == "actions" for e in b["elements"] if e["type"] == "static_select")
+    assert len(menu["options"]) == 16 and len({o["value"] for o in menu["options"]}) == 16
+    assert parse_button(menu["action_id"], menu["options"][3]["value"]) == Button("vary", JOB.id, 3, Strength.STRONG)
     assert {"type": "image", "slack_file": {"id": "F1"}, "alt_text": JOB.prompt} in blocks
     assert "a &lt;b&gt; &amp; c" in blocks[0]["text"]["text"]
 
@@ -44,7 +47,7 @@ def test_waiting_and_upscaled_messages() -> None:
 @pytest.mark.parametrize(
     ("action", "value"),
     [("other:reroll", "j"), ("imagine:reroll", ""), ("imagine:upscale", "j"), ("imagine:reroll:1", "j"),
-     ("imagine:vary:x", "j"), ("imagine:vary:1:wild", "j"), ("imagine:explode", "j")],
+     ("imagine:vary:x", "j"), ("imagine:vary:1:wild", "j"), ("imagine:explode", "j"), ("imagine:pick:vary", ":1")],
 )  # fmt: skip
 def test_buttons_this_bot_did_not_make_are_ignored(action: str, value: str) -> None:
     assert parse_button(action, value) is None

@@ -91,10 +91,15 @@ async def test_buttons_reroll_upscale_vary_and_cancel_by_the_job_id_they_carry(t
         assert variation.prompt == "a cat" and variation.prefix is not None
         assert variation.prefix[0] == bot.generator.tokens(parent, 0)[: len(variation.prefix[0])]
 
-        await bot.slack.until(lambda: len([m for m in bot.slack.posted() if m.text.endswith(": done")]) == 3)
+        await bot.click(first, "V2 strong")  # from the menu
+        await bot.slack.until(lambda: len(bot.generator.submitted) == 3)
+        strong = bot.generator.submitted[2].prefix
+        assert strong is not None and len(strong[0]) < len(variation.prefix[0])  # fewer rows kept
+
+        await bot.slack.until(lambda: len([m for m in bot.slack.posted() if m.text.endswith(": done")]) == 4)
         bot.generator.hold.clear()
         await bot.click(first, "🔄 Reroll")
-        waiting = await bot.slack.until(lambda: bot.slack.posted()[3:])
+        waiting = await bot.slack.until(lambda: bot.slack.posted()[4:])
         assert bot.generator.submitted[-1].prompt == "a cat" and bot.generator.submitted[-1].seed != 5
         await bot.click(waiting[0], "Cancel")
         await bot.slack.until(lambda: bot.generator.cancels)
@@ -193,6 +198,8 @@ async def test_restart_edits_the_old_messages_of_unfinished_and_undelivered_jobs
             bot.generator.hold.clear()
             await bot.command("an owl --count 1")
             owl = (await slack.until(lambda: slack.posted()[2:]))[0]
+            owl_job = (await bot.store.jobs(Status.QUEUED, Status.RUNNING))[0]
+            await slack.until(lambda: bot.service.message(owl_job.id))  # kept before the restart
         assert "owl" in owl.text and "done" not in owl.text  # left waiting by the restart
         async with running_slack(tmp_path, slack=slack) as bot:
             await slack.until(lambda: owl.text == "an owl: done")  # the same messages, edited in place
