@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -336,3 +337,28 @@ async def test_run_flags_are_checked(capsys: pytest.CaptureFixture[str]) -> None
 
     assert main(["run", "--web-port", "70000"]) == 2
     assert capsys.readouterr().err.strip() == "janus-bot: --web-port: 70000 is not a port; give 0 to 65535"
+
+
+async def test_web_jobs_left_unfinished_are_followed_after_a_restart_and_marked_delivered(tmp_path: Path) -> None:
+    config = settings(tmp_path, web={"port": 0})
+    stuck = FakeGenerator()
+    stuck.hold.clear()
+    async with serving(tmp_path, generator=stuck) as web:
+        job_id = await web.imagine(count=2)
+    adapter = WebAdapter(config.web, config.bot.data_dir)
+    async with running(config, FakeGenerator(), on_recovered=adapter.recovered) as (service, _, store):
+        await adapter.start(service)  # the recovered job may already have ended: delivery waits for start
+        try:
+            async with aiohttp.ClientSession(adapter.url) as http:
+                web = Web(http, service, FakeGenerator(), adapter)
+                assert [name for name, _ in await web.events(job_id)][-1] == "done"
+                _, job = await web.get(f"/api/jobs/{job_id}")
+                assert job["status"] == "done" and len(job["image_urls"]) == 2
+            for _ in range(100):
+                stored = await store.job(job_id)
+                if stored is not None and stored.delivered:
+                    break
+                await asyncio.sleep(0.01)
+            assert stored is not None and stored.delivered
+        finally:
+            await adapter.close()
