@@ -15,8 +15,9 @@ import pytest
 
 from bot.adapters import configured_adapters
 from bot.adapters.web import WebAdapter
+from bot.adapters.web.tracking import Tracked
 from bot.config import ConfigError, Settings, WebSettings
-from bot.jobs import Requester
+from bot.jobs import Done, Queued, Requester
 from bot.service import Service
 from tests.bot.helpers import FakeGenerator, png, running, settings
 
@@ -362,3 +363,42 @@ async def test_web_jobs_left_unfinished_are_followed_after_a_restart_and_marked_
             assert stored is not None and stored.delivered
         finally:
             await adapter.close()
+
+
+async def test_run_flags_override_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot import app
+    from janus_bot.cli import main
+
+    seen: list[Settings] = []
+
+    async def run(config: Settings) -> None:
+        seen.append(config)
+
+    monkeypatch.setattr(app, "run", run)
+    file = tmp_path / "config.toml"
+    file.write_text('[model]\nname = "from-file"\n[bot]\ndata_dir = "file-data"\n[web]\nport = 9000\n')
+    flags = ["--model", "flag", "--data-dir", str(tmp_path / "d"), "--web-port", "0"]
+    assert await asyncio.to_thread(main, ["run", "-c", str(file)]) == 0  # main runs its own event loop
+    assert await asyncio.to_thread(main, ["run", "-c", str(file), *flags]) == 0
+    assert (seen[0].model.name, seen[0].bot.data_dir, seen[0].web.port, seen[0].web.enabled) == (
+        "from-file", Path("file-data"), 9000, False
+    )  # fmt: skip
+    assert (seen[1].model.name, seen[1].bot.data_dir, seen[1].web.port, seen[1].web.enabled) == (
+        "flag", tmp_path / "d", 0, True
+    )  # fmt: skip
+
+
+async def test_a_quiet_stream_sends_heartbeats_and_ends_after_the_final_event() -> None:
+    tracked = Tracked("j")
+    await tracked.record(Queued("j", 2))
+    got: list[str] = []
+
+    async def listen() -> None:
+        async for name, _ in tracked.stream(heartbeat=0.01):
+            got.append(name)
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0.05)
+    await tracked.record(Done("j", 1, b"grid", [b"png"]))
+    await asyncio.wait_for(listener, 5)
+    assert got[0] == "queued" and got[-1] == "done" and "" in got[1:-1]
