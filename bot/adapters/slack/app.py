@@ -43,6 +43,7 @@ class SlackBot:
         self.admin_cache_s = admin_cache_s
         self.lookup_timeout = lookup_timeout
         self._admins: dict[tuple[str, str], tuple[float, bool]] = {}
+        self.lookup_problem: str | None = None  # why the last users.info lookup failed, for admins told no
         self._following: set[asyncio.Task[None]] = set()
 
     async def requester(self, client: AsyncWebClient, team: str, channel: str, user: str) -> Requester:
@@ -56,8 +57,10 @@ class SlackBot:
         try:
             response = await asyncio.wait_for(call(client.users_info, attempts=1, user=user), self.lookup_timeout)
         except (SlackProblem, TimeoutError) as problem:
-            log.warning("could not look up whether %s is a workspace admin: %s", user, problem)
+            self.lookup_problem = str(problem) if isinstance(problem, SlackProblem) else "Slack did not answer in time."
+            log.warning("could not look up whether %s is a workspace admin: %s", user, self.lookup_problem)
             return False  # asked again next time
+        self.lookup_problem = None
         info: dict[str, Any] = response.get("user") or {}
         admin = bool(info.get("is_admin") or info.get("is_owner") or info.get("is_primary_owner"))
         self._admins[(team, user)] = (time.monotonic(), admin)
@@ -139,7 +142,8 @@ async def imagine_admin(ack: AsyncAck, command: dict[str, Any], context: AsyncBo
     bot = _bot(context)
     requester = await bot.requester(context.client, command["team_id"], command["channel_id"], command["user_id"])
     if not bot.service.is_admin(requester):
-        await ack(text=NOT_ADMIN, response_type="ephemeral")
+        why = f" I could not check whether you are one: {bot.lookup_problem}" if bot.lookup_problem else ""
+        await ack(text=NOT_ADMIN + why, response_type="ephemeral")
         return
     try:
         reply = await run_admin(bot.service, requester, blocks.unescape(command.get("text") or ""))

@@ -152,6 +152,9 @@ async def test_admin_commands_for_workspace_admins_and_bot_admins_only(tmp_path:
         assert "<@U0OWNER> resume" in audit and "<@U0ADMIN> set key=defaults.count" in audit
         assert "not an /imagine-admin subcommand" in (await bot.command("frobnicate", **admin))["text"]
         assert len(bot.slack.called("users.info")) == 3  # looked up once per user, then cached
+        bot.slack.fail("users.info", "missing_scope", needed="users:read")
+        refused = (await bot.command("settings", user="U0NEW", command="/imagine-admin"))["text"]
+        assert refused.startswith(NOT_ADMIN) and "missing the users:read permission" in refused
 
 
 async def test_slack_api_errors_are_retried_or_reported_with_the_missing_scope(
