@@ -38,8 +38,8 @@ def parse_button(action: str, value: str) -> Button | None:
         return None
     verb, *rest = action.removeprefix(ACTION_PREFIX).split(":")
     if verb == "pick" and rest:  # a select menu: the chosen option's value is "<job id>:<image index>"
-        value, _, index = value.partition(":")
-        verb, rest = rest[0], [index, *rest[1:]]
+        value, _, picked = value.partition(":")
+        verb, rest = rest[0], [picked, *rest[1:]]
     if verb not in _VERBS or not value:
         return None
     try:
