@@ -152,6 +152,7 @@ class WebAdapter:
 
     @property
     def service(self) -> Service:
+        """The service this adapter serves; set by start()."""
         assert self._service is not None, "start the adapter first"
         return self._service
 

@@ -86,13 +86,26 @@ class JobCard {
       element("div", { className: "who" }, title), this.status, this.bar, this.preview, this.buttons));
   }
 
+  // Read the job's event stream (fetch, so that a token can go with it); if the connection drops before
+  // the final event, for instance while the bot restarts, listen again: the stream starts from the top.
   async follow() {
-    const response = await fetch(`/api/jobs/${this.jobId}/events`, { headers: headers() });
-    if (!response.ok || !response.body) {
-      this.fail((await response.json().catch(() => ({}))).error || "Lost track of this job; reload the page.");
-      return;
+    for (let wait = 1000; !this.finished; wait = Math.min(wait * 2, 30000)) {
+      try {
+        const response = await fetch(`/api/jobs/${this.jobId}/events`, { headers: headers() });
+        if (response.status === 404 || response.status === 401) {
+          this.fail((await response.json().catch(() => ({}))).error || "Lost track of this job.");
+          return;
+        }
+        if (response.ok && response.body) await this.read(response.body);
+      } catch (error) {
+        // the bot is unreachable for now; try again below
+      }
+      if (!this.finished) await new Promise((resolve) => setTimeout(resolve, wait));
     }
-    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  }
+
+  async read(body) {
+    const reader = body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     for (;;) {
       const { value, done } = await reader.read();
@@ -104,13 +117,14 @@ class JobCard {
         buffer = buffer.slice(end + 2);
         const name = /^event: (.*)$/m.exec(block);
         const data = /^data: (.*)$/m.exec(block);
-        if (name && data) await this.on(name[1], JSON.parse(data[1]));
+        if (name && data && !this.finished) await this.on(name[1], JSON.parse(data[1]));
       }
     }
   }
 
   async on(name, data) {
     this.node.dataset.state = name;
+    if (["done", "failed", "cancelled"].includes(name)) this.finished = true;
     if (name === "queued") {
       this.status.textContent = `Queued: position ${data.position}`;
     } else if (name === "started") {
