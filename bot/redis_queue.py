@@ -13,6 +13,7 @@ Keys, all under one prefix (`janus` by default):
     jobs            stream + group "workers": jobs handed to a worker; an entry is acknowledged once its result
                     is stored, and entries a dead worker held are claimed by others after a visibility timeout
     out:<instance>  stream + group "bot": one bot instance's events (started, progress, final)
+    queued, cancel  pub/sub channels: a job was queued (idle workers wake up); a running job was cancelled
     result:<id>     a finished job's Done message (PNG bytes and token grids), kept for `result_ttl_s`
     worker:<name>   hash: a worker's health and counters, expiring unless the worker refreshes it
 
@@ -63,6 +64,7 @@ local function enqueue(p, id, user, msg, instance, count, limit)
     redis.call('ZADD', p .. 'ring', score, user)
   end
   redis.call('INCR', p .. 'waiting')
+  redis.call('PUBLISH', p .. 'queued', id)  -- wakes idle workers
 end
 
 -- 1-based place of job `id` in the fair order: depth by depth through the ring.
@@ -511,6 +513,8 @@ class RedisQueue:
         """Stop every worker from starting jobs (running ones finish), or let them start again."""
         key = f"{self._p}paused"
         await retrying("pausing the pool", lambda: self.client.set(key, "1") if paused else self.client.delete(key))
+        if not paused:
+            await retrying("waking the workers", lambda: self.client.publish(f"{self._p}queued", ""))
 
     async def position(self, job_id: str) -> int | None:
         """A waiting job's place in the whole pool's queue (1 is next); None once it has started."""

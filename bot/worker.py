@@ -84,6 +84,7 @@ class PoolWorker:
         self._held: dict[str, _Held] = {}
         self._taking = True
         self._info: dict[str, str] = {}
+        self._wake = asyncio.Event()  # a job was queued or a slot freed: look at the queue now
 
     @property
     def images_in_flight(self) -> int:
@@ -102,7 +103,7 @@ class PoolWorker:
         log.info("worker %s: %s on %s, %d image slots", self.name, ready.model, ready.device, self.slots)
         pump = asyncio.create_task(self._pump())
         loops = [asyncio.create_task(self._feed()), asyncio.create_task(self._heartbeat()),
-                 asyncio.create_task(self._cancels())]
+                 asyncio.create_task(self._listen())]
         await stop.wait()
         self._taking = False
         deadline = time.monotonic() + self.shutdown_grace
@@ -124,6 +125,7 @@ class PoolWorker:
     async def _feed(self) -> None:
         """Take jobs while image slots are free: first entries a dead worker left, then the next fair ones."""
         while self._taking:
+            self._wake.clear()
             took = 0
             free = self.slots - self.images_in_flight
             if free > 0 and getattr(self.generator, "pid", 0) is not None:  # not while the process restarts
@@ -138,8 +140,9 @@ class PoolWorker:
                 except Exception:
                     log.exception("taking jobs failed")
                     await asyncio.sleep(1.0)
-            if not took:
-                await asyncio.sleep(self.poll_s)
+            if not took:  # until told, or the next look for a silent worker's entries
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
 
     async def _take_fair(self, free: int) -> int:
         idle = "1" if not self._held else "0"
@@ -222,6 +225,7 @@ class PoolWorker:
         args: list[Arg] = [self._p, job_id, held.entry, final, done, self.result_ttl, OUT_MAXLEN]
         await retrying(f"storing the result of job {job_id}", lambda: self._finish(args=args))
         del self._held[job_id]
+        self._wake.set()
         if isinstance(message, Done):
             self.counters["jobs_done"] += 1
             self.counters["images_done"] += len(message.images)
@@ -252,15 +256,19 @@ class PoolWorker:
             pipe.expire(key, int(ttl))
             await pipe.execute()
 
-    async def _cancels(self) -> None:
-        """Stop jobs their users cancelled while this worker runs them."""
+    async def _listen(self) -> None:
+        """Wake up when a job is queued; stop jobs their users cancelled while this worker runs them."""
+        queued, cancel = f"{self._p}queued", f"{self._p}cancel"
         while True:
             try:
                 async with self.client.pubsub() as pubsub:
-                    await pubsub.subscribe(f"{self._p}cancel")
+                    await pubsub.subscribe(queued, cancel)
                     async for item in pubsub.listen():
-                        job_id = _s(item["data"]) if item.get("type") == "message" else ""
-                        if job_id in self._held:
+                        if item.get("type") != "message":
+                            continue
+                        if _s(item["channel"]) == queued:
+                            self._wake.set()
+                        elif (job_id := _s(item["data"])) in self._held:
                             await self.generator.cancel(job_id)
             except REDIS_DOWN:
                 await asyncio.sleep(1.0)
