@@ -63,6 +63,10 @@ class SharedQueue(Generator, Protocol):
         """Stop every worker from starting jobs (running ones finish), or let them start again."""
         ...
 
+    def positions(self) -> dict[str, int]:
+        """This instance's waiting jobs and their positions, as last reported."""
+        ...
+
     async def position(self, job_id: str) -> int | None:
         """A waiting job's position in the whole queue; None unless waiting."""
         ...

@@ -516,6 +516,10 @@ class RedisQueue:
         if not paused:
             await retrying("waking the workers", lambda: self.client.publish(f"{self._p}queued", ""))
 
+    def positions(self) -> dict[str, int]:
+        """This instance's waiting jobs and their positions, as last reported."""
+        return {job_id: place for job_id, place in self._waiting.items() if place > 0}
+
     async def position(self, job_id: str) -> int | None:
         """A waiting job's place in the whole pool's queue (1 is next); None once it has started."""
         order = [_str(j) for j in await self._order(args=[self._p])]

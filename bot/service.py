@@ -553,7 +553,7 @@ class Service:
 
     def stats(self) -> Stats:
         """Generator, queue and throughput figures for health checks and metrics."""
-        waiting = len(self._scheduler)
+        waiting = len(self._scheduler) if self._shared is None else len(self._shared.positions())
         return Stats(
             generator_up=self.ready is not None and self._accepting and getattr(self._generator, "pid", 0) is not None,
             model=self.ready.model if self.ready else None,
@@ -694,6 +694,11 @@ class Service:
     def queue(self, requester: Requester) -> list[JobStatus]:
         """Running then waiting jobs (the requester's server only, unless a bot admin)."""
         self._require_admin(requester)
+        if self._shared is not None:  # this instance's jobs, placed in the whole pool's queue
+            places = self._shared.positions()
+            shared = [JobStatus(j, places.get(j.id)) for j in self._jobs.values() if j.kind is not Kind.UPSCALE]
+            jobs = sorted(shared, key=lambda s: (s.position is not None, s.position or 0, s.job.created_at))
+            return [s for s in jobs if self._admin_of(requester, s.job)]
         positions = self._scheduler.positions()
         jobs = [JobStatus(self._jobs.get(j.id, j), None) for j in self._scheduler.running()]
         jobs += [JobStatus(j, positions[j.id]) for j in self._scheduler.waiting()]

@@ -154,6 +154,8 @@ async def test_cancel_a_waiting_job_from_its_instance(tmp_path: Path, redis_serv
         first = await a.submit(requester("alice"), "first", count=1)
         second = await a.submit(requester("bob"), "second", count=1)
         assert (await a.status(second.job.id)).position == 2  # type: ignore[union-attr]
+        assert [(s.job.id, s.position) for s in a.queue(OWNER)] == [(first.job.id, 1), (second.job.id, 2)]
+        assert a.stats().waiting == 2
         await a.cancel(requester("alice"), first.job.id)
         assert isinstance(await first.final(), Cancelled)
         events = [await second._events.get(), await asyncio.wait_for(second._events.get(), 5)]
