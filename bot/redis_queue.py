@@ -54,9 +54,9 @@ Arg = str | int | float  # a script argument
 
 # Where a user who enters the ring goes: after every user served less recently (never: first, by arrival).
 _ENQUEUE = """
-local function enqueue(p, id, user, msg, instance, count, limit)
+local function enqueue(p, id, user, msg, instance, count, limit, ttl)
   redis.call('HSET', p .. 'job:' .. id, 'msg', msg, 'user', user, 'instance', instance, 'count', count,
-             'limit', limit, 'state', 'waiting')
+             'limit', limit, 'ttl', ttl, 'state', 'waiting')
   redis.call('RPUSH', p .. 'q:' .. user, id)
   if not redis.call('ZSCORE', p .. 'ring', user) then
     local served = redis.call('HGET', p .. 'served', user)
@@ -86,7 +86,7 @@ end
 """
 
 # ARGV: prefix, id, user, msg, instance, count, limit (max running, 0 = none), max_queued (0 = none),
-# queue_cap, bucket key, bucket capacity (0 = none), bucket period, ban key.
+# queue_cap, bucket key, bucket capacity (0 = none), bucket period, ban key, result ttl.
 ADMIT = _ENQUEUE + """
 local p, id, user = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('EXISTS', p .. 'job:' .. id) == 1 then return {'ok', position(p, id, user)} end
@@ -109,13 +109,13 @@ if capacity > 0 then
   redis.call('HSET', key, 'tokens', tostring(tokens - 1), 'at', tostring(now))
   redis.call('EXPIRE', key, math.ceil(period) + 60)
 end
-enqueue(p, id, user, ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+enqueue(p, id, user, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[14])
 return {'ok', position(p, id, user)}
 """
 
 # A bot re-sends the jobs its last run left unfinished: keep what Redis has, re-publish a stored result,
 # queue the job again (past every limit: it was accepted already) only when Redis has lost it.
-# ARGV: prefix, id, user, msg, instance, count, limit.
+# ARGV: prefix, id, user, msg, instance, count, limit, stream length, result ttl.
 RESUBMIT = _ENQUEUE + """
 local p, id = ARGV[1], ARGV[2]
 local job = p .. 'job:' .. id
@@ -130,7 +130,7 @@ if state == 'done' and redis.call('HGET', job, 'final') then
   return 'final'
 end
 redis.call('DEL', job)
-enqueue(p, id, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+enqueue(p, id, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[9])
 return 'queued'
 """
 
@@ -194,11 +194,11 @@ return out
 FINISH = """
 local p, id, entry = ARGV[1], ARGV[2], ARGV[3]
 local job = p .. 'job:' .. id
-local state, user, instance = unpack(redis.call('HMGET', job, 'state', 'user', 'instance'))
+local state, user, instance, ttl = unpack(redis.call('HMGET', job, 'state', 'user', 'instance', 'ttl'))
 redis.call('XACK', p .. 'jobs', 'workers', entry)
 redis.call('XDEL', p .. 'jobs', entry)
 if state ~= 'running' then return 0 end
-local ttl = tonumber(ARGV[6])
+ttl = tonumber(ttl or ARGV[6])  -- the bot's [queue] result_ttl_s; the worker's default for older jobs
 if ARGV[5] ~= '' then
   redis.call('SET', p .. 'result:' .. id, ARGV[5], 'EX', ttl)
   redis.call('XADD', p .. 'out:' .. instance, 'MAXLEN', '~', ARGV[7], '*', 'result', id)
@@ -382,7 +382,8 @@ class RedisQueue:
         await self._requeue_message(msg, f"bot:{self.instance}", 0)
 
     async def _requeue_message(self, msg: Generate, user: str, limit: int) -> None:
-        args: list[Arg] = [self._p, msg.job_id, user, encode(msg), self.instance, msg.count, limit, OUT_MAXLEN]
+        args: list[Arg] = [self._p, msg.job_id, user, encode(msg), self.instance, msg.count, limit, OUT_MAXLEN,
+                           self.result_ttl]
         outcome = _str(await retrying("re-queueing a job", lambda: self._resubmit(args=args)))
         if outcome in ("kept", "queued"):
             self._waiting.setdefault(msg.job_id, 0)
@@ -472,6 +473,7 @@ class RedisQueue:
             0 if admin else limits.jobs_per_period,
             limits.period_s,
             ban_key(r.platform, r.server, r.user),
+            self.result_ttl,
         ]  # fmt: skip
         try:
             verdict, value = await self._admit(args=args)

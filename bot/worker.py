@@ -64,7 +64,7 @@ class PoolWorker:
         name: str,
         prefix: str = "janus",
         visibility_timeout: float = 60.0,
-        result_ttl: float = 86400.0,
+        result_ttl: float = 86400.0,  # for jobs queued without one (each bot sets [queue] result_ttl_s)
         poll_s: float = 0.1,
         shutdown_grace: float = 10.0,
     ) -> None:
@@ -293,8 +293,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", default="janus", help="Redis key prefix shared with the bots (default janus)")
     parser.add_argument("--visibility-timeout", type=float, default=60.0, metavar="S",
                         help="seconds after which a silent worker's jobs are claimed by others (default 60)")
-    parser.add_argument("--result-ttl", type=float, default=86400.0, metavar="S",
-                        help="seconds finished images are kept in Redis for their bot (default 86400)")
     parser.add_argument("--poll", type=float, default=0.1, metavar="S", help="seconds between looks at the queue")
     parser.add_argument("--preview-every", type=int, metavar="K", help="steps between previews; 0 for none")
     parser.add_argument("--shutdown-grace", type=float, default=10.0, metavar="S",
@@ -314,7 +312,7 @@ async def serve(args: argparse.Namespace) -> int:
     client = connect(args.redis)
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
     worker = PoolWorker(client, generator, name=name, prefix=args.prefix,
-                        visibility_timeout=args.visibility_timeout, result_ttl=args.result_ttl, poll_s=args.poll,
+                        visibility_timeout=args.visibility_timeout, poll_s=args.poll,
                         shutdown_grace=args.shutdown_grace)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -60,7 +60,7 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "bot.worker", "--redis", url, "--model", str(model), "--device", "cpu",
             "--max-batch-images", str(slots), "--name", name, "--visibility-timeout", str(VISIBILITY_S),
-            "--poll", "0.05", "--preview-every", "0", "--shutdown-grace", "0", "--result-ttl", "600"]
+            "--poll", "0.05", "--preview-every", "0", "--shutdown-grace", "0"]
     if step_delay:
         args += ["--step-delay", str(step_delay)]
     return subprocess.Popen(args, cwd=ROOT, stdout=(logs / f"{name}.log").open("ab"), stderr=subprocess.STDOUT)
