@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from bot.adapters.web import WebAdapter
 from bot.app import App
-from tests.bot.helpers import settings
+from tests.bot.helpers import FakeGenerator, running, settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -99,6 +100,38 @@ async def test_imagine_reroll_and_upscale_in_the_browser(tmp_path: Path, tiny_di
             ARTIFACTS.mkdir(exist_ok=True)
             await page.add_style_tag(content="header, #composer { position: static; }")  # one full-page picture
             await page.screenshot(path=ARTIFACTS / "web-playground.png", full_page=True)
+        finally:
+            await browser.close()
+            await adapter.close()
+
+
+async def test_the_page_asks_for_the_token_and_sends_it(tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    config = settings(tmp_path / "data", web={"port": 0})
+    async with running(config, FakeGenerator(steps=4, step_delay=0.05)) as (service, _, _), async_playwright() as pw:
+        adapter = WebAdapter(config.web, config.bot.data_dir, token="s3cret")
+        await adapter.start(service)
+        browser = await pw.chromium.launch_persistent_context(
+            tmp_path / "profile", executable_path=str(CHROMIUM), args=ARGS, headless=True
+        )
+        try:
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            await page.goto(adapter.url)
+            await expect(page.locator("#token-field")).to_be_hidden()
+            await page.fill("#user", "ada")
+            await page.fill("#command", "a red fox")
+            await page.press("#command", "Enter")
+            await expect(page.locator(".refused").last).to_contain_text("needs an access token")
+            await expect(page.locator("#token-field")).to_be_visible()
+            await page.fill("#token", "s3cret")
+            await page.press("#token", "Tab")  # "change" stores it
+            await page.fill("#command", "/imagine a red fox --count 2")
+            await page.press("#command", "Enter")
+            job = page.locator(".job").nth(0)
+            await expect(job.locator(".status")).to_have_text(re.compile(r"Done: 2 images, seed \d+\."))
+            assert await job.locator("img.grid").evaluate("img => img.naturalWidth") > 0  # fetched with the token
         finally:
             await browser.close()
             await adapter.close()
