@@ -17,7 +17,8 @@ from PIL import Image
 from bot.adapters import configured_adapters
 from bot.adapters.discord import DiscordAdapter
 from bot.app import App
-from bot.config import Secrets
+from bot.config import Secrets, Settings
+from bot.generator import Generator
 from bot.jobs import Job, Kind, Status, Strength
 from bot.service import Service
 from tests.bot.adapters.fake_discord import EPHEMERAL, FakeDiscord, Interaction, Message, fake_discord
@@ -33,20 +34,32 @@ class Bot:
     adapter: DiscordAdapter
 
 
+def bot_settings(data_dir: Path, **sections: dict[str, Any]) -> Settings:
+    """Test settings with every progress edit shown at once and small upscales."""
+    return settings(data_dir, **{"discord": {"edit_every_s": 0}, "images": {"upscale_px": 64}, **sections})
+
+
+@contextlib.asynccontextmanager
+async def connected(config: Settings, generator: Generator | None) -> AsyncIterator[tuple[Service, DiscordAdapter]]:
+    """The whole bot (store, service, Discord adapter) connected to the fake Discord; without a generator it
+    runs the generator process of the configured model."""
+    adapter = DiscordAdapter(config, "token", guild_ready_timeout=0.05)
+    async with App(config, generator, on_recovered=adapter.recovered) as app:
+        await adapter.start(app.service)
+        try:
+            yield app.service, adapter
+        finally:
+            await adapter.close()
+
+
 @contextlib.asynccontextmanager
 async def discord_bot(
     data_dir: Path, generator: FakeGenerator | None = None, **sections: dict[str, Any]
 ) -> AsyncIterator[Bot]:
-    """The whole bot (store, service, Discord adapter) on a fake generator, connected to the fake Discord."""
-    config = settings(data_dir, **{"discord": {"edit_every_s": 0}, "images": {"upscale_px": 64}, **sections})
+    """The whole bot on a fake generator."""
     fake = generator or FakeGenerator(steps=4, step_delay=0.005)
-    adapter = DiscordAdapter(config, "token", guild_ready_timeout=0.05)
-    async with App(config, fake, on_recovered=adapter.recovered) as app:
-        await adapter.start(app.service)
-        try:
-            yield Bot(app.service, fake, adapter)
-        finally:
-            await adapter.close()
+    async with connected(bot_settings(data_dir, **sections), fake) as (service, adapter):
+        yield Bot(service, fake, adapter)
 
 
 @pytest_asyncio.fixture
@@ -64,7 +77,7 @@ def job_id(message: Message) -> str:
     return message.custom_ids[0].split(":")[2]
 
 
-async def finished(discord: FakeDiscord, message_of: Any) -> Message:
+async def finished(discord: FakeDiscord, message_of: Any, timeout: float = 10) -> Message:
     """Wait until a message shows a final state (a grid, or no buttons and a failure or cancellation)."""
 
     def done() -> Message | None:
@@ -74,7 +87,7 @@ async def finished(discord: FakeDiscord, message_of: Any) -> Message:
         final = any(name.endswith(".png") and name != "preview.png" for name in message.files)
         return message if final or "(failed)" in message.content or "(cancelled)" in message.content else None
 
-    return await discord.wait_for(done)
+    return await discord.wait_for(done, timeout)
 
 
 async def delivered(discord: FakeDiscord, service: Service, job: str) -> Job:
@@ -291,8 +304,8 @@ async def test_admin_commands_change_behaviour_and_are_refused_for_others(discor
 
         assert f"<@{bob['id']}>: 2 jobs, 2 images" in await admin(alice, "usage")
         assert "ban" in await admin(alice, "audit")
-        job = job_id(waiting.original)
-        assert "already finished" in await admin(alice, "cancel", job=job)
+        done = await finished(discord, original(waiting))
+        assert "already finished" in await admin(alice, "cancel", job=job_id(done))
 
 
 async def test_direct_messages_work_with_their_own_settings(discord: FakeDiscord, tmp_path: Path) -> None:
@@ -341,7 +354,7 @@ async def test_after_a_restart_old_buttons_work_and_missed_results_are_posted(
         await bot.adapter.close()  # Discord goes first; the running job then finishes within the grace period
         bot.generator.hold.set()
     # The old messages stopped where the bot stopped; the results go to new channel messages.
-    assert "next in line" in running.original.content and "next in line" in waiting.original.content
+    assert all(i.original and "next in line" in i.original.content for i in (running, waiting))
 
     async with discord_bot(tmp_path) as bot:
         posted = await discord.wait_for(lambda: len(discord.channel_messages()) == 2 and discord.channel_messages())
@@ -363,3 +376,17 @@ async def test_after_a_restart_old_buttons_work_and_missed_results_are_posted(
     async with discord_bot(tmp_path) as bot:  # delivered results are not posted again
         await asyncio.sleep(0.1)
         assert len(discord.channel_messages()) == 2
+
+
+async def test_with_the_real_tiny_model_the_grid_has_its_size_and_previews_fill_in(
+    discord: FakeDiscord, tmp_path: Path, tiny_dir: Path
+) -> None:
+    model = {"name": str(tiny_dir), "device": "cpu"}
+    config = bot_settings(tmp_path, model=model, generator={"max_batch_images": 4})
+    async with connected(config, None) as (service, _):
+        interaction = await discord.imagine(discord.user("alice"), "a tiny harbour", count=2, seed="5")
+        message = await finished(discord, original(interaction), timeout=60)
+        job = await delivered(discord, service, job_id(message))
+        assert size(message.files[f"{job.id}-grid.png"]) == (2 * 96, 96)  # two 96 px images side by side
+        assert any("preview.png" in h["files"] for h in message.history)
+        assert "seed 5" in message.content
