@@ -436,8 +436,8 @@ class RedisQueue:
             if "result" in fields:
                 job_id = _str(fields["result"])
                 stored = await retrying("reading a result", lambda: self.client.get(f"{self._p}result:{job_id}"))
-                if stored is None:
-                    log.error("the result of job %s expired before this bot read it", job_id)
+                if stored is None:  # away longer than result_ttl_s: the restart re-queued the job (RESUBMIT)
+                    log.warning("the result of job %s expired before this bot read it; it is made again", job_id)
                     return None
                 return decode(stored)
             return decode(fields["msg"])

@@ -20,7 +20,8 @@ from bot.jobs import Cancelled, Done, Queued, Refused, Started
 from bot.redis_queue import TAKE, RedisQueue, connect, pool_health
 from bot.service import Handle, Service
 from bot.store import Store
-from tests.bot.helpers import OWNER, requester, settings
+from bot.worker import PoolWorker
+from tests.bot.helpers import OWNER, FakeGenerator, requester, settings
 from tests.bot.redis_server import RedisServer
 
 ROOT = Path(__file__).parents[2]
@@ -184,6 +185,42 @@ async def test_workers_take_jobs_round_robin_across_users_and_instances_unless_p
         finally:
             await client.aclose()
         assert order == [alice[0].job.id, bob.job.id, alice[1].job.id, alice[2].job.id]
+
+
+async def test_a_bot_away_longer_than_its_results_are_kept_gets_the_job_made_again(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    url = redis_server.url
+    async with shared(tmp_path / "a", url, "a") as a:
+        job_id = (await a.submit(requester("alice"), "while you were away", count=1)).job.id
+    client = connect(url)
+    try:
+        # A worker (with a torch-free generator) makes the job while the bot is down, and the result expires.
+        async with pool_worker(client, "w1") as first:
+            await until(lambda: done(first, 1), 10, "the job to be made")
+        await client.delete(f"janus:result:{job_id}")
+        async with pool_worker(client, "w2") as second, shared(tmp_path / "a", url, "a") as a:
+            final = await asyncio.wait_for((await a.watch(job_id)).final(), 10)
+            assert isinstance(final, Done) and second.counters["jobs_done"] == 1
+    finally:
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def pool_worker(client: Any, name: str) -> AsyncIterator[PoolWorker]:
+    """An in-process worker on the fake generator of the service tests."""
+    worker = PoolWorker(client, FakeGenerator(), name=name, poll_s=0.05)
+    stop_worker = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop_worker))
+    try:
+        yield worker
+    finally:
+        stop_worker.set()
+        await running
+
+
+async def done(worker: PoolWorker, n: int) -> bool:
+    return worker.counters["jobs_done"] == n
 
 
 # -- the pool with real workers -------------------------------------------------------------------------
