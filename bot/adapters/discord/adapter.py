@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 
+import discord
+
 from bot.adapters.discord.client import PLATFORM, ImagineClient
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.service import Handle, Service
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,12 @@ class DiscordAdapter:
         self._client = ImagineClient(service, self._settings, guild_ready_timeout=self._guild_ready_timeout)
         try:
             await self._client.login(self._token)
+        except discord.LoginFailure:
+            await self._client.close()
+            raise ConfigError(
+                "DISCORD_TOKEN: Discord does not accept this token; copy a new one from the developer portal "
+                "(your application -> Bot -> Reset Token)"
+            ) from None
         except BaseException:
             await self._client.close()
             raise

@@ -17,7 +17,7 @@ from PIL import Image
 from bot.adapters import configured_adapters
 from bot.adapters.discord import DiscordAdapter
 from bot.app import App
-from bot.config import Secrets, Settings
+from bot.config import ConfigError, Secrets, Settings
 from bot.generator import Generator
 from bot.jobs import Job, Kind, Status, Strength
 from bot.service import Service
@@ -181,6 +181,13 @@ async def test_progress_edits_are_spaced_out_and_the_result_is_not_held_back(
 async def test_a_discord_token_turns_the_adapter_on(tmp_path: Path) -> None:
     config = settings(tmp_path).model_copy(update={"secrets": Secrets(discord_token="token")})
     assert [adapter.platform for adapter in configured_adapters(config, {})] == ["discord"]
+
+
+async def test_a_token_discord_refuses_stops_the_bot_with_one_line(discord: FakeDiscord, tmp_path: Path) -> None:
+    config = bot_settings(tmp_path)
+    async with App(config, FakeGenerator()) as app:
+        with pytest.raises(ConfigError, match="^DISCORD_TOKEN: Discord does not accept this token"):
+            await DiscordAdapter(config, "not the token").start(app.service)
 
 
 async def test_anyone_may_press_reroll_upscale_and_variations_and_the_new_job_is_theirs(
