@@ -333,6 +333,23 @@ async def pool_metrics(client: aioredis.Redis, prefix: str = "janus") -> str:
     return "\n".join(lines) + "\n"
 
 
+async def describe_pool(url: str, prefix: str = "janus") -> str:
+    """`janus-bot pool`: waiting jobs, then one line per worker."""
+    async with opened(url) as client:
+        waiting = int(await client.get(f"{prefix}:waiting") or 0)
+        workers = await pool_health(client, prefix)
+    lines = [f"{waiting} job(s) waiting, {len(workers)} worker(s)"]
+    for w in workers:
+        f = w.fields
+        lines.append(
+            f"  {w.name}: {f.get('model', '?')} on {f.get('device', '?')} ({f.get('host', '?')}), "
+            f"{f.get('images_in_flight', 0)}/{f.get('slots', 0)} slots busy, {f.get('jobs_running', 0)} running, "
+            f"{f.get('jobs_done', 0)} done, {f.get('jobs_failed', 0)} failed, {f.get('jobs_claimed', 0)} claimed; "
+            f"seen {w.age_s:.0f}s ago"
+        )
+    return "\n".join(lines)
+
+
 class RedisQueue:
     """bot.generator.SharedQueue over Redis: this bot instance's side of the shared queue.
 

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     # Parsed by bot.worker itself (see main); listed here for `janus-bot -h`.
     commands.add_parser("worker", add_help=False,
                         help="run a GPU worker of the Redis pool: janus-bot worker --redis URL [--model ...]")
+    pool = commands.add_parser("pool", help="show the Redis pool: waiting jobs and each worker's health")
+    pool.add_argument("--redis", required=True, metavar="URL", help="the pool's Redis, redis://host:6379/0")
+    pool.add_argument("--prefix", default="janus", help="Redis key prefix shared by the pool (default janus)")
 
     train = commands.add_parser("train-demo", help="train the built-in demo model on synthetic scenes (CPU, minutes)")
     train.add_argument("out_dir", metavar="OUT_DIR")
@@ -133,6 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo.run(args)
     if args.command == "run":
         return _run_bot(args)
+    if args.command == "pool":
+        import asyncio
+
+        from bot.redis_queue import describe_pool
+
+        print(asyncio.run(describe_pool(args.redis, args.prefix)))
+        return 0
     raise AssertionError(args.command)
 
 
