@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import logging
+from typing import Any
 
 import discord
 
@@ -30,9 +31,13 @@ class Reply:
         self._job = job
         self._interaction = interaction
         self._message: discord.PartialMessage | discord.Message | None = None
+        self._files: dict[str, bytes] = {}
 
-    async def show(self, content: str, files: dict[str, bytes], view: discord.ui.View | None) -> None:
-        """Put `content`, the files (replacing earlier ones) and the buttons on the job's message."""
+    async def show(self, content: str, files: dict[str, bytes] | None, view: discord.ui.View | None) -> None:
+        """Put `content` and the buttons on the job's message, and `files` in place of the earlier ones (None
+        keeps them: a progress edit without a new preview uploads nothing)."""
+        if files is not None:
+            self._files = files
         if self._interaction is not None and not self._interaction.is_expired():
             try:
                 await self._interaction.edit_original_response(
@@ -40,6 +45,8 @@ class Reply:
                 )
                 return
             except discord.HTTPException as error:
+                if error.status not in (401, 404):  # 401: the token has expired; 404: someone deleted the message
+                    raise
                 log.info("job %s: interaction message gone (%s); posting in the channel", self._job.id, error.status)
         self._interaction = None
         if self._message is not None:
@@ -51,13 +58,16 @@ class Reply:
         channel = self._client.get_partial_messageable(int(self._job.requester.channel))
         self._message = await channel.send(
             content=content,
-            files=_files(files),
+            files=_files(self._files),
             view=view or discord.utils.MISSING,
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
         )
 
 
-def _files(files: dict[str, bytes]) -> list[discord.File]:
+def _files(files: dict[str, bytes] | None) -> Any:
+    """Fresh uploads (a discord.File is read once), or MISSING to leave the attachments alone."""
+    if files is None:
+        return discord.utils.MISSING
     return [discord.File(io.BytesIO(data), filename=name) for name, data in files.items()]
 
 
@@ -67,7 +77,7 @@ def _content(job: Job, event: Event) -> tuple[str, dict[str, bytes], discord.ui.
         return text, {messages.file_name(job, event): event.grid}, messages.result_view(job)
     if isinstance(event, FINAL_EVENTS):
         return text, {}, None
-    return text, {}, messages.working_view(job)
+    return text, {}, messages.working_view(job)  # files: the preview, which follow() keeps
 
 
 async def follow(service: Service, handle: Handle, reply: Reply, every_s: float) -> None:
@@ -77,19 +87,23 @@ async def follow(service: Service, handle: Handle, reply: Reply, every_s: float)
     final state is shown the job is marked delivered, so a restart does not post it again.
     """
     job = handle.job
-    latest: list[Event] = []
+    state: Event | None = None
     preview: dict[str, bytes] = {}
+    shown: dict[str, bytes] | None = None  # the preview on the message (None: nothing shown yet)
     changed = asyncio.Event()
     showing = asyncio.Lock()
 
     async def editor() -> None:
+        nonlocal shown
         while True:
             await changed.wait()
             changed.clear()
-            content, _, view = _content(job, latest[-1])
+            assert state is not None
+            content, _, view = _content(job, state)
+            files, shown = (None if preview is shown else preview), preview
             async with showing:
                 try:
-                    await reply.show(content, preview, view)
+                    await reply.show(content, files, view)
                 except discord.HTTPException as error:
                     log.warning("job %s: could not show progress: %s", job.id, error)
             await asyncio.sleep(every_s)
@@ -101,7 +115,7 @@ async def follow(service: Service, handle: Handle, reply: Reply, every_s: float)
                 break
             if isinstance(event, Progress) and event.preview is not None:
                 preview = {messages.file_name(job, event): event.preview}
-            latest[:] = [event]
+            state = event
             changed.set()
     except BaseException:
         task.cancel()

@@ -60,15 +60,11 @@ class Message:
         """The custom ids of the message's buttons and menus, in order."""
         return [c["custom_id"] for row in self.components for c in row.get("components", []) if "custom_id" in c]
 
-    def snapshot(self) -> None:
-        self.history.append(
-            {
-                "content": self.content,
-                "files": sorted(self.files),
-                "custom_ids": self.custom_ids,
-                "at": time.monotonic(),
-            }
-        )
+    def snapshot(self, uploaded: list[str]) -> None:
+        self.history.append({
+            "content": self.content, "files": sorted(self.files), "uploaded": uploaded, "custom_ids": self.custom_ids,
+            "at": time.monotonic(),
+        })  # fmt: skip
 
 
 @dataclass
@@ -416,7 +412,7 @@ class FakeDiscord:
             message.files = kept
         else:
             message.files.update(dict(files))
-        message.snapshot()
+        message.snapshot([name for name, _ in files])
 
     def _new_message(self, channel_id: int, token: str | None = None) -> Message:
         message = Message(self.snowflake(), channel_id, interaction_token=token)

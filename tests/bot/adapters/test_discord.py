@@ -160,6 +160,8 @@ async def test_imagine_defers_then_edits_one_message_to_a_grid_with_buttons(
         assert any("generating, " in s for s in states)
         working = [h for h in message.history if "preview.png" in h["files"]]
         assert working and all(h["custom_ids"] == [f"imagine:cancel:{job}"] for h in working)
+        uploads = [h["uploaded"] for h in message.history if h["uploaded"]]
+        assert 1 <= uploads.count(["preview.png"]) <= 2  # the fake makes two previews; edits between upload none
         assert (await delivered(discord, bot.service, job)).requester.user == alice["id"]
 
 
