@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -46,6 +47,7 @@ def redis_generator(settings: Settings) -> Generator:
         max_batch_images=settings.generator.max_batch_images,
         result_ttl=q.result_ttl_s,
         poll_s=q.poll_s,
+        result_dir=Path(q.result_dir) if q.result_dir else None,
     )
 
 

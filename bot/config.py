@@ -77,6 +77,7 @@ class QueueSettings(_Section):
     instance: str = Field(default="bot", min_length=1, pattern=r"^[\w.-]+$")  # one per platform/shard
     result_ttl_s: float = Field(default=86400.0, gt=0)
     poll_s: float = Field(default=0.5, gt=0)
+    result_dir: str = ""  # a directory the workers share with this bot; empty: results travel through Redis
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")

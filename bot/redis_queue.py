@@ -14,7 +14,8 @@ Keys, all under one prefix (`janus` by default):
                     is stored, and entries a dead worker held are claimed by others after a visibility timeout
     out:<instance>  stream + group "bot": one bot instance's events (started, progress, final)
     queued, cancel  pub/sub channels: a job was queued (idle workers wake up); a running job was cancelled
-    result:<id>     a finished job's Done message (PNG bytes and token grids), kept for `result_ttl_s`
+    result:<id>     a finished job's Done message (PNG bytes and token grids), kept for `result_ttl_s`; with a
+                    shared result directory the message is the file <dir>/<id>.json instead
     worker:<name>   hash: a worker's health and counters, expiring unless the worker refreshes it
 
 Every decision that must hold across instances (admission against limits, bans and the cap; the fair pick of
@@ -30,6 +31,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -121,6 +123,10 @@ local p, id = ARGV[1], ARGV[2]
 local job = p .. 'job:' .. id
 local state = redis.call('HGET', job, 'state')
 if state == 'waiting' or state == 'running' then return 'kept' end
+if state == 'done' and redis.call('HGET', job, 'stored') == 'file' then
+  redis.call('XADD', p .. 'out:' .. ARGV[5], 'MAXLEN', '~', ARGV[8], '*', 'file', id)
+  return 'file'
+end
 if state == 'done' and redis.call('EXISTS', p .. 'result:' .. id) == 1 then
   redis.call('XADD', p .. 'out:' .. ARGV[5], 'MAXLEN', '~', ARGV[8], '*', 'result', id)
   return 'result'
@@ -189,8 +195,8 @@ return out
 """
 
 # A job ended on a worker: store its result, tell its bot, acknowledge the entry; a second finish (a worker
-# thought dead that was only slow) only acknowledges. ARGV: prefix, id, entry, final message, Done message
-# or '', result ttl.
+# thought dead that was only slow) only acknowledges. ARGV: prefix, id, entry, final message or '', Done
+# message or '', result ttl, stream length, '1' when the Done message was written to the shared directory.
 FINISH = """
 local p, id, entry = ARGV[1], ARGV[2], ARGV[3]
 local job = p .. 'job:' .. id
@@ -199,7 +205,10 @@ redis.call('XACK', p .. 'jobs', 'workers', entry)
 redis.call('XDEL', p .. 'jobs', entry)
 if state ~= 'running' then return 0 end
 ttl = tonumber(ttl or ARGV[6])  -- the bot's [queue] result_ttl_s; the worker's default for older jobs
-if ARGV[5] ~= '' then
+if ARGV[8] == '1' then
+  redis.call('HSET', job, 'stored', 'file')
+  redis.call('XADD', p .. 'out:' .. instance, 'MAXLEN', '~', ARGV[7], '*', 'file', id)
+elseif ARGV[5] ~= '' then
   redis.call('SET', p .. 'result:' .. id, ARGV[5], 'EX', ttl)
   redis.call('XADD', p .. 'out:' .. instance, 'MAXLEN', '~', ARGV[7], '*', 'result', id)
 else
@@ -233,6 +242,16 @@ if state == 'running' then
   return 'running'
 end
 return ''
+"""
+
+# A finished job whose result is gone (its file was deleted): queue it again as it was. ARGV: prefix, id.
+REDO = _ENQUEUE + """
+local p, id = ARGV[1], ARGV[2]
+local job = redis.call('HMGET', p .. 'job:' .. id, 'msg', 'user', 'instance', 'count', 'limit', 'ttl', 'state')
+if not job[1] or job[7] ~= 'done' then return 0 end
+redis.call('DEL', p .. 'job:' .. id)
+enqueue(p, id, job[2], job[1], job[3], job[4], job[5], job[6] or '86400')
+return 1
 """
 
 # Every waiting job id in the fair order (depth by depth through the ring). ARGV: prefix.
@@ -367,9 +386,11 @@ class RedisQueue:
         max_batch_images: int = 16,
         result_ttl: float = 86400.0,
         poll_s: float = 0.5,
+        result_dir: Path | None = None,
     ) -> None:
         self.client = client
         self.instance = instance
+        self.result_dir = result_dir
         self.max_batch_images = max_batch_images
         self.result_ttl = int(result_ttl)
         self.poll_s = poll_s
@@ -380,6 +401,7 @@ class RedisQueue:
         self._resubmit = client.register_script(RESUBMIT)
         self._cancel = client.register_script(CANCEL)
         self._order = client.register_script(ORDER)
+        self._redo = client.register_script(REDO)
         self._waiting: dict[str, int] = {}  # this instance's jobs not yet started -> last position told
         self._closed = asyncio.Event()
 
@@ -457,9 +479,22 @@ class RedisQueue:
                     log.warning("the result of job %s expired before this bot read it; it is made again", job_id)
                     return None
                 return decode(stored)
+            if "file" in fields:
+                return await self._read_result_file(_str(fields["file"]))
             return decode(fields["msg"])
         except (KeyError, ValueError, TypeError) as error:
             log.warning("ignored an event that could not be read: %s", error)
+            return None
+
+    async def _read_result_file(self, job_id: str) -> Message | None:
+        if self.result_dir is None:
+            log.error("job %s's result is in a shared directory, but [queue] result_dir is not set", job_id)
+            return None
+        try:
+            return decode(await asyncio.to_thread(result_path(self.result_dir, job_id).read_bytes))
+        except FileNotFoundError:
+            log.warning("the result file of job %s is gone; it is made again", job_id)
+            await retrying("re-queueing a job", lambda: self._redo(args=[self._p, job_id]))
             return None
 
     async def _positions(self) -> list[Waiting]:
@@ -547,6 +582,11 @@ class RedisQueue:
     async def metrics(self) -> str:
         """The pool's metrics in Prometheus' text format."""
         return await pool_metrics(self.client, self._prefix)
+
+
+def result_path(directory: Path, job_id: str) -> Path:
+    """Where a worker writes a finished job's Done message in the shared result directory."""
+    return directory / f"{job_id}.json"
 
 
 def ban_key(platform: str, server: str, user: str) -> str:

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -37,11 +38,13 @@ from bot.redis_queue import (
     Arg,
     connect,
     ensure_group,
+    result_path,
     retrying,
 )
 from generator.protocol import Cancelled, Done, Failed, Message, Progress, Started, decode, encode
 
 log = logging.getLogger(__name__)
+PRUNE_EVERY_S = 600.0  # how often a worker deletes result files older than the result ttl
 
 
 @dataclass
@@ -67,8 +70,11 @@ class PoolWorker:
         result_ttl: float = 86400.0,  # for jobs queued without one (each bot sets [queue] result_ttl_s)
         poll_s: float = 0.1,
         shutdown_grace: float = 10.0,
+        result_dir: Path | None = None,
     ) -> None:
         self.client = client
+        self.result_dir = result_dir  # shared with the bots: results go there instead of into Redis
+        self._next_prune = 0.0
         self.generator = generator
         self.name = name
         self.visibility_timeout = visibility_timeout
@@ -93,6 +99,8 @@ class PoolWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then let running jobs finish for the grace period and stop the generator."""
+        if self.result_dir is not None:
+            self.result_dir.mkdir(parents=True, exist_ok=True)
         ready = await self.generator.start()
         self.slots = ready.max_batch_images
         self._info = {"model": ready.model, "device": ready.device, "host": socket.gethostname(),
@@ -222,7 +230,11 @@ class PoolWorker:
         held = self._held[job_id]
         done = encode(message) if isinstance(message, Done) else ""
         final = "" if done else encode(message)
-        args: list[Arg] = [self._p, job_id, held.entry, final, done, self.result_ttl, OUT_MAXLEN]
+        in_file = ""
+        if done and self.result_dir is not None:
+            await asyncio.to_thread(self._write_result, job_id, done)
+            done, in_file = "", "1"
+        args: list[Arg] = [self._p, job_id, held.entry, final, done, self.result_ttl, OUT_MAXLEN, in_file]
         await retrying(f"storing the result of job {job_id}", lambda: self._finish(args=args))
         del self._held[job_id]
         self._wake.set()
@@ -233,6 +245,24 @@ class PoolWorker:
             self.counters["jobs_failed"] += 1
         else:
             self.counters["jobs_cancelled"] += 1
+
+    def _write_result(self, job_id: str, done: str) -> None:
+        """The Done message into the shared directory, whole and on disk; files older than the ttl go."""
+        assert self.result_dir is not None
+        path = result_path(self.result_dir, job_id)
+        partial = path.with_name(f".{path.name}.{self.name}.partial")
+        with partial.open("w") as f:
+            f.write(done)
+            f.flush()
+            os.fsync(f.fileno())
+        partial.replace(path)
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_EVERY_S
+            old = time.time() - self.result_ttl
+            for stale in self.result_dir.glob("*.json"):
+                with contextlib.suppress(OSError):
+                    if stale.stat().st_mtime < old:
+                        stale.unlink()
 
     # -- keeping entries and health fresh --
 
@@ -293,6 +323,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", default="janus", help="Redis key prefix shared with the bots (default janus)")
     parser.add_argument("--visibility-timeout", type=float, default=60.0, metavar="S",
                         help="seconds after which a silent worker's jobs are claimed by others (default 60)")
+    parser.add_argument("--result-dir", metavar="DIR",
+                        help="write finished images to this directory shared with the bots ([queue] result_dir) "
+                             "instead of into Redis")
     parser.add_argument("--poll", type=float, default=0.1, metavar="S", help="seconds between looks at the queue")
     parser.add_argument("--preview-every", type=int, metavar="K", help="steps between previews; 0 for none")
     parser.add_argument("--shutdown-grace", type=float, default=10.0, metavar="S",
@@ -313,6 +346,7 @@ async def serve(args: argparse.Namespace) -> int:
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
     worker = PoolWorker(client, generator, name=name, prefix=args.prefix,
                         visibility_timeout=args.visibility_timeout, poll_s=args.poll,
+                        result_dir=Path(args.result_dir) if args.result_dir else None,
                         shutdown_grace=args.shutdown_grace)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -42,11 +42,13 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @contextlib.asynccontextmanager
-async def shared(data_dir: Path, url: str, instance: str, **limits: Any) -> AsyncIterator[Service]:
+async def shared(
+    data_dir: Path, url: str, instance: str, result_dir: Path | None = None, **limits: Any
+) -> AsyncIterator[Service]:
     """A started service on the Redis pool with its own store, as one bot instance."""
     config = settings(data_dir, limits=limits, queue={"backend": "redis", "redis_url": url, "instance": instance,
                                                       "poll_s": 0.1})
-    queue = RedisQueue(connect(url), instance=instance, max_batch_images=16, poll_s=0.1)
+    queue = RedisQueue(connect(url), instance=instance, max_batch_images=16, poll_s=0.1, result_dir=result_dir)
     async with await Store.open(data_dir) as store:
         service = Service(config, store, queue)
         await service.start()
@@ -206,10 +208,34 @@ async def test_a_bot_away_longer_than_its_results_are_kept_gets_the_job_made_aga
         await client.aclose()
 
 
+async def test_results_through_a_shared_directory_and_a_lost_file_made_again(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    url, results = redis_server.url, tmp_path / "results"
+    client = connect(url)
+    try:
+        async with pool_worker(client, "w1", results), shared(tmp_path / "a", url, "a", results) as a:
+            handles = [await a.submit(requester(f"u{i}"), f"via a file {i}", count=2) for i in range(3)]
+            for handle in handles:
+                final = await asyncio.wait_for(handle.final(), 10)
+                assert isinstance(final, Done) and len(final.images) == 2
+            assert sorted(p.name for p in results.iterdir()) == sorted(f"{h.job.id}.json" for h in handles)
+            assert not [key async for key in client.scan_iter(match="janus:result:*")]  # nothing in Redis
+            job_id = (await a.submit(requester("alice"), "lost while you were away", count=1)).job.id
+            await a.close()
+            await until(lambda: asyncio.sleep(0, (results / f"{job_id}.json").exists()), 10, "the result file")
+        (results / f"{job_id}.json").unlink()
+        async with pool_worker(client, "w2", results) as second, shared(tmp_path / "a", url, "a", results) as a:
+            final = await asyncio.wait_for((await a.watch(job_id)).final(), 10)
+            assert isinstance(final, Done) and second.counters["jobs_done"] == 1
+    finally:
+        await client.aclose()
+
+
 @contextlib.asynccontextmanager
-async def pool_worker(client: Any, name: str) -> AsyncIterator[PoolWorker]:
+async def pool_worker(client: Any, name: str, result_dir: Path | None = None) -> AsyncIterator[PoolWorker]:
     """An in-process worker on the fake generator of the service tests."""
-    worker = PoolWorker(client, FakeGenerator(), name=name, poll_s=0.05)
+    worker = PoolWorker(client, FakeGenerator(), name=name, poll_s=0.05, result_dir=result_dir)
     stop_worker = asyncio.Event()
     running = asyncio.create_task(worker.run(stop_worker))
     try:
