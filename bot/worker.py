@@ -82,7 +82,8 @@ class PoolWorker:
         self.poll_s = poll_s
         self.shutdown_grace = shutdown_grace
         self.slots = 0
-        self.counters = {"jobs_done": 0, "images_done": 0, "jobs_failed": 0, "jobs_cancelled": 0, "jobs_claimed": 0}
+        self.counters = {"jobs_done": 0, "images_done": 0, "jobs_failed": 0, "jobs_cancelled": 0, "jobs_claimed": 0,
+                         "jobs_duplicate": 0}  # done: results this worker recorded (a duplicate lost the race)
         self._p = f"{prefix}:"
         self._jobs = f"{prefix}:jobs"
         self._take = client.register_script(TAKE)
@@ -235,10 +236,13 @@ class PoolWorker:
             await asyncio.to_thread(self._write_result, job_id, done)
             done, in_file = "", "1"
         args: list[Arg] = [self._p, job_id, held.entry, final, done, self.result_ttl, OUT_MAXLEN, in_file]
-        await retrying(f"storing the result of job {job_id}", lambda: self._finish(args=args))
+        recorded = await retrying(f"storing the result of job {job_id}", lambda: self._finish(args=args))
         del self._held[job_id]
         self._wake.set()
-        if isinstance(message, Done):
+        if not recorded:  # another worker claimed it while this one was too slow to refresh it, and won
+            log.info("job %s had already ended on another worker", job_id)
+            self.counters["jobs_duplicate"] += 1
+        elif isinstance(message, Done):
             self.counters["jobs_done"] += 1
             self.counters["images_done"] += len(message.images)
         elif isinstance(message, Failed):
