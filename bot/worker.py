@@ -4,7 +4,8 @@ It runs the usual supervised generator process (`python -m generator serve`, the
 loaded once and restarted after a crash) and feeds it from the shared queue: whenever image slots are free it
 takes the next fair jobs (bot.redis_queue.TAKE), several at a time, so that jobs of different users and bot
 instances share its batches. Started and Progress go to the job's bot instance as they happen; a finished job's
-images are stored in Redis with an expiry, its bot is told, and only then is its stream entry acknowledged.
+images are stored in Redis with an expiry (or written to a directory shared with the bots), its bot is told,
+and only then is its stream entry acknowledged.
 
 While it runs it refreshes its entries' idle time; entries of a worker that stopped refreshing (kill -9, a
 lost machine) are claimed by the others once idle for the visibility timeout, and run again from the start.
@@ -73,14 +74,13 @@ class PoolWorker:
         result_dir: Path | None = None,
     ) -> None:
         self.client = client
-        self.result_dir = result_dir  # shared with the bots: results go there instead of into Redis
-        self._next_prune = 0.0
         self.generator = generator
         self.name = name
         self.visibility_timeout = visibility_timeout
         self.result_ttl = int(result_ttl)
         self.poll_s = poll_s
         self.shutdown_grace = shutdown_grace
+        self.result_dir = result_dir  # shared with the bots: results go there instead of into Redis
         self.slots = 0
         self.counters = {"jobs_done": 0, "images_done": 0, "jobs_failed": 0, "jobs_cancelled": 0, "jobs_claimed": 0,
                          "jobs_duplicate": 0}  # done: results this worker recorded (a duplicate lost the race)
@@ -92,6 +92,7 @@ class PoolWorker:
         self._taking = True
         self._info: dict[str, str] = {}
         self._wake = asyncio.Event()  # a job was queued or a slot freed: look at the queue now
+        self._next_prune = 0.0
 
     @property
     def images_in_flight(self) -> int:
@@ -118,14 +119,18 @@ class PoolWorker:
         deadline = time.monotonic() + self.shutdown_grace
         while self._held and time.monotonic() < deadline and not pump.done():
             await asyncio.sleep(0.05)
-        if self._held:
-            log.info("stopping with %d job(s) unfinished; other workers will claim them", len(self._held))
         await self.generator.close()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(pump, 5)
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, pump, return_exceptions=True)
+        if self._held:  # marked idle for the whole timeout, so that the other workers claim them at once
+            log.info("stopping with %d job(s) unfinished; other workers will claim them", len(self._held))
+            entries: list[Any] = [held.entry for held in self._held.values()]
+            with contextlib.suppress(*REDIS_DOWN):
+                await self.client.xclaim(self._jobs, WORKERS, self.name, 0, entries,
+                                         idle=int(self.visibility_timeout * 1000), justid=True)
         with contextlib.suppress(*REDIS_DOWN):
             await self.client.delete(f"{self._p}worker:{self.name}")
 

@@ -232,10 +232,31 @@ async def test_results_through_a_shared_directory_and_a_lost_file_made_again(
         await client.aclose()
 
 
+async def test_a_worker_stopped_gracefully_hands_its_jobs_over_at_once(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    url = redis_server.url
+    client = connect(url)
+    try:
+        async with shared(tmp_path / "a", url, "a") as a:
+            slow = FakeGenerator(steps=1000, step_delay=0.01)
+            async with pool_worker(client, "w1", generator=slow, visibility_timeout=60) as first:
+                handle = await a.submit(requester("alice"), "hand me over", count=1)
+                await until(lambda: asyncio.sleep(0, bool(first.images_in_flight)), 10, "w1 to take the job")
+            async with pool_worker(client, "w2", visibility_timeout=60) as second:
+                assert isinstance(await asyncio.wait_for(handle.final(), 10), Done)  # not 60 s later
+                assert second.counters["jobs_claimed"] == 1
+    finally:
+        await client.aclose()
+
+
 @contextlib.asynccontextmanager
-async def pool_worker(client: Any, name: str, result_dir: Path | None = None) -> AsyncIterator[PoolWorker]:
+async def pool_worker(
+    client: Any, name: str, result_dir: Path | None = None, generator: FakeGenerator | None = None, **options: Any
+) -> AsyncIterator[PoolWorker]:
     """An in-process worker on the fake generator of the service tests."""
-    worker = PoolWorker(client, FakeGenerator(), name=name, poll_s=0.05, result_dir=result_dir)
+    worker = PoolWorker(client, generator or FakeGenerator(), name=name, poll_s=0.05, result_dir=result_dir,
+                        shutdown_grace=0, **options)
     stop_worker = asyncio.Event()
     running = asyncio.create_task(worker.run(stop_worker))
     try:
