@@ -77,20 +77,20 @@ def job_id(message: Message) -> str:
     return message.custom_ids[0].split(":")[2]
 
 
-async def finished(discord: FakeDiscord, message_of: Any, timeout: float = 10) -> Message:
-    """Wait until a message shows a final state (a grid, or no buttons and a failure or cancellation)."""
-
-    def done() -> Message | None:
-        message = message_of()
-        if message is None:
-            return None
-        final = any(name.endswith(".png") and name != "preview.png" for name in message.files)
-        return message if final or "(failed)" in message.content or "(cancelled)" in message.content else None
-
-    return await discord.wait_for(done, timeout)
+def is_final(message: Message) -> bool:
+    """Whether a job's message shows how it ended: a grid or image, a failure or a cancellation."""
+    result = any(name.endswith(".png") and name != "preview.png" for name in message.files)
+    return result or "(failed)" in message.content or "(cancelled)" in message.content
 
 
-async def delivered(discord: FakeDiscord, service: Service, job: str) -> Job:
+async def finished(discord: FakeDiscord, message_of: Callable[[], Message | None], timeout: float = 10) -> Message:
+    """Wait until a message shows how its job ended."""
+    return await discord.wait_for(
+        lambda: (message := message_of()) is not None and is_final(message) and message, timeout
+    )
+
+
+async def delivered(service: Service, job: str) -> Job:
     """Wait until the adapter has marked a job delivered (just after its final message is shown)."""
 
     async def check() -> Job | None:
@@ -121,7 +121,8 @@ async def shown(discord: FakeDiscord, interaction: Interaction, check: Callable[
     )
 
 
-def original(interaction: Any) -> Any:
+def original(interaction: Interaction) -> Callable[[], Message | None]:
+    """The interaction's own message as it is at each look."""
     return lambda: interaction.original
 
 
@@ -162,7 +163,7 @@ async def test_imagine_defers_then_edits_one_message_to_a_grid_with_buttons(
         assert working and all(h["custom_ids"] == [f"imagine:cancel:{job}"] for h in working)
         uploads = [h["uploaded"] for h in message.history if h["uploaded"]]
         assert 1 <= uploads.count(["preview.png"]) <= 2  # the fake makes two previews; edits between upload none
-        assert (await delivered(discord, bot.service, job)).requester.user == alice["id"]
+        assert (await delivered(bot.service, job)).requester.user == alice["id"]
 
 
 async def test_progress_edits_are_spaced_out_and_the_result_is_not_held_back(
@@ -246,7 +247,7 @@ async def test_cancel_is_for_the_owner_or_an_admin(discord: FakeDiscord, tmp_pat
         bot.generator.hold.set()  # the generator notices the cancel at its next step
         cancelled = await finished(discord, original(interaction))
         assert "(cancelled)" in cancelled.content and cancelled.custom_ids == []
-        assert (await delivered(discord, bot.service, job)).status is Status.CANCELLED
+        assert (await delivered(bot.service, job)).status is Status.CANCELLED
 
 
 async def test_refusals_are_ephemeral_sentences(discord: FakeDiscord, tmp_path: Path) -> None:
@@ -309,11 +310,10 @@ async def test_admin_commands_change_behaviour_and_are_refused_for_others(discor
         listed = await admin(alice, "queue")
         assert "#1" in listed and "a patient plum" in listed
         assert "Resumed" in await admin(owner, "resume")
-        await finished(discord, original(waiting))
+        done = await finished(discord, original(waiting))
 
         assert f"<@{bob['id']}>: 2 jobs, 2 images" in await admin(alice, "usage")
         assert "ban" in await admin(alice, "audit")
-        done = await finished(discord, original(waiting))
         assert "already finished" in await admin(alice, "cancel", job=job_id(done))
 
 
@@ -324,7 +324,7 @@ async def test_direct_messages_work_with_their_own_settings(discord: FakeDiscord
         message = await finished(discord, original(interaction))
         assert f"seed {2**63 - 1}" in message.content  # past Discord's 2^53 integers: the option is text
         assert message.channel_id == discord.channel_id + 1 and len(message.custom_ids) == 6
-        job = await delivered(discord, bot.service, job_id(message))
+        job = await delivered(bot.service, job_id(message))
         assert (job.requester.server, job.requester.is_admin) == ("dm", False)
         pressed = await discord.press(message, f"imagine:reroll:{job.id}", alice)
         assert "Reroll" in (await finished(discord, original(pressed))).content
@@ -344,7 +344,7 @@ async def test_an_expired_interaction_token_falls_back_to_a_channel_message(
         assert posted.channel_id == discord.channel_id and f"<@{alice['id']}>" in posted.content
         assert posted.custom_ids == [f"imagine:{i.format(job_id(posted))}" for i in GRID_IDS]
         assert len(discord.channel_messages()) == 1  # later edits went to the same channel message
-        await delivered(discord, bot.service, job_id(posted))
+        await delivered(bot.service, job_id(posted))
 
 
 async def test_after_a_restart_old_buttons_work_and_missed_results_are_posted(
@@ -367,22 +367,22 @@ async def test_after_a_restart_old_buttons_work_and_missed_results_are_posted(
 
     async with discord_bot(tmp_path) as bot:
         posted = await discord.wait_for(lambda: len(discord.channel_messages()) == 2 and discord.channel_messages())
+        await discord.wait_for(lambda: all(is_final(message) for message in posted))
         for message in posted:
-            await finished(discord, lambda message=message: message)
             assert message.channel_id == discord.channel_id and message.custom_ids[-1].startswith("imagine:pick:")
         by_prompt = {m.content.split("**")[1]: m for m in posted}
         assert f"<@{alice['id']}>" in by_prompt["finishes while the bot is away"].content
         assert f"<@{bob['id']}>" in by_prompt["still waiting at the restart"].content
         for message in posted:
-            await delivered(discord, bot.service, job_id(message))
+            await delivered(bot.service, job_id(message))
 
         pressed = await discord.press(grid, f"imagine:reroll:{job_id(grid)}", bob)
         rerolled = await finished(discord, original(pressed))
         assert "Reroll by" in rerolled.content
-        await delivered(discord, bot.service, job_id(rerolled))
+        await delivered(bot.service, job_id(rerolled))
         assert discord.command_syncs == 2 and len(discord.identified) == 2
 
-    async with discord_bot(tmp_path) as bot:  # delivered results are not posted again
+    async with discord_bot(tmp_path):  # delivered results are not posted again
         await asyncio.sleep(0.1)
         assert len(discord.channel_messages()) == 2
 
@@ -395,7 +395,7 @@ async def test_with_the_real_tiny_model_the_grid_has_its_size_and_previews_fill_
     async with connected(config, None) as (service, _):
         interaction = await discord.imagine(discord.user("alice"), "a tiny harbour", count=2, seed="5")
         message = await finished(discord, original(interaction), timeout=60)
-        job = await delivered(discord, service, job_id(message))
+        job = await delivered(service, job_id(message))
         assert size(message.files[f"{job.id}-grid.png"]) == (2 * 96, 96)  # two 96 px images side by side
         assert any("preview.png" in h["files"] for h in message.history)
         assert "seed 5" in message.content
