@@ -1,0 +1,1 @@
+"""The built-in demo model: synthetic scenes, their checker, training and the held-out evaluation."""

@@ -1,0 +1,77 @@
+"""Prompt adherence on held-out scenes: generate several pictures per prompt, check each, at two cfg weights.
+
+An image counts towards `overall` only if every check on it passes (background, count, and each described
+shape's colour, kind and position), as GenEval counts an image only when all of its prompt is right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from generator.checkpoint import Checkpoint
+from generator.decode import decode_tokens
+from generator.demo import checker, scenes
+from generator.engine import Request, generate
+from generator.protocol import DEFAULTS
+
+
+@dataclass
+class Scores:
+    """Per-attribute accuracy and the share of images with everything right, at one cfg weight."""
+
+    cfg: float
+    attributes: dict[str, float]
+    overall: float
+    images: int
+
+
+def images_for(checkpoint: Checkpoint, prompts: list[str], *, num_images: int, cfg: float,
+               temperature: float = 1.0, seed: int = 0) -> list[list[Image.Image]]:
+    """`num_images` pictures for each prompt, all in one batch; prompt i uses seed + i."""
+    requests = [Request(p, num_images=num_images, cfg=cfg, temperature=temperature, seed=seed + i)
+                for i, p in enumerate(prompts)]
+    results = generate(checkpoint, requests)
+    return [decode_tokens(checkpoint, r.tokens, chunk=64) for r in results]
+
+
+def score_images(cases: list[tuple[scenes.Scene, str]], images: list[list[Image.Image]], cfg: float) -> Scores:
+    """Checker results over all pictures of all prompts."""
+    checks: dict[str, list[bool]] = {name: [] for name in checker.ATTRIBUTES}
+    perfect = 0
+    count = 0
+    for (scene, _), pictures in zip(cases, images):
+        for picture in pictures:
+            result = checker.score(scene, picture)
+            for name, oks in result.items():
+                checks[name] += oks
+            perfect += all(all(oks) for oks in result.values())
+            count += 1
+    attributes = {name: sum(oks) / len(oks) for name, oks in checks.items() if oks}
+    return Scores(cfg, attributes, perfect / count, count)
+
+
+def evaluate(checkpoint: Checkpoint, *, prompts: int = 32, num_images: int = 4, cfg: float | None = None,
+             seed: int = 0) -> list[Scores]:
+    """Scores at cfg 1 and at `cfg` (default: the bot's default weight) on held-out prompts."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    weight = float(DEFAULTS["cfg"] if cfg is None else cfg)
+    cases = scenes.held_out_scenes(prompts, seed)
+    captions = [text for _, text in cases]
+    out = []
+    for w in (1.0, weight):
+        out.append(score_images(cases, images_for(checkpoint, captions, num_images=num_images, cfg=w, seed=seed), w))
+    return out
+
+
+def table(results: list[Scores]) -> list[str]:
+    """Lines of a side-by-side table, ending with the `overall:` summary line."""
+    low, high = results[0], results[-1]
+    lines = [f"{'attribute':<12}{'cfg ' + format(low.cfg, 'g'):>10}{'cfg ' + format(high.cfg, 'g'):>10}"]
+    for name in checker.ATTRIBUTES:
+        lines.append(f"{name:<12}{low.attributes[name]:>10.2f}{high.attributes[name]:>10.2f}")
+    lines.append(f"{'all correct':<12}{low.overall:>10.2f}{high.overall:>10.2f}   ({high.images} images each)")
+    lines.append(f"overall: {high.overall:.2f} at cfg {high.cfg:g}, {low.overall:.2f} at cfg {low.cfg:g}")
+    return lines
