@@ -83,7 +83,8 @@ class Interaction:
 class FakeDiscord:
     """The gateway (HELLO, IDENTIFY, READY, heartbeats, GUILD_CREATE, INTERACTION_CREATE) and the REST API."""
 
-    def __init__(self) -> None:
+    def __init__(self, heartbeat_interval_ms: int = 41250) -> None:
+        self.heartbeat_interval_ms = heartbeat_interval_ms
         self._ids = itertools.count(1)
         self.app_id = self.snowflake()
         self.bot_user = self.user("janus", bot=True)
@@ -194,7 +195,7 @@ class FakeDiscord:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self._sockets.append(ws)
-        await ws.send_json({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None})
+        await ws.send_json({"op": 10, "d": {"heartbeat_interval": self.heartbeat_interval_ms}, "s": None, "t": None})
         async for frame in ws:
             payload = json.loads(frame.data)
             if payload["op"] == 1:
@@ -504,9 +505,9 @@ class FakeDiscord:
 
 
 @contextlib.asynccontextmanager
-async def fake_discord() -> AsyncIterator[FakeDiscord]:
+async def fake_discord(heartbeat_interval_ms: int = 41250) -> AsyncIterator[FakeDiscord]:
     """A started fake Discord that discord.py talks to while inside the block."""
-    server = FakeDiscord()
+    server = FakeDiscord(heartbeat_interval_ms)
     await server.start()
     try:
         with server.pointed_at():

@@ -64,7 +64,7 @@ async def discord_bot(
 
 @pytest_asyncio.fixture
 async def discord() -> AsyncIterator[FakeDiscord]:
-    async with fake_discord() as server:
+    async with fake_discord(heartbeat_interval_ms=100) as server:  # heartbeats within every test
         yield server
 
 
@@ -136,6 +136,7 @@ async def test_imagine_defers_then_edits_one_message_to_a_grid_with_buttons(
     alice = discord.user("alice")
     async with discord_bot(tmp_path) as bot:
         assert discord.identified[0]["intents"] == 1  # guilds only: nothing privileged
+        assert bot.adapter.client.get_guild(discord.guild_id) is not None  # from GUILD_CREATE
         names = {c["name"]: c for c in discord.commands}
         assert set(names) == {"imagine", "imagine-admin"}
         options = {o["name"]: o for o in names["imagine"]["options"]}
@@ -164,6 +165,8 @@ async def test_imagine_defers_then_edits_one_message_to_a_grid_with_buttons(
         uploads = [h["uploaded"] for h in message.history if h["uploaded"]]
         assert 1 <= uploads.count(["preview.png"]) <= 2  # the fake makes two previews; edits between upload none
         assert (await delivered(bot.service, job)).requester.user == alice["id"]
+        await discord.wait_for(lambda: discord.heartbeats >= 2)
+        assert bot.adapter.client.latency < 1  # each heartbeat was acknowledged
 
 
 async def test_progress_edits_are_spaced_out_and_the_result_is_not_held_back(
