@@ -486,8 +486,16 @@ class FakeDiscord:
         interaction = self._interaction(request.match_info["token"])
         if interaction is None:
             return _json({"message": "Invalid Webhook Token", "code": 50027}, status=401)
+        payload, files = await self._body(request)
+        loading = interaction.original
+        if loading is not None and not loading.deleted and loading.flags & LOADING:
+            # As Discord does: the first followup after a deferral fills in the "thinking…" message, whose
+            # flags (ephemeral or not) were fixed by the deferral.
+            self._apply(loading, {k: v for k, v in payload.items() if k != "flags"}, files)
+            interaction.followups.append(loading)
+            return _json(self.message_json(loading))
         message = self._new_message(int(interaction.payload["channel_id"]), interaction.token)
-        self._apply(message, *await self._body(request))
+        self._apply(message, payload, files)
         interaction.followups.append(message)
         return _json(self.message_json(message))
 
