@@ -7,7 +7,7 @@ from typing import Any
 
 import discord
 
-from bot.jobs import Cancelled, Done, Event, Failed, Job, Kind, Progress, Queued, Started, Strength
+from bot.jobs import Cancelled, Done, Event, Failed, Job, Kind, Progress, Queued, Strength
 
 PROMPT_CHARS = 1500  # a message holds 2000 characters; leave room for the rest of the line
 BUTTON_ROW = 5  # Discord's limit per action row; wider grids get select menus instead
@@ -90,21 +90,21 @@ def header(job: Job) -> str:
 def text(job: Job, event: Event) -> str:
     """The message for a job in the state `event` leaves it in."""
     o = job.options
-    if isinstance(event, Queued):
-        state = "next in line" if event.position <= 1 else f"queued, position {event.position}"
-    elif isinstance(event, Started):
-        state = "starting"
-    elif isinstance(event, Progress):
-        state = f"generating, {event.percent}%"
-    elif isinstance(event, Done):
-        if job.kind is Kind.UPSCALE:
-            return header(job)
+    if isinstance(event, Done) and job.kind is Kind.UPSCALE:
+        return header(job)
+    if isinstance(event, Done):
         images = "1 image" if o.count == 1 else f"{o.count} images"
         return f"{header(job)} ({images}, seed {event.seed}, cfg {o.cfg:g}, temperature {o.temperature:g})"
-    elif isinstance(event, Failed):
+    if isinstance(event, Failed):
         return f"{header(job)} (failed)\n{event.reason}"
+    if isinstance(event, Queued):
+        state = "next in line" if event.position <= 1 else f"queued, position {event.position}"
+    elif isinstance(event, Progress):
+        state = f"generating, {event.percent}%"
     elif isinstance(event, Cancelled):
-        return f"{header(job)} (cancelled)"
+        state = "cancelled"
+    else:
+        state = "starting"
     return f"{header(job)} ({state})"
 
 

@@ -323,14 +323,17 @@ async def test_admin_commands_change_behaviour_and_are_refused_for_others(discor
 async def test_direct_messages_work_with_their_own_settings(discord: FakeDiscord, tmp_path: Path) -> None:
     alice = discord.user("alice")
     async with discord_bot(tmp_path) as bot:
-        interaction = await discord.imagine(alice, "a quiet dm", dm=True, count=2, seed=str(2**63 - 1))
+        interaction = await discord.imagine(alice, "a quiet dm", dm=True, count=6, seed=str(2**63 - 1))
         message = await finished(discord, original(interaction))
         assert f"seed {2**63 - 1}" in message.content  # past Discord's 2^53 integers: the option is text
-        assert message.channel_id == discord.channel_id + 1 and len(message.custom_ids) == 6
         job = await delivered(bot.service, job_id(message))
+        assert message.channel_id == discord.channel_id + 1  # the DM channel
         assert (job.requester.server, job.requester.is_admin) == ("dm", False)
-        pressed = await discord.press(message, f"imagine:reroll:{job.id}", alice)
-        assert "Reroll" in (await finished(discord, original(pressed))).content
+        assert size(message.files[f"{job.id}-grid.png"]) == (3 * PNG_SIZE, 2 * PNG_SIZE)
+        menus = ["reroll:{0}", "pick:upscale:{0}", "pick:vary:{0}", "pick:strong:{0}"]  # 6 images: menus, not buttons
+        assert message.custom_ids == [f"imagine:{i.format(job.id)}" for i in menus]
+        pressed = await discord.press(message, f"imagine:pick:upscale:{job.id}", alice, values=["5"])
+        assert "Upscale of image 6" in (await finished(discord, original(pressed))).content
 
 
 async def test_an_expired_interaction_token_falls_back_to_a_channel_message(
