@@ -458,6 +458,7 @@ class RedisQueue:
             except ResponseError as error:  # Redis lost the group (restarted without persistence)
                 log.warning("reading events failed (%s); creating the stream again", error)
                 await retrying("creating the streams", self._create_groups)
+                await asyncio.sleep(RETRY_S)
                 continue
             entries = read[0][1] if read else []
             if backlog and not entries:
