@@ -393,6 +393,7 @@ async def test_after_a_restart_old_buttons_work_and_missed_results_are_posted(
         assert len(discord.channel_messages()) == 2
 
 
+@pytest.mark.slow
 async def test_with_the_real_tiny_model_the_grid_has_its_size_and_previews_fill_in(
     discord: FakeDiscord, tmp_path: Path, tiny_dir: Path
 ) -> None:
