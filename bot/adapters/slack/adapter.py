@@ -77,7 +77,9 @@ class SlackAdapter:
         try:
             me = await call(self.app.client.auth_test)
         except SlackProblem as problem:
-            raise RuntimeError(f"Slack refused the bot token (SLACK_BOT_TOKEN): {problem.error}") from None
+            raise ConfigError(
+                f"SLACK_BOT_TOKEN: Slack refused this token ({problem.error}); reinstall the app and copy the new one"
+            ) from None
         log.info("Slack: signed in as %s in %s (%s mode)", me.get("user"), me.get("team"), self.mode)
         if self.mode == "socket":
             await self._connect()
@@ -90,7 +92,10 @@ class SlackAdapter:
         try:  # ask for the first URL here, so a bad app token is one clear error rather than endless retries
             opened = await call(self.app.client.apps_connections_open, app_token=self._app_token)
         except SlackProblem as problem:
-            raise RuntimeError(f"Slack refused the app token (SLACK_APP_TOKEN): {problem.error}") from None
+            raise ConfigError(
+                f"SLACK_APP_TOKEN: Slack refused this token ({problem.error}); "
+                f"create an app-level token with connections:write"
+            ) from None
         self._socket.client.wss_uri = str(opened["url"])
         await self._socket.connect_async()
 

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from bot.adapters.slack.adapter import SlackAdapter
 from bot.adapters.slack.app import NOT_ADMIN
-from tests.bot.adapters.fake_slack import running_slack
+from bot.config import ConfigError
+from tests.bot.adapters.fake_slack import APP_TOKEN, BOT_TOKEN, FakeSlack, running_slack
+from tests.bot.helpers import running, settings
 
 pytestmark = pytest.mark.asyncio
 
@@ -45,3 +48,18 @@ async def test_reconnects_when_slack_asks_or_drops_the_connection(tmp_path: Path
         ack = await slack.envelope("slash_commands", slack.command("an egret --count 1"))
         assert ack["payload"]["text"] == "Queued, position 1."
         await slack.until(lambda: [m for m in slack.posted() if m.text == "an egret: done"])
+
+
+@pytest.mark.parametrize(("bot_token", "app_token", "named"), [("xoxb-wrong", APP_TOKEN, "SLACK_BOT_TOKEN"),
+                                                               (BOT_TOKEN, "xapp-wrong", "SLACK_APP_TOKEN")])
+async def test_a_token_slack_refuses_stops_start_with_one_line_naming_it(
+    tmp_path: Path, bot_token: str, app_token: str, named: str
+) -> None:
+    async with FakeSlack() as slack, running(
+        settings(tmp_path, slack={"mode": "socket", "api_url": slack.api_url})
+    ) as (service, _, _):
+        adapter = SlackAdapter(service.settings, bot_token, app_token=app_token, signing_secret=None)
+        with pytest.raises(ConfigError, match=f"^{named}: Slack refused this token \\(invalid_auth\\)") as info:
+            await adapter.start(service)
+        assert "\n" not in str(info.value) and "wrong" not in str(info.value)
+        await adapter.close()
