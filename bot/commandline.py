@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 USAGE = "Usage: /imagine <prompt> [--count N] [--cfg W] [--temperature T] [--seed S]"
 
@@ -98,3 +99,19 @@ def parse_imagine(text: str) -> ImagineCommand:
         temperature=float(values["temperature"]) if "temperature" in values else None,
         seed=int(values["seed"]) if "seed" in values else None,
     )
+
+
+def setting_value(text: str) -> Any:
+    """An admin's setting value as typed: "default" (or nothing) removes the override; true/false, a number,
+    or the text itself."""
+    lowered = text.strip().lower()
+    if lowered in ("default", "none", ""):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip()

@@ -14,6 +14,7 @@ from discord import app_commands
 
 from bot.adapters.discord import messages
 from bot.adapters.discord.delivery import Reply, follow
+from bot.commandline import setting_value
 from bot.config import Settings
 from bot.jobs import Refused, Requester, Strength
 from bot.service import OVERRIDABLE, Handle, Service
@@ -170,18 +171,6 @@ async def imagine(
     await _client(interaction).imagine(interaction, prompt, count=count, cfg=cfg, temperature=temperature, seed=seed)
 
 
-def _value(text: str) -> Any:
-    """A setting's value as typed: a number where it looks like one; "default" removes the override."""
-    if text.strip().lower() in ("default", "none", ""):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _when(at: float) -> str:
     return discord.utils.format_dt(datetime.fromtimestamp(at, UTC), "R")
 
@@ -218,7 +207,7 @@ class AdminCommands(app_commands.Group, name="imagine-admin", description="Manag
         """Change a default or a limit for this server."""
 
         async def change() -> str:
-            parsed = _value(value)
+            parsed = setting_value(value)
             await _client(interaction).service.set_setting(requester(interaction), key, parsed)
             return f"`{key}` is back to the bot's default." if parsed is None else f"`{key}` is now {parsed}."
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
 
 from bot.adapters.slack.blocks import escape
+from bot.commandline import setting_value
 from bot.jobs import Refused, Requester
 from bot.service import Service
 
@@ -28,19 +28,6 @@ def user_id(text: str) -> str:
     if match is None:
         raise Refused(f'"{text}" is not a user; mention them, like @name.')
     return match.group(1) or match.group(2)
-
-
-def setting_value(text: str) -> Any:
-    """A setting's value as typed: a number, true/false, or the text itself."""
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def _count(text: str, default: int, name: str) -> int:

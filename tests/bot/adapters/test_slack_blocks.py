@@ -9,8 +9,9 @@ import yaml
 
 from bot.adapters import configured_adapters
 from bot.adapters.slack import SlackAdapter
-from bot.adapters.slack.admin import setting_value, user_id
+from bot.adapters.slack.admin import user_id
 from bot.adapters.slack.blocks import Button, done_blocks, escape, parse_button, waiting_blocks
+from bot.commandline import setting_value
 from bot.config import ConfigError, Secrets
 from bot.jobs import Job, Kind, Options, Refused, Requester, Strength
 from tests.bot.helpers import settings
@@ -57,7 +58,8 @@ def test_admin_arguments() -> None:
     assert user_id("<@U0BOB|bob>") == user_id("<@U0BOB>") == user_id("U0BOB") == "U0BOB"
     with pytest.raises(Refused, match="mention them"):
         user_id("@bob")
-    assert [setting_value(v) for v in ("2", "2.5", "true", "words")] == [2, 2.5, True, "words"]
+    assert [setting_value(v) for v in ("2", "2.5", "true", "words", "default", "")] == [2, 2.5, True, "words", None,
+                                                                                     None]
     assert escape("<&>") == "&lt;&amp;&gt;"
 
 
