@@ -518,24 +518,26 @@ def generate(
     preview_every: int = 0,
     record_logits: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
+    compile: bool = False,
 ) -> list[Result]:
-    """Generate all requests in one batch; the KV cache is freed before this returns (decode after)."""
+    """Generate all requests in one batch; the KV cache is freed before this returns (decode after).
+
+    The cache is sized for exactly this batch (longest prompt plus the image), so attention reads no
+    empty slots; a one-shot batch is not worth compiling unless asked.
+    """
     requests = list(requests)
+    longest = max((len(encode_prompt(checkpoint.processor, r.prompt)) for r in requests), default=1)
     with torch.inference_mode():
-        return _generate(requests, Engine(
-        checkpoint,
-        max_batch_images=max(1, sum(r.num_images for r in requests)),
-        max_prompt_tokens=max_prompt_tokens,
-        preview_every=preview_every,
-        record_logits=record_logits,
-        on_progress=on_progress,
-    ))
-
-
-def _generate(requests: list[Request], engine: Engine) -> list[Result]:
-    results: dict[str, Result] = {}
-    engine.add(requests)
-    while engine.busy:
-        for result in engine.step():
-            results[result.request.id] = result
+        engine = Engine(
+            checkpoint,
+            max_batch_images=max(1, sum(r.num_images for r in requests)),
+            max_prompt_tokens=min(max_prompt_tokens, longest),
+            preview_every=preview_every,
+            record_logits=record_logits,
+            on_progress=on_progress,
+            compile=compile,
+        )
+        results = {result.request.id: result for result in engine.add(requests)}
+        while engine.busy:
+            results.update((result.request.id, result) for result in engine.step())
     return [results[r.id] for r in requests]
