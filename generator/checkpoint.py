@@ -163,12 +163,16 @@ def cache_dir() -> Path:
     return Path(root).expanduser()
 
 
-DEFAULT_MODEL = "builtin:tiny"
+DEFAULT_MODEL = "builtin:demo"  # the demo model shipped in generator/demo_model (see its README.md)
+RANDOM_MODEL = "builtin:tiny"  # random weights of the tiny preset, for tests that want no trained model
+DEMO_MODEL_DIR = Path(__file__).with_name("demo_model")
 
 
 def resolve_model(name: str | None) -> str:
-    """A model name as given, or the built-in default built on first use into the cache directory."""
-    if name and name != DEFAULT_MODEL:
+    """A model name as given; no name is the shipped demo model, `builtin:tiny` random weights built on first use."""
+    if not name or name == DEFAULT_MODEL:
+        return str(DEMO_MODEL_DIR)
+    if name != RANDOM_MODEL:
         return name
     from generator.presets import make_model
 

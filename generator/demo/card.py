@@ -11,6 +11,12 @@ from generator.demo.evaluate import evaluate, table
 from generator.demo.train import DEMO
 
 
+def evaluate_lines_to_scores(lines: list[str]) -> tuple[float, float]:
+    """The two numbers of the `overall: X at cfg W, Y at cfg 1` line."""
+    words = lines[-1].replace(",", "").split()
+    return float(words[1]), float(words[5])
+
+
 def write_card(model_dir: str | Path, stats: dict[str, object] | None = None) -> list[str]:
     """Score the saved model exactly as eval-demo does and write its card; returns the score table."""
     model_dir = Path(model_dir)
@@ -19,6 +25,10 @@ def write_card(model_dir: str | Path, stats: dict[str, object] | None = None) ->
     checkpoint = load_checkpoint(model_dir, device="cpu")
     lines = table(evaluate(checkpoint))
     weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
+    notes = f"{stats['notes']}\n\n" if stats.get("notes") else ""
+    scores = evaluate_lines_to_scores(lines)
+    met = scores[0] >= 0.80 and scores[0] > scores[1] + 0.05
+    verdict = "met" if met else "NOT met"
     seconds = stats["seconds"]
     budget = stats["budget"]
     text = f"""# janus-bot demo model
@@ -67,7 +77,7 @@ With {stats["threads"]} CPU thread(s) per stage on a shared 2-core machine, {sec
   guidance. Its targets are the scenes' code grids, what the encoder learns to output, so the two
   stages do not depend on each other.
 
-Final VQ reconstruction MSE {stats["vq"]["reconstruction_mse"]:.4f} (pixels in [-1, 1]); teacher-forced
+{notes}Final VQ reconstruction MSE {stats["vq"]["reconstruction_mse"]:.4f} (pixels in [-1, 1]); teacher-forced
 token accuracy {stats["lm"]["token_accuracy"]:.3f}. Weights are stored in bf16, as the published Janus
 checkpoints are, and load as fp32 on a CPU.
 
@@ -79,6 +89,8 @@ checkpoints are, and load as fp32 on a CPU.
 ```
 {chr(10).join(lines)}
 ```
+
+Target (issue 8): overall at least 0.80 at the default cfg and clearly above cfg 1: **{verdict}**.
 """
     (model_dir / "README.md").write_text(text)
     return lines

@@ -1,0 +1,100 @@
+"""The demo model: its scenes, the checker that scores it, and the shipped weights following prompts."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from PIL import Image
+
+from generator.checkpoint import DEMO_MODEL_DIR, load_checkpoint, resolve_model
+from generator.demo import checker, scenes
+from generator.demo.evaluate import images_for
+
+# A few training-distribution prompts with fixed seeds; the shipped model must get their colours right.
+FIXED = [
+    (scenes.Scene("blue", (scenes.Shape("red", "circle", "large", (0, 1)),)),
+     "a large red circle at the top on a blue background"),
+    (scenes.Scene("white", (scenes.Shape("green", "square", "large", (1, 1)),)),
+     "a big green square in the center on a white background"),
+    (scenes.Scene("black", (scenes.Shape("yellow", "triangle", "large", (2, 2)),)),
+     "a large yellow triangle in the bottom right, black background"),
+]
+
+
+def test_checker_reads_rendered_ground_truth() -> None:
+    for scene, _ in scenes.sample(300, seed=5) + scenes.held_out_scenes(60):
+        result = checker.score(scene, scenes.render(scene))
+        assert all(all(oks) for oks in result.values()), (scene, checker.read(scenes.render(scene)))
+
+
+def test_checker_reads_upscaled_pictures() -> None:
+    scene, _ = FIXED[0]
+    picture = scenes.render(scene).resize((192, 192), Image.Resampling.LANCZOS)
+    assert all(all(oks) for oks in checker.score(scene, picture).values())
+
+
+def test_checker_catches_each_kind_of_mistake() -> None:
+    want = scenes.Scene("blue", (scenes.Shape("red", "circle", "large", (0, 0)),))
+    wrong = {
+        "background": scenes.Scene("green", want.shapes),
+        "colour": scenes.Scene("blue", (scenes.Shape("yellow", "circle", "large", (0, 0)),)),
+        "kind": scenes.Scene("blue", (scenes.Shape("red", "triangle", "large", (0, 0)),)),
+        "position": scenes.Scene("blue", (scenes.Shape("red", "circle", "large", (2, 1)),)),
+        "count": scenes.Scene("blue", want.shapes + (scenes.Shape("red", "circle", "large", (2, 2)),)),
+    }
+    for attribute, drawn in wrong.items():
+        result = checker.score(want, scenes.render(drawn))
+        failed = {name for name, oks in result.items() if not all(oks)}
+        assert attribute in failed, (attribute, failed)
+        assert "background" not in failed or attribute == "background"
+
+
+def test_scenes_are_deterministic_by_seed() -> None:
+    first, again, other = scenes.sample(50, seed=3), scenes.sample(50, seed=3), scenes.sample(50, seed=4)
+    assert first == again
+    assert first != other
+    assert [scenes.render(s).tobytes() for s, _ in first[:5]] == [scenes.render(s).tobytes() for s, _ in again[:5]]
+    assert scenes.held_out_scenes(12) == scenes.held_out_scenes(12)
+
+
+def test_held_out_combinations_never_reach_training() -> None:
+    train = scenes.sample(3000, seed=0)
+    assert not any(scenes.is_held_out(scene) for scene, _ in train)
+    assert all(scenes.is_held_out(scene) for scene, _ in scenes.held_out_scenes(40))
+    # Every part of a held-out combination is still seen: (colour, kind) pairs, kinds and colours at each cell.
+    seen = {(s.colour, s.kind) for scene, _ in train for s in scene.shapes}
+    assert len(seen) == len(scenes.COLOURS) * len(scenes.KINDS)
+    assert {(s.kind, s.cell) for scene, _ in train for s in scene.shapes} == {
+        (k, divmod(c, 3)) for k in scenes.KINDS for c in range(9)}
+
+
+def test_captions_vary_and_name_what_is_drawn() -> None:
+    rng = random.Random(0)
+    scene = FIXED[0][0]
+    texts = {scenes.caption(scene, rng) for _ in range(40)}
+    assert len(texts) > 10
+    assert all("red" in t and "blue" in t for t in texts)
+
+
+def test_no_model_means_the_shipped_demo_model() -> None:
+    assert resolve_model(None) == str(DEMO_MODEL_DIR)
+    assert (DEMO_MODEL_DIR / "README.md").is_file()
+    assert sum(p.stat().st_size for p in DEMO_MODEL_DIR.iterdir()) < 20 * 2**20
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_checkpoint(resolve_model(None), device="cpu")
+
+
+@pytest.mark.xfail(reason="the shipped demo model does not yet draw shape colours reliably (overall 0.08 held-out, "
+                          "see generator/demo_model/README.md); its VQ decoder needs more training", strict=False)
+def test_shipped_model_gets_the_colours_right(demo) -> None:
+    assert demo.image_size == scenes.IMAGE_SIZE
+    images = images_for(demo, [text for _, text in FIXED], num_images=4, cfg=5.0, seed=11)
+    for (scene, text), pictures in zip(FIXED, images):
+        colours = [checker.score(scene, p) for p in pictures]
+        background = sum(all(r["background"]) for r in colours)
+        shape = sum(all(r["colour"]) for r in colours)
+        assert background >= 3 and shape >= 3, (text, [checker.read(p) for p in pictures])
