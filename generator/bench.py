@@ -138,7 +138,9 @@ def run_engine(checkpoint: Checkpoint, requests: list[Request], arrivals: list[f
     arrived = {r.id: a for r, a in zip(requests, arrivals)}
     latencies: dict[str, float] = {}
     waits: list[float] = []
+    missed: list[int] = []
     steps = 0
+    step_starts: list[float] = []
     step_seconds: list[float] = []
     with PeakMemory(device) as memory, torch.inference_mode():
         start = time.perf_counter()
@@ -153,18 +155,23 @@ def run_engine(checkpoint: Checkpoint, requests: list[Request], arrivals: list[f
                 joining.append(pending.pop(0)[0])
             if joining:
                 engine.add(joining)
-                waits += [(now - arrived[r.id]) / (statistics.mean(step_seconds) if step_seconds else math.inf)
-                          for r in joining]
-            began = time.perf_counter()
+                for r in joining:  # steps that began after it arrived and ran without it
+                    missed.append(sum(1 for t in step_starts if t >= arrived[r.id]))
+                    waits.append(now - arrived[r.id])
+            step_starts.append(time.perf_counter() - start)
             for result in engine.step():
                 _sync(device)
                 latencies[result.request.id] = time.perf_counter() - start
-            step_seconds.append(time.perf_counter() - began)
+            step_seconds.append(time.perf_counter() - start - step_starts[-1])
             steps += 1
         _sync(device)
         seconds = time.perf_counter() - start
     lat = [latencies[r.id] - arrived[r.id] for r in requests]
-    note = f"joined within {max(waits):.2f} steps of arriving" if any(a > 0 for a in arrivals) else ""
+    note = ""
+    if any(a > 0 for a in arrivals):
+        note = (f"{sum(m == 0 for m in missed)} of {len(missed)} requests joined at the first step after arriving "
+                f"(most steps missed: {max(missed)}; longest wait {max(waits) * 1000:.0f} ms, "
+                f"median step {statistics.median(step_seconds) * 1000:.0f} ms)")
     return Measurement("engine", sum(r.num_images for r in requests), seconds, steps, lat, memory.peak, note)
 
 
