@@ -262,7 +262,7 @@ class Engine:
         self._running: dict[str, _Running] = {}
         # Compiled decoding runs every slot over the whole cache each step: static shapes, one graph.
         self.static = False
-        if compile if compile is not None else device.type == "cuda":
+        if device.type == "cuda" if compile is None else compile:
             self._compile()
 
     def _compile(self) -> None:
@@ -287,7 +287,6 @@ class Engine:
             self._running.pop("__warm_up__", None)
             self._free = list(range(self.max_batch_images))
             self._decode, self.static = eager, False
-
 
     # -- admission --
 
