@@ -50,6 +50,24 @@ class Recording:
         return self.inner.events()
 
 
+async def submit_or_recover(app: App, mode: str, data_dir: Path, n: int) -> None:
+    """submit: accept n one-image jobs from three users, record their ids, wait to be killed.
+    recover: wait until the restarted bot has no job waiting or running."""
+    if mode == "submit":
+        ids = []
+        for i in range(n):
+            handle = await app.service.submit(Requester("test", "s", "c", f"u{i % 3}"), f"crash {i}", count=1)
+            ids.append(handle.job.id)
+        (data_dir / "accepted").write_text("\n".join(ids) + "\n")
+        print("accepted", flush=True)
+        await asyncio.sleep(3600)
+    else:
+        async with await Store.open(data_dir) as store:
+            while await store.jobs(Status.QUEUED, Status.RUNNING):
+                await asyncio.sleep(0.1)
+        print("recovered", flush=True)
+
+
 async def main(mode: str, data_dir: Path, model_dir: str, n: int) -> None:
     settings = Settings.model_validate(
         {
@@ -61,19 +79,7 @@ async def main(mode: str, data_dir: Path, model_dir: str, n: int) -> None:
         model_dir, device="cpu", max_batch_images=2, preview_every=0, extra_args=["--step-delay", "0.02"]
     )
     async with App(settings, Recording(process, data_dir / f"submitted-{mode}")) as app:
-        if mode == "submit":
-            ids = []
-            for i in range(n):
-                handle = await app.service.submit(Requester("test", "s", "c", f"u{i % 3}"), f"crash {i}", count=1)
-                ids.append(handle.job.id)
-            (data_dir / "accepted").write_text("\n".join(ids) + "\n")
-            print("accepted", flush=True)
-            await asyncio.sleep(3600)
-        else:
-            async with await Store.open(data_dir) as store:
-                while await store.jobs(Status.QUEUED, Status.RUNNING):
-                    await asyncio.sleep(0.1)
-            print("recovered", flush=True)
+        await submit_or_recover(app, mode, data_dir, n)
 
 
 if __name__ == "__main__":

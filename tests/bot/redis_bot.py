@@ -12,8 +12,7 @@ from pathlib import Path
 
 from bot.app import App
 from bot.config import Settings
-from bot.jobs import Requester, Status
-from bot.store import Store
+from tests.bot.crash_bot import submit_or_recover
 
 
 async def main(mode: str, data_dir: Path, url: str, n: int) -> None:
@@ -26,19 +25,7 @@ async def main(mode: str, data_dir: Path, url: str, n: int) -> None:
         }
     )
     async with App(settings) as app:
-        if mode == "submit":
-            ids = []
-            for i in range(n):
-                handle = await app.service.submit(Requester("test", "s", "c", f"u{i % 3}"), f"crash {i}", count=1)
-                ids.append(handle.job.id)
-            (data_dir / "accepted").write_text("\n".join(ids) + "\n")
-            print("accepted", flush=True)
-            await asyncio.sleep(3600)
-        else:
-            async with await Store.open(data_dir) as store:
-                while await store.jobs(Status.QUEUED, Status.RUNNING):
-                    await asyncio.sleep(0.1)
-            print("recovered", flush=True)
+        await submit_or_recover(app, mode, data_dir, n)
 
 
 if __name__ == "__main__":
