@@ -12,6 +12,7 @@ from bot.jobs import Refused
 Clock = Callable[[], float]  # seconds, monotonic
 _EPSILON = 1e-9
 QUEUE_FULL_RETRY_S = 60.0
+WAITING_RETRY_S = 15.0  # a hint only: one of the user's waiting jobs starting is what frees a place
 
 
 def duration(seconds: float) -> str:
@@ -83,19 +84,31 @@ class RateLimiter:
     def admit(self, key: str, limits: LimitSettings, *, admin: bool, queued: int, queue_total: int) -> None:
         """Take one job from `key`'s bucket, or raise Refused; `queued` counts that user's waiting jobs."""
         if not admin and queued >= limits.max_queued_per_user:
-            jobs = "job" if queued == 1 else "jobs"
-            raise Refused(f"You already have {queued} {jobs} waiting; try again when one of them starts.")
+            raise too_many_waiting(queued)
         if queue_total >= limits.queue_cap:
-            raise Refused(
-                f"The queue is full ({queue_total} jobs waiting); try again in about a minute.",
-                QUEUE_FULL_RETRY_S,
-            )
+            raise queue_full(queue_total)
         if admin:
             return
         wait = self.buckets.take(key, limits.jobs_per_period, limits.period_s)
         if wait:
-            raise Refused(
-                f"You can start {limits.jobs_per_period} jobs every {duration(limits.period_s)}; "
-                f"try again in {duration(wait)}.",
-                wait,
-            )
+            raise rate_limited(limits, wait)
+
+
+# The refusals of the limits, shared by the local limiter and the Redis queue's atomic admission.
+
+
+def too_many_waiting(queued: int) -> Refused:
+    jobs = "job" if queued == 1 else "jobs"
+    return Refused(f"You already have {queued} {jobs} waiting; try again when one of them starts.", WAITING_RETRY_S)
+
+
+def queue_full(total: int) -> Refused:
+    return Refused(f"The queue is full ({total} jobs waiting); try again in about a minute.", QUEUE_FULL_RETRY_S)
+
+
+def rate_limited(limits: LimitSettings, wait: float) -> Refused:
+    return Refused(
+        f"You can start {limits.jobs_per_period} jobs every {duration(limits.period_s)}; "
+        f"try again in {duration(wait)}.",
+        wait,
+    )

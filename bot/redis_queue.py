@@ -41,7 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.config import LimitSettings
 from bot.jobs import Job, Refused
-from bot.ratelimit import QUEUE_FULL_RETRY_S, duration
+from bot.ratelimit import queue_full, rate_limited, too_many_waiting
 from generator.protocol import Cancelled, Generate, Message, Ready, Waiting, decode, encode
 
 log = logging.getLogger(__name__)
@@ -540,18 +540,10 @@ class RedisQueue:
         if verdict == "banned":
             raise Refused("You are banned from making images here; ask a server admin if this is a mistake.")
         if verdict == "queued":
-            jobs = "job" if int(value) == 1 else "jobs"
-            raise Refused(f"You already have {value} {jobs} waiting; try again when one of them starts.")
+            raise too_many_waiting(int(value))
         if verdict == "full":
-            raise Refused(
-                f"The queue is full ({value} jobs waiting); try again in about a minute.", QUEUE_FULL_RETRY_S
-            )
-        wait = float(_str(value))
-        raise Refused(
-            f"You can start {limits.jobs_per_period} jobs every {duration(limits.period_s)}; "
-            f"try again in {duration(wait)}.",
-            wait,
-        )
+            raise queue_full(int(value))
+        raise rate_limited(limits, float(_str(value)))
 
     async def requeue(self, job: Job, msg: Generate, limits: LimitSettings, *, admin: bool) -> None:
         """After a restart: keep a job Redis still has, re-send its stored result, or queue it again past the

@@ -4,7 +4,7 @@ import pytest
 
 from bot.config import LimitSettings
 from bot.jobs import Refused
-from bot.ratelimit import Blocklist, RateLimiter, TokenBucket, duration
+from bot.ratelimit import WAITING_RETRY_S, Blocklist, RateLimiter, TokenBucket, duration
 from tests.bot.helpers import FakeClock
 
 
@@ -43,7 +43,7 @@ def test_limiter_order_and_sentences() -> None:
     limiter.admit("a", limits, admin=False, queued=1, queue_total=1)
     with pytest.raises(Refused, match="You already have 2 jobs waiting") as info:
         limiter.admit("a", limits, admin=False, queued=2, queue_total=2)
-    assert info.value.retry_after is None
+    assert info.value.retry_after == WAITING_RETRY_S  # a limit: HTTP says 429 with Retry-After
     with pytest.raises(Refused, match="You can start 2 jobs every 60 minutes; try again in 30 minutes") as info:
         limiter.admit("a", limits, admin=False, queued=0, queue_total=2)
     assert info.value.retry_after == pytest.approx(1800)

@@ -242,6 +242,15 @@ async def test_rate_limited_requests_are_429_with_retry_after(tmp_path: Path) ->
         await web.imagine(user="bo")  # someone else is not held up
 
 
+async def test_too_many_waiting_jobs_is_429_too(tmp_path: Path) -> None:
+    async with serving(tmp_path, limits={"max_queued_per_user": 1, "max_running_per_user": 1}) as web:
+        await web.imagine()  # runs (the fake generator holds it)
+        await web.imagine()  # waits
+        status, body, headers = await web.post("/api/imagine", {"user": "ada", "prompt": "a third"})
+        assert status == 429 and body["error"].startswith("You already have 1 job waiting")
+        assert int(headers["Retry-After"]) >= 1
+
+
 async def test_banned_users_and_blocked_prompts_are_403(tmp_path: Path) -> None:
     async with serving(tmp_path, bot={"admins": ["web:boss"]}, blocklist={"words": ["gore"]}) as web:
         await web.service.ban(BOSS, "mallory", "spam")
