@@ -70,28 +70,36 @@ async def measure(jobs: int, users: int, count: int, data_dir: Path, concurrent:
             "limits": {"jobs_per_period": jobs, "max_queued_per_user": jobs, "queue_cap": jobs + 1},
         }
     )
-    latencies: list[float] = []
     async with await Store.open(data_dir) as store:
         service = Service(settings, store, NoopGenerator(max_batch_images=16))
         await service.start()
-
-        async def one(i: int) -> None:
-            begin = time.perf_counter()
-            handle = await service.submit(Requester("bench", "s", "c", f"u{i % users}"), f"prompt {i}", count=count)
-            async for event in handle:
-                if isinstance(event, FINAL_EVENTS):
-                    assert isinstance(event, Done), event
-            latencies.append(time.perf_counter() - begin)
-
-        begin = time.perf_counter()
-        if concurrent:
-            await asyncio.gather(*(one(i) for i in range(jobs)))
-        else:
-            for i in range(jobs):
-                await one(i)
-        wall = time.perf_counter() - begin
+        result = await drive([service], jobs, users, count, concurrent)
         await service.close()
-    return latencies, wall
+    return result
+
+
+async def drive(services: list[Service], jobs: int, users: int, count: int, concurrent: bool
+                ) -> tuple[list[float], float]:
+    """Submit `jobs` jobs from `users` users (user u on services[u % len]); each job's seconds and the wall time."""
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        begin = time.perf_counter()
+        user = i % users
+        service = services[user % len(services)]
+        handle = await service.submit(Requester("bench", "s", "c", f"u{user}"), f"prompt {i}", count=count)
+        async for event in handle:
+            if isinstance(event, FINAL_EVENTS):
+                assert isinstance(event, Done), event
+        latencies.append(time.perf_counter() - begin)
+
+    begin = time.perf_counter()
+    if concurrent:
+        await asyncio.gather(*(one(i) for i in range(jobs)))
+    else:
+        for i in range(jobs):
+            await one(i)
+    return latencies, time.perf_counter() - begin
 
 
 def report(name: str, latencies: list[float], wall: float) -> None:

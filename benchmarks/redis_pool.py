@@ -25,10 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot_core import NoopGenerator, measure, report  # noqa: E402
+from bot_core import NoopGenerator, drive, measure, report  # noqa: E402
 
 from bot.config import Settings  # noqa: E402
-from bot.jobs import FINAL_EVENTS, Done, Requester  # noqa: E402
 from bot.redis_queue import RedisQueue, connect  # noqa: E402
 from bot.service import Service  # noqa: E402
 from bot.store import Store  # noqa: E402
@@ -63,7 +62,6 @@ async def measure_pool(url: str, jobs: int, users: int, count: int, data_dir: Pa
                        concurrent: bool) -> tuple[list[float], float]:
     """Per-job submit-to-done seconds and the wall time, through two bot instances and two workers."""
     limits = {"jobs_per_period": jobs, "max_queued_per_user": jobs, "queue_cap": jobs + 1, "max_running_per_user": 16}
-    latencies: list[float] = []
     stop = asyncio.Event()
     clients = [connect(url) for _ in range(2)]
     workers = [PoolWorker(client, NoopGenerator(16), name=f"w{i}", poll_s=0.1) for i, client in enumerate(clients)]
@@ -79,23 +77,7 @@ async def measure_pool(url: str, jobs: int, users: int, count: int, data_dir: Pa
             stack.push_async_callback(service.close)
             services.append(service)
 
-        async def one(i: int) -> None:
-            begin = time.perf_counter()
-            user = i % users
-            service = services[user % 2]
-            handle = await service.submit(Requester("bench", "s", "c", f"u{user}"), f"prompt {i}", count=count)
-            async for event in handle:
-                if isinstance(event, FINAL_EVENTS):
-                    assert isinstance(event, Done), event
-            latencies.append(time.perf_counter() - begin)
-
-        begin = time.perf_counter()
-        if concurrent:
-            await asyncio.gather(*(one(i) for i in range(jobs)))
-        else:
-            for i in range(jobs):
-                await one(i)
-        wall = time.perf_counter() - begin
+        latencies, wall = await drive(services, jobs, users, count, concurrent)
     stop.set()
     await asyncio.gather(*running)
     for client in clients:
