@@ -255,8 +255,7 @@ def bench(args: argparse.Namespace) -> int:
         print(f"engine: {engine.note}")
     card = bandwidth_of(device)
     if card is not None:
-        floor = bytes_per_step(checkpoint, sum(r.num_images for r in requests) if max_images >= sum(
-            r.num_images for r in requests) else max_images) / card[1]
+        floor = bytes_per_step(checkpoint, min(max_images, sum(r.num_images for r in requests))) / card[1]
         print(f"bandwidth floor on {card[0]}: {floor * 1000:.2f} ms/step; engine at "
               f"{engine.s_per_step / floor:.2f}x the floor")
     reference = next((m for m in results if m.name == "reference"), None)
