@@ -130,10 +130,10 @@ def run_transformers(checkpoint: Checkpoint, requests: list[Request], arrivals: 
 
 
 def run_engine(checkpoint: Checkpoint, requests: list[Request], arrivals: list[float], *, max_batch_images: int,
-               compile: bool | None) -> Measurement:
+               graphs: bool | None) -> Measurement:
     """All requests through one engine; each joins at the first step after it arrives."""
     device = checkpoint.device
-    engine = Engine(checkpoint, max_batch_images=max_batch_images, compile=compile)
+    engine = Engine(checkpoint, max_batch_images=max_batch_images, graphs=graphs)
     pending = list(zip(requests, arrivals))
     arrived = {r.id: a for r, a in zip(requests, arrivals)}
     latencies: dict[str, float] = {}
@@ -222,23 +222,32 @@ def bench(args: argparse.Namespace) -> int:
     torch.set_grad_enabled(False)
     model, processor = build_model(preset, seed=0, device=device, dtype=dtype)
     checkpoint = Checkpoint(model, processor, f"random {args.preset}")
-    n_tok = checkpoint.num_image_tokens
-    requests = [Request(PROMPTS[i % len(PROMPTS)], num_images=args.images, cfg=5.0, temperature=1.0, seed=i,
-                        id=f"bench{i}") for i in range(args.requests)]
+    workloads = [parse_workload(w) for w in args.workload] if args.workload else [(args.requests, args.images)]
     params = sum(p.numel() for p in model.parameters())
-    print(f"janus-bot bench: preset {args.preset} ({params / 1e6:.0f}M parameters), {n_tok} tokens per image "
-          f"({preset.image_size} px), {args.requests} requests x {args.images} images, arrivals {args.arrival}, "
-          f"{device.type} {str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads", flush=True)
+    print(f"janus-bot bench: preset {args.preset} ({params / 1e6:.0f}M parameters), "
+          f"{checkpoint.num_image_tokens} tokens per image ({preset.image_size} px), arrivals {args.arrival}, "
+          f"{device.type} {str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads"
+          + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""), flush=True)
 
     # Warm up every path once so no one pays for first-call costs in the measurement.
     warm = [Request("warm up", num_images=1, seed=0, id="warm")]
     run_reference(checkpoint, warm, [0.0])
-    single = run_reference(checkpoint, requests[:1], [0.0]).seconds
     if "transformers" not in args.skip:
         run_transformers(checkpoint, warm, [0.0])
-    interval = single / 2 if args.arrival == "staggered" else 0.0
-    arrivals = [i * interval for i in range(len(requests))]
+    for requests_n, images in workloads:
+        run_workload(checkpoint, args, requests_n, images)
+    return 0
 
+
+def run_workload(checkpoint: Checkpoint, args: argparse.Namespace, requests_n: int, images: int) -> None:
+    """One workload through every method, printed as a table."""
+    requests = [Request(PROMPTS[i % len(PROMPTS)], num_images=images, cfg=5.0, temperature=1.0, seed=i,
+                        id=f"bench{i}") for i in range(requests_n)]
+    interval = 0.0
+    if args.arrival == "staggered":  # one request every half of a lone request's time
+        interval = run_reference(checkpoint, requests[:1], [0.0]).seconds / 2
+    arrivals = [i * interval for i in range(len(requests))]
+    print(f"\n{requests_n} requests x {images} images", flush=True)
     print(f"{'method':<13} {'images/s':>9} {'ms/step':>10} {'p50 lat s':>10} {'p95 lat s':>10} {'peak MiB':>11}",
           flush=True)
     results = []
@@ -248,20 +257,26 @@ def bench(args: argparse.Namespace) -> int:
     if "transformers" not in args.skip:
         results.append(run_transformers(checkpoint, requests, arrivals))
         print(_format(results[-1]), flush=True)
-    max_images = args.max_batch_images or max(1, sum(r.num_images for r in requests))
-    engine = run_engine(checkpoint, requests, arrivals, max_batch_images=max_images, compile=args.compile)
+    total = sum(r.num_images for r in requests)
+    max_images = args.max_batch_images or total
+    engine = run_engine(checkpoint, requests, arrivals, max_batch_images=max_images, graphs=args.graphs)
     print(_format(engine), flush=True)
     if engine.note:
         print(f"engine: {engine.note}")
-    card = bandwidth_of(device)
+    card = bandwidth_of(checkpoint.device)
     if card is not None:
-        floor = bytes_per_step(checkpoint, min(max_images, sum(r.num_images for r in requests))) / card[1]
+        floor = bytes_per_step(checkpoint, min(max_images, total)) / card[1]
         print(f"bandwidth floor on {card[0]}: {floor * 1000:.2f} ms/step; engine at "
               f"{engine.s_per_step / floor:.2f}x the floor")
     reference = next((m for m in results if m.name == "reference"), None)
     if reference is not None:
-        print(f"speedup vs reference: {engine.images_per_s / reference.images_per_s:.2f}")
-    return 0
+        print(f"speedup vs reference: {engine.images_per_s / reference.images_per_s:.2f}", flush=True)
+
+
+def parse_workload(text: str) -> tuple[int, int]:
+    """'4x4' -> (4 requests, 4 images each)."""
+    requests, _, images = text.lower().partition("x")
+    return int(requests), int(images)
 
 
 def check_arguments(args: argparse.Namespace) -> str | None:
@@ -272,4 +287,11 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         return f"--tokens must be a square number of tokens (16, 64, 144, 576 ...); you gave {args.tokens}."
     if not 1 <= args.images <= 16 or args.requests < 1:
         return "--images must be from 1 to 16 and --requests at least 1."
+    for text in args.workload or []:
+        try:
+            requests, images = parse_workload(text)
+        except ValueError:
+            return f"A workload is REQUESTSxIMAGES, like 4x4; you gave {text!r}."
+        if not 1 <= images <= 16 or requests < 1:
+            return f"Workload {text}: images must be from 1 to 16 and requests at least 1."
     return None

@@ -23,6 +23,7 @@ from generator.prompt import encode_prompt, unconditional_ids
 log = logging.getLogger(__name__)
 
 OUT_OF_MEMORY = "The GPU ran out of memory for this request; try fewer images."
+KV_BLOCK = 64  # static-shape steps attend over the cache in whole blocks of this many positions
 _M32 = 0xFFFFFFFF
 _MIX = 0x45D9F3B
 _GOLDEN = 0x9E3779B1
@@ -117,6 +118,16 @@ def sample(
     inv_t = torch.where(greedy, torch.ones_like(temperature), 1.0 / temperature.clamp(min=1e-6))
     noisy = logits * inv_t[:, None] + gumbel_noise(keys, steps, logits.shape[-1])
     return torch.where(greedy[:, None], logits, noisy).argmax(dim=-1)
+
+
+def _pairs(x: torch.Tensor) -> torch.Tensor:
+    """Each image's entry twice, for its conditional and unconditional rows (no host sync).  # [2n, ...]"""
+    return x.unsqueeze(1).expand(x.shape[0], 2, *x.shape[1:]).reshape(2 * x.shape[0], *x.shape[1:])
+
+
+def _rows_of(slots: torch.Tensor) -> torch.Tensor:
+    """The cache rows of image slots: 2s (conditional) and 2s + 1 (unconditional) for each.  # [2n]"""
+    return torch.stack([2 * slots, 2 * slots + 1], dim=1).flatten()
 
 
 # -- KV cache ---------------------------------------------------------------------------------------
@@ -217,7 +228,7 @@ class Engine:
         preview_every: int = 0,
         record_logits: bool = False,
         on_progress: Callable[[Progress], None] | None = None,
-        compile: bool | None = None,
+        graphs: bool | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.model = checkpoint.model
@@ -260,33 +271,54 @@ class Engine:
         self._host_pos = [0] * (2 * j)
         self._free = list(range(j))
         self._running: dict[str, _Running] = {}
-        # Compiled decoding runs every slot over the whole cache each step: static shapes, one graph.
+        # Static shapes: each step runs at a power-of-two number of slots and a whole number of KV blocks,
+        # so a handful of shapes cover every batch; on CUDA each shape is captured once as a CUDA graph.
         self.static = False
-        if device.type == "cuda" if compile is None else compile:
-            self._compile()
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        if device.type == "cuda" if graphs is None else graphs:
+            self._capture()
 
-    def _compile(self) -> None:
-        """Compile the decode step (CUDA graphs on a GPU); fall back to eager with one log line."""
-        for tensor in [*self.cache.keys, *self.cache.values, self.pos, self.pid, self.valid, self.cfg,
-                       self.temperature, self.keys, self.step_of, self.live, self.prefix, self.prefix_len,
-                       self.tokens]:
-            torch._dynamo.mark_static_address(tensor)
-        mode = "reduce-overhead" if self.checkpoint.device.type == "cuda" else "default"
-        eager = self._decode
-        self._decode = torch.compile(eager, mode=mode, fullgraph=False, dynamic=False)
+    def static_shapes(self) -> list[tuple[int, int]]:
+        """Every (image slots, cache length) a static step can run at, largest first."""
+        j = self.max_batch_images
+        slots = sorted({min(1 << i, j) for i in range(j.bit_length() + 1)})
+        lengths = sorted({min(k, self.max_len) for k in range(KV_BLOCK, self.max_len + KV_BLOCK, KV_BLOCK)})
+        return [(s, k) for s in reversed(slots) for k in reversed(lengths)]
+
+    def _static_shape(self, hi: int, kv_len: int) -> tuple[int, int]:
+        """The static shape that covers slots [0, hi) and `kv_len` cache positions."""
+        slots = min(self.max_batch_images, 1 << (hi - 1).bit_length())
+        return slots, min(self.max_len, -(-kv_len // KV_BLOCK) * KV_BLOCK)
+
+    def _capture(self) -> None:
+        """Switch to static shapes; on CUDA capture one graph per shape, or fall back to eager with one log line.
+
+        No slot is live yet, so the warm-up steps change nothing a request will read.
+        """
         self.static = True
-        try:  # compiler errors show up at the first calls: run a throwaway request a few steps
+        device = self.checkpoint.device
+        if device.type != "cuda":
+            return  # the same shapes, run eagerly: what the CPU tests check
+        try:
+            pool = torch.cuda.graph_pool_handle()
+            stream = torch.cuda.Stream(device)
             with torch.inference_mode():
-                warm_up = Request("warm-up", num_images=1, temperature=0, id="__warm_up__")
-                self.add([warm_up])
-                for _ in range(3):
-                    self.step()
-                self.cancel(warm_up.id)
-        except Exception as err:  # any compiler failure means eager
-            log.warning("compiled decoding unavailable (%s); running eager", str(err).strip().splitlines()[0][:200])
-            self._running.pop("__warm_up__", None)
-            self._free = list(range(self.max_batch_images))
-            self._decode, self.static = eager, False
+                for hi, kv_len in self.static_shapes():  # largest first: later graphs fit in its memory
+                    stream.wait_stream(torch.cuda.current_stream(device))
+                    with torch.cuda.stream(stream):
+                        self._decode(0, hi, kv_len)
+                    torch.cuda.current_stream(device).wait_stream(stream)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool):
+                        self._decode(0, hi, kv_len)
+                    self._graphs[hi, kv_len] = graph
+        except Exception as err:  # any capture failure means eager
+            log.warning("CUDA graphs unavailable (%s); decoding eagerly", str(err).strip().splitlines()[0][:200])
+            self._graphs.clear()
+            self.static = False
+            torch.cuda.synchronize(device)
+            return
+        log.info("captured %d CUDA graphs of the decode step", len(self._graphs))
 
     # -- admission --
 
@@ -369,7 +401,7 @@ class Engine:
         ids, mask = ids.to(device), mask.to(device)
         slots = [s for group in slots_of for s in group]
         slot_t = torch.tensor(slots, dtype=torch.long, device=device)
-        row_t = torch.stack([2 * slot_t, 2 * slot_t + 1], dim=1).flatten()
+        row_t = _rows_of(slot_t)
 
         self.valid[row_t] = False
         self.valid[row_t, :length] = mask
@@ -435,8 +467,8 @@ class Engine:
         finished = self._collect()
         if not self._running:
             return finished
-        hi = self.max_batch_images if self.static else max(s for run in self._running.values() for s in run.slots) + 1
-        finished += self._decode_split(0, hi)
+        slots = [s for run in self._running.values() for s in run.slots]
+        finished += self._decode_split(0, max(slots) + 1, max(self._host_pos[2 * s] for s in slots) + 1)
         for run in self._running.values():
             run.step += 1
             for s in run.slots:
@@ -445,10 +477,16 @@ class Engine:
         self._report()
         return finished + self._collect()
 
-    def _decode_split(self, lo: int, hi: int) -> list[Result]:
+    def _decode_split(self, lo: int, hi: int, kv_len: int) -> list[Result]:
         """Decode image slots [lo, hi); out of memory splits the range, and fails a request only alone."""
         try:
-            self._decode(lo, hi)
+            if self.static and lo == 0:  # the halves of a split run eagerly at their own shapes
+                hi, kv_len = self._static_shape(hi, kv_len)
+                graph = self._graphs.get((hi, kv_len))
+                if graph is not None:
+                    graph.replay()
+                    return []
+            self._decode(lo, hi, kv_len)
             return []
         except torch.OutOfMemoryError:
             self._free_memory()
@@ -458,17 +496,19 @@ class Engine:
             return [self._release(runs[0], "failed", OUT_OF_MEMORY)]
         log.warning("out of memory on a %d-image step; splitting it in two", hi - lo)
         mid = (lo + hi) // 2
-        return self._decode_split(lo, mid) + self._decode_split(mid, hi)
+        return self._decode_split(lo, mid, kv_len) + self._decode_split(mid, hi, kv_len)
 
-    def _decode(self, lo: int, hi: int) -> None:
-        """Feed each image's last token and sample the next, for image slots [lo, hi)."""
+    def _decode(self, lo: int, hi: int, kv_len: int) -> None:
+        """Feed each image's last token and sample the next, for image slots [lo, hi), over `kv_len` positions.
+
+        Nothing here reads a device value on the host, so the step can be captured as a CUDA graph.
+        """
         r0, r1 = 2 * lo, 2 * hi
-        live_rows = self.live[lo:hi].repeat_interleave(2).long()
+        live_rows = _pairs(self.live[lo:hi].long())
         last = self.tokens[lo:hi].gather(1, (self.step_of[lo:hi] - 1).clamp(min=0)[:, None])  # [n, 1]
-        embeds = self.model.prepare_embeddings_for_image_generation(last.repeat_interleave(2, dim=0))  # [2n, 1, H]
+        embeds = self.model.prepare_embeddings_for_image_generation(_pairs(last))  # [2n, 1, H]
         pos = self.pos[r0:r1]
         self.valid[r0:r1].scatter_(1, pos[:, None], True)
-        kv_len = self.max_len if self.static else max(self._host_pos[r0:r1]) + 1
         self.cache.decode(r0, r1, pos, kv_len)
         hidden = self._forward(embeds, self.valid[r0:r1, None, None, :kv_len], self.pid[r0:r1, None])
         self._sample(slice(lo, hi), hidden)
@@ -500,6 +540,14 @@ class Engine:
         self.live[index] = False
         tokens = self.tokens[index].cpu() if status == "done" else None
         logits = self.logits[index].cpu() if self.logits is not None and status == "done" else None
+        # A free row keeps stepping with the batch: back to one valid position, so it reads no stale cache.
+        rows = _rows_of(index)
+        self.valid[rows] = False
+        self.valid[rows, 0] = True
+        self.pos[rows] = 0
+        self.pid[rows] = 0
+        for s in run.slots:
+            self._host_pos[2 * s] = self._host_pos[2 * s + 1] = 0
         self._free = sorted(self._free + run.slots)
         return Result(run.request, tokens, status=status, error=error, logits=logits)
 
@@ -517,12 +565,12 @@ def generate(
     preview_every: int = 0,
     record_logits: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
-    compile: bool = False,
+    graphs: bool = False,
 ) -> list[Result]:
     """Generate all requests in one batch; the KV cache is freed before this returns (decode after).
 
     The cache is sized for exactly this batch (longest prompt plus the image), so attention reads no
-    empty slots; a one-shot batch is not worth compiling unless asked.
+    empty slots; a one-shot batch is not worth capturing as CUDA graphs unless asked.
     """
     requests = list(requests)
     longest = max((len(encode_prompt(checkpoint.processor, r.prompt)) for r in requests), default=1)
@@ -534,7 +582,7 @@ def generate(
             preview_every=preview_every,
             record_logits=record_logits,
             on_progress=on_progress,
-            compile=compile,
+            graphs=graphs,
         )
         results = {result.request.id: result for result in engine.add(requests)}
         while engine.busy:

@@ -37,8 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--arrival", choices=["together", "staggered"], default="together",
                        help="all at once, or one every half of a lone request's time")
     bench.add_argument("--max-batch-images", type=int, help="engine slots (default: the whole workload)")
-    bench.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                       help="compile the engine's decode step (default: on CUDA)")
+    bench.add_argument("--workload", nargs="+", metavar="RxI",
+                       help="several workloads on one model, e.g. 1x1 1x4 4x4 (requests x images each)")
+    bench.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
+                       help="run the engine's decode step as captured CUDA graphs (default: on CUDA)")
     bench.add_argument("--skip", nargs="*", default=[], choices=["reference", "transformers"],
                        help="baselines to leave out")
     bench.add_argument("--device", help="cpu or cuda (default: cuda when present)")

@@ -231,16 +231,33 @@ def test_an_image_that_cannot_fit_even_alone_fails_its_request_only(tiny, monkey
     assert torch.equal(done[keep.id], want.tokens)
 
 
-@pytest.mark.slow
-def test_compiled_decoding_matches_eager(tiny):
-    request = Request(PROMPTS[0], 2, seed=3)
-    [want] = generate(tiny, [Request(**{**request.__dict__, "id": "eager"})])
-    engine = Engine(tiny, max_batch_images=2, compile=True)
-    assert engine.static  # compiled, not fallen back
-    with torch.inference_mode():
-        engine.add([request])
-        done = _run(engine)
-    assert torch.equal(done[request.id], want.tokens)
+def test_static_shapes_cover_every_batch_in_few_shapes(tiny):
+    engine = Engine(tiny, max_batch_images=6, max_prompt_tokens=100, graphs=True)
+    assert engine.static and engine.max_len == 136
+    assert engine.static_shapes() == [(s, k) for s in (6, 4, 2, 1) for k in (136, 128, 64)]
+
+
+def test_static_shape_steps_match_exact_shape_steps(tiny):
+    """Static steps run free slots and empty cache blocks along; the tokens must not notice.
+
+    A long prompt crosses a cache block, a late joiner grows the slot count, a cancel leaves a hole.
+    """
+    long_prompt = " ".join(["a tiny red house beside a green tree"] * 5)
+    requests = [Request(long_prompt, 2, seed=3), Request(PROMPTS[1], 1, seed=4), Request(PROMPTS[0], 2, seed=5)]
+    done = {}
+    for graphs in (False, True):
+        engine = Engine(tiny, max_batch_images=5, graphs=graphs)
+        assert engine.static is graphs
+        with torch.inference_mode():
+            engine.add([Request(**{**r.__dict__, "id": f"{r.id}-{graphs}"}) for r in requests[:2]])
+            for _ in range(5):
+                engine.step()
+            engine.cancel(f"{requests[1].id}-{graphs}")
+            engine.add([Request(**{**requests[2].__dict__, "id": f"{requests[2].id}-{graphs}"})])
+            done[graphs] = _run(engine)
+    assert len(tiny.processor.tokenizer(long_prompt).input_ids) + tiny.num_image_tokens > 64
+    for r in (requests[0], requests[2]):
+        assert torch.equal(done[True][f"{r.id}-True"], done[False][f"{r.id}-False"])
 
 
 def test_one_shot_generate_keeps_the_prompt_limit_while_sizing_its_cache_to_the_batch(tiny):

@@ -1,0 +1,107 @@
+"""Where one decode step's GPU time goes, for the engine at a static shape (CUDA only).
+
+    python benchmarks/step_profile.py [--preset janus-pro-7b] [--images 16] [--fused]
+
+Fills the engine with one request, runs it to half the image, then prints: the captured step's time
+(CUDA events over replays), the kernels of the same step run eagerly (grouped by name, per step), and
+with --fused the step compiled by torch.compile (inductor's fused kernels) and captured the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+import torch
+
+from generator.bench import bandwidth_of, bytes_per_step
+from generator.checkpoint import Checkpoint
+from generator.engine import Engine, Request
+from generator.presets import build_model
+
+
+def replay_ms(fn, steps: int = 40) -> float:
+    """Capture fn once as a CUDA graph; mean milliseconds per replay."""
+    fn()  # warm-up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    start.record()
+    for _ in range(steps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / steps
+
+
+def kernel_table(fn, steps: int = 5, top: int = 14) -> None:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    times: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            times[event.name] += event.device_time_total / steps
+            counts[event.name] += 1
+    total = sum(times.values())
+    print(f"  eager kernels per step: {sum(counts.values()) // steps}, {total / 1000:.2f} ms of kernel time")
+    for name, us in sorted(times.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {us / 1000:7.3f} ms {counts[name] // steps:5d}x  {name[:100]}")
+
+
+def profile(checkpoint: Checkpoint, images: int, fused: bool) -> None:
+    engine = Engine(checkpoint, max_batch_images=images, graphs=False)
+    engine.add([Request("a lighthouse at dusk", images, seed=0)])
+    for _ in range(checkpoint.num_image_tokens // 2):
+        engine.step()
+    kv_len = engine._static_shape(images, engine._host_pos[0] + 60)[1]
+    card = bandwidth_of(checkpoint.device)
+    floor = bytes_per_step(checkpoint, images) / card[1] * 1000 if card else float("nan")
+    print(f"{checkpoint.name}, {images} images, cache length {kv_len}, floor {floor:.2f} ms/step", flush=True)
+
+    def step() -> None:
+        engine._decode(0, images, kv_len)
+
+    print(f"  captured eager kernels: {replay_ms(step):.2f} ms/step", flush=True)
+    kernel_table(step)
+    if not fused:
+        return
+    compiled = torch.compile(engine._decode, dynamic=False)
+
+    def fused_step() -> None:
+        compiled(0, images, kv_len)
+
+    start = time.perf_counter()
+    for _ in range(3):
+        fused_step()
+    torch.cuda.synchronize()
+    print(f"  inductor compile {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"  captured fused kernels: {replay_ms(fused_step):.2f} ms/step", flush=True)
+    kernel_table(fused_step, top=8)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="janus-pro-7b")
+    parser.add_argument("--images", type=int, nargs="+", default=[16, 1])
+    parser.add_argument("--fused", action="store_true", help="also time the inductor-compiled step")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    model, processor = build_model(args.preset, device="cuda", dtype=torch.bfloat16)
+    checkpoint = Checkpoint(model, processor, args.preset)
+    with torch.inference_mode():
+        for images in args.images:
+            try:
+                profile(checkpoint, images, args.fused)
+            except Exception as err:  # report and go on to the next size
+                print(f"  failed: {type(err).__name__}: {str(err).strip().splitlines()[0][:300]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
