@@ -96,11 +96,18 @@ def image_key(seed: int, index: int) -> int:
     return _mix32_int(key ^ (index * _GOLDEN & _M32))
 
 
-def gumbel_noise(keys: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Gumbel(0, 1) noise that is a pure function of (key, step, vocabulary index).  # [B, V]"""
+def column_keys(vocab: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Each vocabulary index's share of the noise hash; constant, so the engine computes it once.  # [V]"""
+    return (torch.arange(vocab, device=device) * _GOLDEN) & _M32
+
+
+def gumbel_noise(keys: torch.Tensor, steps: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise that is a pure function of (key, step, vocabulary index).  # [B, V]
+
+    `columns` is `column_keys(vocab)`.
+    """
     base = _mix32(keys ^ _mix32((steps * _GOLDEN + 0x13198A2E) & _M32))
-    cols = (torch.arange(vocab, device=keys.device) * _GOLDEN) & _M32
-    bits = _mix32(_mix32(base[:, None] ^ cols[None, :]))
+    bits = _mix32(_mix32(base[:, None] ^ columns[None, :]))
     u = ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
     return -torch.log(-torch.log(u))
 
@@ -111,12 +118,15 @@ def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, cfg: torch.Tensor) -
 
 
 def sample(
-    logits: torch.Tensor, temperature: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor
+    logits: torch.Tensor, temperature: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor,
+    columns: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """softmax(logits / T) sampling by Gumbel-max; T == 0 is argmax.  # [B]"""
     greedy = temperature <= 0
     inv_t = torch.where(greedy, torch.ones_like(temperature), 1.0 / temperature.clamp(min=1e-6))
-    noisy = logits * inv_t[:, None] + gumbel_noise(keys, steps, logits.shape[-1])
+    if columns is None:
+        columns = column_keys(logits.shape[-1], logits.device)
+    noisy = logits * inv_t[:, None] + gumbel_noise(keys, steps, columns)
     return torch.where(greedy[:, None], logits, noisy).argmax(dim=-1)
 
 
@@ -263,6 +273,7 @@ class Engine:
         self.prefix = torch.zeros(j, self.n_tokens, dtype=torch.long, device=device)
         self.prefix_len = torch.zeros(j, dtype=torch.long, device=device)
         self.tokens = torch.zeros(j, self.n_tokens, dtype=torch.long, device=device)
+        self.columns = column_keys(self.model.config.vq_config.num_embeddings, device)
         self.logits: torch.Tensor | None = None
         if record_logits:
             vocab = self.model.config.vq_config.num_embeddings
@@ -447,7 +458,7 @@ class Engine:
         logits = self.model.model.generation_head(hidden).float()
         guided = guided_logits(logits[0::2], logits[1::2], self.cfg[slots])
         steps = self.step_of[slots]
-        token = sample(guided, self.temperature[slots], self.keys[slots], steps)
+        token = sample(guided, self.temperature[slots], self.keys[slots], steps, self.columns)
         forced = steps < self.prefix_len[slots]
         token = torch.where(forced, self.prefix[slots].gather(1, steps.clamp(max=self.n_tokens - 1)[:, None])[:, 0],
                             token)

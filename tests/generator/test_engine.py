@@ -3,7 +3,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from generator.engine import Engine, Request, RequestError, generate, gumbel_noise, image_key, sample
+from generator.engine import (
+    Engine,
+    Request,
+    RequestError,
+    column_keys,
+    generate,
+    gumbel_noise,
+    image_key,
+    sample,
+)
 from generator.reference import reference_generate
 
 PROMPTS = ["a lighthouse at dusk", "red", "two small yellow squares in the top left corner on a blue background"]
@@ -148,11 +157,11 @@ def test_gumbel_max_samples_the_softmax_distribution():
 def test_gumbel_noise_is_a_pure_function_of_key_step_and_index():
     keys = torch.tensor([image_key(1, 0), image_key(1, 1), image_key(2, 0)])
     steps = torch.tensor([0, 0, 0])
-    a = gumbel_noise(keys, steps, 64)
-    b = gumbel_noise(keys[[2, 0]], steps[:2], 64)
+    a = gumbel_noise(keys, steps, column_keys(64))
+    b = gumbel_noise(keys[[2, 0]], steps[:2], column_keys(64))
     assert torch.equal(a[0], b[1]) and torch.equal(a[2], b[0])
     assert not torch.equal(a[0], a[1])
-    assert not torch.equal(a[0], gumbel_noise(keys[:1], torch.tensor([1]), 64)[0])
+    assert not torch.equal(a[0], gumbel_noise(keys[:1], torch.tensor([1]), column_keys(64))[0])
     assert torch.isfinite(a).all()
 
 
