@@ -55,7 +55,7 @@ def kernel_table(fn, steps: int = 5, top: int = 14) -> None:
         print(f"  {us / 1000:7.3f} ms {counts[name] // steps:5d}x  {name[:100]}")
 
 
-def profile(checkpoint: Checkpoint, images: int, fused: bool) -> None:
+def profile(checkpoint: Checkpoint, images: int, fused: bool, fused_norm: bool) -> None:
     engine = Engine(checkpoint, max_batch_images=images, graphs=False)
     engine.add([Request("a lighthouse at dusk", images, seed=0)])
     for _ in range(checkpoint.num_image_tokens // 2):
@@ -70,20 +70,38 @@ def profile(checkpoint: Checkpoint, images: int, fused: bool) -> None:
 
     print(f"  captured eager kernels: {replay_ms(step):.2f} ms/step", flush=True)
     kernel_table(step)
+    if fused_norm:
+        restore = fuse_norms(checkpoint)
+        print(f"  captured eager kernels, one-kernel RMSNorm: {replay_ms(step):.2f} ms/step", flush=True)
+        kernel_table(step, top=4)
+        restore()
     if not fused:
         return
-    compiled = torch.compile(engine._decode, dynamic=False)
+    compiled = torch.compile(engine._decode, dynamic=True)  # one compile for every shape
+    for length in (kv_len, kv_len + 64):
+        def fused_step(length: int = length) -> None:
+            compiled(0, images, length)
 
-    def fused_step() -> None:
-        compiled(0, images, kv_len)
-
-    start = time.perf_counter()
-    for _ in range(3):
-        fused_step()
-    torch.cuda.synchronize()
-    print(f"  inductor compile {time.perf_counter() - start:.0f} s", flush=True)
-    print(f"  captured fused kernels: {replay_ms(fused_step):.2f} ms/step", flush=True)
+        start = time.perf_counter()
+        for _ in range(3):
+            fused_step()
+        torch.cuda.synchronize()
+        print(f"  inductor, cache length {length}: compile {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"  captured fused kernels: {replay_ms(fused_step):.2f} ms/step", flush=True)
     kernel_table(fused_step, top=8)
+
+
+def fuse_norms(checkpoint: Checkpoint):
+    """Swap the language model's RMSNorms for torch's one-kernel rms_norm; returns the undo."""
+    swapped = []
+    for module in checkpoint.model.model.language_model.modules():
+        if type(module).__name__.endswith("RMSNorm"):
+            def forward(x: torch.Tensor, module: torch.nn.Module = module) -> torch.Tensor:
+                return torch.nn.functional.rms_norm(x, (x.shape[-1],), module.weight, module.variance_epsilon)
+
+            module.forward = forward
+            swapped.append(module)
+    return lambda: [vars(m).pop("forward") for m in swapped]
 
 
 def main() -> None:
@@ -91,6 +109,7 @@ def main() -> None:
     parser.add_argument("--preset", default="janus-pro-7b")
     parser.add_argument("--images", type=int, nargs="+", default=[16, 1])
     parser.add_argument("--fused", action="store_true", help="also time the inductor-compiled step")
+    parser.add_argument("--fused-norm", action="store_true", help="also time it with one-kernel RMSNorms")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     model, processor = build_model(args.preset, device="cuda", dtype=torch.bfloat16)
@@ -98,9 +117,10 @@ def main() -> None:
     with torch.inference_mode():
         for images in args.images:
             try:
-                profile(checkpoint, images, args.fused)
+                profile(checkpoint, images, args.fused, args.fused_norm)
             except Exception as err:  # report and go on to the next size
-                print(f"  failed: {type(err).__name__}: {str(err).strip().splitlines()[0][:300]}", flush=True)
+                lines = str(err).strip().splitlines()
+                print(f"  failed: {type(err).__name__}: " + "\n    ".join(lines[:3] + lines[-12:]), flush=True)
 
 
 if __name__ == "__main__":
