@@ -2,6 +2,8 @@
 
 An image counts towards `overall` only if every check on it passes (background, count, and each described
 shape's colour, kind and position), as GenEval counts an image only when all of its prompt is right.
+Two more figures say which half of the model loses the points: how often the language model's code grid
+is right (size aside), and how often the VQ decoder draws a correct picture from the true code grid.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from PIL import Image
 from generator.checkpoint import Checkpoint
 from generator.decode import decode_tokens
 from generator.demo import checker, scenes
+from generator.demo.train import codes_follow, scene_codes
 from generator.engine import Request, generate
 from generator.protocol import DEFAULTS
 
@@ -26,15 +29,29 @@ class Scores:
     attributes: dict[str, float]
     overall: float
     images: int
+    codes: float = float("nan")  # share of code grids that draw the prompt, size aside
+
+
+def tokens_for(checkpoint: Checkpoint, prompts: list[str], *, num_images: int, cfg: float,
+               temperature: float = 1.0, seed: int = 0) -> list[torch.Tensor]:
+    """`num_images` code grids for each prompt, all in one batch; prompt i uses seed + i.  # [n, g*g] each"""
+    requests = [Request(p, num_images=num_images, cfg=cfg, temperature=temperature, seed=seed + i)
+                for i, p in enumerate(prompts)]
+    return [r.tokens for r in generate(checkpoint, requests)]
 
 
 def images_for(checkpoint: Checkpoint, prompts: list[str], *, num_images: int, cfg: float,
                temperature: float = 1.0, seed: int = 0) -> list[list[Image.Image]]:
     """`num_images` pictures for each prompt, all in one batch; prompt i uses seed + i."""
-    requests = [Request(p, num_images=num_images, cfg=cfg, temperature=temperature, seed=seed + i)
-                for i, p in enumerate(prompts)]
-    results = generate(checkpoint, requests)
-    return [decode_tokens(checkpoint, r.tokens, chunk=64) for r in results]
+    grids = tokens_for(checkpoint, prompts, num_images=num_images, cfg=cfg, temperature=temperature, seed=seed)
+    return [decode_tokens(checkpoint, tokens, chunk=64) for tokens in grids]
+
+
+def decoder_alone(checkpoint: Checkpoint, cases: list[tuple[scenes.Scene, str]]) -> float:
+    """Share of the scenes' true code grids that the VQ decoder draws with every check passing."""
+    pictures = decode_tokens(checkpoint, torch.tensor([scene_codes(scene) for scene, _ in cases]), chunk=64)
+    return sum(all(all(oks) for oks in checker.score(scene, picture).values())
+               for (scene, _), picture in zip(cases, pictures)) / len(cases)
 
 
 def score_images(cases: list[tuple[scenes.Scene, str]], images: list[list[Image.Image]], cfg: float) -> Scores:
@@ -62,16 +79,23 @@ def evaluate(checkpoint: Checkpoint, *, prompts: int = 32, num_images: int = 4, 
     captions = [text for _, text in cases]
     out = []
     for w in (1.0, weight):
-        out.append(score_images(cases, images_for(checkpoint, captions, num_images=num_images, cfg=w, seed=seed), w))
+        grids = tokens_for(checkpoint, captions, num_images=num_images, cfg=w, seed=seed)
+        scores = score_images(cases, [decode_tokens(checkpoint, tokens, chunk=64) for tokens in grids], w)
+        right = [codes_follow(scene, row.tolist()) for (scene, _), tokens in zip(cases, grids) for row in tokens]
+        scores.codes = sum(right) / len(right)
+        out.append(scores)
     return out
 
 
-def table(results: list[Scores]) -> list[str]:
+def table(results: list[Scores], decoder: float | None = None) -> list[str]:
     """Lines of a side-by-side table, ending with the `overall:` summary line."""
     low, high = results[0], results[-1]
     lines = [f"{'attribute':<12}{'cfg ' + format(low.cfg, 'g'):>10}{'cfg ' + format(high.cfg, 'g'):>10}"]
     for name in checker.ATTRIBUTES:
         lines.append(f"{name:<12}{low.attributes[name]:>10.2f}{high.attributes[name]:>10.2f}")
     lines.append(f"{'all correct':<12}{low.overall:>10.2f}{high.overall:>10.2f}   ({high.images} images each)")
+    lines.append(f"{'codes right':<12}{low.codes:>10.2f}{high.codes:>10.2f}   (the language model's part, size aside)")
+    if decoder is not None:
+        lines.append(f"decoder alone: {decoder:.2f} of the true code grids drawn with every check passing")
     lines.append(f"overall: {high.overall:.2f} at cfg {high.cfg:g}, {low.overall:.2f} at cfg {low.cfg:g}")
     return lines

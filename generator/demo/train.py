@@ -92,6 +92,24 @@ def scene_codes(scene: scenes.Scene) -> list[int]:
     return codes
 
 
+def code_attributes(code: int) -> tuple[str, ...]:
+    """What a cell code stands for, size aside: (background,) or (background, colour, kind)."""
+    colours, kinds, sizes = scenes.COLOURS, scenes.KINDS, list(scenes.SIZES)
+    if code < len(colours):
+        return (colours[code],)
+    kind, _size = divmod(code - len(colours), len(sizes))
+    pair, kind_index = divmod(kind, len(kinds))
+    return colours[pair // len(colours)], colours[pair % len(colours)], kinds[kind_index]
+
+
+def codes_follow(scene: scenes.Scene, codes: list[int]) -> bool:
+    """Whether a code grid draws the scene, size aside; unplaced pairs ("two ...") may sit anywhere."""
+    in_use = len(scenes.COLOURS) + len(scenes.COLOURS) ** 2 * len(scenes.KINDS) * len(scenes.SIZES)
+    want = [code_attributes(c) for c in scene_codes(scene)]
+    got = [code_attributes(c) if c < in_use else ("unused",) for c in codes]
+    return got == want if scene.positioned else sorted(got) == sorted(want)
+
+
 def train_vq(vq: JanusVQVAE, budget: Budget, seed: int, report: Callable[[str], None]) -> dict[str, float]:
     """Decoder and codebook learn to draw each cell's code; the encoder learns to find the code again.
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import re
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
@@ -10,6 +13,7 @@ from PIL import Image
 from generator.checkpoint import DEMO_MODEL_DIR, load_checkpoint, resolve_model
 from generator.demo import checker, scenes
 from generator.demo.evaluate import images_for
+from generator.demo.train import code_attributes, codes_follow, scene_codes
 
 # A few training-distribution prompts with fixed seeds; the shipped model must get their colours right.
 FIXED = [
@@ -48,6 +52,28 @@ def test_checker_catches_each_kind_of_mistake() -> None:
         failed = {name for name, oks in result.items() if not all(oks)}
         assert attribute in failed, (attribute, failed)
         assert "background" not in failed or attribute == "background"
+
+
+def test_code_grids_name_what_each_cell_holds() -> None:
+    for scene, _ in scenes.sample(200, seed=8):
+        codes = scene_codes(scene)
+        assert codes_follow(scene, codes)
+        for shape in scene.shapes:
+            cell = shape.cell[0] * scenes.CELLS + shape.cell[1]
+            assert code_attributes(codes[cell]) == (scene.background, shape.colour, shape.kind)
+    scene = FIXED[0][0]  # a large red circle at the top on blue
+    codes = scene_codes(scene)
+    small = scene_codes(scenes.Scene("blue", (scenes.Shape("red", "circle", "small", (0, 1)),)))
+    moved = scene_codes(scenes.Scene("blue", (scenes.Shape("red", "circle", "large", (2, 1)),)))
+    green = scene_codes(scenes.Scene("blue", (scenes.Shape("green", "circle", "large", (0, 1)),)))
+    assert codes_follow(scene, small)  # size is not part of the check
+    assert not codes_follow(scene, moved) and not codes_follow(scene, green)
+    assert not codes_follow(scene, [*codes[:-1], 511])  # an unused code is never right
+    pair = scenes.Scene("blue", (scenes.Shape("red", "circle", "large", (0, 0)),
+                                 scenes.Shape("red", "circle", "large", (2, 2))), positioned=False)
+    anywhere = scene_codes(scenes.Scene("blue", tuple(scenes.Shape("red", "circle", "large", c)
+                                                    for c in ((1, 0), (1, 2)))))
+    assert codes_follow(pair, anywhere)  # "two red circles": their cells are not asked for
 
 
 def test_scenes_are_deterministic_by_seed() -> None:
@@ -96,3 +122,21 @@ def test_shipped_model_paints_the_asked_background_colour(demo) -> None:
     for (scene, text), pictures in zip(FIXED, images):
         backgrounds = [all(checker.score(scene, p)["background"]) for p in pictures]
         assert sum(backgrounds) >= 3, (text, [checker.read(p) for p in pictures])
+
+
+def test_eval_demo_prints_each_attribute_both_halves_and_the_overall_line_last() -> None:
+    run = subprocess.run([sys.executable, "-m", "janus_bot", "eval-demo", "--n", "2", "--images", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    for name in (*checker.ATTRIBUTES, "all correct", "codes right"):
+        assert re.search(rf"^{name}\s+\d\.\d\d\s+\d\.\d\d", run.stdout, re.M), name
+    assert re.fullmatch(r"decoder alone: \d\.\d\d of the true code grids drawn with every check passing", lines[-2])
+    assert re.fullmatch(r"overall: \d\.\d\d at cfg 5, \d\.\d\d at cfg 1", lines[-1])
+
+
+def test_eval_demo_refuses_bad_options_in_one_line() -> None:
+    run = subprocess.run([sys.executable, "-m", "janus_bot", "eval-demo", "--n", "0"], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == ["janus-bot: error: --n must be at least 1; you gave 0."]
