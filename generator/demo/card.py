@@ -7,7 +7,7 @@ from pathlib import Path
 
 from generator.checkpoint import load_checkpoint
 from generator.demo import scenes
-from generator.demo.evaluate import decoder_alone, evaluate, table
+from generator.demo.evaluate import evaluate, table
 from generator.demo.train import DEMO
 
 
@@ -23,7 +23,7 @@ def write_card(model_dir: str | Path, stats: dict[str, object] | None = None) ->
     if stats is None:
         stats = json.loads((model_dir / "training.json").read_text())
     checkpoint = load_checkpoint(model_dir, device="cpu")
-    lines = table(evaluate(checkpoint), decoder_alone(checkpoint, scenes.held_out_scenes(32)))
+    lines = table(evaluate(checkpoint))
     weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
     notes = f"{stats['notes']}\n\n" if stats.get("notes") else ""
     scores = evaluate_lines_to_scores(lines)

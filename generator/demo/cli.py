@@ -43,8 +43,7 @@ def eval_demo(args: argparse.Namespace) -> int:
         raise UsageError(f"--cfg must be between 0 and 10; you gave {args.cfg:g}.")
     _quiet_transformers()
     from generator.checkpoint import CheckpointError, load_checkpoint, resolve_model
-    from generator.demo import scenes
-    from generator.demo.evaluate import decoder_alone, evaluate, table
+    from generator.demo.evaluate import evaluate, table
 
     try:
         checkpoint = load_checkpoint(resolve_model(args.model), device="cpu")
@@ -52,8 +51,7 @@ def eval_demo(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     started = time.perf_counter()
     results = evaluate(checkpoint, prompts=args.n, num_images=args.images, cfg=args.cfg, seed=args.seed)
-    decoder = decoder_alone(checkpoint, scenes.held_out_scenes(args.n, args.seed))
     print(f"{args.n} held-out prompts x {args.images} images, model {checkpoint.name}, "
           f"{time.perf_counter() - started:.1f}s")
-    print("\n".join(table(results, decoder)))
+    print("\n".join(table(results)))
     return 0

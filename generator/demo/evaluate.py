@@ -29,7 +29,15 @@ class Scores:
     attributes: dict[str, float]
     overall: float
     images: int
-    codes: float = float("nan")  # share of code grids that draw the prompt, size aside
+    codes: float  # share of code grids that draw the prompt, size aside
+
+
+@dataclass
+class Evaluation:
+    """Scores at cfg 1 and at the compared weight, and the decoder alone on the same scenes' true grids."""
+
+    scores: list[Scores]
+    decoder: float
 
 
 def tokens_for(checkpoint: Checkpoint, prompts: list[str], *, num_images: int, cfg: float,
@@ -54,48 +62,44 @@ def decoder_alone(checkpoint: Checkpoint, cases: list[tuple[scenes.Scene, str]])
                for (scene, _), picture in zip(cases, pictures)) / len(cases)
 
 
-def score_images(cases: list[tuple[scenes.Scene, str]], images: list[list[Image.Image]], cfg: float) -> Scores:
-    """Checker results over all pictures of all prompts."""
+def score_grids(checkpoint: Checkpoint, cases: list[tuple[scenes.Scene, str]], grids: list[torch.Tensor],
+                cfg: float) -> Scores:
+    """Checker results over the decoded pictures of all prompts, and how many of their code grids are right."""
     checks: dict[str, list[bool]] = {name: [] for name in checker.ATTRIBUTES}
     perfect = 0
     count = 0
-    for (scene, _), pictures in zip(cases, images):
-        for picture in pictures:
+    right = [codes_follow(scene, row.tolist()) for (scene, _), tokens in zip(cases, grids) for row in tokens]
+    for (scene, _), tokens in zip(cases, grids):
+        for picture in decode_tokens(checkpoint, tokens, chunk=64):
             result = checker.score(scene, picture)
             for name, oks in result.items():
                 checks[name] += oks
             perfect += all(all(oks) for oks in result.values())
             count += 1
     attributes = {name: sum(oks) / len(oks) for name, oks in checks.items() if oks}
-    return Scores(cfg, attributes, perfect / count, count)
+    return Scores(cfg, attributes, perfect / count, count, sum(right) / len(right))
 
 
 def evaluate(checkpoint: Checkpoint, *, prompts: int = 32, num_images: int = 4, cfg: float | None = None,
-             seed: int = 0) -> list[Scores]:
+             seed: int = 0) -> Evaluation:
     """Scores at cfg 1 and at `cfg` (default: the bot's default weight) on held-out prompts."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     weight = float(DEFAULTS["cfg"] if cfg is None else cfg)
     cases = scenes.held_out_scenes(prompts, seed)
     captions = [text for _, text in cases]
-    out = []
-    for w in (1.0, weight):
-        grids = tokens_for(checkpoint, captions, num_images=num_images, cfg=w, seed=seed)
-        scores = score_images(cases, [decode_tokens(checkpoint, tokens, chunk=64) for tokens in grids], w)
-        right = [codes_follow(scene, row.tolist()) for (scene, _), tokens in zip(cases, grids) for row in tokens]
-        scores.codes = sum(right) / len(right)
-        out.append(scores)
-    return out
+    scores = [score_grids(checkpoint, cases, tokens_for(checkpoint, captions, num_images=num_images, cfg=w, seed=seed),
+                          w) for w in (1.0, weight)]
+    return Evaluation(scores, decoder_alone(checkpoint, cases))
 
 
-def table(results: list[Scores], decoder: float | None = None) -> list[str]:
+def table(evaluation: Evaluation) -> list[str]:
     """Lines of a side-by-side table, ending with the `overall:` summary line."""
-    low, high = results[0], results[-1]
+    low, high = evaluation.scores[0], evaluation.scores[-1]
     lines = [f"{'attribute':<12}{'cfg ' + format(low.cfg, 'g'):>10}{'cfg ' + format(high.cfg, 'g'):>10}"]
     for name in checker.ATTRIBUTES:
         lines.append(f"{name:<12}{low.attributes[name]:>10.2f}{high.attributes[name]:>10.2f}")
     lines.append(f"{'all correct':<12}{low.overall:>10.2f}{high.overall:>10.2f}   ({high.images} images each)")
     lines.append(f"{'codes right':<12}{low.codes:>10.2f}{high.codes:>10.2f}   (the language model's part, size aside)")
-    if decoder is not None:
-        lines.append(f"decoder alone: {decoder:.2f} of the true code grids drawn with every check passing")
+    lines.append(f"decoder alone: {evaluation.decoder:.2f} of the true code grids drawn with every check passing")
     lines.append(f"overall: {high.overall:.2f} at cfg {high.cfg:g}, {low.overall:.2f} at cfg {low.cfg:g}")
     return lines
