@@ -1,10 +1,12 @@
 """Where one decode step's GPU time goes, for the engine at a static shape (CUDA only).
 
-    python benchmarks/step_profile.py [--preset janus-pro-7b] [--images 16] [--fused]
+    python benchmarks/step_profile.py [--preset janus-pro-7b] [--images 16] [--fused] [--norms] [--brief]
 
-Fills the engine with one request, runs it to half the image, then prints: the captured step's time
+Runs one request of that many images to the end twice (graphs captured as the engine does), then fills
+an engine with one request, runs it to half the image, and prints: the captured step's time
 (CUDA events over replays), the kernels of the same step run eagerly (grouped by name, per step), and
-with --fused the step compiled by torch.compile (inductor's fused kernels) and captured the same way.
+with --norms the step with transformers' own RMSNorms (the engine uses torch's one-kernel one), with
+--fused the step compiled by torch.compile (inductor's fused kernels) and captured the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections import defaultdict
 import torch
 
 from generator.bench import bandwidth_of, bytes_per_step
-from generator.checkpoint import Checkpoint
+from generator.checkpoint import Checkpoint, fuse_norms
 from generator.engine import Engine, Request
 from generator.presets import build_model
 
@@ -55,7 +57,23 @@ def kernel_table(fn, steps: int = 5, top: int = 14) -> None:
         print(f"  {us / 1000:7.3f} ms {counts[name] // steps:5d}x  {name[:100]}")
 
 
-def profile(checkpoint: Checkpoint, images: int, fused: bool, fused_norm: bool) -> None:
+def whole_requests(checkpoint: Checkpoint, images: int, passes: int = 2) -> None:
+    """A request of `images` images run to the end through a graph-capturing engine, a few times over."""
+    engine = Engine(checkpoint, max_batch_images=images, graphs=True)
+    for index in range(passes):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        engine.add([Request("a lighthouse at dusk", images, seed=index)])
+        steps = 0
+        while engine.busy:
+            engine.step()
+            steps += 1
+        torch.cuda.synchronize()
+        print(f"  whole request, pass {index + 1}: {(time.perf_counter() - start) * 1000 / steps:.2f} ms/step "
+              f"over {steps} steps", flush=True)
+
+
+def profile(checkpoint: Checkpoint, images: int, fused: bool, norms: bool, brief: bool) -> None:
     engine = Engine(checkpoint, max_batch_images=images, graphs=False)
     engine.add([Request("a lighthouse at dusk", images, seed=0)])
     for _ in range(checkpoint.num_image_tokens // 2):
@@ -69,14 +87,19 @@ def profile(checkpoint: Checkpoint, images: int, fused: bool, fused_norm: bool) 
         engine._decode(0, images, kv_len)
 
     print(f"  captured eager kernels: {replay_ms(step):.2f} ms/step", flush=True)
-    kernel_table(step)
-    if fused_norm:
-        restore = fuse_norms(checkpoint)
-        print(f"  captured eager kernels, one-kernel RMSNorm: {replay_ms(step):.2f} ms/step", flush=True)
-        kernel_table(step, top=4)
-        restore()
+    if not brief:
+        kernel_table(step)
+    if norms:
+        fuse_norms(checkpoint.model, fused=False)
+        print(f"  captured eager kernels, transformers' RMSNorm: {replay_ms(step):.2f} ms/step", flush=True)
+        fuse_norms(checkpoint.model)
     if not fused:
         return
+    # Inductor would functionalise the cache's in-place scatter into a copy of the whole cache: keep it eager.
+    # Layers pass their index to it; as a static int that is one recompile per layer, past dynamo's limit.
+    engine.cache.update = torch.compiler.disable(engine.cache.update)
+    torch._dynamo.config.allow_unspec_int_on_nn_module = True
+    torch._dynamo.config.recompile_limit = 64
     compiled = torch.compile(engine._decode, dynamic=True)  # one compile for every shape
     for length in (kv_len, kv_len + 64):
         def fused_step(length: int = length) -> None:
@@ -88,20 +111,8 @@ def profile(checkpoint: Checkpoint, images: int, fused: bool, fused_norm: bool) 
         torch.cuda.synchronize()
         print(f"  inductor, cache length {length}: compile {time.perf_counter() - start:.0f} s", flush=True)
         print(f"  captured fused kernels: {replay_ms(fused_step):.2f} ms/step", flush=True)
-    kernel_table(fused_step, top=8)
-
-
-def fuse_norms(checkpoint: Checkpoint):
-    """Swap the language model's RMSNorms for torch's one-kernel rms_norm; returns the undo."""
-    swapped = []
-    for module in checkpoint.model.model.language_model.modules():
-        if type(module).__name__.endswith("RMSNorm"):
-            def forward(x: torch.Tensor, module: torch.nn.Module = module) -> torch.Tensor:
-                return torch.nn.functional.rms_norm(x, (x.shape[-1],), module.weight, module.variance_epsilon)
-
-            module.forward = forward
-            swapped.append(module)
-    return lambda: [vars(m).pop("forward") for m in swapped]
+    if not brief:
+        kernel_table(fused_step, top=8)
 
 
 def main() -> None:
@@ -109,7 +120,8 @@ def main() -> None:
     parser.add_argument("--preset", default="janus-pro-7b")
     parser.add_argument("--images", type=int, nargs="+", default=[16, 1])
     parser.add_argument("--fused", action="store_true", help="also time the inductor-compiled step")
-    parser.add_argument("--fused-norm", action="store_true", help="also time it with one-kernel RMSNorms")
+    parser.add_argument("--norms", action="store_true", help="also time it with transformers' own RMSNorms")
+    parser.add_argument("--brief", action="store_true", help="only the captured steps' times")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     model, processor = build_model(args.preset, device="cuda", dtype=torch.bfloat16)
@@ -117,7 +129,9 @@ def main() -> None:
     with torch.inference_mode():
         for images in args.images:
             try:
-                profile(checkpoint, images, args.fused, args.fused_norm)
+                if not args.brief:
+                    whole_requests(checkpoint, images)
+                profile(checkpoint, images, args.fused, args.norms, args.brief)
             except Exception as err:  # report and go on to the next size
                 lines = str(err).strip().splitlines()
                 print(f"  failed: {type(err).__name__}: " + "\n    ".join(lines[:3] + lines[-12:]), flush=True)

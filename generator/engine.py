@@ -323,6 +323,9 @@ class Engine:
                     with torch.cuda.graph(graph, pool=pool):
                         self._decode(0, hi, kv_len)
                     self._graphs[hi, kv_len] = graph
+                for graph in self._graphs.values():  # a graph's first launch uploads it: not in a request's time
+                    graph.replay()
+            torch.cuda.synchronize(device)
         except Exception as err:  # any capture failure means eager
             log.warning("CUDA graphs unavailable (%s); decoding eagerly", str(err).strip().splitlines()[0][:200])
             self._graphs.clear()

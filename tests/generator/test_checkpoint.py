@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from generator.checkpoint import CheckpointError, load_checkpoint
+from generator.checkpoint import CheckpointError, fuse_norms, load_checkpoint
 from generator.presets import BOI, PRESETS, build_config, build_model, build_tokenizer
 from generator.prompt import encode_prompt, format_prompt, unconditional_ids
 
@@ -24,6 +24,26 @@ def test_loaded_checkpoint_on_cpu_is_fp32_eval(tiny):
 
 def test_dtype_is_overridable(tiny_dir):
     assert load_checkpoint(tiny_dir, device="cpu", dtype="bf16").dtype == torch.bfloat16
+
+
+def test_one_kernel_norms_compute_what_transformers_norms_do():
+    model, _ = build_model("tiny", seed=3)
+    embeds = torch.randn(2, 7, model.config.text_config.hidden_size)
+    with torch.no_grad():
+        plain = model.model.language_model(inputs_embeds=embeds).last_hidden_state
+        fuse_norms(model)
+        fused = model.model.language_model(inputs_embeds=embeds).last_hidden_state
+    norms = [m for m in model.modules() if type(m).__name__ == "LlamaRMSNorm"]
+    assert len(norms) == 2 * model.config.text_config.num_hidden_layers + 1
+    assert all("forward" in vars(m) for m in norms)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    fuse_norms(model, fused=False)
+    assert not any("forward" in vars(m) for m in norms)
+
+
+def test_loaded_checkpoint_runs_one_kernel_norms(tiny):
+    norm = tiny.model.model.language_model.norm
+    assert norm.forward.__func__.__name__ == "_rms_norm"
 
 
 def test_prompt_format_matches_janus_conversation(tiny):
