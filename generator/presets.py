@@ -56,6 +56,18 @@ class Preset:
     vision_hidden: int
     vision_layers: int
     vision_heads: int
+    vq_multiplier: tuple[int, ...] = (1, 1, 2, 2, 4)  # the VQ-VAE's channels per level; it halves the size at each
+    vq_embed: int = 8  # codebook vector size
+
+    @property
+    def patch(self) -> int:
+        """Pixels per image token along a side: the VQ-VAE's downsampling."""
+        return 2 ** (len(self.vq_multiplier) - 1)
+
+    @property
+    def grid(self) -> int:
+        """Image tokens along a side."""
+        return self.image_size // self.patch
 
 
 PRESETS: dict[str, Preset] = {
@@ -119,12 +131,11 @@ def build_processor(preset: Preset, tokenizer: PreTrainedTokenizerFast | None = 
     """The processor (tokenizer, image processor, chat template) that goes with a preset."""
     tokenizer = tokenizer or build_tokenizer()
     image_processor = JanusImageProcessorPil(size={"height": preset.image_size, "width": preset.image_size})
-    grid = preset.image_size // 16
     return JanusProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
-        num_image_tokens=grid * grid,
+        num_image_tokens=preset.grid**2,
     )
 
 
@@ -142,20 +153,23 @@ def build_config(preset: Preset, tokenizer: PreTrainedTokenizerFast) -> JanusCon
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    grid = preset.image_size // 16
+    # JanusConfig sizes the VQ token grid from the vision encoder's patches: the same grid both ways.
     vision = JanusVisionConfig(
         hidden_size=preset.vision_hidden,
         num_hidden_layers=preset.vision_layers,
         num_attention_heads=preset.vision_heads,
         image_size=preset.image_size,
+        patch_size=preset.patch,
         projection_dim=preset.hidden,
-        num_image_tokens=grid * grid,
+        num_image_tokens=preset.grid**2,
     )
     vq = JanusVQVAEConfig(
         num_embeddings=preset.codebook,
+        embed_dim=preset.vq_embed,
         base_channels=preset.vq_channels,
         latent_channels=min(256, preset.vq_channels * 2),
         num_res_blocks=preset.vq_res_blocks,
+        channel_multiplier=list(preset.vq_multiplier),
         projection_dim=preset.hidden,
         image_token_embed_dim=preset.hidden,
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 from generator.checkpoint import load_checkpoint
 from generator.demo import scenes
 from generator.demo.evaluate import evaluate, table
-from generator.demo.train import DEMO
+from generator.demo.train import DEMO, IN_USE
 
 
 def evaluate_lines_to_scores(lines: list[str]) -> tuple[float, float]:
@@ -42,7 +42,7 @@ and `JanusProcessor`.
 ## Data
 
 Pictures of {scenes.IMAGE_SIZE}x{scenes.IMAGE_SIZE} px: a background colour and one or two shapes, each
-centred in one cell of a 3x3 grid (one VQ token per cell). Colours: {", ".join(scenes.COLOURS)}. Shapes:
+centred in one cell of a 3x3 grid (2x2 VQ tokens per cell). Colours: {", ".join(scenes.COLOURS)}. Shapes:
 {", ".join(scenes.KINDS)}, small or large. Half the scenes hold one shape, 30% two different shapes, 20%
 two alike ("two green squares", positions not named). Captions are varied natural phrasings ("a big red
 disc at the upper left on a blue background", "a purple background with a small white triangle in the
@@ -56,30 +56,41 @@ positions, and six "two <colour> <shape>s" pairs. The evaluation prompts contain
 - {stats["parameters"] / 1e6:.2f} M parameters, {weights / 2**20:.1f} MiB of bf16 safetensors.
 - Language model: {DEMO.layers} layers, hidden {DEMO.hidden}, {DEMO.heads} heads, MLP {DEMO.mlp}; BPE vocabulary
   of {DEMO.vocab} with the Janus special tokens and chat template.
-- VQ-VAE: {DEMO.image_size} px -> {DEMO.image_size // 16}x{DEMO.image_size // 16} tokens, codebook {DEMO.codebook} x 8
-  (l2-normalised), {DEMO.vq_channels} channels at every level, no extra residual blocks.
+- VQ-VAE: {DEMO.image_size} px -> {DEMO.grid}x{DEMO.grid} tokens of {DEMO.patch} px,
+  codebook {DEMO.codebook} x {DEMO.vq_embed} (l2-normalised), {DEMO.vq_channels} channels at every level,
+  no extra residual blocks.
 - The image-understanding half (vision encoder, aligner, text head) is present but untrained.
 
 ## Training
 
 With {stats["threads"]} CPU thread(s) per stage on a shared 2-core machine, {seconds["total"]} s in all:
 
-- VQ-VAE, {budget["vq_steps"]} steps of {budget["vq_batch"]} pictures ({seconds["vq"]} s). Each cell's code is given
-  by what the scene holds there (its background alone, or background, colour, shape and size: 344 codes
-  in use); the decoder and codebook learn to draw it (shape pixels weighted up) and the encoder to find
-  it again (cross-entropy on its cosine similarity to the codebook; it finds
+- VQ-VAE decoder and codebook, {budget["vq_steps"]} steps of {budget["vq_batch"]} pictures, then the encoder,
+  {budget["encoder_steps"]} steps ({seconds["vq"]} s in all). Each token's code is given by what the scene holds
+  there: a background token's colour, or a shape token's colour, shape, size and quarter of its cell
+  ({IN_USE} codes in use; the background around a shape is left to the decoder to see). The decoder learns
+  to draw the codes (L1 + squared error, each shape's box weighted up), then the encoder to find them
+  (cross-entropy on its cosine similarity to the codebook; it finds
   {stats["vq"]["encoder_agreement"]:.1%} of the codes of 512 held-aside scenes). A VQ-VAE whose codes are
   found by nearest-neighbour search alone did not settle in a CPU budget of minutes: its GroupNorms make
   flat colours slow to learn.
 - The generation path, {budget["lm_steps"]} steps of {budget["lm_batch"]} caption -> token sequences
   ({seconds["lm"]} s) over {budget["scenes"]} training scenes with four captions each, teacher-forced as
   the engine lays them out, captions dropped {budget["uncond"]:.0%} of the time for classifier-free
-  guidance. Its targets are the scenes' code grids, what the encoder learns to output, so the two
-  stages do not depend on each other.
+  guidance, with label smoothing {budget["uncond_smoothing"]:g} on those rows: guidance divides by the
+  unconditional probability to the power cfg - 1, so a code those rows ruled out entirely won whenever
+  the conditional rows merely doubted it (without it, at cfg 5 the right code of a teacher-forced token
+  that follows from its neighbours fell from 0.97 to 0.51 probability). The first token of each shape
+  (the top-left quarter of its cell, where the model decides what to draw) counts
+  {budget["decision_weight"]:g} times in the loss: unweighted, nearly all of the loss is background
+  tokens and tokens that copy their neighbour, and the model learned where shapes go but not their
+  colour or kind. Its targets are the scenes' code grids, what the encoder learns to output, so the
+  two stages do not depend on each other.
 
 {notes}Final VQ reconstruction MSE {stats["vq"]["reconstruction_mse"]:.4f} (pixels in [-1, 1]); teacher-forced
-token accuracy {stats["lm"]["token_accuracy"]:.3f}. Weights are stored in bf16, as the published Janus
-checkpoints are, and load as fp32 on a CPU.
+token accuracy {stats["lm"]["token_accuracy"]:.3f}, on the first token of each shape
+{stats["lm"]["first_shape_token_accuracy"]:.3f} (size included, which a caption names 60% of the time).
+Weights are stored in bf16, as the published Janus checkpoints are, and load as fp32 on a CPU.
 
 ## Scores
 

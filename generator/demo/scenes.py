@@ -1,6 +1,6 @@
 """Synthetic scenes (a background colour and one or two shapes) with varied captions, deterministic by seed.
 
-The canvas is a 3x3 grid of cells, one VQ token each; a shape sits in one cell. Held-out combinations,
+The canvas is a 3x3 grid of cells (2x2 VQ tokens each); a shape sits centred in one cell. Held-out combinations,
 never in training and used by the evaluation:
 - every (colour, shape) pair has one of the nine positions held out: (colour + 3 * kind + cell) % 9 == 0;
 - "two <colour> <shape>s" is held out for the (colour, kind) pairs with (colour + kind) % 4 == 0.

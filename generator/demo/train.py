@@ -1,10 +1,10 @@
 """Train the demo model on CPU: the VQ-VAE on scene pictures, then the generation path on caption -> tokens.
 
-Stage 1 trains Janus's `vqmodel`: the decoder and the l2-normalised codebook learn to draw each cell's
-code, the encoder to find it again. Stage 2 trains the language model, `generation_embeddings`,
+Stage 1 trains Janus's `vqmodel`: the decoder and the l2-normalised codebook learn to draw each token's
+code, then the encoder to find it again. Stage 2 trains the language model, `generation_embeddings`,
 `generation_aligner` and `generation_head` by teacher forcing on exactly the sequences the engine builds
 (prompt ids, then image-token embeddings), with the caption replaced as the unconditional rows are a
-tenth of the time so classifier-free guidance works.
+tenth of the time (and those rows label-smoothed) so classifier-free guidance works.
 """
 
 from __future__ import annotations
@@ -29,33 +29,38 @@ from generator.prompt import encode_prompt, unconditional_ids
 
 log = logging.getLogger(__name__)
 
-# 48 px -> a 3x3 grid of 9 tokens: one token per scene cell. The VQ-VAE keeps 128 channels at every level:
-# its GroupNorms (32 groups) standardise each group over the whole picture, and with fewer than ~4 channels
-# a group cannot tell one flat colour from another. No extra residual blocks keeps it fast on a CPU.
+# 48 px -> a 6x6 grid of 36 tokens, 8 px each: a scene cell is 2x2 tokens. Three VQ levels (48 -> 6), 128
+# channels at every level: its GroupNorms (32 groups) standardise each group over the whole picture, and
+# with fewer than ~4 channels a group cannot tell one flat colour from another. No extra residual blocks
+# keeps it fast on a CPU.
 DEMO = Preset(image_size=scenes.IMAGE_SIZE, hidden=128, layers=4, heads=4, kv_heads=4, mlp=384, vocab=1024,
-              codebook=512, vq_channels=128, vq_res_blocks=0, vision_hidden=32, vision_layers=1, vision_heads=2)
-VQ_CHANNELS = (1, 1, 1, 1, 1)
+              codebook=256, vq_channels=128, vq_res_blocks=0, vision_hidden=32, vision_layers=1, vision_heads=2,
+              vq_multiplier=(1, 1, 1, 1), vq_embed=32)
+GRID = DEMO.grid
+TOKENS_PER_CELL = GRID // scenes.CELLS  # along a side
 
 
 @dataclass(frozen=True)
 class Budget:
     """How long each stage trains."""
 
-    vq_steps: int = 1000
-    vq_batch: int = 8
-    vq_lr: float = 3e-4  # higher rates collapse the decoder to the mean picture
+    vq_steps: int = 1000  # the decoder's
+    vq_batch: int = 16
+    vq_lr: float = 1e-3
+    encoder_steps: int = 200
     scenes: int = 16000  # training scenes for stage 2
-    lm_steps: int = 1000
+    lm_steps: int = 3000
     lm_batch: int = 96
     lm_lr: float = 2e-3
+    decision_weight: float = 10.0  # how much more a shape's first token counts in the loss
     uncond: float = 0.1  # fraction of rows trained without their caption
+    uncond_smoothing: float = 0.1  # label smoothing on those rows
 
 
 def build_demo(seed: int = 0) -> tuple[JanusForConditionalGeneration, JanusProcessor]:
     """Fresh weights of the demo architecture, with its tokenizer and chat template."""
     processor = build_processor(DEMO)
     config = build_config(DEMO, processor.tokenizer)
-    config.vq_config.channel_multiplier = list(VQ_CHANNELS)
     torch.manual_seed(seed)
     return JanusForConditionalGeneration(config), processor
 
@@ -81,81 +86,135 @@ def encode(vq: JanusVQVAE, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return z, codes.view(z.shape[0], -1)
 
 
+SHAPE_CODES = len(scenes.COLOURS) * len(scenes.KINDS) * len(scenes.SIZES) * TOKENS_PER_CELL**2
+IN_USE = len(scenes.COLOURS) + SHAPE_CODES  # codes the scenes use; the rest of the codebook stays unused
+
+
 def scene_codes(scene: scenes.Scene) -> list[int]:
-    """The code of each cell, raster order: its background alone, or (background, colour, kind, size)."""
+    """The code of each token, raster order.
+
+    A background token's code is its colour. A shape's tokens (the 2x2 of its cell) are (colour, kind,
+    size, which quarter of the cell), whatever the background: the decoder finds the background in the
+    tokens around them, so the language model has one thing fewer to combine.
+    """
     colours, kinds, sizes = scenes.COLOURS, scenes.KINDS, list(scenes.SIZES)
-    bg = colours.index(scene.background)
-    codes = [bg] * (scenes.CELLS * scenes.CELLS)
+    codes = [colours.index(scene.background)] * GRID**2
     for shape in scene.shapes:
-        kind = (bg * len(colours) + colours.index(shape.colour)) * len(kinds) + kinds.index(shape.kind)
-        codes[shape.cell[0] * scenes.CELLS + shape.cell[1]] = len(colours) + kind * len(sizes) + sizes.index(shape.size)
+        index = (colours.index(shape.colour) * len(kinds) + kinds.index(shape.kind)) * len(sizes)
+        first = len(colours) + (index + sizes.index(shape.size)) * TOKENS_PER_CELL**2
+        top, left = shape.cell[0] * TOKENS_PER_CELL, shape.cell[1] * TOKENS_PER_CELL
+        for quarter in range(TOKENS_PER_CELL**2):
+            dy, dx = divmod(quarter, TOKENS_PER_CELL)
+            codes[(top + dy) * GRID + left + dx] = first + quarter
     return codes
 
 
-def code_attributes(code: int) -> tuple[str, ...]:
-    """What a cell code stands for, size aside: (background,) or (background, colour, kind)."""
+def code_attributes(code: int) -> tuple[str | int, ...]:
+    """What a token's code stands for, size aside: (background,), (colour, kind, quarter) or ("unused",)."""
     colours, kinds, sizes = scenes.COLOURS, scenes.KINDS, list(scenes.SIZES)
     if code < len(colours):
         return (colours[code],)
-    kind, _size = divmod(code - len(colours), len(sizes))
-    pair, kind_index = divmod(kind, len(kinds))
-    return colours[pair // len(colours)], colours[pair % len(colours)], kinds[kind_index]
+    if code >= IN_USE:
+        return ("unused",)
+    index, quarter = divmod(code - len(colours), TOKENS_PER_CELL**2)
+    colour, kind = divmod(index // len(sizes), len(kinds))
+    return colours[colour], kinds[kind], quarter
+
+
+def _cells(codes: list[int]) -> list[tuple[tuple[str | int, ...], ...]]:
+    """Each scene cell's tokens' attributes, cells in raster order."""
+    t = TOKENS_PER_CELL
+    return [tuple(code_attributes(codes[(row * t + dy) * GRID + col * t + dx]) for dy in range(t) for dx in range(t))
+            for row in range(scenes.CELLS) for col in range(scenes.CELLS)]
 
 
 def codes_follow(scene: scenes.Scene, codes: list[int]) -> bool:
-    """Whether a code grid draws the scene, size aside; unplaced pairs ("two ...") may sit anywhere."""
-    in_use = len(scenes.COLOURS) + len(scenes.COLOURS) ** 2 * len(scenes.KINDS) * len(scenes.SIZES)
-    want = [code_attributes(c) for c in scene_codes(scene)]
-    got = [code_attributes(c) if c < in_use else ("unused",) for c in codes]
+    """Whether a code grid draws the scene, size aside; unplaced pairs ("two ...") may sit in any cells."""
+    want, got = _cells(scene_codes(scene)), _cells(codes)
     return got == want if scene.positioned else sorted(got) == sorted(want)
 
 
-def train_vq(vq: JanusVQVAE, budget: Budget, seed: int, report: Callable[[str], None]) -> dict[str, float]:
-    """Decoder and codebook learn to draw each cell's code; the encoder learns to find the code again.
+def _shape_weights(batch: list[scenes.Scene]) -> torch.Tensor:
+    """8 over each shape's box and a pixel around it, 1 elsewhere.  # [n, 1, H, W]
 
-    The code of a cell is given by what the scene holds there (`scene_codes`) rather than found by
+    Shapes cover a few percent of a picture: unweighted, the decoder learns backgrounds only. The box, not
+    the shape's own pixels, is what is weighed up: a circle's corners are background, and weighing only
+    shape pixels teaches the decoder to paint them (small circles come out square).
+    """
+    size = scenes.IMAGE_SIZE
+    weight = torch.ones(len(batch), 1, size, size)
+    for i, scene in enumerate(batch):
+        for shape in scene.shapes:
+            side = scenes.SIZES[shape.size]
+            y0 = shape.cell[0] * scenes.CELL + (scenes.CELL - side) // 2
+            x0 = shape.cell[1] * scenes.CELL + (scenes.CELL - side) // 2
+            weight[i, 0, max(0, y0 - 1): y0 + side + 1, max(0, x0 - 1): x0 + side + 1] = 8
+    return weight
+
+
+def _schedule(optimiser: torch.optim.Optimizer, lr: float, steps: int, warmup: float = 0.02
+              ) -> torch.optim.lr_scheduler.OneCycleLR:
+    return torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps,
+                                               pct_start=max(warmup, 2 / steps))
+
+
+def train_vq(vq: JanusVQVAE, budget: Budget, seed: int, report: Callable[[str], None]) -> dict[str, float]:
+    """The decoder and codebook learn to draw each token's code; then the encoder learns to find the code.
+
+    The code of a token is given by what the scene holds there (`scene_codes`) rather than found by
     nearest-neighbour search: an unsupervised VQ-VAE of this architecture does not settle within a CPU
     budget of minutes, while this one does. The quantizer is the real one: l2-normalised codebook lookup
     on the way down (`encode`), `get_codebook_entry` on the way up.
     """
     vq.train()
     rng = random.Random(seed)
-    optimiser = torch.optim.Adam(vq.parameters(), lr=budget.vq_lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=budget.vq_lr, total_steps=budget.vq_steps,
-                                                   pct_start=0.05)
-    rec_sum, hit_sum = 0.0, 0.0
+    decoder = [*vq.decoder.parameters(), *vq.post_quant_conv.parameters(), vq.quantize.embedding.weight]
+    optimiser = torch.optim.Adam(decoder, lr=budget.vq_lr)
+    schedule = _schedule(optimiser, budget.vq_lr, budget.vq_steps)
+    rec_sum = 0.0
     for step in range(budget.vq_steps):
         batch = [scene for scene, _ in scenes.sample(budget.vq_batch, rng.getrandbits(32))]
         pixels = to_pixels([scenes.render(scene) for scene in batch])
         codes = torch.tensor([scene_codes(scene) for scene in batch])  # [n, g*g]
-        book = _codebook(vq)
-        n, g = len(batch), scenes.CELLS
-        q = book[codes].view(n, g, g, -1).permute(0, 3, 1, 2)
+        q = _codebook(vq)[codes].view(len(batch), GRID, GRID, -1).permute(0, 3, 1, 2)
         recon = vq.decoder(vq.post_quant_conv(q))
-        # Shapes cover a few percent of the pixels: weigh them up, or the decoder learns backgrounds only.
-        background = torch.tensor([scenes.PALETTE[s.background] for s in batch]).view(n, 3, 1, 1) / 127.5 - 1
-        weight = 1 + 7 * ((pixels - background).abs().sum(1, keepdim=True) > 0.01).float()
-        error = ((recon - pixels) ** 2 * weight).mean() / weight.mean()
-        rec_loss = F.mse_loss(recon, pixels)
-        z = F.normalize(vq.quant_conv(vq.encoder(pixels)), dim=1)
+        weight = _shape_weights(batch)
+        error = recon - pixels
+        loss = ((error.abs() + error**2) * weight).mean() / weight.mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(decoder, 1.0)
+        optimiser.step()
+        schedule.step()
+        rec_sum += float((error.detach() ** 2).mean())
+        if (step + 1) % 50 == 0:
+            report(f"vq decoder step {step + 1}/{budget.vq_steps}: reconstruction mse {rec_sum / 50:.4f}")
+            rec_sum = 0.0
+    rec_loss = float((error.detach() ** 2).mean())
+
+    encoder = [*vq.encoder.parameters(), *vq.quant_conv.parameters()]
+    optimiser = torch.optim.Adam(encoder, lr=budget.vq_lr)
+    schedule = _schedule(optimiser, budget.vq_lr, budget.encoder_steps)
+    book = _codebook(vq).detach()
+    hit_sum = 0.0
+    for step in range(budget.encoder_steps):
+        batch = [scene for scene, _ in scenes.sample(budget.vq_batch, rng.getrandbits(32))]
+        codes = torch.tensor([scene_codes(scene) for scene in batch]).flatten()
+        z = F.normalize(vq.quant_conv(vq.encoder(to_pixels([scenes.render(scene) for scene in batch]))), dim=1)
         logits = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]) @ book.T * 10  # cosine similarity / 0.1
-        shape_cells = 1 + 4 * (codes.flatten() >= len(scenes.COLOURS)).float()
-        found = F.cross_entropy(logits, codes.flatten(), reduction="none")
-        loss = error + 0.1 * (found * shape_cells).sum() / shape_cells.sum()
+        loss = F.cross_entropy(logits, codes)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         schedule.step()
-        rec_sum += rec_loss.item()
-        hit_sum += (logits.argmax(-1) == codes.flatten()).float().mean().item()
+        hit_sum += float((logits.argmax(-1) == codes).float().mean())
         if (step + 1) % 50 == 0:
-            report(f"vq step {step + 1}/{budget.vq_steps}: reconstruction {rec_sum / 50:.4f}, "
-                   f"encoder finds the code {hit_sum / 50:.3f}")
-            rec_sum, hit_sum = 0.0, 0.0
+            report(f"vq encoder step {step + 1}/{budget.encoder_steps}: finds the code {hit_sum / 50:.3f}")
+            hit_sum = 0.0
     with torch.no_grad():
         vq.quantize.embedding.weight.copy_(_codebook(vq))  # decode normalises again: a no-op
     vq.eval()
-    return {"reconstruction_mse": float(rec_loss.item())}
+    return {"reconstruction_mse": rec_loss}
 
 
 @torch.inference_mode()
@@ -206,43 +265,77 @@ def image_logits(model: JanusForConditionalGeneration, prompts: list[list[int]],
     return model.model.generation_head(hidden[:, length - 1:])
 
 
+def shape_starts(scene: scenes.Scene) -> list[bool]:
+    """Which tokens start a shape (its cell's top-left quarter), raster order.
+
+    That token is where the model decides what to draw; the shape's other three follow from it.
+    """
+    starts = [False] * GRID**2
+    for shape in scene.shapes:
+        starts[shape.cell[0] * TOKENS_PER_CELL * GRID + shape.cell[1] * TOKENS_PER_CELL] = True
+    return starts
+
+
 def train_lm(model: JanusForConditionalGeneration, processor: JanusProcessor, captions: list[list[str]],
-             tokens: torch.Tensor, budget: Budget, seed: int, report: Callable[[str], None]) -> dict[str, float]:
-    """Next-image-token cross-entropy on caption -> token-grid pairs, some captions dropped."""
+             tokens: torch.Tensor, budget: Budget, seed: int, report: Callable[[str], None],
+             decisions: torch.Tensor | None = None) -> dict[str, float]:
+    """Next-image-token cross-entropy on caption -> token-grid pairs, some captions dropped.
+
+    `decisions` [n, g*g] marks the tokens whose loss counts `budget.decision_weight` times: the few that
+    decide a picture. Unweighted, the loss is mostly background tokens and tokens that copy their
+    neighbour, and the model never learns to name a shape's colour and kind.
+    """
     model.train()
     rng = random.Random(seed)
     pad_id = processor.tokenizer.pad_token_id
     params = generation_parameters(model)
     optimiser = torch.optim.AdamW(params, lr=budget.lm_lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=budget.lm_lr, total_steps=budget.lm_steps,
-                                                   pct_start=0.05)
+    schedule = _schedule(optimiser, budget.lm_lr, budget.lm_steps, warmup=0.05)
     cache: dict[str, list[int]] = {}
-    loss_sum, correct, total = 0.0, 0, 0
+    loss_sum, correct, total, first_right, first_total = 0.0, 0, 0, 0, 0
     last: dict[str, float] = {}
     for step in range(budget.lm_steps):
         index = [rng.randrange(len(tokens)) for _ in range(budget.lm_batch)]
-        prompts = []
+        prompts, dropped = [], []
         for i in index:
             text = rng.choice(captions[i])
             ids = cache.get(text) or cache.setdefault(text, encode_prompt(processor, text))
-            prompts.append(unconditional_ids(ids, processor) if rng.random() < budget.uncond else ids)
+            dropped.append(rng.random() < budget.uncond)
+            prompts.append(unconditional_ids(ids, processor) if dropped[-1] else ids)
         target = tokens[index]
         logits = image_logits(model, prompts, target, pad_id)
-        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten())
+        weight = torch.ones_like(target, dtype=torch.float32)
+        if decisions is not None:
+            weight[decisions[index]] = budget.decision_weight
+        log_p = logits.log_softmax(-1)
+        nll = -log_p.gather(-1, target[..., None])[..., 0]  # [B, T]
+        # Guidance divides by the unconditional probability to the power cfg - 1: a code the unconditional
+        # rows rule out entirely would win whenever the conditional rows merely doubt it. Label smoothing
+        # on those rows keeps every code's unconditional probability above a floor.
+        smooth = torch.tensor(dropped)[:, None] * budget.uncond_smoothing
+        loss = ((1 - smooth) * nll - smooth * log_p.mean(-1)) * weight
+        loss = loss.sum() / weight.sum()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimiser.step()
         schedule.step()
         loss_sum += loss.item()
-        correct += int((logits.argmax(-1) == target).sum())
+        right = logits.argmax(-1) == target
+        correct += int(right.sum())
         total += target.numel()
+        if decisions is not None:
+            first_right += int(right[decisions[index]].sum())
+            first_total += int(decisions[index].sum())
         if (step + 1) % 50 == 0 or step + 1 == budget.lm_steps:
             last = {"loss": loss_sum / (total // target[0].numel() // budget.lm_batch),
                     "token_accuracy": correct / total}
+            if first_total:
+                last["first_shape_token_accuracy"] = first_right / first_total
             report(f"lm step {step + 1}/{budget.lm_steps}: loss {last['loss']:.3f}, "
-                   f"teacher-forced token accuracy {last['token_accuracy']:.3f}")
-            loss_sum, correct, total = 0.0, 0, 0
+                   f"teacher-forced token accuracy {last['token_accuracy']:.3f}"
+                   + (f", first shape tokens {first_right / first_total:.3f}" if first_total else ""))
+            loss_sum, correct, total, first_right, first_total = 0.0, 0, 0, 0, 0
     model.eval()
     return last
 
@@ -258,7 +351,8 @@ def train(out_dir: str | Path, *, seed: int = 0, threads: int = 2, budget: Budge
     started = time.perf_counter()
     model, processor = build_demo(seed)
 
-    report(f"stage 1: VQ-VAE, {budget.vq_steps} steps of {budget.vq_batch} pictures")
+    report(f"stage 1: VQ-VAE, {budget.vq_steps} decoder then {budget.encoder_steps} encoder steps "
+           f"of {budget.vq_batch} pictures")
     t0 = time.perf_counter()
     vq_stats = train_vq(model.model.vqmodel, budget, seed, report)
     vq_time = time.perf_counter() - t0
@@ -267,14 +361,15 @@ def train(out_dir: str | Path, *, seed: int = 0, threads: int = 2, budget: Budge
     pairs = scenes.sample(budget.scenes, seed + 1)
     captions = [[text] + [scenes.caption(scene, rng) for _ in range(3)] for scene, text in pairs]
     tokens = torch.tensor([scene_codes(scene) for scene, _ in pairs])  # what the encoder learned to output
+    decisions = torch.tensor([shape_starts(scene) for scene, _ in pairs])
     check = [scene for scene, _ in scenes.sample(512, seed + 3)]
     truth = torch.tensor([scene_codes(s) for s in check])
     agree = float((tokenise(model.model.vqmodel, check) == truth).float().mean())
-    report(f"the encoder finds {agree:.1%} of held-aside cells' codes")
+    report(f"the encoder finds {agree:.1%} of held-aside tokens' codes")
 
     report(f"stage 2: generation path, {budget.lm_steps} steps of {budget.lm_batch} sequences")
     t0 = time.perf_counter()
-    lm_stats = train_lm(model, processor, captions, tokens, budget, seed + 2, report)
+    lm_stats = train_lm(model, processor, captions, tokens, budget, seed + 2, report, decisions)
     lm_time = time.perf_counter() - t0
 
     out = Path(out_dir)

@@ -13,7 +13,7 @@ from PIL import Image
 from generator.checkpoint import DEMO_MODEL_DIR, load_checkpoint, resolve_model
 from generator.demo import checker, scenes
 from generator.demo.evaluate import images_for
-from generator.demo.train import code_attributes, codes_follow, scene_codes
+from generator.demo.train import code_attributes, codes_follow, scene_codes, shape_starts
 
 # A few training-distribution prompts with fixed seeds; the shipped model must get their colours right.
 FIXED = [
@@ -57,10 +57,14 @@ def test_checker_catches_each_kind_of_mistake() -> None:
 def test_code_grids_name_what_each_cell_holds() -> None:
     for scene, _ in scenes.sample(200, seed=8):
         codes = scene_codes(scene)
-        assert codes_follow(scene, codes)
+        assert len(codes) == 36 and codes_follow(scene, codes)
+        shaped = set()
         for shape in scene.shapes:
-            cell = shape.cell[0] * scenes.CELLS + shape.cell[1]
-            assert code_attributes(codes[cell]) == (scene.background, shape.colour, shape.kind)
+            top, left = 2 * shape.cell[0], 2 * shape.cell[1]  # a cell is 2x2 tokens
+            quarters = [codes[(top + dy) * 6 + left + dx] for dy in (0, 1) for dx in (0, 1)]
+            assert [code_attributes(c) for c in quarters] == [(shape.colour, shape.kind, q) for q in range(4)]
+            shaped |= {(top + dy) * 6 + left + dx for dy in (0, 1) for dx in (0, 1)}
+        assert {code_attributes(c) for i, c in enumerate(codes) if i not in shaped} == {(scene.background,)}
     scene = FIXED[0][0]  # a large red circle at the top on blue
     codes = scene_codes(scene)
     small = scene_codes(scenes.Scene("blue", (scenes.Shape("red", "circle", "small", (0, 1)),)))
@@ -68,12 +72,23 @@ def test_code_grids_name_what_each_cell_holds() -> None:
     green = scene_codes(scenes.Scene("blue", (scenes.Shape("green", "circle", "large", (0, 1)),)))
     assert codes_follow(scene, small)  # size is not part of the check
     assert not codes_follow(scene, moved) and not codes_follow(scene, green)
-    assert not codes_follow(scene, [*codes[:-1], 511])  # an unused code is never right
+    assert not codes_follow(scene, [*codes[:-1], 255])  # an unused code is never right
+    assert not codes_follow(scene, [*codes[:3], codes[2], *codes[4:]])  # the right shape, quarters out of place
     pair = scenes.Scene("blue", (scenes.Shape("red", "circle", "large", (0, 0)),
                                  scenes.Shape("red", "circle", "large", (2, 2))), positioned=False)
     anywhere = scene_codes(scenes.Scene("blue", tuple(scenes.Shape("red", "circle", "large", c)
                                                     for c in ((1, 0), (1, 2)))))
     assert codes_follow(pair, anywhere)  # "two red circles": their cells are not asked for
+
+
+def test_each_shape_starts_at_its_cells_first_quarter() -> None:
+    for scene, _ in scenes.sample(100, seed=9):
+        codes, starts = scene_codes(scene), shape_starts(scene)
+        assert sum(starts) == len(scene.shapes)
+        assert sorted(code_attributes(c)[1:] for c, s in zip(codes, starts) if s) == sorted(
+            (shape.kind, 0) for shape in scene.shapes)
+        first = starts.index(True)  # raster order: nothing before a shape's first token belongs to a shape
+        assert all(code_attributes(c) == (scene.background,) for c in codes[:first])
 
 
 def test_scenes_are_deterministic_by_seed() -> None:
@@ -114,14 +129,14 @@ def demo():
     return load_checkpoint(resolve_model(None), device="cpu")
 
 
-def test_shipped_model_paints_the_asked_background_colour(demo) -> None:
-    # What the shipped model does reliably today; shape colours are not there yet (see its model card,
-    # overall 0.08 held-out), so this checks the background of every picture at cfg 1.
-    assert demo.image_size == scenes.IMAGE_SIZE
-    images = images_for(demo, [text for _, text in FIXED], num_images=4, cfg=1.0, seed=11)
+def test_shipped_model_paints_the_asked_colours_and_shapes(demo) -> None:
+    assert demo.image_size == scenes.IMAGE_SIZE and demo.num_image_tokens == 36
+    images = images_for(demo, [text for _, text in FIXED], num_images=4, cfg=5.0, seed=11)
     for (scene, text), pictures in zip(FIXED, images):
-        backgrounds = [all(checker.score(scene, p)["background"]) for p in pictures]
-        assert sum(backgrounds) >= 3, (text, [checker.read(p) for p in pictures])
+        results = [checker.score(scene, p) for p in pictures]
+        readings = [checker.read(p) for p in pictures]
+        assert all(all(r["background"]) and all(r["colour"]) for r in results), (text, readings)
+        assert sum(all(all(oks) for oks in r.values()) for r in results) >= 3, (text, readings)
 
 
 def test_eval_demo_prints_each_attribute_both_halves_and_the_overall_line_last() -> None:
