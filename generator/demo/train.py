@@ -49,7 +49,7 @@ class Budget:
     vq_lr: float = 1e-3
     encoder_steps: int = 200
     scenes: int = 16000  # training scenes for stage 2
-    lm_steps: int = 3000
+    lm_steps: int = 4500
     lm_batch: int = 96
     lm_lr: float = 2e-3
     decision_weight: float = 10.0  # how much more a shape's first token counts in the loss
