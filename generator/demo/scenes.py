@@ -89,15 +89,20 @@ def is_held_out(scene: Scene) -> bool:
 # -- drawing ----------------------------------------------------------------------------------------
 
 
+def box(shape: Shape) -> tuple[int, int, int, int]:
+    """The pixels a shape is drawn in, centred in its cell: (x0, y0, x1, y1), inclusive."""
+    side = SIZES[shape.size]
+    x0 = shape.cell[1] * CELL + (CELL - side) // 2
+    y0 = shape.cell[0] * CELL + (CELL - side) // 2
+    return x0, y0, x0 + side - 1, y0 + side - 1
+
+
 def render(scene: Scene) -> Image.Image:
     """The scene as a 48x48 RGB picture, hard edges, each shape centred in its cell."""
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), PALETTE[scene.background])
     draw = ImageDraw.Draw(image)
     for shape in scene.shapes:
-        side = SIZES[shape.size]
-        x0 = shape.cell[1] * CELL + (CELL - side) // 2
-        y0 = shape.cell[0] * CELL + (CELL - side) // 2
-        x1, y1 = x0 + side - 1, y0 + side - 1
+        x0, y0, x1, y1 = box(shape)
         colour = PALETTE[shape.colour]
         if shape.kind == "circle":
             draw.ellipse((x0, y0, x1, y1), fill=colour)

@@ -78,16 +78,25 @@ def _codebook(vq: JanusVQVAE) -> torch.Tensor:
     return F.normalize(vq.quantize.embedding.weight, dim=-1)  # [K, D], as get_codebook_entry sees it
 
 
-def encode(vq: JanusVQVAE, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit-norm latents and their nearest codes.  # [n, D, g, g], [n, g*g]"""
+def _latents(vq: JanusVQVAE, pixels: torch.Tensor) -> torch.Tensor:
+    """Unit-norm latents of every token, raster order within each picture.  # [n * g*g, D]"""
     z = F.normalize(vq.quant_conv(vq.encoder(pixels)), dim=1)
-    flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-    codes = (flat @ _codebook(vq).T).argmax(-1)
-    return z, codes.view(z.shape[0], -1)
+    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+
+def encode(vq: JanusVQVAE, pixels: torch.Tensor) -> torch.Tensor:
+    """Each token's nearest code.  # [n, g*g]"""
+    return (_latents(vq, pixels) @ _codebook(vq).T).argmax(-1).view(len(pixels), -1)
 
 
 SHAPE_CODES = len(scenes.COLOURS) * len(scenes.KINDS) * len(scenes.SIZES) * TOKENS_PER_CELL**2
 IN_USE = len(scenes.COLOURS) + SHAPE_CODES  # codes the scenes use; the rest of the codebook stays unused
+
+
+def cell_tokens(cell: tuple[int, int]) -> list[int]:
+    """The raster indices of a scene cell's tokens, its quarters in raster order."""
+    t = TOKENS_PER_CELL
+    return [(cell[0] * t + dy) * GRID + cell[1] * t + dx for dy in range(t) for dx in range(t)]
 
 
 def scene_codes(scene: scenes.Scene) -> list[int]:
@@ -102,10 +111,8 @@ def scene_codes(scene: scenes.Scene) -> list[int]:
     for shape in scene.shapes:
         index = (colours.index(shape.colour) * len(kinds) + kinds.index(shape.kind)) * len(sizes)
         first = len(colours) + (index + sizes.index(shape.size)) * TOKENS_PER_CELL**2
-        top, left = shape.cell[0] * TOKENS_PER_CELL, shape.cell[1] * TOKENS_PER_CELL
-        for quarter in range(TOKENS_PER_CELL**2):
-            dy, dx = divmod(quarter, TOKENS_PER_CELL)
-            codes[(top + dy) * GRID + left + dx] = first + quarter
+        for quarter, token in enumerate(cell_tokens(shape.cell)):
+            codes[token] = first + quarter
     return codes
 
 
@@ -123,8 +130,7 @@ def code_attributes(code: int) -> tuple[str | int, ...]:
 
 def _cells(codes: list[int]) -> list[tuple[tuple[str | int, ...], ...]]:
     """Each scene cell's tokens' attributes, cells in raster order."""
-    t = TOKENS_PER_CELL
-    return [tuple(code_attributes(codes[(row * t + dy) * GRID + col * t + dx]) for dy in range(t) for dx in range(t))
+    return [tuple(code_attributes(codes[token]) for token in cell_tokens((row, col)))
             for row in range(scenes.CELLS) for col in range(scenes.CELLS)]
 
 
@@ -145,10 +151,8 @@ def _shape_weights(batch: list[scenes.Scene]) -> torch.Tensor:
     weight = torch.ones(len(batch), 1, size, size)
     for i, scene in enumerate(batch):
         for shape in scene.shapes:
-            side = scenes.SIZES[shape.size]
-            y0 = shape.cell[0] * scenes.CELL + (scenes.CELL - side) // 2
-            x0 = shape.cell[1] * scenes.CELL + (scenes.CELL - side) // 2
-            weight[i, 0, max(0, y0 - 1): y0 + side + 1, max(0, x0 - 1): x0 + side + 1] = 8
+            x0, y0, x1, y1 = scenes.box(shape)
+            weight[i, 0, max(0, y0 - 1): y1 + 2, max(0, x0 - 1): x1 + 2] = 8
     return weight
 
 
@@ -200,8 +204,7 @@ def train_vq(vq: JanusVQVAE, budget: Budget, seed: int, report: Callable[[str], 
     for step in range(budget.encoder_steps):
         batch = [scene for scene, _ in scenes.sample(budget.vq_batch, rng.getrandbits(32))]
         codes = torch.tensor([scene_codes(scene) for scene in batch]).flatten()
-        z = F.normalize(vq.quant_conv(vq.encoder(to_pixels([scenes.render(scene) for scene in batch]))), dim=1)
-        logits = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]) @ book.T * 10  # cosine similarity / 0.1
+        logits = _latents(vq, to_pixels([scenes.render(scene) for scene in batch])) @ book.T * 10  # cosine / 0.1
         loss = F.cross_entropy(logits, codes)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -220,7 +223,7 @@ def train_vq(vq: JanusVQVAE, budget: Budget, seed: int, report: Callable[[str], 
 @torch.inference_mode()
 def tokenise(vq: JanusVQVAE, pictures: list[scenes.Scene], chunk: int = 256) -> torch.Tensor:
     """Code grids of scenes, in raster order.  # [n, g*g]"""
-    out = [encode(vq, to_pixels([scenes.render(s) for s in pictures[i: i + chunk]]))[1]
+    out = [encode(vq, to_pixels([scenes.render(s) for s in pictures[i: i + chunk]]))
            for i in range(0, len(pictures), chunk)]
     return torch.cat(out)
 
@@ -272,7 +275,7 @@ def shape_starts(scene: scenes.Scene) -> list[bool]:
     """
     starts = [False] * GRID**2
     for shape in scene.shapes:
-        starts[shape.cell[0] * TOKENS_PER_CELL * GRID + shape.cell[1] * TOKENS_PER_CELL] = True
+        starts[cell_tokens(shape.cell)[0]] = True
     return starts
 
 
@@ -305,8 +308,9 @@ def train_lm(model: JanusForConditionalGeneration, processor: JanusProcessor, ca
         target = tokens[index]
         logits = image_logits(model, prompts, target, pad_id)
         weight = torch.ones_like(target, dtype=torch.float32)
-        if decisions is not None:
-            weight[decisions[index]] = budget.decision_weight
+        first = decisions[index] if decisions is not None else None
+        if first is not None:
+            weight[first] = budget.decision_weight
         log_p = logits.log_softmax(-1)
         nll = -log_p.gather(-1, target[..., None])[..., 0]  # [B, T]
         # Guidance divides by the unconditional probability to the power cfg - 1: a code the unconditional
@@ -324,9 +328,9 @@ def train_lm(model: JanusForConditionalGeneration, processor: JanusProcessor, ca
         right = logits.argmax(-1) == target
         correct += int(right.sum())
         total += target.numel()
-        if decisions is not None:
-            first_right += int(right[decisions[index]].sum())
-            first_total += int(decisions[index].sum())
+        if first is not None:
+            first_right += int(right[first].sum())
+            first_total += int(first.sum())
         if (step + 1) % 50 == 0 or step + 1 == budget.lm_steps:
             last = {"loss": loss_sum / (total // target[0].numel() // budget.lm_batch),
                     "token_accuracy": correct / total}
