@@ -93,6 +93,8 @@ class PoolWorker:
         self._info: dict[str, str] = {}
         self._wake = asyncio.Event()  # a job was queued or a slot freed: look at the queue now
         self._next_prune = 0.0
+        self._health_ttl = 30.0
+        self._reporting = asyncio.Lock()  # one health write at a time, so an older one never lands last
 
     @property
     def images_in_flight(self) -> int:
@@ -254,6 +256,8 @@ class PoolWorker:
             self.counters["jobs_failed"] += 1
         else:
             self.counters["jobs_cancelled"] += 1
+        with contextlib.suppress(*REDIS_DOWN):  # the pool's counts are current, not a heartbeat behind
+            await self._report_health()
 
     def _write_result(self, job_id: str, done: str) -> None:
         """The Done message into the shared directory, whole and on disk; files older than the ttl go."""
@@ -282,18 +286,20 @@ class PoolWorker:
                 entries: list[Any] = [held.entry for held in self._held.values()]
                 if entries:  # resets their idle time, so that nobody claims them
                     await self.client.xclaim(self._jobs, WORKERS, self.name, 0, entries, justid=True)
-                await self._report_health(ttl=every * 3 + 5)
+                self._health_ttl = every * 3 + 5
+                await self._report_health()
             await asyncio.sleep(every)
 
-    async def _report_health(self, ttl: float = 30.0) -> None:
+    async def _report_health(self) -> None:
         key = f"{self._p}worker:{self.name}"
-        fields: dict[Any, Any] = {**self._info, **{k: str(v) for k, v in self.counters.items()},
-                  "slots": str(self.slots), "images_in_flight": str(self.images_in_flight),
-                  "jobs_running": str(len(self._held)), "seen_at": f"{time.time():.3f}"}
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=fields)
-            pipe.expire(key, int(ttl))
-            await pipe.execute()
+        async with self._reporting:
+            fields: dict[Any, Any] = {**self._info, **{k: str(v) for k, v in self.counters.items()},
+                                      "slots": str(self.slots), "images_in_flight": str(self.images_in_flight),
+                                      "jobs_running": str(len(self._held)), "seen_at": f"{time.time():.3f}"}
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=fields)
+                pipe.expire(key, int(self._health_ttl))
+                await pipe.execute()
 
     async def _listen(self) -> None:
         """Wake up when a job is queued; stop jobs their users cancelled while this worker runs them."""

@@ -294,6 +294,11 @@ async def test_two_workers_two_bots_200_jobs_from_20_users(
                 with sqlite3.connect(tmp_path / data / "janus-bot.db") as con:
                     assert dict(con.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")) == {"done": 100}
                     assert set(dict(con.execute("SELECT job_id, COUNT(*) FROM images GROUP BY job_id")).values()) == {1}
+
+            async def counted() -> bool:  # a worker writes its counts just after the result the bot saw
+                return sum(int(fields["jobs_done"]) for fields in (await health(url)).values()) >= 200
+
+            await until(counted, 10, "the workers' health to count all 200 jobs")
             pool = await health(url)
             done = Counter({name: int(fields["jobs_done"]) for name, fields in pool.items()})
             assert sum(done.values()) == 200  # every job ran once
