@@ -147,9 +147,9 @@ class SlotCache:
     """Per-layer keys and values [rows, kv_heads, max_len, head_dim]; each row writes at its own position.
 
     Speaks the part of transformers' Cache interface the language model calls (`update`). Before each
-    forward the engine says which rows it covers: `prefill(rows)` writes a prompt at positions [0, L) of
-    the given rows; `decode(start, stop, pos, kv_len)` writes one token per row at `pos` for rows [start, stop) and
-    returns the first `kv_len` positions.
+    forward the engine says which rows it covers: `prefill(rows, source)` writes prompt row `source[i]` at
+    positions [0, L) of cache row `rows[i]`; `decode(start, stop, pos, kv_len)` writes one token per row at
+    `pos` for rows [start, stop) and returns the first `kv_len` positions.
     """
 
     is_compileable = False
@@ -160,7 +160,9 @@ class SlotCache:
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.max_len = max_len
+        self._row_index = torch.arange(rows, device=device)
         self._rows: torch.Tensor | None = None
+        self._source: torch.Tensor | None = None
         self._start = self._stop = 0
         self._pos: torch.Tensor | None = None
         self._kv_len = max_len
@@ -169,8 +171,8 @@ class SlotCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
-    def prefill(self, rows: torch.Tensor) -> None:
-        self._rows = rows
+    def prefill(self, rows: torch.Tensor, source: torch.Tensor) -> None:
+        self._rows, self._source = rows, source
 
     def decode(self, start: int, stop: int, pos: torch.Tensor, kv_len: int) -> None:
         self._rows, self._start, self._stop, self._pos, self._kv_len = None, start, stop, pos, kv_len
@@ -180,13 +182,13 @@ class SlotCache:
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         if self._rows is not None:
             length = key_states.shape[2]
-            keys[self._rows, :, :length] = key_states
-            values[self._rows, :, :length] = value_states
+            keys[self._rows, :, :length] = key_states[self._source]
+            values[self._rows, :, :length] = value_states[self._source]
             return key_states, value_states
         keys, values = keys[self._start : self._stop], values[self._start : self._stop]
-        index = self._pos.view(-1, 1, 1, 1).expand(-1, keys.shape[1], 1, keys.shape[3])
-        keys.scatter_(2, index, key_states)
-        values.scatter_(2, index, value_states)
+        rows = self._row_index[: self._stop - self._start]
+        keys[rows, :, self._pos] = key_states[:, :, 0]  # an index write: a third of scatter_'s time on CPU
+        values[rows, :, self._pos] = value_states[:, :, 0]
         return keys[:, :, : self._kv_len], values[:, :, : self._kv_len]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -383,13 +385,10 @@ class Engine:
 
     def _add(self, requests: list[Request], prompts: list[list[int]]) -> list[Result]:
         slots_of: list[list[int]] = [[] for _ in requests]
-        rows: list[list[int]] = []
-        for request, cond, slots in zip(requests, prompts, slots_of):
+        for request, slots in zip(requests, slots_of):
             slots += [self._free.pop(0) for _ in range(request.num_images)]
-            uncond = unconditional_ids(cond, self.processor)
-            rows += [cond, uncond] * request.num_images
         try:
-            self._prefill(requests, slots_of, rows)
+            self._prefill(requests, slots_of, prompts)
         except torch.OutOfMemoryError:
             self._free = sorted(self._free + [s for slots in slots_of for s in slots])
             self.live[torch.tensor([s for slots in slots_of for s in slots], device=self.live.device)] = False
@@ -404,8 +403,10 @@ class Engine:
         self._report(requests)
         return []
 
-    def _prefill(self, requests: Sequence[Request], slots_of: list[list[int]], rows: list[list[int]]) -> None:
+    def _prefill(self, requests: Sequence[Request], slots_of: list[list[int]], prompts: list[list[int]]) -> None:
+        """Run each request's two prompt rows once; every image of the request starts from their cache."""
         device = self.checkpoint.device
+        rows = [ids for cond in prompts for ids in (cond, unconditional_ids(cond, self.processor))]
         length = max(len(r) for r in rows)
         ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
         mask = torch.zeros(len(rows), length, dtype=torch.bool)
@@ -416,12 +417,14 @@ class Engine:
         slots = [s for group in slots_of for s in group]
         slot_t = torch.tensor(slots, dtype=torch.long, device=device)
         row_t = _rows_of(slot_t)
+        owner = torch.tensor([i for i, group in enumerate(slots_of) for _ in group], device=device)
+        source = _rows_of(owner)  # the prompt row each cache row copies
 
         self.valid[row_t] = False
-        self.valid[row_t, :length] = mask
+        self.valid[row_t, :length] = mask[source]
         pid = (mask.cumsum(dim=1) - 1).clamp(min=0)
         self.pos[row_t] = length
-        self.pid[row_t] = pid[:, -1] + 1
+        self.pid[row_t] = pid[source, -1] + 1
         for slot in slots:
             self._host_pos[2 * slot] = self._host_pos[2 * slot + 1] = length
 
@@ -443,10 +446,10 @@ class Engine:
         eye = torch.eye(length, dtype=torch.bool, device=device)
         attn = (causal & mask[:, None, :]) | eye  # pad queries see themselves: finite states, no NaN
         embeds = self.model.get_input_embeddings()(ids)
-        self.cache.prefill(row_t)
+        self.cache.prefill(row_t, source)
         hidden = self._forward(embeds, attn[:, None], pid)
         self.live[slot_t] = True
-        self._sample(slot_t, hidden)
+        self._sample(slot_t, hidden[source])
 
     # -- stepping --
 

@@ -175,15 +175,16 @@ def test_transformers_generate_agrees_with_the_engine_when_greedy(tiny):
     assert torch.equal(hf, ours.tokens)
 
 
-def _out_of_memory_above(monkeypatch, tiny, step_rows: int, prompt_rows: int) -> list[int]:
-    """Make the language model raise CUDA-style out-of-memory for forwards with more rows than allowed."""
+def _out_of_memory_above(monkeypatch, tiny, step_rows: int, prompt_tokens: int) -> list[int]:
+    """Make the language model raise CUDA-style out-of-memory for steps with more rows than allowed, and for
+    prefills of more rows x tokens."""
     lm = tiny.model.model.language_model
     inner, calls = lm.forward, []
 
     def forward(*, inputs_embeds, **kwargs):
         n, length = inputs_embeds.shape[:2]
         calls.append(n)
-        if n > (step_rows if length == 1 else prompt_rows):
+        if n > step_rows if length == 1 else n * length > prompt_tokens:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return inner(inputs_embeds=inputs_embeds, **kwargs)
 
@@ -195,7 +196,7 @@ def test_out_of_memory_in_a_step_splits_it_and_changes_no_tokens(tiny, monkeypat
     requests = [Request(PROMPTS[i % 3], 2, seed=i) for i in range(3)]
     expected = generate(tiny, [Request(**{**r.__dict__, "id": f"alone{i}"}) for i, r in enumerate(requests)])
     engine = Engine(tiny, max_batch_images=6)
-    calls = _out_of_memory_above(monkeypatch, tiny, step_rows=4, prompt_rows=100)
+    calls = _out_of_memory_above(monkeypatch, tiny, step_rows=4, prompt_tokens=10_000)
     with torch.inference_mode():
         assert engine.add(requests) == []
         done = _run(engine)
@@ -206,12 +207,14 @@ def test_out_of_memory_in_a_step_splits_it_and_changes_no_tokens(tiny, monkeypat
 
 
 def test_out_of_memory_prefilling_fails_only_the_request_that_cannot_fit(tiny, monkeypatch):
-    small, big = Request(PROMPTS[0], 1, seed=1), Request(PROMPTS[1], 4, seed=2)
+    small, big = Request(PROMPTS[0], 1, seed=1), Request(PROMPTS[2], 4, seed=2)
     [want] = generate(tiny, [Request(**{**small.__dict__, "id": "alone"})])
     engine = Engine(tiny, max_batch_images=6)
-    _out_of_memory_above(monkeypatch, tiny, step_rows=100, prompt_rows=4)
+    fits = 2 * len(engine.validate(small))  # the small request's two prompt rows, and no more
+    calls = _out_of_memory_above(monkeypatch, tiny, step_rows=100, prompt_tokens=fits)
     with torch.inference_mode():
         failed = engine.add([small, big])
+        assert calls == [4, 2, 2]  # two rows a request however many images: together, then one by one
         assert [(r.request.id, r.status) for r in failed] == [(big.id, "failed")]
         assert "out of memory" in failed[0].error and "\n" not in failed[0].error
         assert engine.free_images == 5
