@@ -2,8 +2,9 @@
 
 Every image owns two rows of a preallocated KV cache (conditional, unconditional). Rows keep their own
 write position and position ids, so requests of different prompt lengths share a step, and a request
-can join while others are half-way. Sampling is Gumbel-max over counter-based noise: an image's
-random numbers depend only on (seed, image index, step), never on its neighbours in the batch.
+can join while others are half-way. Sampling inverts the softmax's cumulative distribution at one
+counter-based uniform number per image and step: an image's random numbers depend only on (seed, image
+index, step), never on its neighbours in the batch.
 """
 
 from __future__ import annotations
@@ -96,20 +97,10 @@ def image_key(seed: int, index: int) -> int:
     return _mix32_int(key ^ (index * _GOLDEN & _M32))
 
 
-def column_keys(vocab: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Each vocabulary index's share of the noise hash; constant, so the engine computes it once.  # [V]"""
-    return (torch.arange(vocab, device=device) * _GOLDEN) & _M32
-
-
-def gumbel_noise(keys: torch.Tensor, steps: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """Gumbel(0, 1) noise that is a pure function of (key, step, vocabulary index).  # [B, V]
-
-    `columns` is `column_keys(vocab)`.
-    """
-    base = _mix32(keys ^ _mix32((steps * _GOLDEN + 0x13198A2E) & _M32))
-    bits = _mix32(_mix32(base[:, None] ^ columns[None, :]))
-    u = ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
-    return -torch.log(-torch.log(u))
+def uniform(keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """A number in (0, 1] that is a pure function of (key, step): 24 random bits.  # [B]"""
+    bits = _mix32(keys ^ _mix32((steps * _GOLDEN + 0x13198A2E) & _M32))
+    return ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
 
 
 def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, cfg: torch.Tensor) -> torch.Tensor:
@@ -117,17 +108,20 @@ def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, cfg: torch.Tensor) -
     return uncond + cfg[:, None] * (cond - uncond)
 
 
-def sample(
-    logits: torch.Tensor, temperature: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor,
-    columns: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """softmax(logits / T) sampling by Gumbel-max; T == 0 is argmax.  # [B]"""
+def sample(logits: torch.Tensor, temperature: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """softmax(logits / T) sampling by inverting its cumulative sum at `uniform(keys, steps)`; T == 0 is
+    argmax.  # [B]
+
+    One random number per row instead of one per vocabulary entry (as Gumbel-max needs): a handful of
+    kernels over the logits. The first index whose cumulative probability reaches u * total is drawn: as
+    0 < u <= 1, that is always an index, and never one of probability 0.
+    """
     greedy = temperature <= 0
     inv_t = torch.where(greedy, torch.ones_like(temperature), 1.0 / temperature.clamp(min=1e-6))
-    if columns is None:
-        columns = column_keys(logits.shape[-1], logits.device)
-    noisy = logits * inv_t[:, None] + gumbel_noise(keys, steps, columns)
-    return torch.where(greedy[:, None], logits, noisy).argmax(dim=-1)
+    cdf = torch.softmax(logits * inv_t[:, None], dim=-1).cumsum_(dim=-1)
+    u = uniform(keys, steps) * cdf[:, -1]  # the total is 1 up to rounding
+    drawn = torch.searchsorted(cdf, u[:, None])[:, 0]
+    return torch.where(greedy, logits.argmax(dim=-1), drawn)
 
 
 def _pairs(x: torch.Tensor) -> torch.Tensor:
@@ -275,7 +269,6 @@ class Engine:
         self.prefix = torch.zeros(j, self.n_tokens, dtype=torch.long, device=device)
         self.prefix_len = torch.zeros(j, dtype=torch.long, device=device)
         self.tokens = torch.zeros(j, self.n_tokens, dtype=torch.long, device=device)
-        self.columns = column_keys(self.model.config.vq_config.num_embeddings, device)
         self.logits: torch.Tensor | None = None
         if record_logits:
             vocab = self.model.config.vq_config.num_embeddings
@@ -464,7 +457,7 @@ class Engine:
         logits = self.model.model.generation_head(hidden).float()
         guided = guided_logits(logits[0::2], logits[1::2], self.cfg[slots])
         steps = self.step_of[slots]
-        token = sample(guided, self.temperature[slots], self.keys[slots], steps, self.columns)
+        token = sample(guided, self.temperature[slots], self.keys[slots], steps)
         forced = steps < self.prefix_len[slots]
         token = torch.where(forced, self.prefix[slots].gather(1, steps.clamp(max=self.n_tokens - 1)[:, None])[:, 0],
                             token)

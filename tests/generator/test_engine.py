@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -7,11 +9,10 @@ from generator.engine import (
     Engine,
     Request,
     RequestError,
-    column_keys,
     generate,
-    gumbel_noise,
     image_key,
     sample,
+    uniform,
 )
 from generator.reference import reference_generate
 
@@ -144,7 +145,7 @@ def test_invalid_requests_are_refused_with_a_sentence(tiny, request_, message):
     assert engine.free_images == 8
 
 
-def test_gumbel_max_samples_the_softmax_distribution():
+def test_sampling_draws_the_softmax_distribution():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
     n = 20000
     keys = torch.tensor([image_key(seed, 0) for seed in range(n)])
@@ -154,15 +155,26 @@ def test_gumbel_max_samples_the_softmax_distribution():
     torch.testing.assert_close(freq, expected, atol=0.012, rtol=0)
 
 
-def test_gumbel_noise_is_a_pure_function_of_key_step_and_index():
+@pytest.mark.parametrize("u", [1.0, 2.0**-24])
+def test_sampling_never_draws_a_token_of_probability_zero(monkeypatch, u):
+    import generator.engine
+
+    monkeypatch.setattr(generator.engine, "uniform", lambda keys, steps: torch.full(keys.shape, u))
+    logits = torch.tensor([[-math.inf, 0.0, 3.0, -math.inf], [-200.0, 1.0, 1.0, 150.0]])
+    tokens = sample(logits, torch.ones(2), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+    assert tokens.tolist() == ([2, 3] if u == 1.0 else [1, 3])  # all but the largest logit of row 2 underflow to 0
+
+
+def test_uniform_is_a_pure_function_of_key_and_step():
     keys = torch.tensor([image_key(1, 0), image_key(1, 1), image_key(2, 0)])
     steps = torch.tensor([0, 0, 0])
-    a = gumbel_noise(keys, steps, column_keys(64))
-    b = gumbel_noise(keys[[2, 0]], steps[:2], column_keys(64))
+    a = uniform(keys, steps)
+    b = uniform(keys[[2, 0]], steps[:2])
     assert torch.equal(a[0], b[1]) and torch.equal(a[2], b[0])
-    assert not torch.equal(a[0], a[1])
-    assert not torch.equal(a[0], gumbel_noise(keys[:1], torch.tensor([1]), column_keys(64))[0])
-    assert torch.isfinite(a).all()
+    assert len(set(a.tolist())) == 3
+    assert not torch.equal(a[0], uniform(keys[:1], torch.tensor([1]))[0])
+    many = uniform(torch.tensor([image_key(s, 0) for s in range(4000)]), torch.zeros(4000, dtype=torch.long))
+    assert many.min() > 0 and many.max() <= 1 and abs(many.mean().item() - 0.5) < 0.02
 
 
 def test_transformers_generate_agrees_with_the_engine_when_greedy(tiny):
