@@ -260,6 +260,8 @@ class Engine:
         self.pid = torch.zeros(2 * j, dtype=torch.long, device=device)
         self.valid = torch.zeros(2 * j, self.max_len, dtype=torch.bool, device=device)
         self.valid[:, 0] = True  # a row never used still attends to something (no NaN)
+        self._attend = torch.zeros((), dtype=checkpoint.dtype, device=device)
+        self._ignore = torch.full((), -math.inf, dtype=checkpoint.dtype, device=device)
         # Per image slot: settings, random key, forced prefix, sampled tokens.
         self.cfg = torch.ones(j, dtype=torch.float32, device=device)
         self.temperature = torch.ones(j, dtype=torch.float32, device=device)
@@ -520,7 +522,9 @@ class Engine:
         pos = self.pos[r0:r1]
         self.valid[r0:r1].scatter_(1, pos[:, None], True)
         self.cache.decode(r0, r1, pos, kv_len)
-        hidden = self._forward(embeds, self.valid[r0:r1, None, None, :kv_len], self.pid[r0:r1, None])
+        # An additive mask, made once: SDPA would turn a boolean one into this in every layer.
+        bias = torch.where(self.valid[r0:r1, None, None, :kv_len], self._attend, self._ignore)
+        hidden = self._forward(embeds, bias, self.pid[r0:r1, None])
         self._sample(slice(lo, hi), hidden)
         self.pos[r0:r1] += live_rows
         self.pid[r0:r1] += live_rows
