@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel
 
 from generator.checkpoint import Checkpoint
 from generator.prompt import encode_prompt, unconditional_ids
@@ -212,6 +214,58 @@ def auto_batch_images(checkpoint: Checkpoint, max_prompt_tokens: int, *, limit: 
     return fit
 
 
+# -- decode step ------------------------------------------------------------------------------------
+
+
+class LlamaStep:
+    """One token per row through a Llama language model, written out over the model's own modules.
+
+    The arithmetic of transformers' LlamaModel forward in the same order, less its per-layer plumbing:
+    rotary embeddings go onto queries and keys in one pass, and nothing dispatches on keyword arguments.
+    On the 2-core CPU that is 8% of a 64-row step; on a GPU, five fewer kernels a layer in each captured
+    graph. `unsupported(lm)` names what it does not cover; the engine then decodes through transformers.
+    """
+
+    def __init__(self, lm: torch.nn.Module) -> None:
+        self.lm = lm
+        attn = lm.layers[0].self_attn
+        self.heads, self.head_dim, self.scaling = lm.config.num_attention_heads, attn.head_dim, attn.scaling
+
+    @staticmethod
+    def unsupported(lm: torch.nn.Module) -> str | None:
+        """Why this language model must decode through transformers' forward, or None."""
+        config = lm.config
+        if type(lm) is not LlamaModel or any(type(layer) is not LlamaDecoderLayer for layer in lm.layers):
+            return f"a {type(lm).__name__} language model"
+        if config.num_key_value_heads != config.num_attention_heads:
+            return "grouped-query attention"
+        if config.attention_bias or config.mlp_bias or getattr(config, "pretraining_tp", 1) != 1:
+            return "biased or split projections"
+        return None
+
+    def __call__(self, embeds: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, cache: SlotCache
+                 ) -> torch.Tensor:
+        """Final hidden states [rows, H] for embeds [rows, 1, H], position_ids [rows, 1] and an additive mask."""
+        rows, heads, dim = embeds.shape[0], self.heads, self.head_dim
+        cos, sin = (t.unsqueeze(1) for t in self.lm.rotary_emb(embeds, position_ids=position_ids))
+        hidden = embeds
+        for index, layer in enumerate(self.lm.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            x = layer.input_layernorm(hidden)
+            qk = torch.cat([F.linear(x, attn.q_proj.weight), F.linear(x, attn.k_proj.weight)], dim=-1)
+            qk = qk.view(rows, 1, 2 * heads, dim).transpose(1, 2)  # [rows, 2 heads, 1, dim]
+            rotated = torch.cat((-qk[..., dim // 2 :], qk[..., : dim // 2]), dim=-1)
+            qk = qk * cos + rotated * sin
+            value = F.linear(x, attn.v_proj.weight).view(rows, 1, heads, dim).transpose(1, 2)
+            keys, values = cache.update(qk[:, heads:], value, index)
+            out = F.scaled_dot_product_attention(qk[:, :heads], keys, values, attn_mask=mask, scale=self.scaling)
+            hidden = hidden + F.linear(out.transpose(1, 2).reshape(rows, 1, heads * dim), attn.o_proj.weight)
+            x = layer.post_attention_layernorm(hidden)
+            x = mlp.act_fn(F.linear(x, mlp.gate_proj.weight)) * F.linear(x, mlp.up_proj.weight)
+            hidden = hidden + F.linear(x, mlp.down_proj.weight)
+        return self.lm.norm(hidden)[:, -1]
+
+
 # -- engine -----------------------------------------------------------------------------------------
 
 
@@ -248,6 +302,11 @@ class Engine:
         self.record_logits = record_logits
         self.on_progress = on_progress
         self.pad_id = self.processor.tokenizer.pad_token_id
+        lm = self.model.model.language_model
+        why = LlamaStep.unsupported(lm)
+        self._step = LlamaStep(lm) if why is None else None
+        if why is not None:
+            log.info("decoding through transformers' forward: the engine's own step does not cover %s", why)
 
         device, j = checkpoint.device, max_batch_images
         text = self.model.config.text_config
@@ -524,7 +583,10 @@ class Engine:
         self.cache.decode(r0, r1, pos, kv_len)
         # An additive mask, made once: SDPA would turn a boolean one into this in every layer.
         bias = torch.where(self.valid[r0:r1, None, None, :kv_len], self._attend, self._ignore)
-        hidden = self._forward(embeds, bias, self.pid[r0:r1, None])
+        if self._step is not None:
+            hidden = self._step(embeds, bias, self.pid[r0:r1, None], self.cache)
+        else:
+            hidden = self._forward(embeds, bias, self.pid[r0:r1, None])
         self._sample(slice(lo, hi), hidden)
         self.pos[r0:r1] += live_rows
         self.pid[r0:r1] += live_rows

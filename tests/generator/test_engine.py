@@ -59,6 +59,40 @@ def test_teacher_forced_guided_logits_match_reference(tiny):
         torch.testing.assert_close(result.logits, ref.logits, atol=1e-4, rtol=0)
 
 
+def test_own_decode_step_equals_transformers_forward(tiny):
+    requests = [Request(PROMPTS[2], 2, seed=3, id="a"), Request(PROMPTS[1], 1, cfg=3.0, seed=4, id="b")]
+    runs = []
+    for own in (True, False):
+        engine = Engine(tiny, max_batch_images=3, record_logits=True)
+        assert engine._step is not None  # the tiny model is a plain Llama: the own step covers it
+        if not own:
+            engine._step = None
+        with torch.inference_mode():
+            engine.add(requests)
+            results = {}
+            while engine.busy:
+                results.update((r.request.id, r) for r in engine.step())
+        runs.append(results)
+    for rid in ("a", "b"):
+        assert torch.equal(runs[0][rid].tokens, runs[1][rid].tokens)
+        torch.testing.assert_close(runs[0][rid].logits, runs[1][rid].logits, atol=1e-5, rtol=0)
+
+
+def test_a_language_model_the_own_step_does_not_cover_decodes_through_transformers(caplog):
+    import dataclasses
+    import logging
+
+    from generator.checkpoint import Checkpoint
+    from generator.presets import PRESETS, build_model
+
+    model, processor = build_model(dataclasses.replace(PRESETS["tiny"], kv_heads=2), seed=1)
+    checkpoint = Checkpoint(model, processor, "tiny with grouped-query attention")
+    with caplog.at_level(logging.INFO, logger="generator.engine"):
+        [result] = generate(checkpoint, [Request(PROMPTS[0], 2, temperature=0)])
+    assert "does not cover grouped-query attention" in caplog.text
+    assert torch.equal(result.tokens, reference_generate(checkpoint, PROMPTS[0], 2, temperature=0).tokens)
+
+
 def test_same_seed_same_images_and_different_seed_different(tiny):
     a, b, c = generate(tiny, [Request(PROMPTS[0], 4, seed=7), Request(PROMPTS[0], 4, seed=7),
                               Request(PROMPTS[0], 4, seed=8)])
@@ -187,20 +221,25 @@ def test_transformers_generate_agrees_with_the_engine_when_greedy(tiny):
     assert torch.equal(hf, ours.tokens)
 
 
+def _first_norm(tiny) -> torch.nn.Module:
+    """The first module every forward runs on its rows, prefill or step, the engine's own step or not."""
+    return tiny.model.model.language_model.layers[0].input_layernorm
+
+
 def _out_of_memory_above(monkeypatch, tiny, step_rows: int, prompt_tokens: int) -> list[int]:
     """Make the language model raise CUDA-style out-of-memory for steps with more rows than allowed, and for
     prefills of more rows x tokens."""
-    lm = tiny.model.model.language_model
-    inner, calls = lm.forward, []
+    norm = _first_norm(tiny)
+    inner, calls = norm.forward, []
 
-    def forward(*, inputs_embeds, **kwargs):
-        n, length = inputs_embeds.shape[:2]
+    def forward(hidden):
+        n, length = hidden.shape[:2]
         calls.append(n)
         if n > step_rows if length == 1 else n * length > prompt_tokens:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return inner(inputs_embeds=inputs_embeds, **kwargs)
+        return inner(hidden)
 
-    monkeypatch.setattr(lm, "forward", forward)
+    monkeypatch.setattr(norm, "forward", forward)
     return calls
 
 
@@ -240,15 +279,15 @@ def test_an_image_that_cannot_fit_even_alone_fails_its_request_only(tiny, monkey
     engine = Engine(tiny, max_batch_images=2)
     with torch.inference_mode():
         engine.add([keep, doomed])
-        lm = tiny.model.model.language_model
-        inner = lm.forward
+        norm = _first_norm(tiny)
+        inner = norm.forward
 
-        def forward(*, inputs_embeds, **kwargs):  # the second image slot always runs out of memory
-            if inputs_embeds.shape[0] == 4 or engine.cache._start == 2:
+        def forward(hidden):  # the second image slot always runs out of memory
+            if hidden.shape[0] == 4 or engine.cache._start == 2:
                 raise torch.OutOfMemoryError("CUDA out of memory.")
-            return inner(inputs_embeds=inputs_embeds, **kwargs)
+            return inner(hidden)
 
-        monkeypatch.setattr(lm, "forward", forward)
+        monkeypatch.setattr(norm, "forward", forward)
         finished = engine.step()
         assert [(r.request.id, r.status) for r in finished] == [(doomed.id, "failed")]
         done = _run(engine)
