@@ -11,7 +11,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 "$PYTHON" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
     | tee -a "$OUT/gpu.txt"
 "$PYTHON" -m pytest -q -p no:cacheprovider tests/generator/test_gpu.py 2>&1 | tee "$OUT/tests.txt"
-"$PYTHON" -m janus_bot bench --preset janus-pro-7b --workload 4x4 1x4 1x1 --skip transformers 2>&1 \
+"$PYTHON" -m janus_bot bench --preset janus-pro-7b --workload 4x4 1x4 1x1 --skip transformers --repeat 1 2>&1 \
     | tee "$OUT/bench-7b.txt"
-"$PYTHON" -m janus_bot bench --preset janus-pro-1b --workload 4x4 1x4 1x1 --skip transformers 2>&1 \
+"$PYTHON" -m janus_bot bench --preset janus-pro-1b --workload 4x4 1x4 1x1 --skip transformers --repeat 1 2>&1 \
     | tee "$OUT/bench-1b.txt"

@@ -202,6 +202,11 @@ def bandwidth_of(device: torch.device) -> tuple[str, float] | None:
     return None
 
 
+def _median(runs: list[Measurement]) -> Measurement:
+    """The run with the median time (of an even number, the faster of the middle two)."""
+    return sorted(runs, key=lambda m: m.seconds)[(len(runs) - 1) // 2]
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
@@ -215,6 +220,8 @@ def _format(m: Measurement) -> str:
 def bench(args: argparse.Namespace) -> int:
     device = torch.device(args.device) if args.device else default_device()
     dtype = parse_dtype(args.dtype, device)
+    if args.repeat is None:  # a shared CPU's speed drifts from run to run; a GPU's hardly does
+        args.repeat = 1 if device.type == "cuda" else 3
     preset = PRESETS[args.preset]
     if args.tokens:
         side = math.isqrt(args.tokens)
@@ -234,6 +241,7 @@ def bench(args: argparse.Namespace) -> int:
     run_reference(checkpoint, warm, [0.0])
     if "transformers" not in args.skip:
         run_transformers(checkpoint, warm, [0.0])
+    run_engine(checkpoint, warm, [0.0], max_batch_images=1, graphs=args.graphs)
     for requests_n, images in workloads:
         run_workload(checkpoint, args, requests_n, images)
     return 0
@@ -247,20 +255,30 @@ def run_workload(checkpoint: Checkpoint, args: argparse.Namespace, requests_n: i
     if args.arrival == "staggered":  # one request every half of a lone request's time
         interval = run_reference(checkpoint, requests[:1], [0.0]).seconds / 2
     arrivals = [i * interval for i in range(len(requests))]
-    print(f"\n{requests_n} requests x {images} images", flush=True)
-    print(f"{'method':<13} {'images/s':>9} {'ms/step':>10} {'p50 lat s':>10} {'p95 lat s':>10} {'peak MiB':>11}",
-          flush=True)
-    results = []
-    if "reference" not in args.skip:
-        results.append(run_reference(checkpoint, requests, arrivals))
-        print(_format(results[-1]), flush=True)
-    if "transformers" not in args.skip:
-        results.append(run_transformers(checkpoint, requests, arrivals))
-        print(_format(results[-1]), flush=True)
     total = sum(r.num_images for r in requests)
     max_images = args.max_batch_images or total
-    engine = run_engine(checkpoint, requests, arrivals, max_batch_images=max_images, graphs=args.graphs)
-    print(_format(engine), flush=True)
+    methods: dict[str, Callable[[], Measurement]] = {}
+    if "reference" not in args.skip:
+        methods["reference"] = lambda: run_reference(checkpoint, requests, arrivals)
+    if "transformers" not in args.skip:
+        methods["transformers"] = lambda: run_transformers(checkpoint, requests, arrivals)
+    methods["engine"] = lambda: run_engine(checkpoint, requests, arrivals, max_batch_images=max_images,
+                                           graphs=args.graphs)
+    rounds = f", median of {args.repeat} interleaved runs" if args.repeat > 1 else ""
+    print(f"\n{requests_n} requests x {images} images{rounds}", flush=True)
+    print(f"{'method':<13} {'images/s':>9} {'ms/step':>10} {'p50 lat s':>10} {'p95 lat s':>10} {'peak MiB':>11}",
+          flush=True)
+    runs: dict[str, list[Measurement]] = {name: [] for name in methods}
+    for _ in range(args.repeat):  # each method once a round, so a slower spell of the machine hits them all
+        for name, measure in methods.items():
+            runs[name].append(measure())
+            if args.repeat == 1:
+                print(_format(runs[name][-1]), flush=True)
+    results = [_median(measured) for measured in runs.values()]
+    if args.repeat > 1:
+        for result in results:
+            print(_format(result), flush=True)
+    engine = results[-1]
     if engine.note:
         print(f"engine: {engine.note}")
     card = bandwidth_of(checkpoint.device)
@@ -285,6 +303,8 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         return f"Unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}."
     if args.tokens is not None and (args.tokens < 1 or math.isqrt(args.tokens) ** 2 != args.tokens):
         return f"--tokens must be a square number of tokens (16, 64, 144, 576 ...); you gave {args.tokens}."
+    if args.repeat is not None and args.repeat < 1:
+        return f"--repeat must be at least 1; you gave {args.repeat}."
     if not 1 <= args.images <= 16 or args.requests < 1:
         return "--images must be from 1 to 16 and --requests at least 1."
     for text in args.workload or []:

@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--arrival", choices=["together", "staggered"], default="together",
                        help="all at once, or one every half of a lone request's time")
     bench.add_argument("--max-batch-images", type=int, help="engine slots (default: the whole workload)")
+    bench.add_argument("--repeat", type=int,
+                       help="runs of each method, interleaved; the median is printed (default 3 on CPU, 1 on CUDA)")
     bench.add_argument("--workload", nargs="+", metavar="RxI",
                        help="several workloads on one model, e.g. 1x1 1x4 4x4 (requests x images each)")
     bench.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,

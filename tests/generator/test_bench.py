@@ -19,6 +19,7 @@ def test_bench_prints_each_method_and_the_speedup_for_each_workload():
     assert "16 tokens per image (64 px)" in out
     blocks = out.split("requests x")[1:]
     assert len(blocks) == 2
+    assert all(block.splitlines()[0].endswith(", median of 3 interleaved runs") for block in blocks)  # CPU default
     for block in blocks:
         for method in ("reference", "transformers", "engine"):
             line = re.search(rf"^{method}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)$", block, re.M)
@@ -29,8 +30,9 @@ def test_bench_prints_each_method_and_the_speedup_for_each_workload():
 
 def test_bench_staggered_reports_how_soon_requests_joined():
     run = _bench("--preset", "tiny", "--tokens", "16", "--requests", "3", "--images", "1", "--arrival", "staggered",
-                 "--skip", "transformers", "--device", "cpu")
+                 "--skip", "transformers", "--device", "cpu", "--repeat", "1")
     assert run.returncode == 0, run.stderr
+    assert "3 requests x 1 images\n" in run.stdout  # one run each: no median
     assert re.search(r"^engine: \d of 3 requests joined at the first step after arriving", run.stdout, re.M)
     assert "transformers" not in run.stdout.split("requests x")[1]
 
@@ -40,3 +42,17 @@ def test_bench_refuses_a_malformed_workload_in_one_line():
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == ["janus-bot: error: A workload is REQUESTSxIMAGES, like 4x4; "
                                                "you gave '4by4'."]
+
+
+def test_bench_refuses_zero_repeats_in_one_line():
+    run = _bench("--repeat", "0")
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == ["janus-bot: error: --repeat must be at least 1; you gave 0."]
+
+
+def test_the_median_run_is_the_middle_one_by_time():
+    from generator.bench import Measurement, _median
+
+    runs = [Measurement("engine", 4, seconds, 10, [seconds], 1) for seconds in (3.0, 1.0, 2.0, 9.0)]
+    assert _median(runs[:3]).seconds == 2.0
+    assert _median(runs).seconds == 2.0  # of an even number, the faster of the middle two
