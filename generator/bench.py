@@ -130,10 +130,10 @@ def run_transformers(checkpoint: Checkpoint, requests: list[Request], arrivals: 
 
 
 def run_engine(checkpoint: Checkpoint, requests: list[Request], arrivals: list[float], *, max_batch_images: int,
-               graphs: bool | None) -> Measurement:
+               graphs: bool | None, compile: bool = False) -> Measurement:
     """All requests through one engine; each joins at the first step after it arrives."""
     device = checkpoint.device
-    engine = Engine(checkpoint, max_batch_images=max_batch_images, graphs=graphs)
+    engine = Engine(checkpoint, max_batch_images=max_batch_images, graphs=graphs, compile=compile)
     pending = list(zip(requests, arrivals))
     arrived = {r.id: a for r, a in zip(requests, arrivals)}
     latencies: dict[str, float] = {}
@@ -234,14 +234,15 @@ def bench(args: argparse.Namespace) -> int:
     print(f"janus-bot bench: preset {args.preset} ({params / 1e6:.0f}M parameters), "
           f"{checkpoint.num_image_tokens} tokens per image ({preset.image_size} px), arrivals {args.arrival}, "
           f"{device.type} {str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads"
-          + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""), flush=True)
+          + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "")
+          + (", engine step compiled" if args.compile else ""), flush=True)
 
     # Warm up every path once so no one pays for first-call costs in the measurement.
     warm = [Request("warm up", num_images=1, seed=0, id="warm")]
     run_reference(checkpoint, warm, [0.0])
     if "transformers" not in args.skip:
         run_transformers(checkpoint, warm, [0.0])
-    run_engine(checkpoint, warm, [0.0], max_batch_images=1, graphs=args.graphs)
+    run_engine(checkpoint, warm, [0.0], max_batch_images=1, graphs=args.graphs, compile=args.compile)
     for requests_n, images in workloads:
         run_workload(checkpoint, args, requests_n, images)
     return 0
@@ -263,7 +264,7 @@ def run_workload(checkpoint: Checkpoint, args: argparse.Namespace, requests_n: i
     if "transformers" not in args.skip:
         methods["transformers"] = lambda: run_transformers(checkpoint, requests, arrivals)
     methods["engine"] = lambda: run_engine(checkpoint, requests, arrivals, max_batch_images=max_images,
-                                           graphs=args.graphs)
+                                           graphs=args.graphs, compile=args.compile)
     rounds = f", median of {args.repeat} interleaved runs" if args.repeat > 1 else ""
     print(f"\n{requests_n} requests x {images} images{rounds}", flush=True)
     print(f"{'method':<13} {'images/s':>9} {'ms/step':>10} {'p50 lat s':>10} {'p95 lat s':>10} {'peak MiB':>11}",

@@ -289,6 +289,7 @@ class Engine:
         record_logits: bool = False,
         on_progress: Callable[[Progress], None] | None = None,
         graphs: bool | None = None,
+        compile: bool = False,
     ) -> None:
         self.checkpoint = checkpoint
         self.model = checkpoint.model
@@ -342,6 +343,8 @@ class Engine:
         # so a handful of shapes cover every batch; on CUDA each shape is captured once as a CUDA graph.
         self.static = False
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        if compile:
+            self._compile()
         if device.type == "cuda" if graphs is None else graphs:
             self._capture()
 
@@ -356,6 +359,28 @@ class Engine:
         """The static shape that covers slots [0, hi) and `kv_len` cache positions."""
         slots = min(self.max_batch_images, 1 << (hi - 1).bit_length())
         return slots, min(self.max_len, -(-kv_len // KV_BLOCK) * KV_BLOCK)
+
+    def _compile(self) -> None:
+        """Run the own decode step through torch.compile (inductor), or stay eager with one log line.
+
+        The cache writes stay eager: compiled, they become a copy of the cache. One dynamic-shape compile
+        covers every batch and cache length; inductor keeps what it built on disk for the next start. The
+        warm-up step compiles it now rather than in a request, and touches no live slot.
+        """
+        if self._step is None:
+            log.warning("torch.compile needs the engine's own decode step; decoding through transformers")
+            return
+        eager, update = self._step, self.cache.update
+        self.cache.update = torch.compiler.disable(update)  # type: ignore[method-assign]
+        self._step = torch.compile(eager, dynamic=True)  # type: ignore[assignment]
+        try:
+            with torch.inference_mode():
+                self._decode(0, self.max_batch_images, min(self.max_len, KV_BLOCK))
+        except Exception as err:  # any compiler failure means eager
+            log.warning("torch.compile unavailable (%s); decoding eagerly", str(err).strip().splitlines()[0][:200])
+            self._step, self.cache.update = eager, update  # type: ignore[method-assign]
+            return
+        log.info("decode step compiled by torch.compile")
 
     def _capture(self) -> None:
         """Switch to static shapes; on CUDA capture one graph per shape, or fall back to eager with one log line.

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="several workloads on one model, e.g. 1x1 1x4 4x4 (requests x images each)")
     bench.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
                        help="run the engine's decode step as captured CUDA graphs (default: on CUDA)")
+    bench.add_argument("--compile", action="store_true",
+                       help="compile the engine's decode step with torch.compile (inductor) first")
     bench.add_argument("--skip", nargs="*", default=[], choices=["reference", "transformers"],
                        help="baselines to leave out")
     bench.add_argument("--device", help="cpu or cuda (default: cuda when present)")

@@ -9,6 +9,7 @@ from generator.engine import (
     Engine,
     Request,
     RequestError,
+    Result,
     generate,
     image_key,
     sample,
@@ -91,6 +92,46 @@ def test_a_language_model_the_own_step_does_not_cover_decodes_through_transforme
         [result] = generate(checkpoint, [Request(PROMPTS[0], 2, temperature=0)])
     assert "does not cover grouped-query attention" in caplog.text
     assert torch.equal(result.tokens, reference_generate(checkpoint, PROMPTS[0], 2, temperature=0).tokens)
+
+
+def _forced_run(engine: Engine, tiny) -> dict[str, Result]:
+    """Two requests teacher-forced through the whole image, guided logits recorded."""
+    n_tok = tiny.num_image_tokens
+    forced = [torch.randint(0, 256, (2, n_tok), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    with torch.inference_mode():
+        engine.add([Request(PROMPTS[2], 2, cfg=5.0, prefix=forced[0], id="a"),
+                    Request(PROMPTS[1], 2, cfg=3.0, prefix=forced[1], id="b")])
+        results = {}
+        while engine.busy:
+            results.update((r.request.id, r) for r in engine.step())
+    return results
+
+
+def test_compiled_step_computes_what_the_eager_step_does(tiny, caplog):
+    import logging
+
+    eager = _forced_run(Engine(tiny, max_batch_images=4, record_logits=True), tiny)
+    with caplog.at_level(logging.INFO, logger="generator.engine"):
+        engine = Engine(tiny, max_batch_images=4, record_logits=True, compile=True)
+    assert "decode step compiled by torch.compile" in caplog.text
+    compiled = _forced_run(engine, tiny)
+    for rid in ("a", "b"):
+        torch.testing.assert_close(compiled[rid].logits, eager[rid].logits, atol=1e-4, rtol=0)
+
+
+def test_a_step_that_will_not_compile_falls_back_to_eager_in_one_line(tiny, caplog, monkeypatch):
+    def broken(fn, **options):
+        def call(*args, **kwargs):
+            raise RuntimeError("inductor: no C++ compiler found\n(a long traceback)")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    eager = _forced_run(Engine(tiny, max_batch_images=4, record_logits=True), tiny)
+    engine = Engine(tiny, max_batch_images=4, record_logits=True, compile=True)
+    assert "torch.compile unavailable (inductor: no C++ compiler found); decoding eagerly" in caplog.text
+    fallen_back = _forced_run(engine, tiny)
+    for rid in ("a", "b"):
+        assert torch.equal(fallen_back[rid].logits, eager[rid].logits)
 
 
 def test_same_seed_same_images_and_different_seed_different(tiny):
