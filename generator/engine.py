@@ -371,14 +371,14 @@ class Engine:
             log.warning("torch.compile needs the engine's own decode step; decoding through transformers")
             return
         eager, update = self._step, self.cache.update
-        self.cache.update = torch.compiler.disable(update)  # type: ignore[method-assign]
-        self._step = torch.compile(eager, dynamic=True)  # type: ignore[assignment]
+        self.cache.update = torch.compiler.disable(update)
+        self._step = torch.compile(eager, dynamic=True)
         try:
             with torch.inference_mode():
                 self._decode(0, self.max_batch_images, min(self.max_len, KV_BLOCK))
         except Exception as err:  # any compiler failure means eager
             log.warning("torch.compile unavailable (%s); decoding eagerly", str(err).strip().splitlines()[0][:200])
-            self._step, self.cache.update = eager, update  # type: ignore[method-assign]
+            self._step, self.cache.update = eager, update
             return
         log.info("decode step compiled by torch.compile")
 
