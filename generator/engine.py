@@ -602,7 +602,8 @@ class Engine:
         r0, r1 = 2 * lo, 2 * hi
         live_rows = _pairs(self.live[lo:hi].long())
         last = self.tokens[lo:hi].gather(1, (self.step_of[lo:hi] - 1).clamp(min=0)[:, None])  # [n, 1]
-        embeds = self.model.prepare_embeddings_for_image_generation(_pairs(last))  # [2n, 1, H]
+        # Both rows of an image feed the same token: its embedding is computed once and used twice.
+        embeds = _pairs(self.model.prepare_embeddings_for_image_generation(last))  # [2n, 1, H]
         pos = self.pos[r0:r1]
         self.valid[r0:r1].scatter_(1, pos[:, None], True)
         self.cache.decode(r0, r1, pos, kv_len)
