@@ -30,6 +30,7 @@ def process_generator(settings: Settings) -> Generator:
         device=settings.model.device,
         dtype=settings.model.dtype,
         max_batch_images=settings.generator.max_batch_images,
+        compile=settings.generator.compile,
         start_timeout=settings.generator.start_timeout_s,
         shutdown_grace=settings.bot.shutdown_grace_s,
     )

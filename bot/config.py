@@ -30,6 +30,7 @@ class ModelSettings(_Section):
 class GeneratorSettings(_Section):
     max_batch_images: int = Field(default=16, ge=1, le=256)
     start_timeout_s: float = Field(default=600.0, gt=0)
+    compile: bool = False
 
 
 class BotSettings(_Section):

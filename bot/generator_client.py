@@ -71,6 +71,7 @@ class GeneratorProcess:
         dtype: str | None = None,
         max_batch_images: int = 16,
         preview_every: int | None = None,
+        compile: bool = False,
         python: str = sys.executable,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
@@ -83,6 +84,8 @@ class GeneratorProcess:
                 self.command += [flag, value]
         if preview_every is not None:
             self.command += ["--preview-every", str(preview_every)]
+        if compile:
+            self.command.append("--compile")
         self.command += list(extra_args)
         # `python -m generator` must find the same generator package this bot imports.
         root = str(Path(generator.protocol.__file__).resolve().parents[1])

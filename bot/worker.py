@@ -343,6 +343,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "instead of into Redis")
     parser.add_argument("--poll", type=float, default=0.1, metavar="S", help="seconds between looks at the queue")
     parser.add_argument("--preview-every", type=int, metavar="K", help="steps between previews; 0 for none")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the decode step with torch.compile at start (falls back to eager)")
     parser.add_argument("--shutdown-grace", type=float, default=10.0, metavar="S",
                         help="on SIGTERM, seconds to let running jobs finish (default 10)")
     parser.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # crash tests only
@@ -355,7 +357,7 @@ async def serve(args: argparse.Namespace) -> int:
     extra = ["--step-delay", str(args.step_delay)] if args.step_delay else []
     generator = GeneratorProcess(
         args.model or None, device=args.device, dtype=args.dtype, max_batch_images=args.max_batch_images,
-        preview_every=args.preview_every, extra_args=extra, shutdown_grace=args.shutdown_grace,
+        preview_every=args.preview_every, compile=args.compile, extra_args=extra, shutdown_grace=args.shutdown_grace,
     )
     client = connect(args.redis)
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"

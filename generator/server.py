@@ -81,6 +81,7 @@ class EngineOptions:
 
     max_batch_images: int = 16
     preview_every: int = 0  # steps between previews; 0 = none
+    compile: bool = False  # the decode step through torch.compile (the engine falls back to eager itself)
 
 
 def default_preview_every(checkpoint: Checkpoint) -> int:
@@ -116,7 +117,8 @@ class Worker(threading.Thread):
 
     def _new_engine(self) -> Engine:
         return Engine(self.checkpoint, max_batch_images=self.options.max_batch_images,
-                      preview_every=self.options.preview_every, on_progress=self.reports.append)
+                      preview_every=self.options.preview_every, on_progress=self.reports.append,
+                      compile=self.options.compile)
 
     def run(self) -> None:
         try:
@@ -443,6 +445,8 @@ def parser() -> argparse.ArgumentParser:
                        help="image slots sampled together, across jobs (default 16)")
     serve.add_argument("--preview-every", type=int, metavar="K",
                        help="steps between preview images; 0 for none (default: every 5%% of the tokens)")
+    serve.add_argument("--compile", action="store_true",
+                       help="compile the decode step with torch.compile at start (falls back to eager)")
     serve.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # crash tests only
     return parser
 
@@ -481,7 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         return _fail(f"The model could not be loaded: {type(err).__name__}: {one_line(err)}")
     preview_every = default_preview_every(checkpoint) if args.preview_every is None else args.preview_every
-    options = EngineOptions(max_batch_images=args.max_batch_images, preview_every=preview_every)
+    options = EngineOptions(max_batch_images=args.max_batch_images, preview_every=preview_every,
+                            compile=args.compile)
     log.info("loaded %s on %s in %s in %.1fs; %d image slots", checkpoint.name, checkpoint.device,
              str(checkpoint.dtype).removeprefix("torch."), time.perf_counter() - started, options.max_batch_images)
     try:

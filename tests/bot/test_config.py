@@ -57,3 +57,13 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, text: str, messag
 def test_a_missing_file_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file \\(copy config.example.toml to start\\)"):
         load_settings(tmp_path / "nope.toml", {})
+
+
+def test_generator_settings_reach_the_generator_command_line(tmp_path: Path) -> None:
+    from bot.app import process_generator
+
+    path = tmp_path / "config.toml"
+    path.write_text("[generator]\nmax_batch_images = 8\ncompile = true\n")
+    command = process_generator(load_settings(path, {})).command
+    assert command[command.index("--max-batch-images") + 1] == "8" and "--compile" in command
+    assert "--compile" not in process_generator(load_settings(None, {})).command

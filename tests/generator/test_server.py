@@ -181,6 +181,26 @@ def test_end_of_input_stops_after_the_current_step(server: Server) -> None:
 
 
 
+def test_compile_flag_serves_jobs_through_the_compiled_step(tiny_dir: Path, tiny) -> None:
+    server = Server(tiny_dir, "--max-batch-images", "2", "--compile")
+    try:
+        assert isinstance(server.next(), Ready)
+        server.send(Generate("fused", "a blue house", count=2, cfg=3.0, temperature=0.0, seed=1))
+        done = server.until_final("fused")[-1]
+        assert isinstance(done, Done)
+        [local] = generate(tiny, [Request("a blue house", 2, cfg=3.0, temperature=0.0)])
+        # inductor's fused kernels may round differently from the eager ones now and then
+        assert (torch.tensor(done.tokens) == local.tokens).float().mean() >= 0.9
+        server.send(Shutdown())
+        assert server.proc.wait(timeout=TIMEOUT) == 0
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+    assert server.proc.stderr is not None
+    assert "decode step compiled by torch.compile" in server.proc.stderr.read().decode()
+
+
 # -- the worker thread in this process, with an engine step that fails --------------------------------
 
 
