@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
+import gc
 import math
 import statistics
 import threading
@@ -61,6 +65,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            _return_freed_memory()  # or the method measured before this one counts in the resident set
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
@@ -78,6 +83,15 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             self.peak = max(self.peak, _rss())
+
+
+def _return_freed_memory() -> None:
+    """Hand memory freed by earlier runs back to the OS (glibc keeps it mapped otherwise)."""
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    if libc:
+        with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim with
+            ctypes.CDLL(libc).malloc_trim(0)
 
 
 def _rss() -> int:
