@@ -93,7 +93,8 @@ class PoolWorker:
         self._info: dict[str, str] = {}
         self._wake = asyncio.Event()  # a job was queued or a slot freed: look at the queue now
         self._next_prune = 0.0
-        self._health_ttl = 30.0
+        self._heartbeat_s = max(0.2, visibility_timeout / 3)
+        self._health_ttl = int(self._heartbeat_s * 3 + 5)  # seconds a silent worker's health stays listed
         self._reporting = asyncio.Lock()  # one health write at a time, so an older one never lands last
 
     @property
@@ -280,15 +281,13 @@ class PoolWorker:
     # -- keeping entries and health fresh --
 
     async def _heartbeat(self) -> None:
-        every = max(0.2, self.visibility_timeout / 3)
         while True:
             with contextlib.suppress(*REDIS_DOWN):
                 entries: list[Any] = [held.entry for held in self._held.values()]
                 if entries:  # resets their idle time, so that nobody claims them
                     await self.client.xclaim(self._jobs, WORKERS, self.name, 0, entries, justid=True)
-                self._health_ttl = every * 3 + 5
                 await self._report_health()
-            await asyncio.sleep(every)
+            await asyncio.sleep(self._heartbeat_s)
 
     async def _report_health(self) -> None:
         key = f"{self._p}worker:{self.name}"
@@ -298,7 +297,7 @@ class PoolWorker:
                                       "jobs_running": str(len(self._held)), "seen_at": f"{time.time():.3f}"}
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping=fields)
-                pipe.expire(key, int(self._health_ttl))
+                pipe.expire(key, self._health_ttl)
                 await pipe.execute()
 
     async def _listen(self) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
+import functools
 import gc
 import math
 import statistics
@@ -85,13 +86,21 @@ class PeakMemory:
             self.peak = max(self.peak, _rss())
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, looked up once (find_library runs ldconfig); None elsewhere."""
+    libc = ctypes.util.find_library("c")
+    with contextlib.suppress(OSError, AttributeError):
+        return ctypes.CDLL(libc).malloc_trim if libc else None
+    return None
+
+
 def _return_freed_memory() -> None:
     """Hand memory freed by earlier runs back to the OS (glibc keeps it mapped otherwise)."""
     gc.collect()
-    libc = ctypes.util.find_library("c")
-    if libc:
-        with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim with
-            ctypes.CDLL(libc).malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _rss() -> int:
@@ -239,7 +248,7 @@ def bench(args: argparse.Namespace) -> int:
     preset = PRESETS[args.preset]
     if args.tokens:
         side = math.isqrt(args.tokens)
-        preset = dataclasses.replace(preset, image_size=16 * side)
+        preset = dataclasses.replace(preset, image_size=preset.patch * side)
     torch.set_grad_enabled(False)
     model, processor = build_model(preset, seed=0, device=device, dtype=dtype)
     checkpoint = Checkpoint(model, processor, f"random {args.preset}")

@@ -20,12 +20,16 @@ from generator.reference import reference_generate
 PROMPTS = ["a lighthouse at dusk", "red", "two small yellow squares in the top left corner on a blue background"]
 
 
-def _run(engine: Engine) -> dict[str, torch.Tensor]:
+def _results(engine: Engine) -> dict[str, Result]:
+    """Step until every running request has finished; results by request id."""
     done = {}
     while engine.busy:
-        for result in engine.step():
-            done[result.request.id] = result.tokens
+        done.update((result.request.id, result) for result in engine.step())
     return done
+
+
+def _run(engine: Engine) -> dict[str, torch.Tensor]:
+    return {rid: result.tokens for rid, result in _results(engine).items()}
 
 
 @pytest.mark.parametrize("cfg", [1.0, 5.0])
@@ -70,10 +74,7 @@ def test_own_decode_step_equals_transformers_forward(tiny):
             engine._step = None
         with torch.inference_mode():
             engine.add(requests)
-            results = {}
-            while engine.busy:
-                results.update((r.request.id, r) for r in engine.step())
-        runs.append(results)
+            runs.append(_results(engine))
     for rid in ("a", "b"):
         assert torch.equal(runs[0][rid].tokens, runs[1][rid].tokens)
         torch.testing.assert_close(runs[0][rid].logits, runs[1][rid].logits, atol=1e-5, rtol=0)
@@ -101,10 +102,7 @@ def _forced_run(engine: Engine, tiny) -> dict[str, Result]:
     with torch.inference_mode():
         engine.add([Request(PROMPTS[2], 2, cfg=5.0, prefix=forced[0], id="a"),
                     Request(PROMPTS[1], 2, cfg=3.0, prefix=forced[1], id="b")])
-        results = {}
-        while engine.busy:
-            results.update((r.request.id, r) for r in engine.step())
-    return results
+        return _results(engine)
 
 
 def test_compiled_step_computes_what_the_eager_step_does(tiny, caplog):
