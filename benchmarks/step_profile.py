@@ -1,13 +1,14 @@
 """Where one decode step's GPU time goes, for the engine at a static shape (CUDA only).
 
-    python benchmarks/step_profile.py [--preset janus-pro-7b] [--images 16] [--fused] [--norms] [--gemms] [--brief]
+    python benchmarks/step_profile.py [--preset janus-pro-7b] [--images 16] [--fused] [--norms] [--transformers]
+                                      [--brief]
 
 Runs one request of that many images to the end twice (graphs captured as the engine does), then fills
 an engine with one request, runs it to half the image, and prints: the captured step's time
 (CUDA events over replays), the kernels of the same step run eagerly (grouped by name, per step), and
 with --norms the step with transformers' own RMSNorms (the engine uses torch's one-kernel one), with
 --fused the step compiled by torch.compile (inductor's fused kernels) and captured the same way, with
---gemms the step with Q/K/V and gate/up as one GEMM each (weights copied: for measuring only).
+--transformers the step through transformers' forward instead of the engine's own `LlamaStep`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ import time
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 
 from generator.bench import bandwidth_of, bytes_per_step
 from generator.checkpoint import Checkpoint, fuse_norms
-from generator.engine import Engine, LlamaStep, Request
+from generator.engine import Engine, Request
 from generator.presets import build_model
 
 
@@ -75,35 +75,8 @@ def whole_requests(checkpoint: Checkpoint, images: int, passes: int = 2) -> None
               f"over {steps} steps", flush=True)
 
 
-class FusedGemmStep(LlamaStep):
-    """The engine's decode step with Q/K/V and gate/up as one GEMM each, over copies of the weights."""
-
-    def __init__(self, lm: torch.nn.Module) -> None:
-        super().__init__(lm)
-        self.fused = [(torch.cat([layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight,
-                                  layer.self_attn.v_proj.weight]),
-                       torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight])) for layer in lm.layers]
-
-    def __call__(self, embeds, mask, position_ids, cache):
-        rows, heads, dim = embeds.shape[0], self.heads, self.head_dim
-        cos, sin = (t.unsqueeze(1) for t in self.lm.rotary_emb(embeds, position_ids=position_ids))
-        hidden = embeds
-        for index, (layer, (qkv_weight, gate_up_weight)) in enumerate(zip(self.lm.layers, self.fused)):
-            x = layer.input_layernorm(hidden)
-            qkv = F.linear(x, qkv_weight).view(rows, 1, 3 * heads, dim).transpose(1, 2)
-            qk = qkv[:, : 2 * heads]
-            rotated = torch.cat((-qk[..., dim // 2 :], qk[..., : dim // 2]), dim=-1)
-            qk = qk * cos + rotated * sin
-            keys, values = cache.update(qk[:, heads:], qkv[:, 2 * heads :], index)
-            out = F.scaled_dot_product_attention(qk[:, :heads], keys, values, attn_mask=mask, scale=self.scaling)
-            out = F.linear(out.transpose(1, 2).reshape(rows, 1, heads * dim), layer.self_attn.o_proj.weight)
-            hidden = hidden + out
-            gate, up = F.linear(layer.post_attention_layernorm(hidden), gate_up_weight).chunk(2, dim=-1)
-            hidden = hidden + F.linear(layer.mlp.act_fn(gate) * up, layer.mlp.down_proj.weight)
-        return self.lm.norm(hidden)[:, -1]
-
-
-def profile(checkpoint: Checkpoint, images: int, fused: bool, norms: bool, gemms: bool, brief: bool) -> None:
+def profile(checkpoint: Checkpoint, images: int, fused: bool, norms: bool, through_transformers: bool,
+            brief: bool) -> None:
     engine = Engine(checkpoint, max_batch_images=images, graphs=False)
     engine.add([Request("a lighthouse at dusk", images, seed=0)])
     for _ in range(checkpoint.num_image_tokens // 2):
@@ -123,14 +96,12 @@ def profile(checkpoint: Checkpoint, images: int, fused: bool, norms: bool, gemms
         fuse_norms(checkpoint.model, fused=False)
         print(f"  captured eager kernels, transformers' RMSNorm: {replay_ms(step):.2f} ms/step", flush=True)
         fuse_norms(checkpoint.model)
-    if gemms:
-        own = engine._step
-        engine._step = FusedGemmStep(checkpoint.model.model.language_model)
-        print(f"  captured, Q/K/V and gate/up fused: {replay_ms(step):.2f} ms/step", flush=True)
+    if through_transformers:
+        own, engine._step = engine._step, None
+        print(f"  captured, through transformers' forward: {replay_ms(step):.2f} ms/step", flush=True)
         if not brief:
             kernel_table(step, top=8)
         engine._step = own
-        torch.cuda.empty_cache()
     if not fused:
         return
     # Inductor would functionalise the cache's in-place scatter into a copy of the whole cache: keep it eager.
@@ -159,7 +130,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, nargs="+", default=[16, 1])
     parser.add_argument("--fused", action="store_true", help="also time the inductor-compiled step")
     parser.add_argument("--norms", action="store_true", help="also time it with transformers' own RMSNorms")
-    parser.add_argument("--gemms", action="store_true", help="also time it with Q/K/V and gate/up fused")
+    parser.add_argument("--transformers", action="store_true",
+                        help="also time it through transformers' forward instead of the engine's own step")
     parser.add_argument("--brief", action="store_true", help="only the captured steps' times")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
@@ -170,7 +142,7 @@ def main() -> None:
             try:
                 if not args.brief:
                     whole_requests(checkpoint, images)
-                profile(checkpoint, images, args.fused, args.norms, args.gemms, args.brief)
+                profile(checkpoint, images, args.fused, args.norms, args.transformers, args.brief)
             except Exception as err:  # report and go on to the next size
                 lines = str(err).strip().splitlines()
                 print(f"  failed: {type(err).__name__}: " + "\n    ".join(lines[:3] + lines[-12:]), flush=True)

@@ -7,9 +7,11 @@ import torch
 
 from generator.engine import (
     Engine,
+    LlamaStep,
     Request,
     RequestError,
     Result,
+    fused_weight,
     generate,
     image_key,
     sample,
@@ -78,6 +80,29 @@ def test_own_decode_step_equals_transformers_forward(tiny):
     for rid in ("a", "b"):
         assert torch.equal(runs[0][rid].tokens, runs[1][rid].tokens)
         torch.testing.assert_close(runs[0][rid].logits, runs[1][rid].logits, atol=1e-5, rtol=0)
+
+
+def test_fused_weights_are_the_modules_own_memory_stacked_once():
+    torch.manual_seed(0)
+    linears = [torch.nn.Linear(8, rows, bias=False) for rows in (3, 5, 2)]
+    x = torch.randn(4, 8)
+    weights, outputs = [lin.weight.detach().clone() for lin in linears], [lin(x) for lin in linears]
+    fused = fused_weight(*linears)
+    assert torch.equal(fused, torch.cat(weights))
+    for linear, part, want in zip(linears, fused.split([3, 5, 2]), outputs):
+        assert linear.weight.data_ptr() == part.data_ptr()  # a view: no second copy of the weights
+        torch.testing.assert_close(linear(x), want)  # the modules compute what they did
+    again = fused_weight(*linears)
+    assert again.data_ptr() == fused.data_ptr() and torch.equal(again, fused)
+    fused.mul_(2)  # one memory: a change through either side shows in the other
+    assert torch.equal(linears[1].weight, 2 * weights[1])
+
+
+def test_engines_on_one_model_share_its_weights(tiny):
+    attn = tiny.model.model.language_model.layers[0].self_attn
+    steps = [LlamaStep(tiny.model.model.language_model) for _ in range(2)]
+    assert steps[0].weights[0][0].data_ptr() == steps[1].weights[0][0].data_ptr() == attn.q_proj.weight.data_ptr()
+    assert attn.v_proj.weight.data_ptr() == steps[1].weights[0][0][2 * attn.q_proj.out_features :].data_ptr()
 
 
 def test_a_language_model_the_own_step_does_not_cover_decodes_through_transformers(caplog):
@@ -271,8 +296,8 @@ def _out_of_memory_above(monkeypatch, tiny, step_rows: int, prompt_tokens: int) 
     norm = _first_norm(tiny)
     inner, calls = norm.forward, []
 
-    def forward(hidden):
-        n, length = hidden.shape[:2]
+    def forward(hidden):  # [rows, length, H] in transformers' forward, [rows, H] in the own decode step
+        n, length = hidden.shape[0], hidden.shape[1] if hidden.dim() == 3 else 1
         calls.append(n)
         if n > step_rows if length == 1 else n * length > prompt_tokens:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
