@@ -223,7 +223,8 @@ def fused_weight(*linears: torch.nn.Linear) -> torch.Tensor:
     The first call moves them into one tensor in place: each module's weight becomes a view of its rows,
     so the model holds the same bytes, its own forward still works, and a decode step runs one GEMM
     where it ran several (on a GPU at a few dozen rows, a larger GEMM streams its weights faster).
-    Later calls find that layout and return a view over it.
+    Later calls find that layout and return a view over it. On a GPU the old weights' memory goes back
+    to the driver at once: kept in torch's cache, a 7B model's 8 GB of them would sit beside the copy.
     """
     weights = [linear.weight for linear in linears]
     first, rows = weights[0], sum(w.shape[0] for w in weights)
@@ -238,6 +239,8 @@ def fused_weight(*linears: torch.nn.Linear) -> torch.Tensor:
         fused = torch.cat([weight.detach() for weight in weights])
         for linear, part in zip(linears, fused.split([w.shape[0] for w in weights])):
             linear.weight.data = part
+    if fused.is_cuda:
+        torch.cuda.empty_cache()
     return fused
 
 
@@ -325,6 +328,11 @@ class Engine:
         self.model = checkpoint.model
         self.processor = checkpoint.processor
         self.n_tokens = checkpoint.num_image_tokens
+        lm = self.model.model.language_model
+        why = LlamaStep.unsupported(lm)
+        self._step = LlamaStep(lm) if why is None else None  # first: it may move weights (see fused_weight)
+        if why is not None:
+            log.info("decoding through transformers' forward: the engine's own step does not cover %s", why)
         if max_batch_images is None:
             max_batch_images = auto_batch_images(checkpoint, max_prompt_tokens)
         self.max_batch_images = max_batch_images
@@ -333,11 +341,6 @@ class Engine:
         self.record_logits = record_logits
         self.on_progress = on_progress
         self.pad_id = self.processor.tokenizer.pad_token_id
-        lm = self.model.model.language_model
-        why = LlamaStep.unsupported(lm)
-        self._step = LlamaStep(lm) if why is None else None
-        if why is not None:
-            log.info("decoding through transformers' forward: the engine's own step does not cover %s", why)
 
         device, j = checkpoint.device, max_batch_images
         text = self.model.config.text_config

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from generator.checkpoint import load_checkpoint
-from generator.engine import Engine, Request, generate
+from generator.engine import Engine, Request, fused_weight, generate
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -79,3 +79,15 @@ def test_compiled_step_is_captured_and_mostly_agrees_with_the_eager_one(tiny_cud
     fused, eager = _serve(compiled, "compiled"), _serve(Engine(tiny_cuda, max_batch_images=4), "graph")
     for key, tokens in eager.items():  # inductor's fused kernels round bf16 differently now and then
         assert (fused[key] == tokens).float().mean() >= 0.9, key
+
+
+def test_fusing_projection_weights_leaves_no_gpu_memory_behind():
+    # 32 MB weights: each its own allocation, as in a 7B model moved to the GPU tensor by tensor
+    linears = [torch.nn.Linear(4096, 4096, bias=False, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+    want = torch.cat([linear.weight.detach() for linear in linears])
+    torch.cuda.synchronize()
+    allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+    fused = fused_weight(*linears)
+    assert torch.equal(fused, want)
+    assert torch.cuda.memory_allocated() == allocated  # the modules' weights are views of the fused tensor
+    assert torch.cuda.memory_reserved() <= reserved  # and the old ones' memory is not kept in torch's cache
