@@ -56,3 +56,29 @@ def test_the_median_run_is_the_middle_one_by_time():
     runs = [Measurement("engine", 4, seconds, 10, [seconds], 1) for seconds in (3.0, 1.0, 2.0, 9.0)]
     assert _median(runs[:3]).seconds == 2.0
     assert _median(runs).seconds == 2.0  # of an even number, the faster of the middle two
+
+
+def test_each_method_serves_its_first_batch_once_before_it_is_timed(monkeypatch, capsys):
+    import argparse
+    import types
+
+    import torch
+
+    from generator import bench
+
+    calls = []
+
+    def method(name):
+        def run(checkpoint, requests, arrivals, **options):
+            calls.append((name, len(requests), max(arrivals)))
+            return bench.Measurement(name, sum(r.num_images for r in requests), 1.0, 10, [1.0], 1)
+        return run
+
+    for name in ("reference", "transformers", "engine"):
+        monkeypatch.setattr(bench, f"run_{name}", method(name))
+    args = argparse.Namespace(skip=[], arrival="together", max_batch_images=None, graphs=None, compile=False,
+                              repeat=2)
+    bench.run_workload(types.SimpleNamespace(device=torch.device("cpu")), args, requests_n=3, images=2)
+    assert calls[:3] == [("reference", 1, 0.0), ("transformers", 1, 0.0), ("engine", 3, 0.0)]  # untimed
+    assert calls[3:] == [("reference", 3, 0.0), ("transformers", 3, 0.0), ("engine", 3, 0.0)] * 2
+    assert "speedup vs reference: 1.00" in capsys.readouterr().out  # a warm-up's figures would make it 3.00
