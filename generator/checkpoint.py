@@ -145,7 +145,7 @@ def load_checkpoint(
         model = JanusForConditionalGeneration.from_pretrained(source, dtype=dt, attn_implementation="sdpa")
     except OSError as err:
         if local:
-            raise CheckpointError(f"Could not read the checkpoint in {source!r}: {_first_line(err)}") from None
+            raise CheckpointError(f"Could not read the checkpoint in {source!r}: {first_line(err)}") from None
         if is_offline_mode() or "offline" in str(err).lower() or _is_connection(err):
             raise CheckpointError(_offline_message(source)) from None
         raise CheckpointError(
@@ -153,7 +153,7 @@ def load_checkpoint(
             f"(known ids: {', '.join(KNOWN_CHECKPOINTS)})."
         ) from None
     except (ValueError, KeyError) as err:
-        raise CheckpointError(f"{source!r} is not a usable Janus checkpoint: {_first_line(err)}") from None
+        raise CheckpointError(f"{source!r} is not a usable Janus checkpoint: {first_line(err)}") from None
     model.to(dev).eval()
     model.requires_grad_(False)
     log.info("loaded %s on %s in %s", source, dev, str(dt).removeprefix("torch."))
@@ -167,9 +167,10 @@ def _offline_message(source: str) -> str:
     )
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's first line (at most `limit` characters), for a one-line message."""
     text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    return text[0][:limit] if text else type(err).__name__
 
 
 def _is_connection(err: BaseException) -> bool:

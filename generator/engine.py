@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel
 
-from generator.checkpoint import Checkpoint
+from generator.checkpoint import Checkpoint, first_line
 from generator.prompt import encode_prompt, unconditional_ids
 
 log = logging.getLogger(__name__)
@@ -181,11 +181,12 @@ class SlotCache:
             keys[self._rows, :, :length] = key_states[self._source]
             values[self._rows, :, :length] = value_states[self._source]
             return key_states, value_states
-        keys, values = keys[self._start : self._stop], values[self._start : self._stop]
-        rows = self._row_index[: self._stop - self._start]
-        keys[rows, :, self._pos] = key_states[:, :, 0]  # an index write: a third of scatter_'s time on CPU
+        # Index writes into the whole tensors (a third of scatter_'s time on CPU); torch.compile does them in
+        # place, where a write into a slice of the cache became a copy of the slice.
+        rows = self._row_index[self._start : self._stop]
+        keys[rows, :, self._pos] = key_states[:, :, 0]
         values[rows, :, self._pos] = value_states[:, :, 0]
-        return keys[:, :, : self._kv_len], values[:, :, : self._kv_len]
+        return keys[self._start : self._stop, :, : self._kv_len], values[self._start : self._stop, :, : self._kv_len]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0
@@ -331,6 +332,7 @@ class Engine:
         lm = self.model.model.language_model
         why = LlamaStep.unsupported(lm)
         self._step = LlamaStep(lm) if why is None else None  # first: it may move weights (see fused_weight)
+        self._eager_step = self._step
         if why is not None:
             log.info("decoding through transformers' forward: the engine's own step does not cover %s", why)
         if max_batch_images is None:
@@ -396,22 +398,23 @@ class Engine:
     def _compile(self) -> None:
         """Run the own decode step through torch.compile (inductor), or stay eager with one log line.
 
-        The cache writes stay eager: compiled, they become a copy of the cache. One dynamic-shape compile
-        covers every batch and cache length; inductor keeps what it built on disk for the next start. The
-        warm-up step compiles it now rather than in a request, and touches no live slot.
+        The whole step is one graph (`fullgraph`: a graph break inside its loop over layers would leave
+        every layer eager), cache writes included. One dynamic-shape compile covers every batch and cache
+        length: sizes that happen to be equal in the warm-up step are not taken to be equal always
+        (`use_duck_shape`). Inductor keeps what it built on disk for the next start. The warm-up step
+        compiles it now rather than in a request, and touches no live slot.
         """
         if self._step is None:
             log.warning("torch.compile needs the engine's own decode step; decoding through transformers")
             return
-        eager, update = self._step, self.cache.update
-        self.cache.update = torch.compiler.disable(update)
-        self._step = torch.compile(eager, dynamic=True)
+        self._eager_step = self._step
+        self._step = torch.compile(self._eager_step, dynamic=True, fullgraph=True)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.fx.experimental._config.patch(use_duck_shape=False):
                 self._decode(0, self.max_batch_images, min(self.max_len, KV_BLOCK))
         except Exception as err:  # any compiler failure means eager
-            log.warning("torch.compile unavailable (%s); decoding eagerly", str(err).strip().splitlines()[0][:200])
-            self._step, self.cache.update = eager, update
+            log.warning("torch.compile unavailable (%s); decoding eagerly", first_line(err))
+            self._step = self._eager_step
             return
         log.info("decode step compiled by torch.compile")
 
@@ -441,10 +444,15 @@ class Engine:
                     graph.replay()
             torch.cuda.synchronize(device)
         except Exception as err:  # any capture failure means eager
-            log.warning("CUDA graphs unavailable (%s); decoding eagerly", str(err).strip().splitlines()[0][:200])
             self._graphs.clear()
-            self.static = False
             torch.cuda.synchronize(device)
+            if self._step is not self._eager_step:  # graphs of the eager step beat a compiled step without them
+                log.warning("CUDA graphs of the compiled step failed (%s); capturing the eager step",
+                            first_line(err))
+                self._step = self._eager_step
+                return self._capture()
+            log.warning("CUDA graphs unavailable (%s); decoding eagerly", first_line(err))
+            self.static = False
             return
         log.info("captured %d CUDA graphs of the decode step", len(self._graphs))
 

@@ -142,6 +142,15 @@ def test_compiled_step_computes_what_the_eager_step_does(tiny, caplog):
         torch.testing.assert_close(compiled[rid].logits, eager[rid].logits, atol=1e-4, rtol=0)
 
 
+def test_one_compile_serves_every_batch_size_and_cache_length(tiny):
+    engine = Engine(tiny, max_batch_images=32, compile=True)  # warmed up at 64 rows and 64 cache positions
+    with torch.inference_mode(), torch._dynamo.config.patch(error_on_recompile=True):
+        engine.add([Request(PROMPTS[0], 1, seed=1), Request(PROMPTS[2], 3, seed=2)])
+        engine.step()  # 8 rows
+        engine.add([Request(PROMPTS[1], 2, seed=3)])
+        assert len(_results(engine)) == 3  # 12 rows, then fewer as requests finish; lengths growing
+
+
 def test_a_step_that_will_not_compile_falls_back_to_eager_in_one_line(tiny, caplog, monkeypatch):
     def broken(fn, **options):
         def call(*args, **kwargs):

@@ -91,3 +91,23 @@ def test_fusing_projection_weights_leaves_no_gpu_memory_behind():
     assert torch.equal(fused, want)
     assert torch.cuda.memory_allocated() == allocated  # the modules' weights are views of the fused tensor
     assert torch.cuda.memory_reserved() <= reserved  # and the old ones' memory is not kept in torch's cache
+
+
+def test_a_compiled_step_that_will_not_capture_falls_back_to_graphs_of_the_eager_step(tiny_cuda, caplog, monkeypatch):
+    import logging
+
+    real, calls = torch.cuda.graph, []
+
+    def capture_once_failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("operation not permitted when stream is capturing\n(more)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "graph", capture_once_failing)
+    with caplog.at_level(logging.WARNING, logger="generator.engine"):
+        engine = Engine(tiny_cuda, max_batch_images=4, compile=True)
+    assert ("CUDA graphs of the compiled step failed (operation not permitted when stream is capturing); "
+            "capturing the eager step") in caplog.text
+    assert engine._step is engine._eager_step and engine.static
+    assert len(engine._graphs) == len(engine.static_shapes())
