@@ -110,9 +110,9 @@ def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, cfg: torch.Tensor) -
     return uncond + cfg[:, None] * (cond - uncond)
 
 
-def sample(logits: torch.Tensor, temperature: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-    """softmax(logits / T) sampling by inverting its cumulative sum at `uniform(keys, steps)`; T == 0 is
-    argmax.  # [B]
+def sample(logits: torch.Tensor, temperature: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """softmax(logits / T) sampling by inverting its cumulative sum at u in (0, 1] (one per row, e.g. from
+    `uniform`); T == 0 is argmax.  # [B]
 
     One random number per row instead of one per vocabulary entry (as Gumbel-max needs): a handful of
     kernels over the logits. The first index whose cumulative probability reaches u * total is drawn: as
@@ -121,8 +121,7 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, keys: torch.Tensor, 
     greedy = temperature <= 0
     inv_t = torch.where(greedy, torch.ones_like(temperature), 1.0 / temperature.clamp(min=1e-6))
     cdf = torch.softmax(logits * inv_t[:, None], dim=-1).cumsum_(dim=-1)
-    u = uniform(keys, steps) * cdf[:, -1]  # the total is 1 up to rounding
-    drawn = torch.searchsorted(cdf, u[:, None])[:, 0]
+    drawn = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None])[:, 0]  # the total is 1 up to rounding
     return torch.where(greedy, logits.argmax(dim=-1), drawn)
 
 
@@ -360,7 +359,7 @@ class Engine:
         # Per image slot: settings, random key, forced prefix, sampled tokens.
         self.cfg = torch.ones(j, dtype=torch.float32, device=device)
         self.temperature = torch.ones(j, dtype=torch.float32, device=device)
-        self.keys = torch.zeros(j, dtype=torch.long, device=device)
+        self.randoms = torch.zeros(j, self.n_tokens, dtype=torch.float32, device=device)  # u for every step
         self.step_of = torch.zeros(j, dtype=torch.long, device=device)
         self.live = torch.zeros(j, dtype=torch.bool, device=device)
         self.prefix = torch.zeros(j, self.n_tokens, dtype=torch.long, device=device)
@@ -552,7 +551,9 @@ class Engine:
         self.cfg[slot_t] = torch.tensor([r.cfg for r, _ in settings], dtype=torch.float32, device=device)
         self.temperature[slot_t] = torch.tensor([r.temperature for r, _ in settings], dtype=torch.float32,
                                                 device=device)
-        self.keys[slot_t] = torch.tensor([image_key(r.seed, i) for r, i in settings], device=device)
+        # Every step's random number, drawn now: a step reads one instead of hashing it in ~30 small kernels.
+        keys = torch.tensor([image_key(r.seed, i) for r, i in settings], device=device)
+        self.randoms[slot_t] = uniform(keys[:, None], torch.arange(self.n_tokens, device=device))
         self.step_of[slot_t] = 0
         self.prefix_len[slot_t] = 0
         for request, group in zip(requests, slots_of):
@@ -584,12 +585,10 @@ class Engine:
         logits = self.model.model.generation_head(hidden).float()
         guided = guided_logits(logits[0::2], logits[1::2], self.cfg[slots])
         steps = self.step_of[slots]
-        token = sample(guided, self.temperature[slots], self.keys[slots], steps)
-        forced = steps < self.prefix_len[slots]
-        token = torch.where(forced, self.prefix[slots].gather(1, steps.clamp(max=self.n_tokens - 1)[:, None])[:, 0],
-                            token)
-        live = self.live[slots]
         at = steps.clamp(max=self.n_tokens - 1)[:, None]
+        token = sample(guided, self.temperature[slots], self.randoms[slots].gather(1, at)[:, 0])
+        token = torch.where(steps < self.prefix_len[slots], self.prefix[slots].gather(1, at)[:, 0], token)
+        live = self.live[slots]
         tokens = self.tokens[slots]
         tokens.scatter_(1, at, torch.where(live, token, tokens.gather(1, at)[:, 0])[:, None])
         if isinstance(slots, torch.Tensor):
