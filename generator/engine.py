@@ -235,7 +235,7 @@ def fused_weight(*linears: torch.nn.Linear) -> torch.Tensor:
         offset += weight.numel()
     if laid_out:
         return first.detach().as_strided((rows, first.shape[1]), (first.shape[1], 1))
-    with torch.inference_mode(False), torch.no_grad():  # a plain tensor, like the parameters it replaces
+    with torch.inference_mode(first.is_inference()), torch.no_grad():  # a tensor of the parameters' kind
         fused = torch.cat([weight.detach() for weight in weights])
         for linear, part in zip(linears, fused.split([w.shape[0] for w in weights])):
             linear.weight.data = part

@@ -105,6 +105,19 @@ def test_engines_on_one_model_share_its_weights(tiny):
     assert attn.v_proj.weight.data_ptr() == steps[1].weights[0][0][2 * attn.q_proj.out_features :].data_ptr()
 
 
+@pytest.mark.parametrize("built_in_inference_mode", [False, True])
+def test_the_own_step_serves_a_model_built_in_or_out_of_inference_mode(built_in_inference_mode):
+    from generator.checkpoint import Checkpoint
+    from generator.presets import PRESETS, build_model
+
+    with torch.inference_mode(built_in_inference_mode):
+        model, processor = build_model(PRESETS["tiny"], seed=2)
+    checkpoint = Checkpoint(model, processor, "tiny")
+    with torch.inference_mode():  # the engine, and its fused weights, made in inference mode
+        [result] = generate(checkpoint, [Request(PROMPTS[0], 2, temperature=0)])
+    assert torch.equal(result.tokens, reference_generate(checkpoint, PROMPTS[0], 2, temperature=0).tokens)
+
+
 def test_a_language_model_the_own_step_does_not_cover_decodes_through_transformers(caplog):
     import dataclasses
     import logging
