@@ -356,7 +356,7 @@ class Engine:
         self.valid[:, 0] = True  # a row never used still attends to something (no NaN)
         self._attend = torch.zeros((), dtype=checkpoint.dtype, device=device)
         self._ignore = torch.full((), -math.inf, dtype=checkpoint.dtype, device=device)
-        # Per image slot: settings, random key, forced prefix, sampled tokens.
+        # Per image slot: settings, random numbers, forced prefix, sampled tokens.
         self.cfg = torch.ones(j, dtype=torch.float32, device=device)
         self.temperature = torch.ones(j, dtype=torch.float32, device=device)
         self.randoms = torch.zeros(j, self.n_tokens, dtype=torch.float32, device=device)  # u for every step
@@ -406,7 +406,6 @@ class Engine:
         if self._step is None:
             log.warning("torch.compile needs the engine's own decode step; decoding through transformers")
             return
-        self._eager_step = self._step
         self._step = torch.compile(self._eager_step, dynamic=True, fullgraph=True)
         try:
             with torch.inference_mode(), torch.fx.experimental._config.patch(use_duck_shape=False):
