@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.fx.experimental import _config as fx_config
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel
 
 from generator.checkpoint import Checkpoint, first_line
@@ -408,7 +409,7 @@ class Engine:
             return
         self._step = torch.compile(self._eager_step, dynamic=True, fullgraph=True)
         try:
-            with torch.inference_mode(), torch.fx.experimental._config.patch(use_duck_shape=False):
+            with torch.inference_mode(), fx_config.patch(use_duck_shape=False):
                 self._decode(0, self.max_batch_images, min(self.max_len, KV_BLOCK))
         except Exception as err:  # any compiler failure means eager
             log.warning("torch.compile unavailable (%s); decoding eagerly", first_line(err))
