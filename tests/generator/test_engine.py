@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -414,7 +415,7 @@ def test_one_shot_generate_keeps_the_prompt_limit_while_sizing_its_cache_to_the_
 def _huge_page_kb(address: int) -> int | None:
     """AnonHugePages of the mapping that holds `address` in this process, in kB (None: not Linux)."""
     try:
-        lines = open("/proc/self/smaps").read().splitlines()
+        lines = Path("/proc/self/smaps").read_text().splitlines()
     except OSError:
         return None
     inside = False
@@ -429,8 +430,6 @@ def _huge_page_kb(address: int) -> int | None:
 
 
 def test_the_cpu_kv_cache_lives_in_huge_pages_where_the_kernel_allows(tiny):
-    from pathlib import Path
-
     mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if not mode.exists() or "[never]" in mode.read_text():
         pytest.skip("this kernel has no transparent huge pages")
