@@ -177,11 +177,11 @@ def run_engine(checkpoint: Checkpoint, requests: list[Request], arrivals: list[f
         _sync(device)
         seconds = time.perf_counter() - start
     lat = [latencies[r.id] - arrived[r.id] for r in requests]
-    note = ""
+    note = f"decode steps through the {engine.decode_path}"
     if any(a > 0 for a in arrivals):
-        note = (f"{sum(m == 0 for m in missed)} of {len(missed)} requests joined at the first step after arriving "
-                f"(most steps missed: {max(missed)}; longest wait {max(waits) * 1000:.0f} ms, "
-                f"median step {statistics.median(step_seconds) * 1000:.0f} ms)")
+        note += (f"; {sum(m == 0 for m in missed)} of {len(missed)} requests joined at the first step after "
+                 f"arriving (most steps missed: {max(missed)}; longest wait {max(waits) * 1000:.0f} ms, "
+                 f"median step {statistics.median(step_seconds) * 1000:.0f} ms)")
     return Measurement("engine", sum(r.num_images for r in requests), seconds, steps, lat, memory.peak, note)
 
 

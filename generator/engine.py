@@ -503,6 +503,14 @@ class Engine:
             return
         log.info("captured %d CUDA graphs of the decode step", len(self._graphs))
 
+    @property
+    def decode_path(self) -> str:
+        """How a decode step runs, in words: which step, compiled or not, captured or not."""
+        step = "transformers' forward" if self._step is None else "own step"
+        if self._step is not self._eager_step:
+            step += ", compiled"
+        return step + (f", {len(self._graphs)} CUDA graphs" if self._graphs else "")
+
     # -- admission --
 
     @property

@@ -26,6 +26,7 @@ def test_bench_prints_each_method_and_the_speedup_for_each_workload():
             assert line, f"no {method} row in:\n{block}"
             assert float(line[1]) > 0 and int(line[5]) > 0  # images/s and peak MiB
         assert re.search(r"^speedup vs reference: \d+\.\d\d$", block, re.M)
+        assert "\nengine: decode steps through the own step\n" in block  # the tiny model is a plain Llama
 
 
 def test_bench_staggered_reports_how_soon_requests_joined():
@@ -33,7 +34,8 @@ def test_bench_staggered_reports_how_soon_requests_joined():
                  "--skip", "transformers", "--device", "cpu", "--repeat", "1")
     assert run.returncode == 0, run.stderr
     assert "3 requests x 1 images\n" in run.stdout  # one run each: no median
-    assert re.search(r"^engine: \d of 3 requests joined at the first step after arriving", run.stdout, re.M)
+    assert re.search(r"^engine: decode steps through the own step; \d of 3 requests joined at the first step after "
+                     r"arriving", run.stdout, re.M)
     assert "transformers" not in run.stdout.split("requests x")[1]
 
 

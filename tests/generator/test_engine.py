@@ -131,6 +131,7 @@ def test_a_language_model_the_own_step_does_not_cover_decodes_through_transforme
     with caplog.at_level(logging.INFO, logger="generator.engine"):
         [result] = generate(checkpoint, [Request(PROMPTS[0], 2, temperature=0)])
     assert "does not cover grouped-query attention" in caplog.text
+    assert Engine(checkpoint, max_batch_images=1).decode_path == "transformers' forward"
     assert torch.equal(result.tokens, reference_generate(checkpoint, PROMPTS[0], 2, temperature=0).tokens)
 
 
@@ -151,6 +152,7 @@ def test_compiled_step_computes_what_the_eager_step_does(tiny, caplog):
     with caplog.at_level(logging.INFO, logger="generator.engine"):
         engine = Engine(tiny, max_batch_images=4, record_logits=True, compile=True)
     assert "decode step compiled by torch.compile" in caplog.text
+    assert engine.decode_path == "own step, compiled"
     compiled = _forced_run(engine, tiny)
     for rid in ("a", "b"):
         torch.testing.assert_close(compiled[rid].logits, eager[rid].logits, atol=1e-4, rtol=0)
@@ -175,6 +177,7 @@ def test_a_step_that_will_not_compile_falls_back_to_eager_in_one_line(tiny, capl
     eager = _forced_run(Engine(tiny, max_batch_images=4, record_logits=True), tiny)
     engine = Engine(tiny, max_batch_images=4, record_logits=True, compile=True)
     assert "torch.compile unavailable (inductor: no C++ compiler found); decoding eagerly" in caplog.text
+    assert engine.decode_path == "own step"
     fallen_back = _forced_run(engine, tiny)
     for rid in ("a", "b"):
         assert torch.equal(fallen_back[rid].logits, eager[rid].logits)
