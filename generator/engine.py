@@ -164,10 +164,11 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     """
     tensor = torch.empty(shape, dtype=dtype, device=device)
     madvise = libc_function("madvise") if device.type == "cpu" and sys.platform == "linux" else None
-    start = -(-tensor.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE
-    end = (tensor.data_ptr() + tensor.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
-    if madvise is not None and end - start >= 2 << 20:
-        madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_HUGEPAGE)  # only advice: may fail
+    if madvise is not None:  # on the whole pages inside the tensor
+        start = -(-tensor.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE
+        end = (tensor.data_ptr() + tensor.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end - start >= 2 << 20:
+            madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_HUGEPAGE)  # only advice: may fail
     return tensor.zero_()
 
 
