@@ -7,9 +7,12 @@ FROM ${CUDA_IMAGE}
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH \
-    HF_HOME=/cache/huggingface JANUS_BOT_CACHE=/cache/janus-bot
+    HF_HOME=/cache/huggingface JANUS_BOT_CACHE=/cache/janus-bot \
+    TORCHINDUCTOR_CACHE_DIR=/cache/torchinductor TRITON_CACHE_DIR=/cache/triton
+# g++ and python3-dev: `[generator] compile = true` builds kernels at start (Triton's launcher is a C
+# extension; inductor's CPU kernels are C++), cached in /cache so that a restart reuses them.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev g++ ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
 COPY requirements.txt /tmp/requirements.txt
