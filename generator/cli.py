@@ -80,7 +80,7 @@ def imagine(args: argparse.Namespace) -> int:
     _quiet_transformers()
     from tqdm import tqdm
 
-    from generator.checkpoint import CheckpointError, load_checkpoint, resolve_model
+    from generator.checkpoint import CheckpointError, first_line, load_checkpoint, resolve_model
     from generator.decode import decode_tokens, make_grid, save_image, upscale
     from generator.engine import Progress, Request, RequestError, generate
 
@@ -89,7 +89,7 @@ def imagine(args: argparse.Namespace) -> int:
     except CheckpointError as err:
         raise UsageError(str(err)) from None
     except RuntimeError as err:  # e.g. --device cuda on a machine without CUDA
-        raise UsageError(f"Cannot use device {args.device!r}: {str(err).splitlines()[0]}") from None
+        raise UsageError(f"Cannot use device {args.device!r}: {first_line(err)}") from None
 
     seed = args.seed if args.seed is not None else secrets.randbits(31)
     requests = [

@@ -31,7 +31,7 @@ from typing import BinaryIO
 import janus
 import torch
 
-from generator.checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve_model
+from generator.checkpoint import Checkpoint, CheckpointError, first_line, load_checkpoint, resolve_model
 from generator.decode import decode_preview, decode_tokens, encode_image, make_grid
 from generator.engine import Engine, Request, RequestError
 from generator.engine import Progress as StepProgress
@@ -60,12 +60,6 @@ EXIT_DEVICE_FAILED = 3
 
 class DeviceFailure(Exception):
     """The device is unusable (a CUDA error, not out-of-memory); the process must exit and be restarted."""
-
-
-def one_line(err: BaseException) -> str:
-    """The first line of an exception's message, or its type when it has none."""
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def is_device_failure(err: BaseException) -> bool:
@@ -136,7 +130,7 @@ class Worker(threading.Thread):
             log.error("device failure, exiting so the bot restarts the generator: %s", err)
             self.exit_code = EXIT_DEVICE_FAILED
         except Exception as err:  # a bug in this loop: one line, and the supervisor restarts the process
-            log.error("worker stopped: %s: %s", type(err).__name__, one_line(err))
+            log.error("worker stopped: %s: %s", type(err).__name__, first_line(err))
             self.exit_code = 1
         unfinished = len(self.running) + len(self.pending)
         if unfinished:
@@ -174,7 +168,7 @@ class Worker(threading.Thread):
             self._send(Failed(msg.job_id, str(err)))
             return
         except Exception as err:
-            self._send(Failed(msg.job_id, f"The job could not be read ({one_line(err)}); check its options."))
+            self._send(Failed(msg.job_id, f"The job could not be read ({first_line(err)}); check its options."))
             return
         self.pending.append(request)
 
@@ -240,12 +234,12 @@ class Worker(threading.Thread):
             failed = self.engine.add(batch)
         except Exception as err:
             if is_device_failure(err):
-                raise DeviceFailure(one_line(err)) from None
-            log.warning("admitting %d job(s) failed: %s", len(batch), one_line(err))
+                raise DeviceFailure(first_line(err)) from None
+            log.warning("admitting %d job(s) failed: %s", len(batch), first_line(err))
             self.reports.clear()
             self.dirty = True
             for request in batch:
-                self._send(Failed(request.id, f"The generator could not start this job ({one_line(err)}); "
+                self._send(Failed(request.id, f"The generator could not start this job ({first_line(err)}); "
                                               f"try again, perhaps with fewer images."))
             return
         refused = {result.request.id: result.error or "The generator could not start this job." for result in failed}
@@ -263,9 +257,9 @@ class Worker(threading.Thread):
             results = self.engine.step()
         except Exception as err:
             if is_device_failure(err):
-                raise DeviceFailure(one_line(err)) from None
-            log.warning("step failed for %d job(s): %s", len(self.running), one_line(err))
-            reason = f"The generator failed while making these images ({one_line(err)}); try again."
+                raise DeviceFailure(first_line(err)) from None
+            log.warning("step failed for %d job(s): %s", len(self.running), first_line(err))
+            reason = f"The generator failed while making these images ({first_line(err)}); try again."
             for job_id in list(self.running):
                 self._forget(job_id)
                 self._send(Failed(job_id, reason))
@@ -314,8 +308,8 @@ class Worker(threading.Thread):
             return encode_image(grid)
         except Exception as err:
             if is_device_failure(err):
-                raise DeviceFailure(one_line(err)) from None
-            log.warning("preview of job %s failed: %s", job_id, one_line(err))
+                raise DeviceFailure(first_line(err)) from None
+            log.warning("preview of job %s failed: %s", job_id, first_line(err))
             return None
 
     def _finish(self, request: Request, tokens: torch.Tensor) -> None:
@@ -323,9 +317,9 @@ class Worker(threading.Thread):
             images = [encode_image(image) for image in decode_tokens(self.checkpoint, tokens)]
         except Exception as err:
             if is_device_failure(err):
-                raise DeviceFailure(one_line(err)) from None
-            log.warning("decoding job %s failed: %s", request.id, one_line(err))
-            self._send(Failed(request.id, f"The images could not be decoded ({one_line(err)}); try again."))
+                raise DeviceFailure(first_line(err)) from None
+            log.warning("decoding job %s failed: %s", request.id, first_line(err))
+            self._send(Failed(request.id, f"The images could not be decoded ({first_line(err)}); try again."))
             return
         self._send(Done(request.id, images, tokens.tolist()))
 
@@ -348,7 +342,7 @@ async def _read_commands(reader: asyncio.StreamReader, inbox: janus.AsyncQueue[M
         try:
             message = decode(line)
         except (ValueError, TypeError) as err:
-            log.warning("ignored a line that is not a command: %s", one_line(err))
+            log.warning("ignored a line that is not a command: %s", first_line(err))
             continue
         if not isinstance(message, Generate | Cancel | Shutdown):
             log.warning("ignored a %s message: only generate, cancel and shutdown are commands", message.type)
@@ -481,9 +475,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as err:
         return _fail(str(err))
     except (RuntimeError, ValueError) as err:  # e.g. --device cuda on a machine without CUDA
-        return _fail(f"Cannot use device {args.device!r}: {one_line(err)}")
+        return _fail(f"Cannot use device {args.device!r}: {first_line(err)}")
     except Exception as err:
-        return _fail(f"The model could not be loaded: {type(err).__name__}: {one_line(err)}")
+        return _fail(f"The model could not be loaded: {type(err).__name__}: {first_line(err)}")
     preview_every = default_preview_every(checkpoint) if args.preview_every is None else args.preview_every
     options = EngineOptions(max_batch_images=args.max_batch_images, preview_every=preview_every,
                             compile=args.compile)
@@ -495,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"The device has too little memory for {options.max_batch_images} image slots; "
                      f"lower --max-batch-images.")
     except Exception as err:  # before Ready this is the start-up error the bot reports
-        print(f"error: The generator stopped: {type(err).__name__}: {one_line(err)}", file=sys.stderr, flush=True)
+        print(f"error: The generator stopped: {type(err).__name__}: {first_line(err)}", file=sys.stderr, flush=True)
         return 1
 
 
