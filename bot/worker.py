@@ -42,7 +42,17 @@ from bot.redis_queue import (
     result_path,
     retrying,
 )
-from generator.protocol import Cancelled, Done, Failed, Message, Progress, Started, decode, encode
+from generator.protocol import (
+    Cancelled,
+    Done,
+    Failed,
+    Message,
+    Progress,
+    Started,
+    add_process_arguments,
+    decode,
+    encode,
+)
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY_S = 600.0  # how often a worker deletes result files older than the result ttl
@@ -328,11 +338,7 @@ def _s(value: Any) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The worker's options, shared by `janus-bot worker` and `python -m bot.worker`."""
     parser.add_argument("--redis", required=True, metavar="URL", help="the pool's Redis, redis://host:6379/0")
-    parser.add_argument("--model", help="hub id or checkpoint directory (default: the built-in model)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    parser.add_argument("--dtype", help="auto, bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--max-batch-images", type=int, default=16, metavar="N",
-                        help="image slots sampled together, across jobs (default 16)")
+    add_process_arguments(parser)
     parser.add_argument("--name", help="this worker's name in the pool (default: host name and process id)")
     parser.add_argument("--prefix", default="janus", help="Redis key prefix shared with the bots (default janus)")
     parser.add_argument("--visibility-timeout", type=float, default=60.0, metavar="S",
@@ -341,12 +347,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write finished images to this directory shared with the bots ([queue] result_dir) "
                              "instead of into Redis")
     parser.add_argument("--poll", type=float, default=0.1, metavar="S", help="seconds between looks at the queue")
-    parser.add_argument("--preview-every", type=int, metavar="K", help="steps between previews; 0 for none")
-    parser.add_argument("--compile", action="store_true",
-                        help="compile the decode step with torch.compile at start (falls back to eager)")
     parser.add_argument("--shutdown-grace", type=float, default=10.0, metavar="S",
                         help="on SIGTERM, seconds to let running jobs finish (default 10)")
-    parser.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # crash tests only
 
 
 async def serve(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import math
@@ -13,6 +14,20 @@ CFG_RANGE = (1.0, 10.0)
 TEMPERATURE_RANGE = (0.0, 1.5)
 SEED_MAX = 2**63 - 1
 DEFAULTS = {"count": 4, "cfg": 5.0, "temperature": 1.0}
+
+
+def add_process_arguments(parser: argparse.ArgumentParser) -> None:
+    """The generator process's options: `python -m generator serve` and `janus-bot worker` (which starts one)."""
+    parser.add_argument("--model", help="hub id or checkpoint directory (default: the built-in model)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    parser.add_argument("--dtype", help="auto, bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--max-batch-images", type=int, default=16, metavar="N",
+                        help="image slots sampled together, across jobs (default 16)")
+    parser.add_argument("--preview-every", type=int, metavar="K",
+                        help="steps between preview images; 0 for none (default: every 5%% of the tokens)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the decode step with torch.compile at start (falls back to eager)")
+    parser.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # crash tests only
 
 
 class OptionError(ValueError):

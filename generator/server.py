@@ -46,6 +46,7 @@ from generator.protocol import (
     Ready,
     Shutdown,
     Started,
+    add_process_arguments,
     decode,
     encode,
 )
@@ -432,16 +433,7 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m generator", description="The janus-bot generator process.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="load a model, then run jobs sent as JSON lines on stdin")
-    serve.add_argument("--model", help="hub id or checkpoint directory (default: the built-in model)")
-    serve.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    serve.add_argument("--dtype", help="auto, bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
-    serve.add_argument("--max-batch-images", type=int, default=16, metavar="N",
-                       help="image slots sampled together, across jobs (default 16)")
-    serve.add_argument("--preview-every", type=int, metavar="K",
-                       help="steps between preview images; 0 for none (default: every 5%% of the tokens)")
-    serve.add_argument("--compile", action="store_true",
-                       help="compile the decode step with torch.compile at start (falls back to eager)")
-    serve.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # crash tests only
+    add_process_arguments(serve)
     return parser
 
 
