@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval-demo", help="score prompt adherence on held-out scenes, cfg 1 vs --cfg")
     evaluate.add_argument("--model", help="checkpoint directory (default: the built-in demo model)")
     evaluate.add_argument("--cfg", type=float, help="guidance weight compared with cfg 1 (default 5)")
-    evaluate.add_argument("--n", type=int, default=32, help="held-out prompts (default 32)")
+    evaluate.add_argument("--n", type=int, help="held-out prompts (default 256)")
     evaluate.add_argument("--images", type=int, default=4, help="images per prompt (default 4)")
     evaluate.add_argument("--seed", type=int, default=0, help="picks the prompts and the sampling noise")
     return parser

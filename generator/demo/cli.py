@@ -37,21 +37,22 @@ def train_demo(args: argparse.Namespace) -> int:
 
 
 def eval_demo(args: argparse.Namespace) -> int:
-    if args.n < 1:
+    if args.n is not None and args.n < 1:
         raise UsageError(f"--n must be at least 1; you gave {args.n}.")
     if args.cfg is not None and not 0 <= args.cfg <= 10:
         raise UsageError(f"--cfg must be between 0 and 10; you gave {args.cfg:g}.")
     _quiet_transformers()
     from generator.checkpoint import CheckpointError, load_checkpoint, resolve_model
-    from generator.demo.evaluate import evaluate, table
+    from generator.demo.evaluate import PROMPTS, evaluate, table
 
     try:
         checkpoint = load_checkpoint(resolve_model(args.model), device="cpu")
     except CheckpointError as err:
         raise UsageError(str(err)) from None
     started = time.perf_counter()
-    results = evaluate(checkpoint, prompts=args.n, num_images=args.images, cfg=args.cfg, seed=args.seed)
-    print(f"{args.n} held-out prompts x {args.images} images, model {checkpoint.name}, "
+    prompts = args.n or PROMPTS
+    results = evaluate(checkpoint, prompts=prompts, num_images=args.images, cfg=args.cfg, seed=args.seed)
+    print(f"{prompts} held-out prompts x {args.images} images, model {checkpoint.name}, "
           f"{time.perf_counter() - started:.1f}s")
     print("\n".join(table(results)))
     return 0

@@ -12,7 +12,7 @@ from PIL import Image
 
 from generator.checkpoint import DEMO_MODEL_DIR, load_checkpoint, resolve_model
 from generator.demo import checker, scenes
-from generator.demo.evaluate import images_for
+from generator.demo.evaluate import Evaluation, Scores, images_for, table
 from generator.demo.train import code_attributes, codes_follow, scene_codes, shape_starts
 
 # A few training-distribution prompts with fixed seeds; the shipped model must get their colours right.
@@ -146,8 +146,25 @@ def test_eval_demo_prints_each_attribute_both_halves_and_the_overall_line_last()
     lines = run.stdout.strip().splitlines()
     for name in (*checker.ATTRIBUTES, "all correct", "codes right"):
         assert re.search(rf"^{name}\s+\d\.\d\d\s+\d\.\d\d", run.stdout, re.M), name
+    assert re.fullmatch(r"guidance gain: [+-]\d\.\d\d all correct, 95% interval [+-](\d\.\d\d|inf) to "
+                        r"[+-](\d\.\d\d|inf) \(over 2 prompts\)", lines[-3])
     assert re.fullmatch(r"decoder alone: \d\.\d\d of the true code grids drawn with every check passing", lines[-2])
     assert re.fullmatch(r"overall: \d\.\d\d at cfg 5, \d\.\d\d at cfg 1", lines[-1])
+
+
+def test_guidance_gain_is_paired_over_prompts() -> None:
+    def scores(cfg: float, per_prompt: list[float]) -> Scores:
+        overall = sum(per_prompt) / len(per_prompt)
+        return Scores(cfg, dict.fromkeys(checker.ATTRIBUTES, 1.0), overall, 4 * len(per_prompt), 0.0, per_prompt)
+
+    # Every prompt gains a quarter: the gap is certain however spread the prompts' own scores are.
+    steady = Evaluation([scores(1, [0.0, 0.5, 0.75, 0.25]), scores(5, [0.25, 0.75, 1.0, 0.5])], decoder=1.0)
+    assert steady.gap() == pytest.approx((0.25, 0.0))
+    # The same mean gain from two prompts that moved a lot, in opposite directions: a wide interval.
+    mixed = Evaluation([scores(1, [0.0, 1.0, 0.0, 0.0]), scores(5, [1.0, 0.0, 0.0, 0.0])], decoder=1.0)
+    gap, half = mixed.gap()
+    assert gap == 0.0 and half == pytest.approx(1.96 * (2 / 3) ** 0.5 / 2)
+    assert "guidance gain: +0.25 all correct, 95% interval +0.25 to +0.25 (over 4 prompts)" in table(steady)
 
 
 def test_eval_demo_refuses_bad_options_in_one_line() -> None:
