@@ -54,7 +54,7 @@ class Budget:
     lm_lr: float = 2e-3
     decision_weight: float = 10.0  # how much more a shape's first token counts in the loss
     uncond: float = 0.1  # fraction of rows trained without their caption
-    uncond_smoothing: float = 0.1  # label smoothing on those rows
+    uncond_smoothing: float = 0.8  # label smoothing on those rows
 
 
 def build_demo(seed: int = 0) -> tuple[JanusForConditionalGeneration, JanusProcessor]:
