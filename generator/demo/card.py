@@ -60,7 +60,9 @@ positions, and six "two <colour> <shape>s" pairs. The evaluation prompts contain
 
 With {stats["threads"]} CPU thread(s) per stage on a shared 2-core machine, {seconds["total"]} s in all:
 
-- VQ-VAE decoder and codebook, {budget["vq_steps"]} steps of {budget["vq_batch"]} pictures, then the encoder,
+- VQ-VAE decoder and codebook, {budget["vq_steps"]} steps of {budget["vq_batch"]} pictures (half of them two
+  shapes in neighbouring cells: the gap between those has no background token beside it, and a decoder
+  trained on ordinary scenes alone joined two large squares there), then the encoder,
   {budget["encoder_steps"]} steps ({seconds["vq"]} s in all). Each token's code is given by what the scene holds
   there: a background token's colour, or a shape token's colour, shape, size and quarter of its cell
   ({IN_USE} codes in use; the background around a shape is left to the decoder to see). The decoder learns

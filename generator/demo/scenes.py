@@ -156,15 +156,25 @@ def _cells(rng: random.Random, n: int) -> list[tuple[int, int]]:
     return [divmod(i, CELLS) for i in rng.sample(range(CELLS * CELLS), n)]
 
 
-def random_scene(rng: random.Random) -> Scene:
-    """One scene: a single shape (half the time), two different shapes, or two alike (count)."""
+def _neighbours(rng: random.Random) -> list[tuple[int, int]]:
+    row, col = divmod(rng.randrange(CELLS * CELLS), CELLS)
+    beside = [(row + dy, col + dx) for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))
+              if 0 <= row + dy < CELLS and 0 <= col + dx < CELLS]
+    return [(row, col), rng.choice(beside)]
+
+
+def random_scene(rng: random.Random, *, neighbours: bool = False) -> Scene:
+    """One scene: a single shape (half the time), two different shapes, or two alike (count).
+
+    With `neighbours`, always two shapes (different ones 60% of the time), in neighbouring cells.
+    """
     background = rng.choice(COLOURS)
     others = [c for c in COLOURS if c != background]
-    roll = rng.random()
+    roll = 0.5 + rng.random() / 2 if neighbours else rng.random()
     if roll < 0.5:
         shape = Shape(rng.choice(others), rng.choice(KINDS), rng.choice(list(SIZES)), _cells(rng, 1)[0])
         return Scene(background, (shape,))
-    cells = _cells(rng, 2)
+    cells = _neighbours(rng) if neighbours else _cells(rng, 2)
     if roll < 0.8:
         shapes = tuple(Shape(rng.choice(others), rng.choice(KINDS), rng.choice(list(SIZES)), c) for c in cells)
         return Scene(background, shapes)
@@ -172,12 +182,13 @@ def random_scene(rng: random.Random) -> Scene:
     return Scene(background, tuple(Shape(colour, kind, size, c) for c in cells), positioned=False)
 
 
-def sample(n: int, seed: int, *, held_out: bool = False) -> list[tuple[Scene, str]]:
-    """`n` (scene, caption) pairs: training scenes, or with `held_out` only held-out ones."""
+def sample(n: int, seed: int, *, held_out: bool = False, neighbours: bool = False) -> list[tuple[Scene, str]]:
+    """`n` (scene, caption) pairs: training scenes, or with `held_out` only held-out ones; `neighbours`
+    as for `random_scene`."""
     rng = random.Random(seed)
     out: list[tuple[Scene, str]] = []
     while len(out) < n:
-        scene = random_scene(rng)
+        scene = random_scene(rng, neighbours=neighbours)
         if is_held_out(scene) == held_out:
             out.append((scene, caption(scene, rng)))
     return out

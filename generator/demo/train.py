@@ -177,7 +177,11 @@ def train_vq(vq: JanusVQVAE, budget: Budget, seed: int, report: Callable[[str], 
     schedule = _schedule(optimiser, budget.vq_lr, budget.vq_steps)
     rec_sum = 0.0
     for step in range(budget.vq_steps):
-        batch = [scene for scene, _ in scenes.sample(budget.vq_batch, rng.getrandbits(32))]
+        # Half the batch holds two shapes in neighbouring cells: the gap between them has no background
+        # token beside it, so the decoder must bring the background colour from further away.
+        half = budget.vq_batch // 2
+        batch = [scene for scene, _ in scenes.sample(budget.vq_batch - half, rng.getrandbits(32))
+                 + scenes.sample(half, rng.getrandbits(32), neighbours=True)]
         pixels = to_pixels([scenes.render(scene) for scene in batch])
         codes = torch.tensor([scene_codes(scene) for scene in batch])  # [n, g*g]
         q = _codebook(vq)[codes].view(len(batch), GRID, GRID, -1).permute(0, 3, 1, 2)

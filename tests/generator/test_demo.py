@@ -99,9 +99,19 @@ def test_scenes_are_deterministic_by_seed() -> None:
     assert scenes.held_out_scenes(12) == scenes.held_out_scenes(12)
 
 
+def test_neighbouring_pairs_sit_side_by_side() -> None:
+    pairs = scenes.sample(300, seed=6, neighbours=True)
+    for scene, text in pairs:
+        (top, left), (bottom, right) = (shape.cell for shape in scene.shapes)
+        assert abs(top - bottom) + abs(left - right) == 1, scene
+        assert scene.background in text
+    assert {scene.positioned for scene, _ in pairs} == {True, False}  # two different shapes, and two alike
+    assert scenes.sample(40, seed=6, neighbours=True) == pairs[:40]
+
+
 def test_held_out_combinations_never_reach_training() -> None:
     train = scenes.sample(3000, seed=0)
-    assert not any(scenes.is_held_out(scene) for scene, _ in train)
+    assert not any(scenes.is_held_out(scene) for scene, _ in train + scenes.sample(1000, seed=0, neighbours=True))
     assert all(scenes.is_held_out(scene) for scene, _ in scenes.held_out_scenes(40))
     # Every part of a held-out combination is still seen: (colour, kind) pairs, kinds and colours at each cell.
     seen = {(s.colour, s.kind) for scene, _ in train for s in scene.shapes}
