@@ -34,10 +34,14 @@ class Scores:
 
     cfg: float
     attributes: dict[str, float]
-    overall: float
     images: int
     codes: float  # share of code grids that draw the prompt, size aside
     per_prompt: list[float]  # share of each prompt's images with everything right
+
+    @property
+    def overall(self) -> float:
+        """The share of all images with everything right (each prompt has as many)."""
+        return sum(self.per_prompt) / len(self.per_prompt)
 
 
 @dataclass
@@ -93,8 +97,7 @@ def score_grids(checkpoint: Checkpoint, cases: list[tuple[scenes.Scene, str]], g
             perfect += all(all(oks) for oks in result.values())
         per_prompt.append(perfect / len(pictures))
     attributes = {name: sum(oks) / len(oks) for name, oks in checks.items() if oks}
-    return Scores(cfg, attributes, sum(per_prompt) / len(per_prompt), len(right), sum(right) / len(right),
-                  per_prompt)
+    return Scores(cfg, attributes, len(right), sum(right) / len(right), per_prompt)
 
 
 def evaluate(checkpoint: Checkpoint, *, prompts: int = PROMPTS, num_images: int = 4, cfg: float | None = None,

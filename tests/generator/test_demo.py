@@ -164,8 +164,7 @@ def test_eval_demo_prints_each_attribute_both_halves_and_the_overall_line_last()
 
 def test_guidance_gain_is_paired_over_prompts() -> None:
     def scores(cfg: float, per_prompt: list[float]) -> Scores:
-        overall = sum(per_prompt) / len(per_prompt)
-        return Scores(cfg, dict.fromkeys(checker.ATTRIBUTES, 1.0), overall, 4 * len(per_prompt), 0.0, per_prompt)
+        return Scores(cfg, dict.fromkeys(checker.ATTRIBUTES, 1.0), 4 * len(per_prompt), 0.0, per_prompt)
 
     # Every prompt gains a quarter: the gap is certain however spread the prompts' own scores are.
     steady = Evaluation([scores(1, [0.0, 0.5, 0.75, 0.25]), scores(5, [0.25, 0.75, 1.0, 0.5])], decoder=1.0)
