@@ -4,7 +4,8 @@ Stage 1 trains Janus's `vqmodel`: the decoder and the l2-normalised codebook lea
 code, then the encoder to find it again. Stage 2 trains the language model, `generation_embeddings`,
 `generation_aligner` and `generation_head` by teacher forcing on exactly the sequences the engine builds
 (prompt ids, then image-token embeddings), with the caption replaced as the unconditional rows are a
-tenth of the time (and those rows label-smoothed) so classifier-free guidance works.
+tenth of the time (and those rows label-smoothed) so classifier-free guidance works, and a few captions
+swapped for another scene's, as scraped captions are.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Budget:
     decision_weight: float = 10.0  # how much more a shape's first token counts in the loss
     uncond: float = 0.1  # fraction of rows trained without their caption
     uncond_smoothing: float = 0.8  # label smoothing on those rows
+    mismatch: float = 0.03  # share of captioned rows that read another scene's caption, as alt text often does
 
 
 def build_demo(seed: int = 0) -> tuple[JanusForConditionalGeneration, JanusProcessor]:
@@ -283,6 +285,27 @@ def shape_starts(scene: scenes.Scene) -> list[bool]:
     return starts
 
 
+def caption_rows(rng: random.Random, captions: list[list[str]], index: list[int], budget: Budget
+                 ) -> list[tuple[int | None, str]]:
+    """Which scene's caption each training row reads (None: dropped for guidance), and the text drawn.
+
+    A dropped row keeps its own text only for its length. A `budget.mismatch` share of the others read
+    another scene's caption: scraped captions often describe something else, which is what leaves a real
+    model's cfg-1 pictures off the prompt and gives guidance its work.
+    """
+    rows: list[tuple[int | None, str]] = []
+    for i in index:
+        if rng.random() < budget.uncond:
+            rows.append((None, rng.choice(captions[i])))
+            continue
+        caption = i
+        if rng.random() < budget.mismatch:
+            caption = rng.randrange(len(captions) - 1)
+            caption += caption >= i  # any scene but this one
+        rows.append((caption, rng.choice(captions[caption])))
+    return rows
+
+
 def train_lm(model: JanusForConditionalGeneration, processor: JanusProcessor, captions: list[list[str]],
              tokens: torch.Tensor, budget: Budget, seed: int, report: Callable[[str], None],
              decisions: torch.Tensor | None = None) -> dict[str, float]:
@@ -303,12 +326,11 @@ def train_lm(model: JanusForConditionalGeneration, processor: JanusProcessor, ca
     last: dict[str, float] = {}
     for step in range(budget.lm_steps):
         index = [rng.randrange(len(tokens)) for _ in range(budget.lm_batch)]
-        prompts, dropped = [], []
-        for i in index:
-            text = rng.choice(captions[i])
+        rows = caption_rows(rng, captions, index, budget)
+        prompts, dropped = [], [caption is None for caption, _ in rows]
+        for caption, text in rows:
             ids = cache.get(text) or cache.setdefault(text, encode_prompt(processor, text))
-            dropped.append(rng.random() < budget.uncond)
-            prompts.append(unconditional_ids(ids, processor) if dropped[-1] else ids)
+            prompts.append(ids if caption is not None else unconditional_ids(ids, processor))
         target = tokens[index]
         logits = image_logits(model, prompts, target, pad_id)
         weight = torch.ones_like(target, dtype=torch.float32)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 from PIL import Image
@@ -13,7 +15,7 @@ from PIL import Image
 from generator.checkpoint import DEMO_MODEL_DIR, load_checkpoint, resolve_model
 from generator.demo import checker, scenes
 from generator.demo.evaluate import Evaluation, Scores, images_for, table
-from generator.demo.train import code_attributes, codes_follow, scene_codes, shape_starts
+from generator.demo.train import Budget, caption_rows, code_attributes, codes_follow, scene_codes, shape_starts, train
 
 # A few training-distribution prompts with fixed seeds; the shipped model must get their colours right.
 FIXED = [
@@ -89,6 +91,33 @@ def test_each_shape_starts_at_its_cells_first_quarter() -> None:
             (shape.kind, 0) for shape in scene.shapes)
         first = starts.index(True)  # raster order: nothing before a shape's first token belongs to a shape
         assert all(code_attributes(c) == (scene.background,) for c in codes[:first])
+
+
+def test_training_rows_drop_or_swap_captions_in_the_budgeted_shares() -> None:
+    captions = [[f"scene {i} says {j}" for j in range(4)] for i in range(50)]
+    index = [i % 50 for i in range(6000)]
+    rows = caption_rows(random.Random(0), captions, index, Budget(uncond=0.1, mismatch=0.25))
+    dropped = [i for i, (caption, _) in zip(index, rows) if caption is None]
+    swapped = [(i, c) for i, (c, _) in zip(index, rows) if c is not None and c != i]
+    assert 0.08 < len(dropped) / len(rows) < 0.12
+    assert 0.22 < len(swapped) / (len(rows) - len(dropped)) < 0.28
+    assert len({c for _, c in swapped}) == 50  # any other scene's caption, never the row's own
+    assert all(text in captions[i if c is None else c] for i, (c, text) in zip(index, rows))
+    assert len({text for _, text in rows}) == 200  # each of a scene's captions is used
+    honest = caption_rows(random.Random(0), captions, index, Budget(uncond=0.1, mismatch=0.0))
+    assert all(c in (None, i) for i, (c, _) in zip(index, honest))
+
+
+def test_train_demo_recipe_saves_a_checkpoint_the_engine_runs(tmp_path) -> None:
+    tiny = Budget(vq_steps=4, vq_batch=4, encoder_steps=4, scenes=40, lm_steps=4, lm_batch=4, mismatch=0.2)
+    lines: list[str] = []
+    stats = train(tmp_path, seed=1, threads=1, budget=tiny, report=lines.append)
+    assert stats["budget"] == asdict(tiny) and set(stats["lm"]) >= {"loss", "token_accuracy"}
+    assert any(line.startswith("lm step 4/4: loss") for line in lines), lines
+    assert json.loads((tmp_path / "training.json").read_text())["seed"] == 1
+    checkpoint = load_checkpoint(str(tmp_path), device="cpu")
+    (pictures,) = images_for(checkpoint, [FIXED[0][1]], num_images=2, cfg=5.0, seed=0)
+    assert [p.size for p in pictures] == [(scenes.IMAGE_SIZE, scenes.IMAGE_SIZE)] * 2
 
 
 def test_scenes_are_deterministic_by_seed() -> None:
