@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
+import functools
 import gc
 import math
 import statistics
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from generator.checkpoint import Checkpoint, default_device, parse_dtype
-from generator.engine import Engine, Request, kv_bytes_per_row, libc_function
+from generator.engine import Engine, Request, kv_bytes_per_row
 from generator.presets import PRESETS, build_model
 from generator.prompt import format_prompt
 from generator.reference import reference_generate
@@ -80,6 +84,15 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             self.peak = max(self.peak, _rss())
+
+
+@functools.cache
+def libc_function(name: str) -> Callable[..., int] | None:
+    """A C library function, looked up once (find_library runs ldconfig); None where there is none."""
+    libc = ctypes.util.find_library("c")
+    with contextlib.suppress(OSError, AttributeError):
+        return getattr(ctypes.CDLL(libc), name) if libc else None
+    return None
 
 
 def _return_freed_memory() -> None:

@@ -10,15 +10,11 @@ index, step), never on its neighbours in the batch.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import gc
 import itertools
 import logging
 import math
 import mmap
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -38,7 +34,6 @@ _M32 = 0xFFFFFFFF
 _MIX = 0x45D9F3B
 _GOLDEN = 0x9E3779B1
 _ids = itertools.count()
-MADV_HUGEPAGE = 14  # Linux
 
 
 class RequestError(ValueError):
@@ -146,30 +141,21 @@ def _rows_of(slots: torch.Tensor) -> torch.Tensor:
 # -- KV cache ---------------------------------------------------------------------------------------
 
 
-@functools.cache
-def libc_function(name: str) -> Callable[..., int] | None:
-    """A C library function, looked up once (find_library runs ldconfig); None where there is none."""
-    libc = ctypes.util.find_library("c")
-    with contextlib.suppress(OSError, AttributeError):
-        return getattr(ctypes.CDLL(libc), name) if libc else None
-    return None
-
-
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A zeroed tensor; on a Linux CPU, in transparent huge pages where the kernel allows them.
 
     A decode step reads a slice of every row's cache, a few KB from each of hundreds of places: with 4 KB
     pages that is a TLB miss after another (on the 2-core VM attention ran 18% faster over huge pages and
-    the 8 x 4 workload 2-5%). The advice must come before the pages are first written.
+    the 8 x 4 workload 2-5%). The advice must come before the pages are first written, so the memory is a
+    fresh mapping of its own: malloc may hand back pages an earlier tensor already wrote as 4 KB pages.
     """
-    tensor = torch.empty(shape, dtype=dtype, device=device)
-    madvise = libc_function("madvise") if device.type == "cpu" and sys.platform == "linux" else None
-    if madvise is not None:  # on the whole pages inside the tensor
-        start = -(-tensor.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE
-        end = (tensor.data_ptr() + tensor.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
-        if end - start >= 2 << 20:
-            madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_HUGEPAGE)  # only advice: may fail
-    return tensor.zero_()
+    nbytes = math.prod(shape) * dtype.itemsize
+    if device.type != "cpu" or not hasattr(mmap, "MADV_HUGEPAGE") or nbytes < 2 << 20:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)  # anonymous, not shared; the tensor keeps it alive
+    with contextlib.suppress(OSError):
+        memory.madvise(mmap.MADV_HUGEPAGE)  # only advice: the kernel may not allow it
+    return torch.frombuffer(memory, dtype=dtype).view(shape).zero_()  # written now, as torch.zeros would be
 
 
 class SlotCache:
