@@ -290,8 +290,8 @@ def caption_rows(rng: random.Random, captions: list[list[str]], index: list[int]
     """Which scene's caption each training row reads (None: dropped for guidance), and the text drawn.
 
     A dropped row keeps its own text only for its length. A `budget.mismatch` share of the others read
-    another scene's caption: scraped captions often describe something else, which is what leaves a real
-    model's cfg-1 pictures off the prompt and gives guidance its work.
+    another scene's caption: scraped captions often describe something else, one reason a real model's
+    cfg-1 pictures stray from the prompt, and what gives guidance its work here.
     """
     rows: list[tuple[int | None, str]] = []
     for i in index:
