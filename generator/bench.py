@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from generator.checkpoint import Checkpoint, default_device, parse_dtype
+from generator.checkpoint import Checkpoint, parse_device, parse_dtype
 from generator.engine import Engine, Request, kv_bytes_per_row
 from generator.presets import PRESETS, build_model
 from generator.prompt import format_prompt
@@ -241,7 +241,7 @@ def _format(m: Measurement) -> str:
 
 
 def bench(args: argparse.Namespace) -> int:
-    device = torch.device(args.device) if args.device else default_device()
+    device = parse_device(args.device)
     dtype = parse_dtype(args.dtype, device)
     if args.repeat is None:  # a shared CPU's speed drifts from run to run; a GPU's hardly does
         args.repeat = 1 if device.type == "cuda" else 3

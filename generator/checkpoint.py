@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import is_offline_mode, try_to_load_from_cache
+from huggingface_hub import get_hf_file_metadata, hf_hub_url, is_offline_mode, try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError, HTTPError
 from transformers import JanusForConditionalGeneration, JanusProcessor
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
@@ -82,6 +83,32 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def parse_device(name: str | torch.device | None) -> torch.device:
+    """The device to run on (None or "auto": CUDA when there is one), checked: it must be usable here."""
+    if name is None or name == "auto":
+        return default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CheckpointError(f"Unknown device {str(name)!r}; use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda":
+        if torch.version.cuda is None:
+            raise CheckpointError(f"Cannot use device {str(name)!r}: this torch ({torch.__version__}) is a build "
+                                  f"without CUDA; install its CUDA build, or use cpu.")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise CheckpointError(f"Cannot use device {str(name)!r}: no CUDA GPU is visible (check the driver "
+                                  f"and CUDA_VISIBLE_DEVICES), or use cpu.")
+        if device.index is not None and device.index >= count:
+            raise CheckpointError(f"Cannot use device {str(name)!r}: this machine has {count} CUDA GPU(s), "
+                                  f"cuda:0 to cuda:{count - 1}.")
+    try:
+        torch.empty(0, device=device)  # other kinds: whether this torch can use it at all
+    except (RuntimeError, AssertionError, NotImplementedError) as err:
+        raise CheckpointError(f"Cannot use device {str(name)!r}: {first_line(err)}") from None
+    return device
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
@@ -129,35 +156,60 @@ def load_checkpoint(
 ) -> Checkpoint:
     """Load model and processor from one place; bf16 on CUDA, fp32 on CPU unless told otherwise."""
     name = str(name)
-    dev = torch.device(device) if device is not None else default_device()
+    dev = parse_device(device)
     dt = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype, dev)
     path = Path(name).expanduser()
-    local = path.exists() or _looks_like_path(name)
+    local, cache_only = path.exists() or _looks_like_path(name), False
     if local:
         _check_local(path)
         source = str(path)
     else:
         source = name
-        if is_offline_mode() and not isinstance(try_to_load_from_cache(source, "config.json"), str):
-            raise CheckpointError(_offline_message(source))
+        try:
+            cached = isinstance(try_to_load_from_cache(source, "config.json"), str)
+        except ValueError:  # not of the form owner/name
+            raise CheckpointError(_not_found_message(source)) from None
+        if is_offline_mode() or not _hub_answers(source):
+            if not cached:
+                raise CheckpointError(_offline_message(source))
+            log.info("the hub cannot be reached; loading %s from the local cache", source)
+            cache_only = True
     try:
-        processor = JanusProcessor.from_pretrained(source)
-        model = JanusForConditionalGeneration.from_pretrained(source, dtype=dt, attn_implementation="sdpa")
+        processor = JanusProcessor.from_pretrained(source, local_files_only=cache_only)
+        model = JanusForConditionalGeneration.from_pretrained(source, dtype=dt, attn_implementation="sdpa",
+                                                              local_files_only=cache_only)
     except OSError as err:
         if local:
             raise CheckpointError(f"Could not read the checkpoint in {source!r}: {first_line(err)}") from None
         if is_offline_mode() or "offline" in str(err).lower() or _is_connection(err):
             raise CheckpointError(_offline_message(source)) from None
-        raise CheckpointError(
-            f"Model {source!r} is neither a local directory nor a hub id that could be fetched "
-            f"(known ids: {', '.join(KNOWN_CHECKPOINTS)})."
-        ) from None
+        raise CheckpointError(_not_found_message(source)) from None
     except (ValueError, KeyError) as err:
         raise CheckpointError(f"{source!r} is not a usable Janus checkpoint: {first_line(err)}") from None
     model.to(dev).eval()
     model.requires_grad_(False)
     log.info("loaded %s on %s in %s", source, dev, str(dt).removeprefix("torch."))
     return Checkpoint(model=model, processor=processor, name=source)
+
+
+def _hub_answers(source: str) -> bool:
+    """Whether the hub answers a request for the checkpoint's config.json (not whether it has it): one try.
+
+    Asked once before loading because the hub's client retries a failed connection five times a file with
+    growing pauses, and a checkpoint is a dozen files: minutes of warnings before the one error.
+    """
+    try:
+        get_hf_file_metadata(hf_hub_url(source, "config.json"), timeout=10)
+    except HfHubHTTPError:  # an answer: not found, gated, ... (from_pretrained says which)
+        return True
+    except HTTPError:  # no answer: refused, unknown host, timed out
+        return False
+    return True
+
+
+def _not_found_message(source: str) -> str:
+    return (f"Model {source!r} is neither a local directory nor a hub id that could be fetched "
+            f"(known ids: {', '.join(KNOWN_CHECKPOINTS)}).")
 
 
 def _offline_message(source: str) -> str:

@@ -53,12 +53,16 @@ def make_model(args: argparse.Namespace) -> int:
 
 def bench(args: argparse.Namespace) -> int:
     from generator import bench
+    from generator.checkpoint import CheckpointError
 
     problem = bench.check_arguments(args)
     if problem:
         raise UsageError(problem)
     _quiet_transformers()
-    return bench.bench(args)
+    try:
+        return bench.bench(args)
+    except CheckpointError as err:  # a device or dtype this machine cannot use
+        raise UsageError(str(err)) from None
 
 
 def imagine(args: argparse.Namespace) -> int:
@@ -88,7 +92,7 @@ def imagine(args: argparse.Namespace) -> int:
         checkpoint = load_checkpoint(resolve_model(args.model), device=args.device, dtype=args.dtype)
     except CheckpointError as err:
         raise UsageError(str(err)) from None
-    except RuntimeError as err:  # e.g. --device cuda on a machine without CUDA
+    except RuntimeError as err:  # the device failed while the model moved there
         raise UsageError(f"Cannot use device {args.device!r}: {first_line(err)}") from None
 
     seed = args.seed if args.seed is not None else secrets.randbits(31)

@@ -462,11 +462,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"--preview-every must be 0 or more; you gave {args.preview_every}.")
     started = time.perf_counter()
     try:
-        device = None if args.device in (None, "", "auto") else args.device
-        checkpoint = load_checkpoint(resolve_model(args.model or None), device=device, dtype=args.dtype)
+        checkpoint = load_checkpoint(resolve_model(args.model or None), device=args.device or None, dtype=args.dtype)
     except CheckpointError as err:
         return _fail(str(err))
-    except (RuntimeError, ValueError) as err:  # e.g. --device cuda on a machine without CUDA
+    except (RuntimeError, ValueError) as err:  # the device failed while the model moved there
         return _fail(f"Cannot use device {args.device!r}: {first_line(err)}")
     except Exception as err:
         return _fail(f"The model could not be loaded: {type(err).__name__}: {first_line(err)}")

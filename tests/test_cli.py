@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from janus_bot.cli import main
@@ -50,6 +55,9 @@ def test_upscale_and_other_formats(tiny_dir, tmp_path):
         (["red", "-o", "grid.gif"], "use .png, .jpg or .webp"),
         (["red", "--upscale", "0"], "--upscale must be"),
         (["red", "--model", "/no/such/model"], "is not a directory"),
+        (["red", "--model", "not a hub id"], "neither a local directory nor a hub id"),
+        (["red", "--device", "tpu"], "Unknown device 'tpu'; use cpu, cuda or cuda:N."),
+        (["red", "--device", "cuda:99"], "Cannot use device 'cuda:99'"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence(args, message, capsys, tmp_path, monkeypatch):
@@ -57,6 +65,82 @@ def test_bad_input_exits_2_with_one_sentence(args, message, capsys, tmp_path, mo
     assert main(["imagine", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and err.startswith("janus-bot: error:") and "\n" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU this test says it lacks")
+@pytest.mark.parametrize("command", [["imagine", "red"], ["bench", "--preset", "tiny"]])
+def test_cuda_without_a_gpu_is_one_sentence(command, capsys):
+    assert main([*command, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("janus-bot: error: Cannot use device 'cuda': ") and "use cpu" in err and "\n" not in err
+
+
+def _janus_bot(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    bin_dir = Path(sys.executable).parent
+    command = [str(bin_dir / "janus-bot")] if (bin_dir / "janus-bot").exists() else [sys.executable, "-m",
+                                                                                      "janus_bot"]
+    return subprocess.run([*command, *args], cwd=cwd, env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=600)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _hub_cache(root: Path, repo: str, checkpoint: Path) -> None:
+    """`checkpoint` as the hub's client caches a download of `repo` (refs/main -> snapshots/<commit>)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = root / "hub" / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    shutil.copytree(checkpoint, folder / "snapshots" / commit)
+
+
+def test_hub_id_when_the_hub_cannot_be_reached(tiny_dir, tmp_path):
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"}
+    missing = _janus_bot("imagine", "red", "--model", "someone/janus-tiny", env=env, cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == ("janus-bot: error: Model 'someone/janus-tiny' is not in the local cache and "
+                                      "the hub cannot be reached; download it on a connected machine or give a "
+                                      "local checkpoint directory.")  # at once: no retries, one line
+    _hub_cache(tmp_path / "hf", "someone/janus-tiny", tiny_dir)
+    cached = _janus_bot("imagine", "red", "--model", "someone/janus-tiny", "-n", "1", "-o", "one.png", env=env,
+                        cwd=tmp_path)
+    assert cached.returncode == 0, cached.stderr
+    assert Image.open(tmp_path / "one.png").size == (96, 96)
+    assert "Retrying" not in cached.stderr and "Traceback" not in cached.stderr
+
+
+def test_hub_id_the_hub_does_not_have(tmp_path):
+    asked = []
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            asked.append(self.path)
+            self.send_response(404)
+            self.send_header("X-Error-Code", "RepoNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}"}
+        done = _janus_bot("imagine", "red", "--model", "someone/no-such-model", env=env, cwd=tmp_path)
+    finally:
+        server.shutdown()
+    assert done.returncode == 2
+    err = done.stderr.strip()
+    assert err.startswith("janus-bot: error: Model 'someone/no-such-model' is neither a local directory nor a hub id "
+                          "that could be fetched") and "\n" not in err
+    assert any("/someone/no-such-model/" in path for path in asked)  # the hub was asked, and said no
 
 
 def test_make_model_and_unknown_preset(tmp_path, capsys):
