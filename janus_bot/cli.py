@@ -87,6 +87,7 @@ def _run_bot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from bot import app
+    from bot.adapters import PlatformUnreachable
     from bot.config import ConfigError, load_settings
     from bot.generator_client import GeneratorStartError
 
@@ -119,7 +120,7 @@ def _run_bot(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"janus-bot: {error}", file=sys.stderr)
         return 2
-    except GeneratorStartError as error:
+    except (GeneratorStartError, PlatformUnreachable) as error:
         print(f"janus-bot: {error}", file=sys.stderr)
         return 1
     return 0

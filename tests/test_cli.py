@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +13,7 @@ import torch
 from PIL import Image
 
 from janus_bot.cli import main
+from tests.bot.helpers import free_port
 
 
 def test_imagine_writes_a_two_by_two_grid(tiny_dir, tmp_path, capsys):
@@ -83,12 +83,6 @@ def _janus_bot(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Complet
                           timeout=600)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _hub_cache(root: Path, repo: str, checkpoint: Path) -> None:
     """`checkpoint` as the hub's client caches a download of `repo` (refs/main -> snapshots/<commit>)."""
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -99,7 +93,7 @@ def _hub_cache(root: Path, repo: str, checkpoint: Path) -> None:
 
 
 def test_hub_id_when_the_hub_cannot_be_reached(tiny_dir, tmp_path):
-    env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"}
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
     missing = _janus_bot("imagine", "red", "--model", "someone/janus-tiny", env=env, cwd=tmp_path)
     assert missing.returncode == 2
     assert missing.stderr.strip() == ("janus-bot: error: Model 'someone/janus-tiny' is not in the local cache and "

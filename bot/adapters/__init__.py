@@ -10,6 +10,10 @@ from bot.config import Settings
 from bot.service import Handle, Service
 
 
+class PlatformUnreachable(ConnectionError):
+    """A chat platform could not be reached at start; the message is one line for the operator."""
+
+
 class Adapter(Protocol):
     """One platform. `run` builds adapters before the app starts, so recovered jobs can reach them early."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,13 @@ from bot.store import Store
 from generator.protocol import Cancelled, Done, Failed, Generate, Message, Progress, Ready, Started
 
 PNG_SIZE = 8
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (a connection to it is refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def png(seed: int) -> bytes:

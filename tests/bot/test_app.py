@@ -10,7 +10,7 @@ import pytest
 from bot.app import App, until_signalled
 from bot.jobs import Done, Refused, Status
 from bot.store import Store
-from tests.bot.helpers import FakeGenerator, requester, settings
+from tests.bot.helpers import FakeGenerator, free_port, requester, settings
 
 
 @pytest.mark.asyncio
@@ -60,3 +60,21 @@ def test_run_command_reports_bad_config_in_one_line(tmp_path: Path, capsys: pyte
         f"janus-bot: {tmp_path / 'missing.toml'}: no such file (copy config.example.toml to start)",
         f"janus-bot: {bad}: limits.period_s: Input should be greater than 0",
     ]
+
+
+def test_run_command_reports_a_platform_out_of_reach_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from discord.http import Route
+
+    from janus_bot.cli import main
+
+    monkeypatch.setenv("DISCORD_TOKEN", "the.secret.token")
+    monkeypatch.setattr(Route, "BASE", f"http://127.0.0.1:{free_port()}/api/v10")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[bot]\ndata_dir = "{tmp_path / "data"}"\n')
+    assert main(["run", "-c", str(config)]) == 1  # the generator started (the demo model) and stopped again
+    err = capsys.readouterr().err
+    assert err.endswith("; check this machine's network\n")
+    assert err.splitlines()[-1].startswith("janus-bot: Discord cannot be reached (Cannot connect to host 127.0.0.1:")
+    assert "Traceback" not in err and "secret" not in err

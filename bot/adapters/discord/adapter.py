@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 
+import aiohttp
 import discord
 
+from bot.adapters import PlatformUnreachable
 from bot.adapters.discord.client import PLATFORM, ImagineClient
 from bot.config import ConfigError, Settings
 from bot.service import Handle, Service
@@ -45,17 +47,21 @@ class DiscordAdapter:
                 "DISCORD_TOKEN: Discord does not accept this token; copy a new one from the developer portal "
                 "(your application -> Bot -> Reset Token)"
             ) from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:  # DNS, refused, TLS, timed out
+            await self._client.close()
+            raise PlatformUnreachable(f"Discord cannot be reached ({error}); check this machine's network") from None
         except BaseException:
             await self._client.close()
             raise
         self._connection = asyncio.create_task(self._client.connect())
         ready = asyncio.create_task(self._client.wait_until_ready())
         await asyncio.wait({ready, self._connection}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():  # the connection ended before READY: a bad token or an unreachable gateway
+        if not ready.done():  # the connection ended before READY (discord.py retries network errors itself)
             ready.cancel()
             await self._client.close()
-            self._connection.result()
-            raise ConnectionError("the Discord gateway closed the connection before it was ready")
+            ended = self._connection.exception()
+            why = f"{type(ended).__name__}: {ended}" if ended is not None else "closed"
+            raise PlatformUnreachable(f"the Discord gateway ended the connection before it was ready ({why})")
         log.info("discord: connected as %s", self._client.user)
         self._ready.set()
 

@@ -12,6 +12,7 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.signature import SignatureVerifier
 
+from bot.adapters import PlatformUnreachable
 from bot.adapters.slack.api import SlackProblem, call
 from bot.adapters.slack.app import PLATFORM, SlackBot, build_app
 from bot.config import ConfigError, Settings
@@ -77,9 +78,7 @@ class SlackAdapter:
         try:
             me = await call(self.app.client.auth_test)
         except SlackProblem as problem:
-            raise ConfigError(
-                f"SLACK_BOT_TOKEN: Slack refused this token ({problem.error}); reinstall the app and copy the new one"
-            ) from None
+            raise _start_error(problem, "SLACK_BOT_TOKEN", "reinstall the app and copy the new one") from None
         log.info("Slack: signed in as %s in %s (%s mode)", me.get("user"), me.get("team"), self.mode)
         if self.mode == "socket":
             await self._connect()
@@ -92,10 +91,7 @@ class SlackAdapter:
         try:  # ask for the first URL here, so a bad app token is one clear error rather than endless retries
             opened = await call(self.app.client.apps_connections_open, app_token=self._app_token)
         except SlackProblem as problem:
-            raise ConfigError(
-                f"SLACK_APP_TOKEN: Slack refused this token ({problem.error}); "
-                f"create an app-level token with connections:write"
-            ) from None
+            raise _start_error(problem, "SLACK_APP_TOKEN", "create an app-level token with connections:write") from None
         self._socket.client.wss_uri = str(opened["url"])
         await self._socket.connect_async()
 
@@ -153,3 +149,10 @@ class SlackAdapter:
             await self._runner.cleanup()
         if self._bot is not None:
             await self._bot.close()
+
+
+def _start_error(problem: SlackProblem, token: str, fix: str) -> Exception:
+    """The one line that stops the bot when a token is checked at start: Slack said no, or did not answer."""
+    if problem.error == "unreachable":
+        return PlatformUnreachable(f"Slack cannot be reached ({problem.detail}); check this machine's network")
+    return ConfigError(f"{token}: Slack refused this token ({problem.error}); {fix}")

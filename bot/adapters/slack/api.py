@@ -22,9 +22,10 @@ UNREACHABLE = frozenset({"channel_not_found", "not_in_channel", "is_archived", "
 class SlackProblem(Exception):
     """A Web API call that failed for good; the message is a sentence for the user, `error` Slack's code."""
 
-    def __init__(self, message: str, error: str) -> None:
+    def __init__(self, message: str, error: str, detail: str = "") -> None:
         super().__init__(message)
         self.error = error
+        self.detail = detail or error  # for the operator: what went wrong, e.g. the connection error
 
 
 def sentence(error: str, needed: str | None = None) -> str:
@@ -83,5 +84,5 @@ async def call(
                 await asyncio.sleep(attempt)
                 continue
             log.warning("Slack %s failed: %s", name, error)
-            raise SlackProblem(sentence("unreachable"), "unreachable") from None
+            raise SlackProblem(sentence("unreachable"), "unreachable", str(error)) from None
     raise AssertionError("the last attempt returns or raises")

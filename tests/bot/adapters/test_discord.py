@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +13,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from discord.http import Route
 from PIL import Image
 
-from bot.adapters import configured_adapters
+from bot.adapters import PlatformUnreachable, configured_adapters
 from bot.adapters.discord import DiscordAdapter
 from bot.app import App
 from bot.config import ConfigError, Secrets, Settings
@@ -22,7 +24,7 @@ from bot.generator import Generator
 from bot.jobs import Job, Kind, Status, Strength
 from bot.service import Service
 from tests.bot.adapters.fake_discord import EPHEMERAL, FakeDiscord, Interaction, Message, fake_discord
-from tests.bot.helpers import OWNER, PNG_SIZE, FakeGenerator, settings
+from tests.bot.helpers import OWNER, PNG_SIZE, FakeGenerator, free_port, settings
 
 pytestmark = pytest.mark.asyncio
 
@@ -194,6 +196,18 @@ async def test_a_token_discord_refuses_stops_the_bot_with_one_line(discord: Fake
     async with App(config, FakeGenerator()) as app:
         with pytest.raises(ConfigError, match="^DISCORD_TOKEN: Discord does not accept this token"):
             await DiscordAdapter(config, "not the token").start(app.service)
+
+
+async def test_discord_out_of_reach_stops_the_bot_with_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+                                                                ) -> None:
+    monkeypatch.setattr(Route, "BASE", f"http://127.0.0.1:{free_port()}/api/v10")
+    config = bot_settings(tmp_path)
+    async with App(config, FakeGenerator()) as app:
+        with pytest.raises(PlatformUnreachable) as info:
+            await DiscordAdapter(config, "the.secret.token").start(app.service)
+    assert re.fullmatch(r"Discord cannot be reached \(Cannot connect to host 127\.0\.0\.1:\d+ .*\); check this "
+                        r"machine's network", str(info.value))
+    assert "\n" not in str(info.value) and "secret" not in str(info.value)
 
 
 async def test_anyone_may_press_reroll_upscale_and_variations_and_the_new_job_is_theirs(

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from bot.adapters import PlatformUnreachable
 from bot.adapters.slack.adapter import SlackAdapter
 from bot.adapters.slack.app import NOT_ADMIN
 from bot.config import ConfigError
 from tests.bot.adapters.fake_slack import APP_TOKEN, BOT_TOKEN, FakeSlack, running_slack
-from tests.bot.helpers import running, settings
+from tests.bot.helpers import free_port, running, settings
 
 pytestmark = pytest.mark.asyncio
 
@@ -62,4 +63,15 @@ async def test_a_token_slack_refuses_stops_start_with_one_line_naming_it(
         with pytest.raises(ConfigError, match=f"^{named}: Slack refused this token \\(invalid_auth\\)") as info:
             await adapter.start(service)
         assert "\n" not in str(info.value) and "wrong" not in str(info.value)
+        await adapter.close()
+
+
+async def test_slack_out_of_reach_stops_start_with_one_line(tmp_path: Path) -> None:
+    api_url = f"http://127.0.0.1:{free_port()}/api/"
+    async with running(settings(tmp_path, slack={"mode": "socket", "api_url": api_url})) as (service, _, _):
+        adapter = SlackAdapter(service.settings, BOT_TOKEN, app_token=APP_TOKEN, signing_secret=None)
+        with pytest.raises(PlatformUnreachable, match="^Slack cannot be reached \\(.*\\); check this machine's network$"
+                           ) as info:
+            await adapter.start(service)
+        assert "\n" not in str(info.value) and BOT_TOKEN not in str(info.value)
         await adapter.close()
