@@ -291,7 +291,11 @@ async def ensure_group(client: aioredis.Redis, stream: str, group: str) -> None:
 
 
 async def retrying(what: str, call: Callable[[], Awaitable[T]], stop: asyncio.Event | None = None) -> T:
-    """`call()` again every second while Redis is unreachable (it restarts, the network drops); logged once."""
+    """`call()` again every second while Redis is unreachable (it restarts, the network drops); logged once.
+
+    Once `stop` is set, the error of the last try is raised instead of waiting on (at once if it is set
+    during the pause).
+    """
     warned = False
     while True:
         try:
@@ -300,9 +304,13 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], stop: asyncio.Ev
             if not warned:
                 log.warning("Redis is unreachable while %s (%s); retrying every %gs", what, error, RETRY_S)
                 warned = True
-            if stop is not None and stop.is_set():
-                raise
-            await asyncio.sleep(RETRY_S)
+            if stop is None:
+                await asyncio.sleep(RETRY_S)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), RETRY_S)
+                if stop.is_set():
+                    raise
             continue
         if warned:
             log.info("Redis is back; %s", what)

@@ -120,7 +120,12 @@ class PoolWorker:
         self.slots = ready.max_batch_images
         self._info = {"model": ready.model, "device": ready.device, "host": socket.gethostname(),
                       "pid": str(os.getpid()), "started_at": f"{time.time():.3f}"}
-        await retrying("creating the job stream", lambda: ensure_group(self.client, self._jobs, WORKERS))
+        try:
+            await retrying("creating the job stream", lambda: ensure_group(self.client, self._jobs, WORKERS), stop)
+        except REDIS_DOWN:  # stopped before Redis was ever reached: no job was taken
+            log.info("worker %s: stopped before Redis could be reached", self.name)
+            await self.generator.close()
+            return
         with contextlib.suppress(*REDIS_DOWN):
             await self._report_health()
         log.info("worker %s: %s on %s, %d image slots", self.name, ready.model, ready.device, self.slots)

@@ -146,9 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "pool":
         import asyncio
 
-        from bot.redis_queue import describe_pool
+        from bot.redis_queue import REDIS_DOWN, describe_pool
 
-        print(asyncio.run(describe_pool(args.redis, args.prefix)))
+        try:
+            print(asyncio.run(describe_pool(args.redis, args.prefix)))
+        except REDIS_DOWN as error:
+            print(f"janus-bot: Redis cannot be reached ({error})", file=sys.stderr)
+            return 1
         return 0
     raise AssertionError(args.command)
 

@@ -21,7 +21,7 @@ from bot.redis_queue import TAKE, RedisQueue, connect, pool_health
 from bot.service import Handle, Service
 from bot.store import Store
 from bot.worker import PoolWorker
-from tests.bot.helpers import OWNER, FakeGenerator, requester, settings
+from tests.bot.helpers import OWNER, FakeGenerator, free_port, requester, settings
 from tests.bot.redis_server import RedisServer
 
 ROOT = Path(__file__).parents[2]
@@ -248,6 +248,31 @@ async def test_a_worker_stopped_gracefully_hands_its_jobs_over_at_once(
                 assert second.counters["jobs_claimed"] == 1
     finally:
         await client.aclose()
+
+
+async def test_a_worker_waiting_for_redis_at_start_stops_on_sigterm(tmp_path: Path, tiny_dir: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    worker = start_worker(url, tiny_dir, "w1", tmp_path)
+    log = tmp_path / "w1.log"
+    try:
+        await until(lambda: asyncio.sleep(0, "Redis is unreachable while creating the job stream" in log.read_text()),
+                    120, "the worker to wait for Redis")
+        worker.terminate()
+        assert worker.wait(20) == 0
+    finally:
+        stop([worker])
+    lines = log.read_text().splitlines()
+    assert any(line.endswith("worker w1: stopped before Redis could be reached") for line in lines)
+    assert not any("Traceback" in line for line in lines)
+
+
+async def test_pool_without_redis_is_one_line() -> None:
+    port = free_port()
+    shown = subprocess.run([sys.executable, "-m", "janus_bot", "pool", "--redis", f"redis://:hunter2@127.0.0.1:{port}/0"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 1
+    assert shown.stderr.startswith(f"janus-bot: Redis cannot be reached (Error 111 connecting to 127.0.0.1:{port}.")
+    assert shown.stderr.count("\n") == 1 and "hunter2" not in shown.stderr
 
 
 @contextlib.asynccontextmanager
