@@ -399,6 +399,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bot.worker") 
     except GeneratorStartError as error:
         print(f"janus-bot: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while the generator loads, before serve's handlers are set
+        print("janus-bot: interrupted while starting", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

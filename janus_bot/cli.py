@@ -123,6 +123,9 @@ def _run_bot(args: argparse.Namespace) -> int:
     except (GeneratorStartError, PlatformUnreachable) as error:
         print(f"janus-bot: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before start-up finished (after it, Ctrl-C is a graceful shutdown)
+        print("janus-bot: interrupted while starting", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -78,3 +78,27 @@ def test_run_command_reports_a_platform_out_of_reach_in_one_line(
     assert err.endswith("; check this machine's network\n")
     assert err.splitlines()[-1].startswith("janus-bot: Discord cannot be reached (Cannot connect to host 127.0.0.1:")
     assert "Traceback" not in err and "secret" not in err
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    # With Redis out of reach, start-up waits for it: a Ctrl-C is sure to come before the bot is running.
+    log = tmp_path / "bot.log"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[bot]\ndata_dir = "{tmp_path / "data"}"\n')
+    with log.open("w") as out:
+        bot = subprocess.Popen([sys.executable, "-m", "janus_bot", "run", "-c", str(config), "--redis",
+                                f"redis://127.0.0.1:{free_port()}/0"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "Redis is unreachable while starting" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        bot.send_signal(signal.SIGINT)
+        assert bot.wait(30) == 130
+    finally:
+        bot.kill()
+    lines = log.read_text().splitlines()
+    assert lines[-1] == "janus-bot: interrupted while starting" and "Traceback" not in log.read_text()
