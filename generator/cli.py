@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import secrets
 import sys
 import time
@@ -31,6 +32,20 @@ def run(args: argparse.Namespace) -> int:
         return 130
 
 
+def writable_dir(path: str | Path) -> Path:
+    """`path` as a directory this process may write in, made if missing; checked before any long work."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{str(path)!r} is a file, not a directory.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"Cannot make the directory {str(path)!r}: {err.strerror or err}.") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"Cannot write in {str(path)!r}: permission denied.")
+    return path
+
+
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -46,7 +61,7 @@ def make_model(args: argparse.Namespace) -> int:
     if args.preset not in PRESETS:
         raise UsageError(f"Unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}.")
     _quiet_transformers()
-    out = build(args.out_dir, args.preset, seed=args.seed)
+    out = build(writable_dir(args.out_dir), args.preset, seed=args.seed)
     print(f"saved a random {args.preset} checkpoint to {out}")
     return 0
 
@@ -80,6 +95,9 @@ def imagine(args: argparse.Namespace) -> int:
             image_format(output)
         except ValueError as err:
             raise UsageError(str(err)) from None
+        writable_dir(Path(output).parent)
+    if args.out_dir is not None:
+        writable_dir(args.out_dir)
 
     _quiet_transformers()
     from tqdm import tqdm

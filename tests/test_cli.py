@@ -58,10 +58,13 @@ def test_upscale_and_other_formats(tiny_dir, tmp_path):
         (["red", "--model", "not a hub id"], "neither a local directory nor a hub id"),
         (["red", "--device", "tpu"], "Unknown device 'tpu'; use cpu, cuda or cuda:N."),
         (["red", "--device", "cuda:99"], "Cannot use device 'cuda:99'"),
+        (["red", "-o", "a-file/grid.png"], "'a-file' is a file, not a directory."),
+        (["red", "--out-dir", "a-file/images"], "Cannot make the directory 'a-file/images': Not a directory."),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").touch()
     assert main(["imagine", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and err.startswith("janus-bot: error:") and "\n" not in err
@@ -142,6 +145,14 @@ def test_make_model_and_unknown_preset(tmp_path, capsys):
     assert (tmp_path / "m" / "config.json").is_file()
     assert main(["make-model", str(tmp_path / "n"), "--preset", "huge"]) == 2
     assert "Unknown preset 'huge'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["make-model", "--preset", "tiny"], ["train-demo"]])
+def test_an_output_directory_that_cannot_be_made_is_refused_before_any_work(command, tmp_path, capsys):
+    (tmp_path / "a-file").touch()
+    out = str(tmp_path / "a-file" / "model")
+    assert main([command[0], out, *command[1:]]) == 2  # train-demo would otherwise fail after half an hour
+    assert capsys.readouterr().err == f"janus-bot: error: Cannot make the directory {out!r}: Not a directory.\n"
 
 
 def test_console_script_uses_the_builtin_model_by_default(tmp_path):

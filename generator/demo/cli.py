@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from generator.cli import UsageError, _quiet_transformers
+from generator.cli import UsageError, _quiet_transformers, writable_dir
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train_demo(args: argparse.Namespace) -> int:
+    writable_dir(args.out_dir)  # before the half hour of training, not after
     _quiet_transformers()
     from generator.demo.card import write_card
     from generator.demo.train import train
