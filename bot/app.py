@@ -6,13 +6,14 @@ import asyncio
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.generator import Generator
 from bot.ratelimit import Clock
 from bot.service import Handle, Hook, Service
@@ -83,7 +84,12 @@ class App:
         return self._service
 
     async def __aenter__(self) -> App:
-        self._store = await Store.open(self.settings.bot.data_dir)
+        data_dir = self.settings.bot.data_dir
+        try:
+            self._store = await Store.open(data_dir)
+        except (OSError, sqlite3.Error) as error:  # a file in the way, no permission, a damaged database
+            why = error.strerror if isinstance(error, OSError) and error.strerror else f"janus-bot.db: {error}"
+            raise ConfigError(f"bot.data_dir: cannot keep the bot's data in {str(data_dir)!r} ({why})") from None
         generator = self._generator or configured_generator(self.settings)
         self._service = Service(
             self.settings, self._store, generator, clock=self._clock, on_recovered=self._on_recovered

@@ -102,3 +102,20 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path: Path) -> None:
         bot.kill()
     lines = log.read_text().splitlines()
     assert lines[-1] == "janus-bot: interrupted while starting" and "Traceback" not in log.read_text()
+
+
+def test_a_data_dir_the_bot_cannot_use_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from janus_bot.cli import main
+
+    (tmp_path / "a-file").touch()
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "janus-bot.db").write_bytes(b"not a database, only sixteen+ bytes of text")
+    for data_dir in (tmp_path / "a-file" / "data", damaged):
+        config = tmp_path / "config.toml"
+        config.write_text(f'[bot]\ndata_dir = "{data_dir}"\n')
+        assert main(["run", "-c", str(config)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"janus-bot: bot.data_dir: cannot keep the bot's data in '{tmp_path / 'a-file' / 'data'}' (Not a directory)",
+        f"janus-bot: bot.data_dir: cannot keep the bot's data in '{damaged}' (janus-bot.db: file is not a database)",
+    ]
