@@ -100,7 +100,13 @@ class SlackAdapter:
         server.router.add_post(self.settings.path, self._http)
         self._runner = web.AppRunner(server, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.settings.host, self.settings.port).start()
+        try:
+            await web.TCPSite(self._runner, self.settings.host, self.settings.port).start()
+        except OSError as error:
+            await self._runner.cleanup()
+            self._runner = None
+            raise ConfigError(f"slack.port: cannot listen on {self.settings.host}:{self.settings.port} "
+                              f"({error.strerror}); pick another in [slack]") from None
         self.port = self._runner.addresses[0][1]
         log.info("Slack: listening on %s:%d%s", self.settings.host, self.port, self.settings.path)
 

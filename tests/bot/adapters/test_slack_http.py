@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from pathlib import Path
 
 import pytest
 
+from bot.adapters.slack.adapter import SlackAdapter
 from bot.adapters.slack.app import NOT_ADMIN
 from bot.commandline import USAGE
+from bot.config import ConfigError
 from bot.jobs import Status
 from bot.store import Store
-from tests.bot.adapters.fake_slack import CHANNEL, FakeSlack, running_slack
-from tests.bot.helpers import FakeGenerator
+from tests.bot.adapters.fake_slack import BOT_TOKEN, CHANNEL, SIGNING_SECRET, FakeSlack, running_slack
+from tests.bot.helpers import FakeGenerator, running, settings
 
 pytestmark = pytest.mark.asyncio
 
@@ -223,3 +226,19 @@ async def test_a_job_whose_message_was_deleted_is_shown_in_a_new_one(tmp_path: P
             newt = await slack.final(": done")
             assert newt.channel == CHANNEL and newt.image() is not None
             await slack.until(lambda: all_delivered(bot.store, 1))
+
+
+async def test_a_port_already_taken_stops_start_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with FakeSlack() as slack, running(settings(tmp_path, slack={
+            "mode": "http", "host": "127.0.0.1", "port": port, "api_url": slack.api_url})) as (service, _, _):
+            adapter = SlackAdapter(service.settings, BOT_TOKEN, app_token=None, signing_secret=SIGNING_SECRET)
+            with pytest.raises(ConfigError) as info:
+                await adapter.start(service)
+            await adapter.close()
+    message = str(info.value)
+    assert message.startswith(f"slack.port: cannot listen on 127.0.0.1:{port} (") and "\n" not in message
+    assert message.endswith("address already in use); pick another in [slack]")
