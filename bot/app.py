@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
@@ -11,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from bot.config import ConfigError, Settings
 from bot.generator import Generator
@@ -74,6 +75,7 @@ class App:
         self._generator = generator
         self._on_recovered = on_recovered
         self._clock = clock
+        self._lock: IO[str] | None = None
         self._store: Store | None = None
         self._service: Service | None = None
 
@@ -86,8 +88,10 @@ class App:
     async def __aenter__(self) -> App:
         data_dir = self.settings.bot.data_dir
         try:
+            self._lock = lock_data_dir(data_dir)
             self._store = await Store.open(data_dir)
         except (OSError, sqlite3.Error) as error:  # a file in the way, no permission, a damaged database
+            self._unlock()
             why = error.strerror if isinstance(error, OSError) and error.strerror else f"janus-bot.db: {error}"
             raise ConfigError(f"bot.data_dir: cannot keep the bot's data in {str(data_dir)!r} ({why})") from None
         generator = self._generator or configured_generator(self.settings)
@@ -99,6 +103,7 @@ class App:
         except BaseException:
             await generator.close()
             await self._store.close()
+            self._unlock()
             raise
         ready = self._service.ready
         assert ready is not None
@@ -114,6 +119,34 @@ class App:
         finally:
             if self._store is not None:
                 await self._store.close()
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases its lock
+            self._lock = None
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold `janus-bot.lock` in `data_dir` while the returned file is open: one bot to a data directory.
+
+    Two bots on one database would each re-queue the other's running jobs at start and deliver them
+    twice. The kernel drops the lock when the process ends, however it ends (kill -9 included).
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / "janus-bot.lock", "a+")  # noqa: SIM115 (held open for the bot's lifetime)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise ConfigError(f"bot.data_dir: another janus-bot (pid {holder}) is using {str(data_dir)!r}; stop it, "
+                          f"or give this one a data_dir of its own") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 async def until_signalled() -> signal.Signals:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.app import App, until_signalled
+from bot.config import ConfigError
 from bot.jobs import Done, Refused, Status
 from bot.store import Store
 from tests.bot.helpers import FakeGenerator, free_port, requester, settings
@@ -119,3 +120,16 @@ def test_a_data_dir_the_bot_cannot_use_is_one_line(tmp_path: Path, capsys: pytes
         f"janus-bot: bot.data_dir: cannot keep the bot's data in '{tmp_path / 'a-file' / 'data'}' (Not a directory)",
         f"janus-bot: bot.data_dir: cannot keep the bot's data in '{damaged}' (janus-bot.db: file is not a database)",
     ]
+
+
+@pytest.mark.asyncio
+async def test_one_bot_to_a_data_directory(tmp_path: Path) -> None:
+    config = settings(tmp_path)
+    async with App(config, FakeGenerator()):
+        with pytest.raises(ConfigError) as info:
+            async with App(config, FakeGenerator()):
+                pass
+    assert str(info.value) == (f"bot.data_dir: another janus-bot (pid {os.getpid()}) is using '{tmp_path}'; stop "
+                               f"it, or give this one a data_dir of its own")
+    async with App(config, FakeGenerator()):  # the first one stopped: its lock went with it
+        pass
