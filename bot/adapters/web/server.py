@@ -341,7 +341,8 @@ class WebAdapter:
         count = status.job.options.count
         index = body.get("index", 0)
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
-            raise ApiError(400, f'"index" must be a whole number from 0 to {count - 1} (U1 is 0); you gave {index}.')
+            raise ApiError(400, f'"index" must be a whole number from 0 to {count - 1} (U1 is 0); '
+                                f'you gave {json.dumps(index)}.')
         if status.job.status is not Status.DONE:
             raise ApiError(409, "That job has no images yet; wait until it is done.")
         return index

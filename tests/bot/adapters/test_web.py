@@ -185,7 +185,7 @@ async def test_reroll_upscale_and_vary_make_new_jobs_from_a_finished_one(tmp_pat
         for action, extra, says in [
             ("upscale", {"index": 2}, '"index" must be a whole number from 0 to 1'),
             ("vary", {"index": -1}, '"index" must be'),
-            ("vary", {"index": "1"}, '"index" must be'),
+            ("vary", {"index": "1"}, '"index" must be a whole number from 0 to 1 (U1 is 0); you gave "1".'),
             ("vary", {"index": 0, "strength": "wild"}, '"strength" must be "subtle" or "strong"'),
         ]:
             status, answer, _ = await web.post(f"/api/jobs/{first}/{action}", {"user": "ada", **extra})
