@@ -91,6 +91,17 @@ class JobStatus:
 Hook = Callable[[Handle], Awaitable[None]]
 
 
+def ending(job: Job) -> str:
+    """The operator's log line for a job that ended: what and whose it was, how it ended, how long it took."""
+    images = "" if job.kind is Kind.UPSCALE else f", {job.options.count} image{'s' * (job.options.count != 1)}"
+    line = f"job {job.id} ({job.kind.value}{images}, {job.requester.user_key}): {job.status.value}"
+    if job.finished_at is not None:
+        line += f" in {job.finished_at - job.created_at:.1f}s"
+        if job.started_at is not None:
+            line += f" (waited {job.started_at - job.created_at:.1f}s)"
+    return line + (f": {job.error}" if job.status is Status.FAILED and job.error else "")
+
+
 class Service:
     """The bot's core: one per process, shared by every adapter.
 
@@ -228,6 +239,7 @@ class Service:
         )
 
     def _finished(self, job: Job, event: Event) -> None:
+        log.log(logging.WARNING if job.status is Status.FAILED else logging.INFO, "%s", ending(job))
         made = len(event.images) if isinstance(event, Done) and job.kind is not Kind.UPSCALE else 0
         self.meter.finished(job.id, job.status.value, made)
         self._scheduler.finish(job.id)

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,27 @@ async def test_failed_job_says_why(tmp_path: Path) -> None:
         assert final == Failed(handle.job.id, "The fake generator was told to fail.")
         job = await store.job(handle.job.id)
         assert job is not None and job.status is Status.FAILED and job.error == final.reason
+
+
+async def test_each_job_that_ends_is_one_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="bot.service")
+    async with running(settings(tmp_path)) as (service, fake, _):
+        done = await service.submit(requester("alice"), "a cat", count=1)
+        await done.final()
+        failed = await service.submit(requester("bob"), "please fail", count=2)
+        await failed.final()
+        fake.hold.clear()
+        cancelled = await service.submit(requester("carol"), "a dog", count=2)
+        await service.cancel(requester("carol"), cancelled.job.id)
+        await cancelled.final()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("job ")]
+    assert [level for level, _ in lines] == ["INFO", "WARNING", "INFO"]
+    assert re.fullmatch(rf"job {done.job.id} \(imagine, 1 image, discord:alice\): done in \d+\.\ds "
+                        rf"\(waited \d+\.\ds\)", lines[0][1])
+    assert re.fullmatch(rf"job {failed.job.id} \(imagine, 2 images, discord:bob\): failed in \d+\.\ds "
+                        rf"\(waited \d+\.\ds\): The fake generator was told to fail\.", lines[1][1])
+    assert re.fullmatch(rf"job {cancelled.job.id} \(imagine, 2 images, discord:carol\): cancelled in \d+\.\ds",
+                        lines[2][1])
 
 
 async def test_cancel_waiting_and_running_jobs_owner_or_admin_only(tmp_path: Path) -> None:
