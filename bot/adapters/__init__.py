@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from collections.abc import Mapping
 from typing import Protocol
 
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.service import Handle, Service
 
 
 class PlatformUnreachable(ConnectionError):
     """A chat platform could not be reached at start; the message is one line for the operator."""
+
+
+def listen_error(section: str, host: str, port: int, error: OSError, other_port: str) -> ConfigError:
+    """The one line for a listener that could not start: the host is no address of this machine, or the port
+    is taken (`other_port` says where to pick another)."""
+    if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(f"{section}.host: cannot listen on {host} ({error.strerror}); give an address of this "
+                           f"machine, such as 127.0.0.1")
+    return ConfigError(f"{section}.port: cannot listen on {host}:{port} ({error.strerror}); {other_port}")
 
 
 class Adapter(Protocol):

@@ -12,7 +12,7 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.signature import SignatureVerifier
 
-from bot.adapters import PlatformUnreachable
+from bot.adapters import PlatformUnreachable, listen_error
 from bot.adapters.slack.api import SlackProblem, call
 from bot.adapters.slack.app import PLATFORM, SlackBot, build_app
 from bot.config import ConfigError, Settings
@@ -105,8 +105,8 @@ class SlackAdapter:
         except OSError as error:
             await self._runner.cleanup()
             self._runner = None
-            raise ConfigError(f"slack.port: cannot listen on {self.settings.host}:{self.settings.port} "
-                              f"({error.strerror}); pick another in [slack]") from None
+            raise listen_error("slack", self.settings.host, self.settings.port, error,
+                               "pick another in [slack]") from None
         self.port = self._runner.addresses[0][1]
         log.info("Slack: listening on %s:%d%s", self.settings.host, self.port, self.settings.path)
 

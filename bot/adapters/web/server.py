@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.adapters import listen_error
 from bot.adapters.web.tracking import Tracker, image_urls, job_url, message
 from bot.commandline import CommandError, ImagineCommand, parse_imagine
 from bot.config import ConfigError, Settings, WebSettings
@@ -169,10 +170,8 @@ class WebAdapter:
             await site.start()
         except OSError as error:
             await self._runner.cleanup()
-            where = f"{self.settings.host}:{self.settings.port}"
-            raise ConfigError(
-                f"web.port: cannot listen on {where} ({error.strerror}); pick another with --web-port"
-            ) from None
+            raise listen_error("web", self.settings.host, self.settings.port, error,
+                               "pick another with --web-port") from None
         host, port = self._runner.addresses[0][:2]
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
         log.info("web playground at %s", self.url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,6 +348,23 @@ async def test_run_flags_are_checked(capsys: pytest.CaptureFixture[str]) -> None
 
     assert main(["run", "--web-port", "70000"]) == 2
     assert capsys.readouterr().err.strip() == "janus-bot: --web-port: 70000 is not a port; give 0 to 65535"
+
+
+async def test_a_port_taken_or_a_host_not_of_this_machine_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with running(settings(tmp_path)) as (service, _, _):
+            said = []
+            for host, at in (("127.0.0.1", port), ("192.0.2.1", 0)):  # 192.0.2.1: a documentation address
+                with pytest.raises(ConfigError) as info:
+                    await WebAdapter(WebSettings(host=host, port=at), tmp_path, "token").start(service)
+                said.append(str(info.value))
+    assert said[0].startswith(f"web.port: cannot listen on 127.0.0.1:{port} (")
+    assert said[0].endswith("address already in use); pick another with --web-port")
+    assert said[1].startswith("web.host: cannot listen on 192.0.2.1 (")
+    assert said[1].endswith("); give an address of this machine, such as 127.0.0.1")
 
 
 async def test_web_jobs_left_unfinished_are_followed_after_a_restart_and_marked_delivered(tmp_path: Path) -> None:
