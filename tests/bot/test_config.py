@@ -44,6 +44,8 @@ def test_secrets_come_from_the_environment_only(tmp_path: Path) -> None:
         ("[defaults]\ncount = 17\n", "config.toml: defaults.count: Input should be less than or equal to 16"),
         ('[bot]\nadmins = ["1234"]\n', 'config.toml: bot.admins: "1234" should look like "discord:<user id>"'),
         ("[limits\n", "config.toml: not valid TOML: "),
+        ('[blocklist]\npatterns = ["fine", "(oops"]\n',
+         "config.toml: blocklist.patterns: '(oops' is not a regular expression (missing ), unterminated subpattern"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
