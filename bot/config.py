@@ -63,18 +63,27 @@ class LimitSettings(_Section):
     queue_cap: int = Field(default=100, ge=1)
 
 
+def pattern_problem(pattern: str) -> str | None:
+    """Why a blocklist pattern cannot be used (it is no regular expression, or it blocks every prompt), or None."""
+    try:
+        compiled = re.compile(pattern, re.IGNORECASE)
+    except re.error as error:
+        return f"{pattern!r} is not a regular expression ({error})"
+    if compiled.search("") is not None:
+        return f"{pattern!r} matches an empty text, so it would block every prompt"
+    return None
+
+
 class BlocklistSettings(_Section):
     words: tuple[str, ...] = ()
     patterns: tuple[str, ...] = ()
 
     @field_validator("patterns")
     @classmethod
-    def _compiles(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+    def _usable(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
         for pattern in patterns:  # else every prompt would be refused for the operator's mistake
-            try:
-                re.compile(pattern)
-            except re.error as error:
-                raise ValueError(f"{pattern!r} is not a regular expression ({error})") from None
+            if problem := pattern_problem(pattern):
+                raise ValueError(problem)
         return patterns
 
 

@@ -6,7 +6,7 @@ import math
 import re
 from collections.abc import Callable, Iterable
 
-from bot.config import LimitSettings
+from bot.config import LimitSettings, pattern_problem
 from bot.jobs import Refused
 
 Clock = Callable[[], float]  # seconds, monotonic
@@ -68,11 +68,10 @@ class Blocklist:
 
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:
-    """A case-insensitive regex, or Refused with a sentence saying why it is not one."""
-    try:
-        return re.compile(pattern, re.IGNORECASE)
-    except re.error as error:
-        raise Refused(f"That is not a valid regular expression ({error}); fix it and try again.") from None
+    """A case-insensitive regex, or Refused with a sentence saying why it cannot be one of the blocklist."""
+    if problem := pattern_problem(pattern):
+        raise Refused(f"{problem[0].upper()}{problem[1:]}; fix it and try again.")
+    return re.compile(pattern, re.IGNORECASE)
 
 
 class RateLimiter:

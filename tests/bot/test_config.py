@@ -46,6 +46,8 @@ def test_secrets_come_from_the_environment_only(tmp_path: Path) -> None:
         ("[limits\n", "config.toml: not valid TOML: "),
         ('[blocklist]\npatterns = ["fine", "(oops"]\n',
          "config.toml: blocklist.patterns: '(oops' is not a regular expression (missing ), unterminated subpattern"),
+        ('[blocklist]\npatterns = ["bad|"]\n',
+         "config.toml: blocklist.patterns: 'bad|' matches an empty text, so it would block every prompt"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, text: str, message: str) -> None:

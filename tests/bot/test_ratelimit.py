@@ -68,5 +68,7 @@ def test_blocklist_words_are_whole_and_case_insensitive_patterns_are_regexes() -
     assert blocklist.match("NUDITY") == "NUDITY"
     assert blocklist.match("a nudibranch") is None
     assert Blocklist().match("anything") is None
-    with pytest.raises(Refused, match="not a valid regular expression"):
+    with pytest.raises(Refused, match=r"^'\(unclosed' is not a regular expression \(missing \)"):
         Blocklist(patterns=["(unclosed"])
+    with pytest.raises(Refused, match="^'x\\|' matches an empty text, so it would block every prompt; fix it"):
+        Blocklist(patterns=["x|"])

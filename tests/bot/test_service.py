@@ -251,8 +251,10 @@ async def test_blocklist_from_config_and_admins(tmp_path: Path) -> None:
         with pytest.raises(Refused, match='contains "Bloody"'):
             await service.submit(requester(), "a Bloody sunset")
         await (await service.submit(requester(server="s2"), "a bloody sunset")).final()
-        with pytest.raises(Refused, match="not a valid regular expression"):
+        with pytest.raises(Refused, match="is not a regular expression"):
             await service.block(admin, "(", regex=True)
+        with pytest.raises(Refused, match="would block every prompt"):
+            await service.block(admin, ".*", regex=True)
         await service.unblock(admin, r"blood\w*")
         await (await service.submit(requester(), "a bloody sunset")).final()
         assert [a.action for a in await store.audit_log("discord", "s1")] == ["unblock", "block"]
