@@ -18,7 +18,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import generator.protocol
@@ -46,9 +46,10 @@ class _Job:
 @dataclass
 class _Process:
     proc: asyncio.subprocess.Process
-    stderr: asyncio.Task[None]
-    tail: deque[str]
+    tail: deque[str]  # its last lines on stderr
     started: float
+    heard: float  # when it last wrote a line on stderr (time.monotonic)
+    stderr: asyncio.Task[None] = field(init=False)  # the task reading them
 
 
 def describe_exit(code: int) -> str:
@@ -194,17 +195,28 @@ class GeneratorProcess:
             )
         except OSError as err:
             raise GeneratorStartError(f"Cannot run the generator with {self.command[0]!r}: {err.strerror}.") from None
-        tail: deque[str] = deque(maxlen=STDERR_TAIL)
-        process = _Process(proc, asyncio.create_task(self._pump_stderr(proc, tail)), tail, time.monotonic())
+        now = time.monotonic()
+        process = _Process(proc, deque(maxlen=STDERR_TAIL), started=now, heard=now)
+        process.stderr = asyncio.create_task(self._pump_stderr(process))
+        waiting = asyncio.create_task(self._wait_ready(proc))
         try:
-            ready = await asyncio.wait_for(self._wait_ready(proc), self.start_timeout)
+            # A first start may download the model for many minutes; it logs its progress, so the limit is on
+            # silence, not on the whole start.
+            while not waiting.done():
+                if time.monotonic() - process.heard >= self.start_timeout:
+                    raise TimeoutError
+                await asyncio.wait({waiting}, timeout=process.heard + self.start_timeout - time.monotonic())
+            ready = waiting.result()
         except TimeoutError:
+            waiting.cancel()
             proc.kill()
             await proc.wait()
             raise GeneratorStartError(
-                f"The generator did not load its model within {self.start_timeout:g} seconds."
+                f"The generator said nothing for {self.start_timeout:g} seconds while loading its model; "
+                f"its last line: {process.tail[-1] if process.tail else '(none)'}"
             ) from None
         except BaseException:
+            waiting.cancel()
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
@@ -212,7 +224,7 @@ class GeneratorProcess:
         if ready is None:
             code = await proc.wait()
             await process.stderr
-            raise GeneratorStartError(self._start_failure(code, tail))
+            raise GeneratorStartError(self._start_failure(code, process.tail))
         return process, ready
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process) -> Ready | None:
@@ -232,8 +244,9 @@ class GeneratorProcess:
         last = f"; its last line: {tail[-1]}" if tail else "."
         return f"The generator process ended ({describe_exit(code)}) before its model was loaded{last}"
 
-    async def _pump_stderr(self, proc: asyncio.subprocess.Process, tail: deque[str]) -> None:
+    async def _pump_stderr(self, process: _Process) -> None:
         """The generator's log lines into ours."""
+        proc = process.proc
         assert proc.stderr is not None
         while True:
             try:
@@ -242,9 +255,10 @@ class GeneratorProcess:
                 continue
             if not raw:
                 return
+            process.heard = time.monotonic()
             line = raw.decode(errors="replace").rstrip()
             if line:
-                tail.append(line)
+                process.tail.append(line)
                 log.info("generator[%d]: %s", proc.pid, line)
 
     @staticmethod

@@ -5,17 +5,35 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import get_hf_file_metadata, hf_hub_url, is_offline_mode, try_to_load_from_cache
-from huggingface_hub.errors import HfHubHTTPError, HTTPError
+from huggingface_hub import (
+    get_hf_file_metadata,
+    hf_hub_url,
+    is_offline_mode,
+    snapshot_download,
+    try_to_load_from_cache,
+)
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    HTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from tqdm import tqdm
 from transformers import JanusForConditionalGeneration, JanusProcessor
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 log = logging.getLogger(__name__)
+download_log = logging.getLogger("generator.download")  # shown by the CLI and the generator process alike
+DOWNLOAD_LOG_EVERY_S = 15.0
+CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt"]  # what from_pretrained reads
 
 KNOWN_CHECKPOINTS = (
     "deepseek-community/Janus-Pro-1B",
@@ -173,7 +191,9 @@ def load_checkpoint(
             if not cached:
                 raise CheckpointError(_offline_message(source))
             log.info("the hub cannot be reached; loading %s from the local cache", source)
-            cache_only = True
+        else:
+            _download(source, first=not cached)
+        cache_only = True
     try:
         processor = JanusProcessor.from_pretrained(source, local_files_only=cache_only)
         model = JanusForConditionalGeneration.from_pretrained(source, dtype=dt, attn_implementation="sdpa",
@@ -192,15 +212,61 @@ def load_checkpoint(
     return Checkpoint(model=model, processor=processor, name=source)
 
 
+def _download(source: str, *, first: bool) -> None:
+    """Bring the checkpoint's files into the hub's cache (only those it lacks), logging the progress.
+
+    A 7B checkpoint is 15 GB: minutes of download that would otherwise pass without a line, and the bot
+    gives up on a generator that is silent for too long.
+    """
+    if first:
+        download_log.info("downloading %s from the hub into its cache (once)", source)
+    try:
+        snapshot_download(source, allow_patterns=CHECKPOINT_FILES, tqdm_class=_progress_lines(source))
+    except HfHubHTTPError:
+        pass  # not found, gated, ...: from_pretrained, from the cache, says what is missing
+    except (HTTPError, OSError) as err:
+        raise CheckpointError(f"Downloading {source!r} failed: {first_line(err)}; try again.") from None
+
+
+def _progress_lines(source: str) -> type[tqdm]:
+    """A tqdm that draws nothing and logs a line about the bytes every DOWNLOAD_LOG_EVERY_S seconds."""
+    last = [time.monotonic()]
+
+    class Lines(tqdm):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 (closed with the bar)
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            shown = super().update(n)
+            # Bytes written (the hub's client also counts bytes received, on a bar of an estimated total).
+            written = self.unit == "B" and not str(self.desc).startswith("Downloading bytes") and self.total
+            if written and time.monotonic() - last[0] >= DOWNLOAD_LOG_EVERY_S:
+                last[0] = time.monotonic()
+                download_log.info("downloading %s: %.2f of %.2f GB", source, self.n / 1e9, self.total / 1e9)
+            return shown
+
+        def close(self) -> None:
+            super().close()
+            self.fp.close()
+
+    return Lines
+
+
 def _hub_answers(source: str) -> bool:
-    """Whether the hub answers a request for the checkpoint's config.json (not whether it has it): one try.
+    """Whether the hub answers a request for the checkpoint's config.json: one try; an answer that it has
+    no such checkpoint is a CheckpointError.
 
     Asked once before loading because the hub's client retries a failed connection five times a file with
     growing pauses, and a checkpoint is a dozen files: minutes of warnings before the one error.
     """
     try:
         get_hf_file_metadata(hf_hub_url(source, "config.json"), timeout=10)
-    except HfHubHTTPError:  # an answer: not found, gated, ... (from_pretrained says which)
+    except GatedRepoError:  # there, behind terms to accept: loading says so
+        return True
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
+        raise CheckpointError(_not_found_message(source)) from None
+    except HfHubHTTPError:  # some other answer (a server error after retries): loading says what
         return True
     except HTTPError:  # no answer: refused, unknown host, timed out
         return False

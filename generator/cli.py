@@ -52,6 +52,7 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("generator.download").setLevel(logging.INFO)  # a first download's progress
 
 
 def make_model(args: argparse.Namespace) -> int:

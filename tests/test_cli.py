@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -138,6 +140,69 @@ def test_hub_id_the_hub_does_not_have(tmp_path):
     assert err.startswith("janus-bot: error: Model 'someone/no-such-model' is neither a local directory nor a hub id "
                           "that could be fetched") and "\n" not in err
     assert any("/someone/no-such-model/" in path for path in asked)  # the hub was asked, and said no
+
+
+class FakeHub(BaseHTTPRequestHandler):
+    """The hub's HTTP interface as the hub's client uses it to download a model: its file list, then each file."""
+
+    repo = ""
+    folder = Path()
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    asked: list[str] = []
+
+    def do_GET(self) -> None:
+        self.asked.append(f"{self.command} {self.path}")
+        path = self.path.split("?")[0]
+        files = sorted(self.folder.iterdir())
+        if path.startswith(f"/api/models/{self.repo}/revision/"):
+            siblings = [{"rfilename": f.name} for f in files]
+            body = json.dumps({"id": self.repo, "sha": self.commit, "siblings": siblings}).encode()
+            return self._send(200, body, {"Content-Type": "application/json"})
+        if path.startswith(f"/api/models/{self.repo}/tree/"):
+            tree = [{"type": "file", "path": f.name, "size": f.stat().st_size, "oid": "0" * 40} for f in files]
+            return self._send(200, json.dumps(tree).encode(), {"Content-Type": "application/json"})
+        prefix = f"/{self.repo}/resolve/"
+        if path.startswith(prefix) and (self.folder / path.rsplit("/", 1)[1]).is_file():
+            body = (self.folder / path.rsplit("/", 1)[1]).read_bytes()
+            etag = hashlib.sha256(body).hexdigest()
+            return self._send(200, body, {"X-Repo-Commit": self.commit, "ETag": f'"{etag}"'})
+        self._send(404, b"", {"X-Error-Code": "EntryNotFound"})
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_hub_id_is_downloaded_once_then_loads_from_the_cache(tiny_dir, tmp_path):
+    FakeHub.repo, FakeHub.folder, FakeHub.asked = "someone/janus-tiny", tiny_dir, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}"}
+    try:
+        first = _janus_bot("imagine", "red", "--model", "someone/janus-tiny", "-n", "1", "-o", "a.png", env=env,
+                           cwd=tmp_path)
+        assert first.returncode == 0, (first.stderr, FakeHub.asked)
+        assert first.stderr == "downloading someone/janus-tiny from the hub into its cache (once)\n"
+        got = {line.split()[1].rsplit("/", 1)[1] for line in FakeHub.asked if line.startswith("GET /someone/")}
+        assert got == {f.name for f in tiny_dir.iterdir()}  # every file of the checkpoint, the weights too
+        FakeHub.asked.clear()
+        again = _janus_bot("imagine", "red", "--model", "someone/janus-tiny", "-n", "1", "-o", "b.png", env=env,
+                           cwd=tmp_path)
+        assert again.returncode == 0 and again.stderr == "", again.stderr
+        assert not [line for line in FakeHub.asked if line.startswith("GET /someone/")]  # nothing fetched again
+    finally:
+        server.shutdown()
+    assert Image.open(tmp_path / "a.png").size == Image.open(tmp_path / "b.png").size == (96, 96)
 
 
 def test_make_model_and_unknown_preset(tmp_path, capsys):

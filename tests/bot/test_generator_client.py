@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -141,6 +142,37 @@ async def test_a_process_that_dies_before_ready_is_explained() -> None:
     with pytest.raises(GeneratorStartError) as caught:
         await GeneratorProcess(python="false").start()
     assert str(caught.value) == "The generator process ended (exit code 1) before its model was loaded."
+
+
+SLOW_STARTER = """
+import sys
+import time
+
+from generator.protocol import Ready, encode
+
+lines, pause = int(sys.argv[-2]), float(sys.argv[-1])
+for n in range(lines):  # a download logging its progress, then silence
+    print(f"downloaded {n + 1} of {lines} GB", file=sys.stderr, flush=True)
+    time.sleep(pause)
+print(encode(Ready("slow", "cpu", 96, 6, 16)), flush=True)
+time.sleep(60)
+"""
+
+
+async def test_the_start_limit_is_on_silence_not_on_a_long_start_that_logs_progress(tmp_path: Path) -> None:
+    script = tmp_path / "slow-generator"
+    script.write_text(f"#!{sys.executable}\n{SLOW_STARTER}")
+    script.chmod(0o755)
+    chatty = GeneratorProcess(python=str(script), extra_args=["8", "0.25"], start_timeout=1.0, shutdown_grace=0)
+    started = time.monotonic()
+    assert (await chatty.start()).model == "slow"  # two seconds in all, never a second without a line
+    assert time.monotonic() - started >= 2.0
+    await chatty.close()
+    silent = GeneratorProcess(python=str(script), extra_args=["1", "30"], start_timeout=1.0, shutdown_grace=0)
+    with pytest.raises(GeneratorStartError) as caught:
+        await silent.start()
+    assert str(caught.value) == ("The generator said nothing for 1 seconds while loading its model; its last line: "
+                                 "downloaded 1 of 1 GB")
 
 
 FAKE_GENERATOR = """

@@ -109,3 +109,17 @@ def test_hub_id_offline_without_cache_says_so(monkeypatch, tmp_path):
     with pytest.raises(CheckpointError, match="not in the local cache and the hub cannot be reached") as info:
         load_checkpoint("deepseek-community/Janus-Pro-1B")
     assert "\n" not in str(info.value)
+
+
+def test_download_progress_is_a_log_line_now_and_then(monkeypatch, caplog):
+    import generator.checkpoint as checkpoint
+
+    caplog.set_level("INFO", logger="generator.download")
+    monkeypatch.setattr(checkpoint, "DOWNLOAD_LOG_EVERY_S", 0.0)
+    bar = checkpoint._progress_lines("someone/model")
+    with bar(desc="Reconstructing", total=int(15e9), unit="B") as written, \
+            bar(desc="Downloading bytes", total=int(20e9), unit="B") as received, bar(total=12) as files:
+        written.update(int(4.1e9))
+        received.update(int(4.1e9))  # the same bytes counted on the way in: not said twice
+        files.update(3)
+    assert [r.getMessage() for r in caplog.records] == ["downloading someone/model: 4.10 of 15.00 GB"]
