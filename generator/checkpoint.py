@@ -322,7 +322,11 @@ def resolve_model(name: str | None) -> str:
     target = cache_dir() / "models" / "tiny-random-v1"
     if not (target / "config.json").is_file():
         partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-        make_model(partial, "tiny", seed=0)
+        try:
+            make_model(partial, "tiny", seed=0)
+        except OSError as err:
+            raise CheckpointError(f"Cannot build {RANDOM_MODEL} in {str(target.parent)!r} ({err.strerror or err}); "
+                                  f"set JANUS_BOT_CACHE to a directory you can write in.") from None
         try:
             partial.rename(target)
         except OSError:  # another process finished first

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,3 +124,20 @@ def test_download_progress_is_a_log_line_now_and_then(monkeypatch, caplog):
         received.update(int(4.1e9))  # the same bytes counted on the way in: not said twice
         files.update(3)
     assert [r.getMessage() for r in caplog.records] == ["downloading someone/model: 4.10 of 15.00 GB"]
+
+
+def test_the_random_builtin_model_is_built_once_in_the_cache_or_says_where_it_cannot(monkeypatch, tmp_path):
+    from generator.checkpoint import resolve_model
+
+    monkeypatch.setenv("JANUS_BOT_CACHE", str(tmp_path / "cache"))
+    built = resolve_model("builtin:tiny")
+    assert built == str(tmp_path / "cache" / "models" / "tiny-random-v1")
+    assert load_checkpoint(built).num_image_tokens == 36
+    stamp = (Path(built) / "config.json").stat().st_mtime_ns
+    assert resolve_model("builtin:tiny") == built and (Path(built) / "config.json").stat().st_mtime_ns == stamp
+    (tmp_path / "a-file").touch()
+    monkeypatch.setenv("JANUS_BOT_CACHE", str(tmp_path / "a-file"))
+    with pytest.raises(CheckpointError) as info:
+        resolve_model("builtin:tiny")
+    assert str(info.value) == (f"Cannot build builtin:tiny in '{tmp_path / 'a-file' / 'models'}' (Not a directory); "
+                               f"set JANUS_BOT_CACHE to a directory you can write in.")
