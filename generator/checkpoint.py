@@ -190,7 +190,7 @@ def load_checkpoint(
         if is_offline_mode() or not _hub_answers(source):
             if not cached:
                 raise CheckpointError(_offline_message(source))
-            log.info("the hub cannot be reached; loading %s from the local cache", source)
+            download_log.info("the hub cannot be reached; loading %s from the local cache", source)
         else:
             _download(source, first=not cached)
         cache_only = True
