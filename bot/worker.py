@@ -393,6 +393,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bot.worker") 
         parser.error(f"--max-batch-images must be at least 1; you gave {args.max_batch_images}")
     if args.visibility_timeout <= 0:
         parser.error(f"--visibility-timeout must be more than 0; you gave {args.visibility_timeout:g}")
+    if args.result_dir:
+        try:
+            Path(args.result_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            parser.error(f"--result-dir: cannot make {args.result_dir!r} ({error.strerror or error})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return asyncio.run(serve(args))

@@ -275,6 +275,16 @@ async def test_pool_without_redis_is_one_line() -> None:
     assert shown.stderr.count("\n") == 1 and "hunter2" not in shown.stderr
 
 
+async def test_a_worker_result_dir_that_cannot_be_made_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    (tmp_path / "a-file").touch()
+    shown = subprocess.run([sys.executable, "-m", "janus_bot", "worker", "--redis", "redis://127.0.0.1:1/0",
+                            "--result-dir", str(tmp_path / "a-file" / "results")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 2
+    assert shown.stderr.splitlines()[-1] == (f"janus-bot worker: error: --result-dir: cannot make "
+                                             f"'{tmp_path / 'a-file' / 'results'}' (Not a directory)")
+
+
 @contextlib.asynccontextmanager
 async def pool_worker(
     client: Any, name: str, result_dir: Path | None = None, generator: FakeGenerator | None = None, **options: Any
