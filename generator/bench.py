@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from generator.checkpoint import Checkpoint, parse_device, parse_dtype
+from generator.cli import UsageError
 from generator.engine import Engine, Request, kv_bytes_per_row
-from generator.presets import PRESETS, build_model
+from generator.presets import PRESETS, build_memory_problem, build_model
 from generator.prompt import format_prompt
 from generator.reference import reference_generate
 
@@ -249,6 +250,9 @@ def bench(args: argparse.Namespace) -> int:
     if args.tokens:
         side = math.isqrt(args.tokens)
         preset = dataclasses.replace(preset, image_size=preset.patch * side)
+    problem = build_memory_problem(args.preset, device)
+    if problem:
+        raise UsageError(problem)
     torch.set_grad_enabled(False)
     model, processor = build_model(preset, seed=0, device=device, dtype=dtype)
     checkpoint = Checkpoint(model, processor, f"random {args.preset}")

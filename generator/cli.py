@@ -56,11 +56,16 @@ def _quiet_transformers() -> None:
 
 
 def make_model(args: argparse.Namespace) -> int:
-    from generator.presets import PRESETS
+    import torch
+
+    from generator.presets import PRESETS, build_memory_problem
     from generator.presets import make_model as build
 
     if args.preset not in PRESETS:
         raise UsageError(f"Unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}.")
+    problem = build_memory_problem(args.preset, torch.device("cpu"))
+    if problem:
+        raise UsageError(problem)
     _quiet_transformers()
     out = build(writable_dir(args.out_dir), args.preset, seed=args.seed)
     print(f"saved a random {args.preset} checkpoint to {out}")

@@ -211,6 +211,36 @@ def build_model(
     return model.eval(), processor
 
 
+def build_memory_problem(preset: str | Preset, device: torch.device) -> str | None:
+    """Why building random weights of `preset` on `device` would not fit in its free memory, or None.
+
+    build_model makes the weights in float32 before any cast, so that is what it needs; found out beforehand
+    because a process that runs out of memory is killed by the kernel, without a word.
+    """
+    spec = PRESETS[preset] if isinstance(preset, str) else preset
+    with torch.device("meta"):  # shapes only, no memory
+        model = JanusForConditionalGeneration(build_config(spec, build_processor(spec).tokenizer))
+    need = 4 * sum(p.numel() for p in model.parameters())
+    free = _free_bytes(device)
+    if free is None or need < 0.9 * free:
+        return None
+    name = next((key for key, value in PRESETS.items() if value == spec), "this preset")
+    return (f"Random {name} weights take {need / 1e9:.1f} GB to build and {device.type} has {free / 1e9:.1f} GB "
+            f"free; pick a smaller preset or another device.")
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on `device` (on a CPU, the kernel's MemAvailable), or None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def make_model(out_dir: str | Path, preset: str = "tiny", *, seed: int = 0) -> Path:
     """Build a random checkpoint and save it with `save_pretrained`, as the published ones are."""
     model, processor = build_model(preset, seed=seed)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -210,6 +211,18 @@ def test_make_model_and_unknown_preset(tmp_path, capsys):
     assert (tmp_path / "m" / "config.json").is_file()
     assert main(["make-model", str(tmp_path / "n"), "--preset", "huge"]) == 2
     assert "Unknown preset 'huge'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["make-model", "OUT", "--preset", "small"], ["bench", "--preset", "small"]])
+def test_random_weights_that_would_not_fit_in_memory_are_refused_before_building(command, tmp_path, capsys,
+                                                                                  monkeypatch):
+    import generator.presets as presets
+
+    monkeypatch.setattr(presets, "_free_bytes", lambda device: 10**6)  # 1 MB free, as if the machine were full
+    assert main([str(tmp_path / "m") if arg == "OUT" else arg for arg in command]) == 2
+    assert re.fullmatch(r"janus-bot: error: Random small weights take \d+\.\d GB to build and cpu has 0\.0 GB "
+                        r"free; pick a smaller preset or another device\.\n", capsys.readouterr().err)
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize("command", [["make-model", "--preset", "tiny"], ["train-demo"]])
