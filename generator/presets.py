@@ -211,22 +211,21 @@ def build_model(
     return model.eval(), processor
 
 
-def build_memory_problem(preset: str | Preset, device: torch.device) -> str | None:
-    """Why building random weights of `preset` on `device` would not fit in its free memory, or None.
+def build_memory_problem(preset: str, device: torch.device) -> str | None:
+    """Why building random weights of the named preset on `device` would not fit in its free memory, or None.
 
     build_model makes the weights in float32 before any cast, so that is what it needs; found out beforehand
     because a process that runs out of memory is killed by the kernel, without a word.
     """
-    spec = PRESETS[preset] if isinstance(preset, str) else preset
+    spec = PRESETS[preset]
     with torch.device("meta"):  # shapes only, no memory
         model = JanusForConditionalGeneration(build_config(spec, build_processor(spec).tokenizer))
     need = 4 * sum(p.numel() for p in model.parameters())
     free = _free_bytes(device)
     if free is None or need < 0.9 * free:
         return None
-    name = next((key for key, value in PRESETS.items() if value == spec), "this preset")
-    return (f"Random {name} weights take {need / 1e9:.1f} GB to build and {device.type} has {free / 1e9:.1f} GB "
-            f"free; pick a smaller preset or another device.")
+    return (f"Random {preset} weights take {need / 1e9:.1f} GB to build and {device.type} has {free / 1e9:.1f} "
+            f"GB free; pick a smaller preset or another device.")
 
 
 def _free_bytes(device: torch.device) -> int | None:
