@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bot_core.py [--jobs 1000] [--users 50] [--count 4]
 
-A no-op generator answers every Generate at once (Started, one Progress, Done with tiny PNGs and full
+A no-op generator answers every Generate at once (started, one progress, done with tiny PNGs and full
 576-token grids), so what is measured is the bot: validation, limits, SQLite writes (WAL), the fair
 scheduler, PNG grids and image files, and event delivery to handles.
 """
@@ -28,8 +28,7 @@ from bot.config import Settings  # noqa: E402
 from bot.jobs import FINAL_EVENTS, Done, Requester  # noqa: E402
 from bot.service import Service  # noqa: E402
 from bot.store import Store  # noqa: E402
-from generator.protocol import Done as GeneratorDone  # noqa: E402
-from generator.protocol import Generate, Message, Progress, Ready, Started  # noqa: E402
+from generator import protocol as wire  # noqa: E402
 
 
 class NoopGenerator:
@@ -41,15 +40,15 @@ class NoopGenerator:
         Image.new("RGB", (384, 384), (90, 120, 200)).save(out, format="PNG")
         self.png = out.getvalue()
         self.tokens = list(range(576))
-        self._events: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._events: asyncio.Queue[wire.Message | None] = asyncio.Queue()
 
-    async def start(self) -> Ready:
-        return Ready("noop", "cpu", 384, 24, self.max_batch_images)
+    async def start(self) -> wire.Ready:
+        return wire.Ready("noop", "cpu", 384, 24, self.max_batch_images)
 
-    async def submit(self, msg: Generate) -> None:
-        self._events.put_nowait(Started(msg.job_id))
-        self._events.put_nowait(Progress(msg.job_id, 576, 576))
-        self._events.put_nowait(GeneratorDone(msg.job_id, [self.png] * msg.count, [self.tokens] * msg.count))
+    async def submit(self, msg: wire.Generate) -> None:
+        self._events.put_nowait(wire.JobStarted(msg.job_id))
+        self._events.put_nowait(wire.JobProgress(msg.job_id, 576, 576))
+        self._events.put_nowait(wire.JobDone(msg.job_id, [self.png] * msg.count, [self.tokens] * msg.count))
 
     async def cancel(self, job_id: str) -> None:
         pass
@@ -57,7 +56,7 @@ class NoopGenerator:
     async def close(self) -> None:
         self._events.put_nowait(None)
 
-    async def events(self) -> AsyncIterator[Message]:
+    async def events(self) -> AsyncIterator[wire.Message]:
         while (message := await self._events.get()) is not None:
             yield message
 

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 from bot.config import LimitSettings
 from bot.jobs import Job
-from generator.protocol import Generate, Message, Ready
+from generator import protocol as wire
 
 
 class Generator(Protocol):
@@ -18,11 +18,11 @@ class Generator(Protocol):
     grid per image. The iterator ends after `close()`.
     """
 
-    async def start(self) -> Ready:
+    async def start(self) -> wire.Ready:
         """Start the generator and wait until the model is loaded."""
         ...
 
-    async def submit(self, msg: Generate) -> None:
+    async def submit(self, msg: wire.Generate) -> None:
         """Queue a job; it starts as soon as the generator has free image slots."""
         ...
 
@@ -34,7 +34,7 @@ class Generator(Protocol):
         """Let the current step finish, then stop the generator."""
         ...
 
-    def events(self) -> AsyncIterator[Message]:
+    def events(self) -> AsyncIterator[wire.Message]:
         """Messages from the generator about submitted jobs, in the order they happened."""
         ...
 
@@ -47,11 +47,11 @@ class SharedQueue(Generator, Protocol):
     orders jobs fairly across every instance's users, and reports positions as Waiting events.
     """
 
-    async def admit(self, job: Job, msg: Generate, limits: LimitSettings, *, admin: bool) -> int:
+    async def admit(self, job: Job, msg: wire.Generate, limits: LimitSettings, *, admin: bool) -> int:
         """Queue a new job if the limits allow it, else raise Refused; its position (1 is next)."""
         ...
 
-    async def requeue(self, job: Job, msg: Generate, limits: LimitSettings, *, admin: bool) -> None:
+    async def requeue(self, job: Job, msg: wire.Generate, limits: LimitSettings, *, admin: bool) -> None:
         """After a restart: keep, re-deliver or queue again a job the last run accepted."""
         ...
 

@@ -21,8 +21,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import generator.protocol
-from generator.protocol import Cancel, Cancelled, Done, Failed, Generate, Message, Progress, Ready, Shutdown, Started
+from generator import protocol as wire
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ class GeneratorStartError(RuntimeError):
 
 @dataclass
 class _Job:
-    msg: Generate
+    msg: wire.Generate
     sends: int = 0  # processes it was sent to
     cancelling: bool = False
 
@@ -89,19 +88,19 @@ class GeneratorProcess:
             self.command.append("--compile")
         self.command += list(extra_args)
         # `python -m generator` must find the same generator package this bot imports.
-        root = str(Path(generator.protocol.__file__).resolve().parents[1])
+        root = str(Path(wire.__file__).resolve().parents[1])
         self.env = dict(os.environ if env is None else env)
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (root, self.env.get("PYTHONPATH")) if p)
         self.start_timeout = start_timeout
         self.shutdown_grace = shutdown_grace
-        self.ready: Ready | None = None
+        self.ready: wire.Ready | None = None
         self.restarts = 0
         self._process: _Process | None = None
         self._up = False  # Ready received and stdout still open
         self._down: str | None = None  # why the process is gone for good, after a failed restart
         self._closing = False
         self._jobs: dict[str, _Job] = {}
-        self._events: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._events: asyncio.Queue[wire.Message | None] = asyncio.Queue()
         self._supervisor: asyncio.Task[None] | None = None
 
     @property
@@ -116,7 +115,7 @@ class GeneratorProcess:
 
     # -- the Generator interface --
 
-    async def start(self) -> Ready:
+    async def start(self) -> wire.Ready:
         """Spawn the process and wait until its model is loaded; GeneratorStartError says why it could not."""
         if self._supervisor is not None or self._closing:
             raise RuntimeError("a GeneratorProcess starts once")
@@ -125,14 +124,14 @@ class GeneratorProcess:
         self._supervisor = asyncio.create_task(self._supervise(), name="generator-supervisor")
         return self.ready
 
-    async def submit(self, msg: Generate) -> None:
+    async def submit(self, msg: wire.Generate) -> None:
         """Queue a job; held while the process restarts, failed at once if it could not restart."""
         if self._supervisor is None or self._closing:
             raise RuntimeError("the generator is not running; start() it first")
         if msg.job_id in self._jobs:
             raise ValueError(f"job {msg.job_id} is already in flight")
         if self._down is not None:
-            self._events.put_nowait(Failed(msg.job_id, NOT_RUNNING))
+            self._events.put_nowait(wire.JobFailed(msg.job_id, NOT_RUNNING))
             return
         job = self._jobs[msg.job_id] = _Job(msg)
         if self._up:
@@ -145,10 +144,10 @@ class GeneratorProcess:
             return
         if not self._up:  # not in any process now: nothing to stop
             del self._jobs[job_id]
-            self._events.put_nowait(Cancelled(job_id))
+            self._events.put_nowait(wire.JobCancelled(job_id))
             return
         job.cancelling = True
-        await self._write(Cancel(job_id))
+        await self._write(wire.Cancel(job_id))
 
     async def close(self) -> None:
         """Ask the process to finish its current step and exit, kill it after the grace period; end events()."""
@@ -157,7 +156,7 @@ class GeneratorProcess:
         self._closing = True
         process = self._process
         if process is not None and process.proc.returncode is None:
-            await self._write(Shutdown())
+            await self._write(wire.Shutdown())
             if process.proc.stdin is not None:
                 process.proc.stdin.close()
             try:
@@ -178,14 +177,14 @@ class GeneratorProcess:
             log.info("generator closed with %d job(s) unfinished", len(self._jobs))
         self._events.put_nowait(None)
 
-    async def events(self) -> AsyncIterator[Message]:
+    async def events(self) -> AsyncIterator[wire.Message]:
         """Started, Progress and exactly one of Done, Failed or Cancelled per job; ends after close()."""
         while (event := await self._events.get()) is not None:
             yield event
 
     # -- the process --
 
-    async def _spawn(self) -> tuple[_Process, Ready]:
+    async def _spawn(self) -> tuple[_Process, wire.Ready]:
         """A new process that said Ready."""
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -227,11 +226,11 @@ class GeneratorProcess:
             raise GeneratorStartError(self._start_failure(code, process.tail))
         return process, ready
 
-    async def _wait_ready(self, proc: asyncio.subprocess.Process) -> Ready | None:
+    async def _wait_ready(self, proc: asyncio.subprocess.Process) -> wire.Ready | None:
         assert proc.stdout is not None
         while line := await proc.stdout.readline():
             message = self._decode(line)
-            if isinstance(message, Ready):
+            if isinstance(message, wire.Ready):
                 return message
         return None
 
@@ -262,21 +261,21 @@ class GeneratorProcess:
                 log.info("generator[%d]: %s", proc.pid, line)
 
     @staticmethod
-    def _decode(line: bytes) -> Message | None:
+    def _decode(line: bytes) -> wire.Message | None:
         try:
-            return generator.protocol.decode(line)
+            return wire.loads(line)
         except (ValueError, TypeError) as err:  # a torn last line after kill -9, or a stray print
             if line.strip():
                 log.warning("ignored a line from the generator that is not a message: %s", err)
             return None
 
-    async def _write(self, message: Message) -> bool:
+    async def _write(self, message: wire.Message) -> bool:
         """Send one message; False when the pipe is gone (the supervisor is about to notice)."""
         process = self._process
         if process is None or process.proc.stdin is None or not self._up:
             return False
         try:
-            process.proc.stdin.write(generator.protocol.encode(message).encode() + b"\n")
+            process.proc.stdin.write(wire.dumps(message).encode() + b"\n")
             await process.proc.stdin.drain()
         except (BrokenPipeError, ConnectionResetError, RuntimeError):
             return False
@@ -297,7 +296,7 @@ class GeneratorProcess:
             self._down = NOT_RUNNING
             for job_id in list(self._jobs):
                 del self._jobs[job_id]
-                self._events.put_nowait(Failed(job_id, NOT_RUNNING))
+                self._events.put_nowait(wire.JobFailed(job_id, NOT_RUNNING))
 
     async def _watch(self) -> None:
         """Read events until the process's stdout closes; if it died, restart it and re-send its jobs."""
@@ -334,13 +333,13 @@ class GeneratorProcess:
             if message is not None:
                 self._dispatch(message)
 
-    def _dispatch(self, message: Message) -> None:
+    def _dispatch(self, message: wire.Message) -> None:
         """Forward an event about a job in flight; a job's first final event ends it."""
-        if not isinstance(message, Started | Progress | Done | Failed | Cancelled):
+        if not isinstance(message, wire.JobStarted | wire.JobProgress | wire.FINAL):
             return
         if message.job_id not in self._jobs:
             return
-        if isinstance(message, Done | Failed | Cancelled):
+        if isinstance(message, wire.FINAL):
             del self._jobs[message.job_id]
         self._events.put_nowait(message)
 
@@ -350,10 +349,10 @@ class GeneratorProcess:
         for job_id, job in list(self._jobs.items()):
             if job.cancelling:
                 del self._jobs[job_id]
-                self._events.put_nowait(Cancelled(job_id))
+                self._events.put_nowait(wire.JobCancelled(job_id))
             elif job.sends >= 2:
                 del self._jobs[job_id]
-                self._events.put_nowait(Failed(job_id, CRASHED_TWICE))
+                self._events.put_nowait(wire.JobFailed(job_id, CRASHED_TWICE))
                 failed += 1
         return failed
 
@@ -371,7 +370,7 @@ class GeneratorProcess:
                 self._down = NOT_RUNNING
                 for job_id in list(self._jobs):
                     del self._jobs[job_id]
-                    self._events.put_nowait(Failed(job_id, NOT_RUNNING))
+                    self._events.put_nowait(wire.JobFailed(job_id, NOT_RUNNING))
                 await asyncio.sleep(pause)
                 continue
             if self._closing:  # close() came while it loaded

@@ -42,7 +42,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from bot.config import LimitSettings
 from bot.jobs import Job, Refused
 from bot.ratelimit import queue_full, rate_limited, too_many_waiting
-from generator.protocol import Cancelled, Generate, Message, Ready, Waiting, decode, encode
+from generator import protocol as wire
 
 log = logging.getLogger(__name__)
 
@@ -415,21 +415,21 @@ class RedisQueue:
 
     # -- the Generator interface --
 
-    async def start(self) -> Ready:
+    async def start(self) -> wire.Ready:
         """Check Redis and create the streams' groups; workers may come and go later."""
         await retrying("starting", self._create_groups)
-        return Ready("redis pool", self.instance, 0, 0, self.max_batch_images)
+        return wire.Ready("redis pool", self.instance, 0, 0, self.max_batch_images)
 
     async def _create_groups(self) -> None:
         await ensure_group(self.client, f"{self._p}jobs", WORKERS)
         await ensure_group(self.client, self._out, BOT)
 
-    async def submit(self, msg: Generate) -> None:
+    async def submit(self, msg: wire.Generate) -> None:
         """Queue a job outside any user's limits (the service uses admit and requeue instead)."""
         await self._requeue_message(msg, f"bot:{self.instance}", 0)
 
-    async def _requeue_message(self, msg: Generate, user: str, limit: int) -> None:
-        args: list[Arg] = [self._p, msg.job_id, user, encode(msg), self.instance, msg.count, limit, OUT_MAXLEN,
+    async def _requeue_message(self, msg: wire.Generate, user: str, limit: int) -> None:
+        args: list[Arg] = [self._p, msg.job_id, user, wire.dumps(msg), self.instance, msg.count, limit, OUT_MAXLEN,
                            self.result_ttl]
         outcome = _str(await retrying("re-queueing a job", lambda: self._resubmit(args=args)))
         if outcome in ("kept", "queued"):
@@ -438,14 +438,14 @@ class RedisQueue:
 
     async def cancel(self, job_id: str) -> None:
         """Take a waiting job out of the queue, or tell the worker running it to stop."""
-        args: list[Arg] = [self._p, job_id, encode(Cancelled(job_id)), self.result_ttl, OUT_MAXLEN]
+        args: list[Arg] = [self._p, job_id, wire.dumps(wire.JobCancelled(job_id)), self.result_ttl, OUT_MAXLEN]
         await retrying("cancelling a job", lambda: self._cancel(args=args))
 
     async def close(self) -> None:
         """End events() and drop the connections; everything this instance is owed stays in Redis."""
         self._closed.set()
 
-    async def events(self) -> AsyncIterator[Message]:
+    async def events(self) -> AsyncIterator[wire.Message]:
         """This instance's events: first what it was sent and had not acknowledged, then new ones."""
         backlog = True
         next_positions = 0.0
@@ -479,7 +479,7 @@ class RedisQueue:
                 await retrying("acknowledging an event", functools.partial(self.client.xack, self._out, BOT, entry_id))
         await self.client.aclose()
 
-    async def _message(self, fields: dict[str, Any]) -> Message | None:
+    async def _message(self, fields: dict[str, Any]) -> wire.Message | None:
         try:
             if "result" in fields:
                 job_id = _str(fields["result"])
@@ -487,26 +487,26 @@ class RedisQueue:
                 if stored is None:  # away longer than result_ttl_s: the restart re-queued the job (RESUBMIT)
                     log.warning("the result of job %s expired before this bot read it; it is made again", job_id)
                     return None
-                return decode(stored)
+                return wire.loads(stored)
             if "file" in fields:
                 return await self._read_result_file(_str(fields["file"]))
-            return decode(fields["msg"])
+            return wire.loads(fields["msg"])
         except (KeyError, ValueError, TypeError) as error:
             log.warning("ignored an event that could not be read: %s", error)
             return None
 
-    async def _read_result_file(self, job_id: str) -> Message | None:
+    async def _read_result_file(self, job_id: str) -> wire.Message | None:
         if self.result_dir is None:
             log.error("job %s's result is in a shared directory, but [queue] result_dir is not set", job_id)
             return None
         try:
-            return decode(await asyncio.to_thread(result_path(self.result_dir, job_id).read_bytes))
+            return wire.loads(await asyncio.to_thread(result_path(self.result_dir, job_id).read_bytes))
         except FileNotFoundError:
             log.warning("the result file of job %s is gone; it is made again", job_id)
             await retrying("re-queueing a job", lambda: self._redo(args=[self._p, job_id]))
             return None
 
-    async def _positions(self) -> list[Waiting]:
+    async def _positions(self) -> list[wire.Waiting]:
         order = [_str(job_id) for job_id in await self._order(args=[self._p])]
         moved = []
         place = {job_id: i for i, job_id in enumerate(order, 1)}
@@ -516,17 +516,17 @@ class RedisQueue:
                 self._waiting[job_id] = 0  # handed to a worker; Started follows
             elif now != told:
                 self._waiting[job_id] = now
-                moved.append(Waiting(job_id, now))
+                moved.append(wire.Waiting(job_id, now))
         return moved
 
     # -- the shared queue --
 
-    async def admit(self, job: Job, msg: Generate, limits: LimitSettings, *, admin: bool) -> int:
+    async def admit(self, job: Job, msg: wire.Generate, limits: LimitSettings, *, admin: bool) -> int:
         """Queue `msg` for `job` if the limits, bans and cap allow it, atomically across instances; its position."""
         r = job.requester
         user = r.user_key
         args: list[Arg] = [
-            self._p, job.id, user, encode(msg), self.instance, msg.count,
+            self._p, job.id, user, wire.dumps(msg), self.instance, msg.count,
             0 if admin else limits.max_running_per_user,
             0 if admin else limits.max_queued_per_user,
             limits.queue_cap,
@@ -553,7 +553,7 @@ class RedisQueue:
             raise queue_full(int(value))
         raise rate_limited(limits, float(_str(value)))
 
-    async def requeue(self, job: Job, msg: Generate, limits: LimitSettings, *, admin: bool) -> None:
+    async def requeue(self, job: Job, msg: wire.Generate, limits: LimitSettings, *, admin: bool) -> None:
         """After a restart: keep a job Redis still has, re-send its stored result, or queue it again past the
         limits (it was accepted before)."""
         await self._requeue_message(msg, job.requester.user_key, 0 if admin else limits.max_running_per_user)

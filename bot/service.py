@@ -41,7 +41,7 @@ from bot.metrics import Meter, Stats
 from bot.queue import Scheduler
 from bot.ratelimit import Blocklist, Clock, RateLimiter, compile_pattern
 from bot.store import AuditEntry, Ban, Store, Usage
-from generator import protocol
+from generator import protocol as wire
 from generator.protocol import SEED_MAX
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class Service:
         on_recovered: Hook | None = None,
     ) -> None:
         self.settings = settings
-        self.ready: protocol.Ready | None = None
+        self.ready: wire.Ready | None = None
         self._store = store
         self._generator = generator
         self._limiter = RateLimiter(clock)
@@ -286,10 +286,10 @@ class Service:
         if job.id in self._cancelling:
             await self._generator.cancel(job.id)
 
-    async def _message(self, job: Job) -> protocol.Generate:
+    async def _message(self, job: Job) -> wire.Generate:
         prefix = await self._prefix(job) if job.kind is Kind.VARIATION else None
         o = job.options
-        return protocol.Generate(job.id, job.prompt, o.count, o.cfg, o.temperature, job.seed, prefix)
+        return wire.Generate(job.id, job.prompt, o.count, o.cfg, o.temperature, job.seed, prefix)
 
     async def _prefix(self, job: Job) -> list[list[int]]:
         source = await self._image(job.parent_id or "", job.parent_index or 0)
@@ -311,7 +311,7 @@ class Service:
                 job = self._jobs.get(running.id, running)
                 await self._fail(job, GENERATOR_GONE)
 
-    async def _on_message(self, message: protocol.Message) -> None:
+    async def _on_message(self, message: wire.Message) -> None:
         job_id = getattr(message, "job_id", "")
         if self._shared is not None and job_id not in self._jobs:
             async with self._accept:  # a worker may finish a job before its admission has been recorded here
@@ -319,28 +319,28 @@ class Service:
         job = self._jobs.get(job_id)
         if job is None or not self._scheduler.is_running(job.id):
             return  # a late message about a job that already ended
-        if isinstance(message, protocol.Waiting):
+        if isinstance(message, wire.Waiting):
             self._emit(Queued(job.id, message.position))
-        elif isinstance(message, protocol.Started):
+        elif isinstance(message, wire.JobStarted):
             if job.status is not Status.RUNNING:  # a supervisor re-run starts a job twice
                 job = replace(job, status=Status.RUNNING, started_at=time.time())
                 self._jobs[job.id] = job
                 await self._store.update_job(job)
                 self._emit(Started(job.id))
-        elif isinstance(message, protocol.Progress):
+        elif isinstance(message, wire.JobProgress):
             self.meter.progress(job.id, message.step)
             percent = min(100, message.step * 100 // max(1, message.total))
             if percent != self._percent.get(job.id) or message.preview is not None:
                 self._percent[job.id] = percent
                 self._emit(Progress(job.id, percent, message.preview))
-        elif isinstance(message, protocol.Done) and job.id not in self._completing:
+        elif isinstance(message, wire.JobDone) and job.id not in self._completing:
             # Grids and files take a while; other jobs' events go on meanwhile.
             task = asyncio.create_task(self._complete(job, message.images, message.tokens))
             self._completing[job.id] = task
             task.add_done_callback(lambda _: self._completing.pop(job.id, None))
-        elif isinstance(message, protocol.Failed):
+        elif isinstance(message, wire.JobFailed):
             await self._fail(job, message.reason)
-        elif isinstance(message, protocol.Cancelled):
+        elif isinstance(message, wire.JobCancelled):
             await self._end(replace(job, status=Status.CANCELLED, finished_at=time.time()), Cancelled(job.id))
 
     async def _complete(self, job: Job, pngs: list[bytes], tokens: list[list[int]]) -> None:

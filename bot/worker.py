@@ -42,17 +42,8 @@ from bot.redis_queue import (
     result_path,
     retrying,
 )
-from generator.protocol import (
-    Cancelled,
-    Done,
-    Failed,
-    Message,
-    Progress,
-    Started,
-    add_process_arguments,
-    decode,
-    encode,
-)
+from generator import protocol as wire
+from generator.protocol import add_process_arguments
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY_S = 600.0  # how often a worker deletes result files older than the result ttl
@@ -210,15 +201,16 @@ class PoolWorker:
 
     async def _start(self, entry: str, job_id: str, msg: Any, instance: str, cancelled: bool) -> None:
         try:
-            generate = decode(msg)
+            generate = wire.loads(msg)
         except (ValueError, TypeError) as error:
             log.warning("job %s cannot be read (%s); failing it", job_id, error)
             self._held[job_id] = _Held(entry, 0, instance)
-            await self._end(job_id, Failed(job_id, "The job could not be read by the image generator; try again."))
+            unreadable = "The job could not be read by the image generator; try again."
+            await self._end(job_id, wire.JobFailed(job_id, unreadable))
             return
         self._held[job_id] = _Held(entry, getattr(generate, "count", 1), instance)
         if cancelled:
-            await self._end(job_id, Cancelled(job_id))
+            await self._end(job_id, wire.JobCancelled(job_id))
             return
         try:
             await self.generator.submit(generate)  # type: ignore[arg-type]
@@ -237,23 +229,23 @@ class PoolWorker:
             if held is None:
                 continue
             try:
-                if isinstance(message, Started | Progress):
+                if isinstance(message, wire.JobStarted | wire.JobProgress):
                     await self._publish(held, message)
-                elif isinstance(message, Done | Failed | Cancelled):
+                elif isinstance(message, wire.FINAL):
                     await self._end(job_id, message)
             except Exception:
                 log.exception("could not report %s for job %s", type(message).__name__, job_id)
 
-    async def _publish(self, held: _Held, message: Message) -> None:
+    async def _publish(self, held: _Held, message: wire.Message) -> None:
         """Send a passing event; one lost while Redis is down does no harm (the final one is never lost)."""
         with contextlib.suppress(*REDIS_DOWN):
-            await self.client.xadd(f"{self._p}out:{held.instance}", {"msg": encode(message)},
+            await self.client.xadd(f"{self._p}out:{held.instance}", {"msg": wire.dumps(message)},
                                    maxlen=OUT_MAXLEN, approximate=True)
 
-    async def _end(self, job_id: str, message: Message) -> None:
+    async def _end(self, job_id: str, message: wire.Message) -> None:
         held = self._held[job_id]
-        done = encode(message) if isinstance(message, Done) else ""
-        final = "" if done else encode(message)
+        done = wire.dumps(message) if isinstance(message, wire.JobDone) else ""
+        final = "" if done else wire.dumps(message)
         in_file = ""
         if done and self.result_dir is not None:
             await asyncio.to_thread(self._write_result, job_id, done)
@@ -265,10 +257,10 @@ class PoolWorker:
         if not recorded:  # another worker claimed it while this one was too slow to refresh it, and won
             log.info("job %s had already ended on another worker", job_id)
             self.counters["jobs_duplicate"] += 1
-        elif isinstance(message, Done):
+        elif isinstance(message, wire.JobDone):
             self.counters["jobs_done"] += 1
             self.counters["images_done"] += len(message.images)
-        elif isinstance(message, Failed):
+        elif isinstance(message, wire.JobFailed):
             self.counters["jobs_failed"] += 1
         else:
             self.counters["jobs_cancelled"] += 1

@@ -118,13 +118,13 @@ class Waiting:
 
 
 @dataclass(frozen=True)
-class Started:
+class JobStarted:
     job_id: str
     type: str = "started"
 
 
 @dataclass(frozen=True)
-class Progress:
+class JobProgress:
     """generator -> bot: `step` of `total` tokens; a PNG preview every few percent."""
 
     job_id: str
@@ -135,7 +135,7 @@ class Progress:
 
 
 @dataclass(frozen=True)
-class Done:
+class JobDone:
     """generator -> bot: one PNG and one token grid (row-major ids) per image, in image order."""
 
     job_id: str
@@ -145,23 +145,24 @@ class Done:
 
 
 @dataclass(frozen=True)
-class Failed:
+class JobFailed:
     job_id: str
     reason: str
     type: str = "failed"
 
 
 @dataclass(frozen=True)
-class Cancelled:
+class JobCancelled:
     job_id: str
     type: str = "cancelled"
 
 
-Message = Generate | Cancel | Shutdown | Ready | Waiting | Started | Progress | Done | Failed | Cancelled
+Message = Generate | Cancel | Shutdown | Ready | Waiting | JobStarted | JobProgress | JobDone | JobFailed | JobCancelled
+FINAL = JobDone | JobFailed | JobCancelled  # the messages that end a job
 _TYPES: dict[str, type] = {cls.__dataclass_fields__["type"].default: cls for cls in Message.__args__}
 
 
-def encode(message: Message) -> str:
+def dumps(message: Message) -> str:
     """One line of JSON."""
     data = {}
     for name, value in asdict(message).items():
@@ -173,7 +174,7 @@ def encode(message: Message) -> str:
     return json.dumps(data, separators=(",", ":"))
 
 
-def decode(line: str | bytes) -> Message:
+def loads(line: str | bytes) -> Message:
     """The message of one line; ValueError for anything else."""
     data = json.loads(line)
     cls = _TYPES.get(data.pop("type", None)) if isinstance(data, dict) else None

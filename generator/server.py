@@ -31,25 +31,12 @@ from typing import BinaryIO
 import janus
 import torch
 
+from generator import protocol as wire
 from generator.checkpoint import Checkpoint, CheckpointError, first_line, load_checkpoint, resolve_model
 from generator.decode import decode_preview, decode_tokens, encode_image, make_grid
 from generator.engine import Engine, Request, RequestError
 from generator.engine import Progress as StepProgress
-from generator.protocol import (
-    Cancel,
-    Cancelled,
-    Done,
-    Failed,
-    Generate,
-    Message,
-    Progress,
-    Ready,
-    Shutdown,
-    Started,
-    add_process_arguments,
-    decode,
-    encode,
-)
+from generator.protocol import add_process_arguments
 
 log = logging.getLogger("generator")
 
@@ -91,7 +78,7 @@ class Worker(threading.Thread):
     """Owns the engine: takes commands from `inbox`, puts events on `outbox`, then None when it stops."""
 
     def __init__(self, checkpoint: Checkpoint, options: EngineOptions,
-                 inbox: janus.SyncQueue[Message], outbox: janus.SyncQueue[Message | None],
+                 inbox: janus.SyncQueue[wire.Message], outbox: janus.SyncQueue[wire.Message | None],
                  step_delay: float = 0.0) -> None:
         super().__init__(name="generator-worker", daemon=True)
         self.checkpoint = checkpoint
@@ -138,7 +125,7 @@ class Worker(threading.Thread):
             log.info("stopping with %d unfinished job(s)", unfinished)
         self.outbox.put(None)
 
-    def _send(self, message: Message) -> None:
+    def _send(self, message: wire.Message) -> None:
         self.outbox.put(message)
 
     # -- commands --
@@ -151,29 +138,29 @@ class Worker(threading.Thread):
             except janus.SyncQueueEmpty:
                 break
         for command in commands:
-            if isinstance(command, Generate):
+            if isinstance(command, wire.Generate):
                 self._queue(command)
-            elif isinstance(command, Cancel):
+            elif isinstance(command, wire.Cancel):
                 self._cancel(command.job_id)
-            elif isinstance(command, Shutdown):
+            elif isinstance(command, wire.Shutdown):
                 self.stopping = True  # commands after it are ignored; the current step has finished
 
-    def _queue(self, msg: Generate) -> None:
+    def _queue(self, msg: wire.Generate) -> None:
         if msg.job_id in self.running or any(r.id == msg.job_id for r in self.pending):
-            log.warning("job %s is already queued or running; ignored the second Generate", msg.job_id)
+            log.warning("job %s is already queued or running; ignored the second wire.Generate", msg.job_id)
             return
         try:
             request = self._request(msg)
             self.engine.validate(request)
         except RequestError as err:
-            self._send(Failed(msg.job_id, str(err)))
+            self._send(wire.JobFailed(msg.job_id, str(err)))
             return
         except Exception as err:
-            self._send(Failed(msg.job_id, f"The job could not be read ({first_line(err)}); check its options."))
+            self._send(wire.JobFailed(msg.job_id, f"The job could not be read ({first_line(err)}); check its options."))
             return
         self.pending.append(request)
 
-    def _request(self, msg: Generate) -> Request:
+    def _request(self, msg: wire.Generate) -> Request:
         """An engine request for a Generate message; RequestError says what is wrong with it."""
         if not isinstance(msg.prompt, str):
             raise RequestError("The prompt must be text.")
@@ -187,7 +174,7 @@ class Worker(threading.Thread):
         return Request(msg.prompt, num_images=msg.count, cfg=float(msg.cfg), temperature=float(msg.temperature),
                        seed=msg.seed, prefix=self._prefix(msg), id=msg.job_id)
 
-    def _prefix(self, msg: Generate) -> torch.Tensor | None:
+    def _prefix(self, msg: wire.Generate) -> torch.Tensor | None:
         if msg.prefix is None:
             return None
         rows = msg.prefix
@@ -208,12 +195,12 @@ class Worker(threading.Thread):
         for request in self.pending:
             if request.id == job_id:
                 self.pending.remove(request)
-                self._send(Cancelled(job_id))
+                self._send(wire.JobCancelled(job_id))
                 return
         if job_id in self.running:
             self.engine.cancel(job_id)
             self._forget(job_id)
-            self._send(Cancelled(job_id))
+            self._send(wire.JobCancelled(job_id))
 
     def _forget(self, job_id: str) -> None:
         self.running.pop(job_id, None)
@@ -240,17 +227,17 @@ class Worker(threading.Thread):
             self.reports.clear()
             self.dirty = True
             for request in batch:
-                self._send(Failed(request.id, f"The generator could not start this job ({first_line(err)}); "
+                self._send(wire.JobFailed(request.id, f"The generator could not start this job ({first_line(err)}); "
                                               f"try again, perhaps with fewer images."))
             return
         refused = {result.request.id: result.error or "The generator could not start this job." for result in failed}
         for request in batch:
             if request.id in refused:  # out of memory even alone: this job only
-                self._send(Failed(request.id, refused[request.id]))
+                self._send(wire.JobFailed(request.id, refused[request.id]))
                 continue
             self.running[request.id] = request
             self.percent[request.id] = -1
-            self._send(Started(request.id))
+            self._send(wire.JobStarted(request.id))
         self._report()
 
     def _step(self) -> None:
@@ -263,7 +250,7 @@ class Worker(threading.Thread):
             reason = f"The generator failed while making these images ({first_line(err)}); try again."
             for job_id in list(self.running):
                 self._forget(job_id)
-                self._send(Failed(job_id, reason))
+                self._send(wire.JobFailed(job_id, reason))
             self._rebuild()
             return
         self._report()
@@ -272,7 +259,7 @@ class Worker(threading.Thread):
             if result.status == "done" and result.tokens is not None:
                 self._finish(result.request, result.tokens)
             elif result.status == "failed":  # the engine gave up on this job alone (out of memory)
-                self._send(Failed(result.request.id, result.error or "The generator failed on this job."))
+                self._send(wire.JobFailed(result.request.id, result.error or "The generator failed on this job."))
         if self.step_delay:
             time.sleep(self.step_delay)
 
@@ -298,7 +285,7 @@ class Worker(threading.Thread):
                 continue
             self.percent[job_id] = percent
             preview = None if report.tokens is None else self._preview(job_id, report.tokens)
-            self._send(Progress(job_id, report.step, report.total, preview))
+            self._send(wire.JobProgress(job_id, report.step, report.total, preview))
 
     def _preview(self, job_id: str, tokens: torch.Tensor) -> bytes | None:
         try:
@@ -320,15 +307,15 @@ class Worker(threading.Thread):
             if is_device_failure(err):
                 raise DeviceFailure(first_line(err)) from None
             log.warning("decoding job %s failed: %s", request.id, first_line(err))
-            self._send(Failed(request.id, f"The images could not be decoded ({first_line(err)}); try again."))
+            self._send(wire.JobFailed(request.id, f"The images could not be decoded ({first_line(err)}); try again."))
             return
-        self._send(Done(request.id, images, tokens.tolist()))
+        self._send(wire.JobDone(request.id, images, tokens.tolist()))
 
 
 # -- event loop -------------------------------------------------------------------------------------
 
 
-async def _read_commands(reader: asyncio.StreamReader, inbox: janus.AsyncQueue[Message]) -> None:
+async def _read_commands(reader: asyncio.StreamReader, inbox: janus.AsyncQueue[wire.Message]) -> None:
     """Commands from stdin into the worker's inbox; end of input (the bot is gone) means Shutdown."""
     while True:
         try:
@@ -341,17 +328,17 @@ async def _read_commands(reader: asyncio.StreamReader, inbox: janus.AsyncQueue[M
         if not line.strip():
             continue
         try:
-            message = decode(line)
+            message = wire.loads(line)
         except (ValueError, TypeError) as err:
             log.warning("ignored a line that is not a command: %s", first_line(err))
             continue
-        if not isinstance(message, Generate | Cancel | Shutdown):
+        if not isinstance(message, wire.Generate | wire.Cancel | wire.Shutdown):
             log.warning("ignored a %s message: only generate, cancel and shutdown are commands", message.type)
             continue
         await inbox.put(message)
-        if isinstance(message, Shutdown):
+        if isinstance(message, wire.Shutdown):
             return
-    await inbox.put(Shutdown())
+    await inbox.put(wire.Shutdown())
 
 
 def _is_stream(file: BinaryIO) -> bool:
@@ -378,11 +365,11 @@ async def _line_reader(stdin: BinaryIO) -> asyncio.StreamReader:
     return reader
 
 
-async def _line_writer(stdout: BinaryIO) -> Callable[[Message], Awaitable[None]]:
+async def _line_writer(stdout: BinaryIO) -> Callable[[wire.Message], Awaitable[None]]:
     """A function that sends one message as one line: through the loop's pipe transport, or plainly to a file."""
     if not _is_stream(stdout):
-        async def write_file(message: Message) -> None:
-            stdout.write(encode(message).encode() + b"\n")
+        async def write_file(message: wire.Message) -> None:
+            stdout.write(wire.dumps(message).encode() + b"\n")
             stdout.flush()
 
         return write_file
@@ -390,8 +377,8 @@ async def _line_writer(stdout: BinaryIO) -> Callable[[Message], Awaitable[None]]
     transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, stdout)
     writer = asyncio.StreamWriter(transport, protocol, None, loop)
 
-    async def write_pipe(message: Message) -> None:
-        writer.write(encode(message).encode() + b"\n")
+    async def write_pipe(message: wire.Message) -> None:
+        writer.write(wire.dumps(message).encode() + b"\n")
         await writer.drain()
 
     return write_pipe
@@ -403,12 +390,12 @@ async def serve(checkpoint: Checkpoint, options: EngineOptions, stdin: BinaryIO,
     loop = asyncio.get_running_loop()
     reader = await _line_reader(stdin)
     write = await _line_writer(stdout)
-    inbox: janus.Queue[Message] = janus.Queue()
-    outbox: janus.Queue[Message | None] = janus.Queue()
+    inbox: janus.Queue[wire.Message] = janus.Queue()
+    outbox: janus.Queue[wire.Message | None] = janus.Queue()
     worker = Worker(checkpoint, options, inbox.sync_q, outbox.sync_q, step_delay=step_delay)
-    loop.add_signal_handler(signal.SIGTERM, inbox.async_q.put_nowait, Shutdown())
+    loop.add_signal_handler(signal.SIGTERM, inbox.async_q.put_nowait, wire.Shutdown())
 
-    await write(Ready(model=checkpoint.name, device=str(checkpoint.device), image_size=checkpoint.image_size,
+    await write(wire.Ready(model=checkpoint.name, device=str(checkpoint.device), image_size=checkpoint.image_size,
                       grid_size=checkpoint.grid_size, max_batch_images=options.max_batch_images))
     worker.start()
     commands = asyncio.create_task(_read_commands(reader, inbox.async_q))
@@ -418,7 +405,7 @@ async def serve(checkpoint: Checkpoint, options: EngineOptions, stdin: BinaryIO,
     except (BrokenPipeError, ConnectionResetError):
         log.info("the bot closed the pipe; stopping")
     finally:
-        inbox.async_q.put_nowait(Shutdown())  # unless the worker has stopped already
+        inbox.async_q.put_nowait(wire.Shutdown())  # unless the worker has stopped already
         commands.cancel()
         await asyncio.to_thread(worker.join)
         inbox.close()

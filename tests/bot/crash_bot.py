@@ -18,7 +18,7 @@ from bot.config import Settings
 from bot.generator_client import GeneratorProcess
 from bot.jobs import Requester, Status
 from bot.store import Store
-from generator.protocol import Generate, Message, Ready
+from generator import protocol as wire
 
 
 class Recording:
@@ -28,12 +28,12 @@ class Recording:
         self.inner = inner
         self.log = log
 
-    async def start(self) -> Ready:
+    async def start(self) -> wire.Ready:
         ready = await self.inner.start()
         (self.log.parent / "generator.pid").write_text(str(self.inner.pid))
         return ready
 
-    async def submit(self, msg: Generate) -> None:
+    async def submit(self, msg: wire.Generate) -> None:
         with self.log.open("a") as f:
             f.write(msg.job_id + "\n")
             f.flush()
@@ -46,7 +46,7 @@ class Recording:
     async def close(self) -> None:
         await self.inner.close()
 
-    def events(self) -> AsyncIterator[Message]:
+    def events(self) -> AsyncIterator[wire.Message]:
         return self.inner.events()
 
 

@@ -16,7 +16,7 @@ from bot.config import Settings
 from bot.jobs import Requester
 from bot.service import Service
 from bot.store import Store
-from generator.protocol import Cancelled, Done, Failed, Generate, Message, Progress, Ready, Started
+from generator import protocol as wire
 
 PNG_SIZE = 8
 
@@ -51,19 +51,19 @@ class FakeGenerator:
         self.step_delay = step_delay
         self.hold = asyncio.Event()
         self.hold.set()
-        self.submitted: list[Generate] = []
+        self.submitted: list[wire.Generate] = []
         self.cancels: list[str] = []
         self.in_flight = 0
         self.peak_in_flight = 0
         self._cancelled: set[str] = set()
-        self._events: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._events: asyncio.Queue[wire.Message | None] = asyncio.Queue()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.closed = False
 
-    async def start(self) -> Ready:
-        return Ready("fake", "cpu", PNG_SIZE, self.grid_size, self.max_batch_images)
+    async def start(self) -> wire.Ready:
+        return wire.Ready("fake", "cpu", PNG_SIZE, self.grid_size, self.max_batch_images)
 
-    async def submit(self, msg: Generate) -> None:
+    async def submit(self, msg: wire.Generate) -> None:
         assert msg.job_id not in self._tasks, f"{msg.job_id} submitted twice"
         self.submitted.append(msg)
         self.in_flight += msg.count
@@ -81,33 +81,33 @@ class FakeGenerator:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._events.put_nowait(None)
 
-    async def events(self) -> AsyncIterator[Message]:
+    async def events(self) -> AsyncIterator[wire.Message]:
         while (message := await self._events.get()) is not None:
             yield message
 
-    def tokens(self, msg: Generate, index: int) -> list[int]:
+    def tokens(self, msg: wire.Generate, index: int) -> list[int]:
         """The token grid the fake makes for image `index` of a job."""
         size = self.grid_size**2
         prefix = msg.prefix[index] if msg.prefix else []
         return prefix + [(msg.seed + index + i) % 16384 for i in range(len(prefix), size)]
 
-    async def _run(self, msg: Generate) -> None:
+    async def _run(self, msg: wire.Generate) -> None:
         try:
             await self.hold.wait()
-            self._events.put_nowait(Started(msg.job_id))
+            self._events.put_nowait(wire.JobStarted(msg.job_id))
             for step in range(1, self.steps + 1):
                 await asyncio.sleep(self.step_delay)
                 if msg.job_id in self._cancelled:
-                    self._events.put_nowait(Cancelled(msg.job_id))
+                    self._events.put_nowait(wire.JobCancelled(msg.job_id))
                     return
                 preview = png(step) if step % 2 == 0 else None
-                self._events.put_nowait(Progress(msg.job_id, step, self.steps, preview))
+                self._events.put_nowait(wire.JobProgress(msg.job_id, step, self.steps, preview))
             if "fail" in msg.prompt:
-                self._events.put_nowait(Failed(msg.job_id, "The fake generator was told to fail."))
+                self._events.put_nowait(wire.JobFailed(msg.job_id, "The fake generator was told to fail."))
                 return
             images = [png(msg.seed + i) for i in range(msg.count)]
             tokens = [self.tokens(msg, i) for i in range(msg.count)]
-            self._events.put_nowait(Done(msg.job_id, images, tokens))
+            self._events.put_nowait(wire.JobDone(msg.job_id, images, tokens))
         finally:
             self.in_flight -= msg.count
 

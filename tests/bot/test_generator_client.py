@@ -18,7 +18,7 @@ from PIL import Image
 
 from bot.generator import Generator
 from bot.generator_client import CRASHED_TWICE, NOT_RUNNING, GeneratorProcess, GeneratorStartError
-from generator.protocol import Cancelled, Done, Failed, Generate, Message, Progress, Started
+from generator import protocol as wire
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")  # the tests share one supervised process, in order
 TIMEOUT = 60.0
@@ -28,7 +28,7 @@ class Events:
     """Everything events() yields, collected in the background so a test can wait for what it expects."""
 
     def __init__(self, generator: Generator) -> None:
-        self.seen: list[Message] = []
+        self.seen: list[wire.Message] = []
         self._changed = asyncio.Event()
         self.task = asyncio.create_task(self._collect(generator))
 
@@ -37,7 +37,7 @@ class Events:
             self.seen.append(event)
             self._changed.set()
 
-    async def wait(self, predicate: Callable[[Message], bool], after: int = 0) -> Message:
+    async def wait(self, predicate: Callable[[wire.Message], bool], after: int = 0) -> wire.Message:
         """The first event from index `after` on that matches."""
         async with asyncio.timeout(TIMEOUT):
             while True:
@@ -48,12 +48,12 @@ class Events:
                 await self._changed.wait()
 
 
-def job(job_id: str, count: int = 1, **fields: object) -> Generate:
+def job(job_id: str, count: int = 1, **fields: object) -> wire.Generate:
     options = {"prompt": "a lighthouse at dusk", "cfg": 5.0, "temperature": 1.0, "seed": 7} | fields
-    return Generate(job_id, count=count, **options)  # type: ignore[arg-type]
+    return wire.Generate(job_id, count=count, **options)  # type: ignore[arg-type]
 
 
-def of(kind: type, job_id: str) -> Callable[[Message], bool]:
+def of(kind: type, job_id: str) -> Callable[[wire.Message], bool]:
     return lambda event: isinstance(event, kind) and event.job_id == job_id
 
 
@@ -69,23 +69,23 @@ async def generator(tiny_dir: Path) -> AsyncIterator[tuple[GeneratorProcess, Eve
 async def test_job_round_trip(generator: tuple[GeneratorProcess, Events]) -> None:
     client, events = generator
     await client.submit(job("trip", count=2, prefix=[[1, 2, 3, 4]]))
-    done = await events.wait(of(Done, "trip"))
+    done = await events.wait(of(wire.JobDone, "trip"))
     assert [Image.open(io.BytesIO(png)).size for png in done.images] == [(96, 96), (96, 96)]
     assert [len(row) for row in done.tokens] == [36, 36] and [row[:4] for row in done.tokens] == [[1, 2, 3, 4]] * 2
     trip = [e for e in events.seen if e.job_id == "trip"]
-    assert isinstance(trip[0], Started) and trip[-1] is done
-    assert sum(isinstance(e, Progress) and e.preview is not None for e in trip) == 2
+    assert isinstance(trip[0], wire.JobStarted) and trip[-1] is done
+    assert sum(isinstance(e, wire.JobProgress) and e.preview is not None for e in trip) == 2
 
 
 async def test_cancel_and_invalid_job(generator: tuple[GeneratorProcess, Events]) -> None:
     client, events = generator
     await client.submit(job("stop", count=4))
-    await events.wait(of(Started, "stop"))
+    await events.wait(of(wire.JobStarted, "stop"))
     await client.cancel("stop")
-    await events.wait(of(Cancelled, "stop"))
+    await events.wait(of(wire.JobCancelled, "stop"))
 
     await client.submit(job("empty", prompt=" "))
-    failed = await events.wait(of(Failed, "empty"))
+    failed = await events.wait(of(wire.JobFailed, "empty"))
     assert failed.reason == "The prompt is empty; describe the picture you want."
 
 
@@ -96,25 +96,25 @@ async def test_kill_9_re_runs_jobs_once_and_fails_those_caught_by_a_second_death
     caplog.set_level(logging.INFO, logger="bot.generator_client")
     mark = len(events.seen)
     await client.submit(job("first"))
-    await events.wait(of(Progress, "first"), after=mark)
+    await events.wait(of(wire.JobProgress, "first"), after=mark)
     first_pid = client.pid
     assert first_pid is not None
     os.kill(first_pid, signal.SIGKILL)  # mid-job: "first" is re-run by the next process
-    await events.wait(of(Started, "first"), after=len(events.seen))
+    await events.wait(of(wire.JobStarted, "first"), after=len(events.seen))
     second_pid = client.pid
     assert second_pid not in (None, first_pid) and client.restarts == 1
 
     await client.submit(job("second"))
-    await events.wait(of(Progress, "second"))
+    await events.wait(of(wire.JobProgress, "second"))
     os.kill(second_pid, signal.SIGKILL)  # "first" dies a second time and fails; "second" is re-run
-    failed = await events.wait(of(Failed, "first"))
+    failed = await events.wait(of(wire.JobFailed, "first"))
     assert failed.reason == CRASHED_TWICE
-    done = await events.wait(of(Done, "second"))
+    done = await events.wait(of(wire.JobDone, "second"))
     assert len(done.images) == 1 and len(done.tokens[0]) == 36
     assert client.restarts == 2 and client.in_flight == []
 
-    finals = [(type(e).__name__, e.job_id) for e in events.seen[mark:] if isinstance(e, Done | Failed | Cancelled)]
-    assert finals == [("Failed", "first"), ("Done", "second")]  # one final event per job
+    finals = [(type(e).__name__, e.job_id) for e in events.seen[mark:] if isinstance(e, wire.FINAL)]
+    assert finals == [("JobFailed", "first"), ("JobDone", "second")]  # one final event per job
     deaths = [r.getMessage() for r in caplog.records if "died" in r.getMessage()]
     assert len(deaths) == 2 and all("killed by SIGKILL" in d and "\n" not in d for d in deaths)
     assert "1 job(s) to re-run, 0 failed" in deaths[0] and "1 job(s) to re-run, 1 failed" in deaths[1]
@@ -124,11 +124,11 @@ async def test_close_leaves_unfinished_jobs_in_flight(generator: tuple[Generator
     # Last of the shared-process tests: it closes the process.
     client, events = generator
     await client.submit(job("left", count=4))
-    await events.wait(of(Started, "left"))
+    await events.wait(of(wire.JobStarted, "left"))
     await client.close()  # the current step finishes; the unfinished job stays for the bot to re-queue
     await asyncio.wait_for(events.task, TIMEOUT)  # events() ended
     assert client.in_flight == ["left"]
-    assert not any(isinstance(e, Done | Failed | Cancelled) and e.job_id == "left" for e in events.seen)
+    assert not any(isinstance(e, wire.FINAL) and e.job_id == "left" for e in events.seen)
 
 
 async def test_bad_model_path_fails_start_with_one_sentence(tmp_path: Path) -> None:
@@ -148,13 +148,13 @@ SLOW_STARTER = """
 import sys
 import time
 
-from generator.protocol import Ready, encode
+from generator.protocol import Ready, dumps
 
 lines, pause = int(sys.argv[-2]), float(sys.argv[-1])
 for n in range(lines):  # a download logging its progress, then silence
     print(f"downloaded {n + 1} of {lines} GB", file=sys.stderr, flush=True)
     time.sleep(pause)
-print(encode(Ready("slow", "cpu", 96, 6, 16)), flush=True)
+print(dumps(Ready("slow", "cpu", 96, 6, 16)), flush=True)
 time.sleep(60)
 """
 
@@ -180,14 +180,14 @@ import sys
 import time
 from pathlib import Path
 
-from generator.protocol import Generate, Ready, Started, decode, encode
+from generator.protocol import Generate, JobStarted, Ready, dumps, loads
 
 if Path(sys.argv[-1]).exists():
     sys.exit(print("error: The model is gone.", file=sys.stderr) or 2)
-print(encode(Ready("fake", "cpu", 96, 6, 16)), flush=True)
+print(dumps(Ready("fake", "cpu", 96, 6, 16)), flush=True)
 for line in sys.stdin:  # jobs start and never end; Shutdown and the end of input are ignored
-    if isinstance(msg := decode(line), Generate):
-        print(encode(Started(msg.job_id)), flush=True)
+    if isinstance(msg := loads(line), Generate):
+        print(dumps(JobStarted(msg.job_id)), flush=True)
 time.sleep(60)
 """
 
@@ -202,14 +202,14 @@ async def test_jobs_fail_while_the_generator_cannot_restart_and_run_once_it_can(
     await client.start()
     events = Events(client)
     await client.submit(job("a"))
-    await events.wait(of(Started, "a"))
+    await events.wait(of(wire.JobStarted, "a"))
 
     broken.touch()
     assert client.pid is not None
     os.kill(client.pid, signal.SIGKILL)
-    assert await events.wait(of(Failed, "a")) == Failed("a", NOT_RUNNING)
+    assert await events.wait(of(wire.JobFailed, "a")) == wire.JobFailed("a", NOT_RUNNING)
     await client.submit(job("b"))  # refused at once while the generator is down
-    assert await events.wait(of(Failed, "b")) == Failed("b", NOT_RUNNING)
+    assert await events.wait(of(wire.JobFailed, "b")) == wire.JobFailed("b", NOT_RUNNING)
     assert any("could not restart: The model is gone. (retrying in 2s)" in r.getMessage() for r in caplog.records)
 
     broken.unlink()
@@ -217,7 +217,7 @@ async def test_jobs_fail_while_the_generator_cannot_restart_and_run_once_it_can(
         while client.restarts == 0:
             await asyncio.sleep(0.1)
     await client.submit(job("c"))
-    await events.wait(of(Started, "c"))
+    await events.wait(of(wire.JobStarted, "c"))
     await client.close()  # the fake ignores Shutdown: killed after the grace period
     assert client.in_flight == ["c"]
     assert any("did not stop within 0.2s; killing it" in r.getMessage() for r in caplog.records)

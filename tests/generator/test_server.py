@@ -17,21 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
+from generator import protocol as wire
 from generator.engine import Request, generate
-from generator.protocol import (
-    Cancel,
-    Cancelled,
-    Done,
-    Failed,
-    Generate,
-    Message,
-    Progress,
-    Ready,
-    Shutdown,
-    Started,
-    decode,
-    encode,
-)
 from generator.server import EXIT_DEVICE_FAILED, EngineOptions, Worker
 
 TIMEOUT = 60.0
@@ -45,29 +32,29 @@ class Server:
             [sys.executable, "-m", "generator", "serve", "--model", str(model), *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
-        self.events: queue.Queue[Message | None] = queue.Queue()
-        self.backlog: list[Message] = []
+        self.events: queue.Queue[wire.Message | None] = queue.Queue()
+        self.backlog: list[wire.Message] = []
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            self.events.put(decode(line))
+            self.events.put(wire.loads(line))
         self.events.put(None)
 
-    def send(self, message: Message) -> None:
+    def send(self, message: wire.Message) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(encode(message).encode() + b"\n")
+        self.proc.stdin.write(wire.dumps(message).encode() + b"\n")
         self.proc.stdin.flush()
 
-    def next(self) -> Message | None:
+    def next(self) -> wire.Message | None:
         return self.events.get(timeout=TIMEOUT)
 
-    def until_final(self, job_id: str) -> list[Message]:
+    def until_final(self, job_id: str) -> list[wire.Message]:
         """Events of one job up to its Done, Failed or Cancelled; other jobs' events wait in the backlog."""
         seen = [e for e in self.backlog if getattr(e, "job_id", None) == job_id]
         self.backlog = [e for e in self.backlog if getattr(e, "job_id", None) != job_id]
-        while not (seen and isinstance(seen[-1], Done | Failed | Cancelled)):
+        while not (seen and isinstance(seen[-1], wire.FINAL)):
             event = self.next()
             if event is None:
                 raise AssertionError(f"the generator exited before job {job_id} ended: {seen}")
@@ -79,7 +66,7 @@ class Server:
 def server(tiny_dir: Path) -> Iterator[Server]:
     server = Server(tiny_dir, "--max-batch-images", "4", "--preview-every", "12", "--step-delay", "0.02")
     ready = server.next()
-    assert isinstance(ready, Ready), server.proc.stderr.read().decode() if server.proc.stderr else ""
+    assert isinstance(ready, wire.Ready), server.proc.stderr.read().decode() if server.proc.stderr else ""
     assert (ready.image_size, ready.grid_size, ready.max_batch_images) == (96, 6, 4)
     yield server
     if server.proc.poll() is None:
@@ -94,17 +81,17 @@ def _png(data: bytes) -> Image.Image:
 
 
 def test_job_round_trip(server: Server) -> None:
-    server.send(Generate("trip", "a red circle", count=3, cfg=5.0, temperature=1.0, seed=11))
+    server.send(wire.Generate("trip", "a red circle", count=3, cfg=5.0, temperature=1.0, seed=11))
     events = server.until_final("trip")
-    assert isinstance(events[0], Started)
-    progress = [e for e in events if isinstance(e, Progress)]
+    assert isinstance(events[0], wire.JobStarted)
+    progress = [e for e in events if isinstance(e, wire.JobProgress)]
     steps = [p.step for p in progress]
     assert steps == sorted(steps) and steps[-1] == 36 and all(p.total == 36 for p in progress)
     previews = [p for p in progress if p.preview is not None]
     assert [p.step for p in previews] == [12, 24]
     assert _png(previews[0].preview).size == (2 * 96, 2 * 96)  # three images on a 2x2 grid
     done = events[-1]
-    assert isinstance(done, Done)
+    assert isinstance(done, wire.JobDone)
     assert [_png(image).size for image in done.images] == [(96, 96)] * 3
     assert len(done.tokens) == 3 and all(len(row) == 36 for row in done.tokens)
     assert all(0 <= t < 256 for row in done.tokens for t in row)
@@ -112,32 +99,32 @@ def test_job_round_trip(server: Server) -> None:
 
 def test_prefix_forces_first_tokens_and_matches_the_engine(server: Server, tiny) -> None:
     prefix = [[5, 6, 7, 8, 9, 10], [200, 201, 202, 203, 204, 205]]
-    server.send(Generate("pre", "a blue house", count=2, cfg=3.0, temperature=0.0, seed=1, prefix=prefix))
+    server.send(wire.Generate("pre", "a blue house", count=2, cfg=3.0, temperature=0.0, seed=1, prefix=prefix))
     done = server.until_final("pre")[-1]
-    assert isinstance(done, Done)
+    assert isinstance(done, wire.JobDone)
     assert [row[:6] for row in done.tokens] == prefix
     [local] = generate(tiny, [Request("a blue house", 2, cfg=3.0, temperature=0.0, prefix=torch.tensor(prefix))])
     assert done.tokens == local.tokens.tolist()  # the process runs the same engine
 
-    server.send(Generate("pre1", "a blue house", count=2, cfg=3.0, temperature=1.0, seed=1, prefix=[[1, 2, 3]]))
+    server.send(wire.Generate("pre1", "a blue house", count=2, cfg=3.0, temperature=1.0, seed=1, prefix=[[1, 2, 3]]))
     done = server.until_final("pre1")[-1]
-    assert isinstance(done, Done) and [row[:3] for row in done.tokens] == [[1, 2, 3], [1, 2, 3]]
+    assert isinstance(done, wire.JobDone) and [row[:3] for row in done.tokens] == [[1, 2, 3], [1, 2, 3]]
 
 
 def test_cancel_running_and_queued_jobs(server: Server) -> None:
-    server.send(Generate("big", "a green tree", count=4, cfg=5.0, temperature=1.0, seed=2))
-    server.send(Generate("queued", "a cat", count=1, cfg=5.0, temperature=1.0, seed=3))  # no free slot yet
-    server.send(Cancel("queued"))
-    assert server.until_final("queued") == [Cancelled("queued")]  # never started
+    server.send(wire.Generate("big", "a green tree", count=4, cfg=5.0, temperature=1.0, seed=2))
+    server.send(wire.Generate("queued", "a cat", count=1, cfg=5.0, temperature=1.0, seed=3))  # no free slot yet
+    server.send(wire.Cancel("queued"))
+    assert server.until_final("queued") == [wire.JobCancelled("queued")]  # never started
 
-    server.send(Generate("next", "a dog", count=1, cfg=5.0, temperature=1.0, seed=4))
-    server.send(Cancel("big"))
+    server.send(wire.Generate("next", "a dog", count=1, cfg=5.0, temperature=1.0, seed=4))
+    server.send(wire.Cancel("big"))
     big = server.until_final("big")
-    assert isinstance(big[0], Started) and big[-1] == Cancelled("big")
-    assert isinstance(server.until_final("next")[-1], Done)  # admitted once the slots were freed
-    server.send(Cancel("next"))  # already finished: no answer
-    server.send(Generate("after", "a dog", count=1, cfg=5.0, temperature=1.0, seed=4))
-    assert isinstance(server.until_final("after")[-1], Done)
+    assert isinstance(big[0], wire.JobStarted) and big[-1] == wire.JobCancelled("big")
+    assert isinstance(server.until_final("next")[-1], wire.JobDone)  # admitted once the slots were freed
+    server.send(wire.Cancel("next"))  # already finished: no answer
+    server.send(wire.Generate("after", "a dog", count=1, cfg=5.0, temperature=1.0, seed=4))
+    assert isinstance(server.until_final("after")[-1], wire.JobDone)
 
 
 @pytest.mark.parametrize(
@@ -152,23 +139,23 @@ def test_cancel_running_and_queued_jobs(server: Server) -> None:
 )
 def test_invalid_job_fails_with_a_sentence(server: Server, fields: dict, reason: str) -> None:
     job = {"job_id": "bad", "prompt": "a cat", "count": 2, "cfg": 5.0, "temperature": 1.0, "seed": 0} | fields
-    server.send(Generate(**job))
+    server.send(wire.Generate(**job))
     [failed] = server.until_final("bad")
-    assert isinstance(failed, Failed) and reason in failed.reason and failed.reason.endswith(".")
+    assert isinstance(failed, wire.JobFailed) and reason in failed.reason and failed.reason.endswith(".")
 
 
 def test_garbage_lines_and_bad_jobs_leave_the_process_working(server: Server) -> None:
     assert server.proc.stdin is not None
     server.proc.stdin.write(b"not json\n{\"type\": \"nope\"}\n\n")
     server.proc.stdin.flush()
-    server.send(Generate("ok", "a cat", count=1, cfg=5.0, temperature=1.0, seed=0))
-    assert isinstance(server.until_final("ok")[-1], Done)
+    server.send(wire.Generate("ok", "a cat", count=1, cfg=5.0, temperature=1.0, seed=0))
+    assert isinstance(server.until_final("ok")[-1], wire.JobDone)
 
 
 def test_end_of_input_stops_after_the_current_step(server: Server) -> None:
     # Last in the file: it ends the shared process.
-    server.send(Generate("long", "a cat", count=1, cfg=5.0, temperature=1.0, seed=0))
-    while not isinstance(event := server.next(), Progress) or event.job_id != "long":
+    server.send(wire.Generate("long", "a cat", count=1, cfg=5.0, temperature=1.0, seed=0))
+    while not isinstance(event := server.next(), wire.JobProgress) or event.job_id != "long":
         pass
     assert server.proc.stdin is not None
     server.proc.stdin.close()  # the bot is gone: the same as Shutdown
@@ -176,7 +163,7 @@ def test_end_of_input_stops_after_the_current_step(server: Server) -> None:
     events = []
     while (event := server.next()) is not None:
         events.append(event)
-    assert all(isinstance(e, Progress) for e in events)  # no Done, no Failed: the bot re-queues the job
+    assert all(isinstance(e, wire.JobProgress) for e in events)  # no Done, no Failed: the bot re-queues the job
 
 
 
@@ -184,14 +171,14 @@ def test_end_of_input_stops_after_the_current_step(server: Server) -> None:
 def test_compile_flag_serves_jobs_through_the_compiled_step(tiny_dir: Path, tiny) -> None:
     server = Server(tiny_dir, "--max-batch-images", "2", "--compile")
     try:
-        assert isinstance(server.next(), Ready)
-        server.send(Generate("fused", "a blue house", count=2, cfg=3.0, temperature=0.0, seed=1))
+        assert isinstance(server.next(), wire.Ready)
+        server.send(wire.Generate("fused", "a blue house", count=2, cfg=3.0, temperature=0.0, seed=1))
         done = server.until_final("fused")[-1]
-        assert isinstance(done, Done)
+        assert isinstance(done, wire.JobDone)
         [local] = generate(tiny, [Request("a blue house", 2, cfg=3.0, temperature=0.0)])
         # inductor's fused kernels may round differently from the eager ones now and then
         assert (torch.tensor(done.tokens) == local.tokens).float().mean() >= 0.9
-        server.send(Shutdown())
+        server.send(wire.Shutdown())
         assert server.proc.wait(timeout=TIMEOUT) == 0
     finally:
         if server.proc.poll() is None:
@@ -208,8 +195,8 @@ class FailingWorker:
     """A worker whose first engine raises `failure` from step(); queue jobs, then start() and read events()."""
 
     def __init__(self, checkpoint, failure: Exception) -> None:
-        self.inbox: janus.Queue[Message] = janus.Queue()
-        self.outbox: janus.Queue[Message | None] = janus.Queue()
+        self.inbox: janus.Queue[wire.Message] = janus.Queue()
+        self.outbox: janus.Queue[wire.Message | None] = janus.Queue()
         self.worker = Worker(checkpoint, EngineOptions(max_batch_images=4), self.inbox.sync_q, self.outbox.sync_q)
         self.first = self.worker.engine
 
@@ -218,7 +205,7 @@ class FailingWorker:
 
         self.first.step = fail  # type: ignore[method-assign]
 
-    async def events(self) -> AsyncIterator[Message]:
+    async def events(self) -> AsyncIterator[wire.Message]:
         self.worker.start()
         async with asyncio.timeout(TIMEOUT):
             while (event := await self.outbox.async_q.get()) is not None:
@@ -229,8 +216,8 @@ class FailingWorker:
 REASON = "The generator failed while making these images (boom); try again."
 
 
-def _job(job_id: str, count: int = 1) -> Generate:
-    return Generate(job_id, "a cat", count=count, cfg=5.0, temperature=1.0, seed=0)
+def _job(job_id: str, count: int = 1) -> wire.Generate:
+    return wire.Generate(job_id, "a cat", count=count, cfg=5.0, temperature=1.0, seed=0)
 
 
 @pytest.mark.asyncio
@@ -241,12 +228,13 @@ async def test_a_step_error_fails_the_jobs_it_touched_and_the_process_carries_on
     events = []
     async for event in failing.events():
         events.append(event)
-        if event == Failed("two", REASON):
+        if event == wire.JobFailed("two", REASON):
             await failing.inbox.async_q.put(_job("after"))
-        elif isinstance(event, Done):
-            await failing.inbox.async_q.put(Shutdown())
-    assert [e for e in events if isinstance(e, Failed)] == [Failed("one", REASON), Failed("two", REASON)]
-    assert isinstance(events[-1], Done) and events[-1].job_id == "after"
+        elif isinstance(event, wire.JobDone):
+            await failing.inbox.async_q.put(wire.Shutdown())
+    failed = [e for e in events if isinstance(e, wire.JobFailed)]
+    assert failed == [wire.JobFailed("one", REASON), wire.JobFailed("two", REASON)]
+    assert isinstance(events[-1], wire.JobDone) and events[-1].job_id == "after"
     assert failing.worker.engine is not failing.first and failing.worker.exit_code == 0  # a fresh engine
 
 
@@ -255,5 +243,5 @@ async def test_a_cuda_error_stops_the_worker_without_failing_jobs(tiny) -> None:
     failing = FailingWorker(tiny, RuntimeError("CUDA error: an illegal memory access was encountered"))
     failing.inbox.sync_q.put(_job("one"))
     events = [type(event) async for event in failing.events()]
-    assert events == [Started, Progress]  # no Failed: the supervisor restarts the process and re-runs "one"
+    assert events == [wire.JobStarted, wire.JobProgress]  # no Failed: the supervisor re-runs "one"
     assert failing.worker.exit_code == EXIT_DEVICE_FAILED
