@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.config import Settings  # noqa: E402
 from bot.jobs import FINAL_EVENTS, Done, Requester  # noqa: E402
+from bot.local_queue import LocalQueue  # noqa: E402
 from bot.service import Service  # noqa: E402
 from bot.store import Store  # noqa: E402
 from generator import protocol as wire  # noqa: E402
@@ -70,7 +71,7 @@ async def measure(jobs: int, users: int, count: int, data_dir: Path, concurrent:
         }
     )
     async with await Store.open(data_dir) as store:
-        service = Service(settings, store, NoopGenerator(max_batch_images=16))
+        service = Service(settings, store, LocalQueue(NoopGenerator(max_batch_images=16)))
         await service.start()
         result = await drive([service], jobs, users, count, concurrent)
         await service.close()

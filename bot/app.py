@@ -12,18 +12,22 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from bot.config import ConfigError, Settings
-from bot.generator import Generator
+from bot.jobqueue import JobQueue
+from bot.jobs import Handle
 from bot.ratelimit import Clock
-from bot.service import Handle, Hook, Service
+from bot.service import Hook, Service
 from bot.store import Store
+
+if TYPE_CHECKING:  # imported when used: the bot's side of a Redis pool never starts a generator
+    from bot.generator_client import GeneratorProcess
 
 log = logging.getLogger(__name__)
 
 
-def process_generator(settings: Settings) -> Generator:
+def generator_process(settings: Settings) -> GeneratorProcess:
     """The supervised `python -m generator serve` process for the configured model."""
     from bot.generator_client import GeneratorProcess
 
@@ -38,7 +42,14 @@ def process_generator(settings: Settings) -> Generator:
     )
 
 
-def redis_generator(settings: Settings) -> Generator:
+def local_queue(settings: Settings, clock: Clock = time.monotonic) -> JobQueue:
+    """This machine's queue, running jobs in one supervised generator process."""
+    from bot.local_queue import LocalQueue
+
+    return LocalQueue(generator_process(settings), clock=clock)
+
+
+def redis_queue(settings: Settings) -> JobQueue:
     """This instance's side of the job queue shared through Redis with other bots and the GPU workers."""
     from bot.redis_queue import RedisQueue, connect
 
@@ -54,27 +65,19 @@ def redis_generator(settings: Settings) -> Generator:
     )
 
 
-def configured_generator(settings: Settings) -> Generator:
-    """The generator `[queue] backend` asks for: a local process, or the Redis pool."""
-    return redis_generator(settings) if settings.queue.backend == "redis" else process_generator(settings)
+def configured_queue(settings: Settings) -> JobQueue:
+    """The queue `[queue] backend` asks for: this machine's generator, or the Redis pool."""
+    return redis_queue(settings) if settings.queue.backend == "redis" else local_queue(settings)
 
 
 class App:
-    """`async with App(settings) as app:` opens the store, starts the generator and the service; adapters
+    """`async with App(settings) as app:` opens the store, starts the job queue and the service; adapters
     use `app.service`. Leaving the block shuts down in order: stop accepting, finish or persist, close."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        generator: Generator | None = None,
-        *,
-        on_recovered: Hook | None = None,
-        clock: Clock = time.monotonic,
-    ) -> None:
+    def __init__(self, settings: Settings, queue: JobQueue | None = None, *, on_recovered: Hook | None = None) -> None:
         self.settings = settings
-        self._generator = generator
+        self._queue = queue
         self._on_recovered = on_recovered
-        self._clock = clock
         self._lock: IO[str] | None = None
         self._store: Store | None = None
         self._service: Service | None = None
@@ -94,20 +97,16 @@ class App:
             self._unlock()
             why = error.strerror if isinstance(error, OSError) and error.strerror else f"janus-bot.db: {error}"
             raise ConfigError(f"bot.data_dir: cannot keep the bot's data in {str(data_dir)!r} ({why})") from None
-        generator = self._generator or configured_generator(self.settings)
-        self._service = Service(
-            self.settings, self._store, generator, clock=self._clock, on_recovered=self._on_recovered
-        )
+        queue = self._queue or configured_queue(self.settings)
+        self._service = Service(self.settings, self._store, queue, on_recovered=self._on_recovered)
         try:
             await self._service.start()
         except BaseException:
-            await generator.close()
+            await queue.close(0)
             await self._store.close()
             self._unlock()
             raise
-        ready = self._service.ready
-        assert ready is not None
-        log.info("ready: %s on %s, %d image slots", ready.model, ready.device, ready.max_batch_images)
+        log.info("ready: %s", self._service.backend.where)
         return self
 
     async def __aexit__(
@@ -169,9 +168,7 @@ async def until_signalled() -> signal.Signals:
 
 def banner(service: Service, adapters: Sequence[Any]) -> str:
     """What runs where, for the operator starting the bot: the model and device, then each adapter."""
-    ready = service.ready
-    model = f"{ready.model} on {ready.device}, {ready.max_batch_images} image slots" if ready else "no model"
-    lines = [f"janus-bot is running: {model}"]
+    lines = [f"janus-bot is running: {service.backend.where}"]
     lines += [f"  {adapter.platform}: {getattr(adapter, 'where', 'connected')}" for adapter in adapters]
     return "\n".join([*lines, "Stop it with Ctrl-C."])
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -173,3 +175,40 @@ class Cancelled:
 
 Event = Queued | Started | Progress | Done | Failed | Cancelled
 FINAL_EVENTS = (Done, Failed, Cancelled)
+
+
+class Handle:
+    """A job's events as they happen: iterate it until the final one (Done, Failed or Cancelled)."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+
+    def put(self, event: Event) -> None:
+        """Hand over one event (the service does this)."""
+        self._events.put_nowait(event)
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while True:
+            event = await self._events.get()
+            yield event
+            if isinstance(event, FINAL_EVENTS):
+                return
+
+    async def final(self) -> Event:
+        """Wait for the final event, skipping the others."""
+        async for event in self:
+            if isinstance(event, FINAL_EVENTS):
+                return event
+        raise AssertionError("a stream ends with its final event")
+
+
+def ending(job: Job) -> str:
+    """The operator's log line for a job that ended: what and whose it was, how it ended, how long it took."""
+    images = "" if job.kind is Kind.UPSCALE else f", {job.options.count} image{'s' * (job.options.count != 1)}"
+    line = f"job {job.id} ({job.kind.value}{images}, {job.requester.user_key}): {job.status.value}"
+    if job.finished_at is not None:
+        line += f" in {job.finished_at - job.created_at:.1f}s"
+        if job.started_at is not None:
+            line += f" (waited {job.started_at - job.created_at:.1f}s)"
+    return line + (f": {job.error}" if job.status is Status.FAILED and job.error else "")

@@ -6,6 +6,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from bot.jobqueue import Backend
 from bot.ratelimit import Clock
 
 RATE_WINDOW_S = 60.0
@@ -64,3 +65,20 @@ class Meter:
         while self._recent and self._recent[0][0] < since:
             self._recent.popleft()
         return sum(n for _, n in self._recent) / RATE_WINDOW_S
+
+    def stats(self, backend: Backend, *, up: bool, waiting: int, running: int, paused: bool) -> Stats:
+        """A snapshot of these counters with the queue's state."""
+        return Stats(
+            generator_up=up and backend.up,
+            model=backend.model,
+            device=backend.device,
+            waiting=waiting,
+            running=running,
+            paused=paused,
+            ended=dict(self.ended),
+            images=self.images,
+            step_seconds=self.step_seconds,
+            steps=self.steps,
+            images_per_second=self.images_per_second(),
+            generator_restarts=backend.restarts,
+        )

@@ -40,6 +40,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.config import LimitSettings
+from bot.jobqueue import Backend
 from bot.jobs import Job, Refused
 from bot.ratelimit import queue_full, rate_limited, too_many_waiting
 from generator import protocol as wire
@@ -50,6 +51,7 @@ WORKERS = "workers"  # the consumer group of the job stream
 BOT = "bot"  # the consumer group of each instance's event stream
 OUT_MAXLEN = 100_000  # events kept per instance stream while its bot is away (approximate trim)
 RETRY_S = 1.0
+LOOK_EVERY_S = 5.0  # how often a bot looks at the pool's workers and pause flag
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 T = TypeVar("T")
 Arg = str | int | float  # a script argument
@@ -378,7 +380,7 @@ async def describe_pool(url: str, prefix: str = "janus") -> str:
 
 
 class RedisQueue:
-    """bot.generator.SharedQueue over Redis: this bot instance's side of the shared queue.
+    """bot.jobqueue.JobQueue over Redis: this bot instance's side of the queue it shares with others.
 
     `admit` checks the limits, bans and the cap and queues the job in one atomic step; workers anywhere pick
     jobs fairly across every instance's users. `events()` yields this instance's events only (its stream
@@ -412,37 +414,123 @@ class RedisQueue:
         self._redo = client.register_script(REDO)
         self._waiting: dict[str, int] = {}  # this instance's jobs not yet started -> last position told
         self._closed = asyncio.Event()
+        self._up = False  # Redis answered the last time it was asked
+        self._paused = False
+        self._workers: list[WorkerHealth] = []
+        self._next_look = 0.0  # when to look at the pool's workers and pause flag again
 
-    # -- the Generator interface --
-
-    async def start(self) -> wire.Ready:
+    async def start(self) -> None:
         """Check Redis and create the streams' groups; workers may come and go later."""
         await retrying("starting", self._create_groups)
-        return wire.Ready("redis pool", self.instance, 0, 0, self.max_batch_images)
+        await self._look()
 
     async def _create_groups(self) -> None:
         await ensure_group(self.client, f"{self._p}jobs", WORKERS)
         await ensure_group(self.client, self._out, BOT)
 
-    async def submit(self, msg: wire.Generate) -> None:
-        """Queue a job outside any user's limits (the service uses admit and requeue instead)."""
-        await self._requeue_message(msg, f"bot:{self.instance}", 0)
+    @property
+    def backend(self) -> Backend:
+        models = sorted({w.fields.get("model", "?") for w in self._workers})
+        devices = sorted({w.fields.get("device", "?") for w in self._workers})
+        address = self.client.connection_pool.connection_kwargs
+        workers = f"{len(self._workers)} worker{'s' * (len(self._workers) != 1)}"
+        where = (f"the Redis pool at {address.get('host', '?')}:{address.get('port', '?')} as instance "
+                 f"{self.instance!r} ({workers}), jobs of up to {self.max_batch_images} images")
+        return Backend(where, self._up, ", ".join(models) or None, ", ".join(devices) or None, self.max_batch_images)
 
-    async def _requeue_message(self, msg: wire.Generate, user: str, limit: int) -> None:
-        args: list[Arg] = [self._p, msg.job_id, user, wire.dumps(msg), self.instance, msg.count, limit, OUT_MAXLEN,
-                           self.result_ttl]
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    async def _look(self) -> None:
+        """The pool's workers and pause flag, for the health check and the admins' settings view."""
+        self._workers = await pool_health(self.client, self._prefix)
+        self._paused = bool(await self.client.exists(f"{self._p}paused"))
+        self._up = True
+
+    # -- admission --
+
+    async def admit(self, job: Job, msg: wire.Generate, limits: LimitSettings, *, exempt: bool) -> int:
+        """Queue `msg` for `job` if the limits, bans and cap allow it, atomically across instances; its position."""
+        r = job.requester
+        user = r.user_key
+        args: list[Arg] = [
+            self._p, job.id, user, wire.dumps(msg), self.instance, msg.count,
+            0 if exempt else limits.max_running_per_user,
+            0 if exempt else limits.max_queued_per_user,
+            limits.queue_cap,
+            f"{r.platform}:{r.server}:{r.user}",
+            0 if exempt else limits.jobs_per_period,
+            limits.period_s,
+            ban_key(r.platform, r.server, r.user),
+            self.result_ttl,
+        ]  # fmt: skip
+        try:
+            verdict, value = await self._admit(args=args)
+        except REDIS_DOWN:
+            log.exception("Redis is unreachable; refusing a job")
+            self._up = False
+            raise Refused("The bot cannot reach its job queue right now; try again in a minute.", 60.0) from None
+        verdict = _str(verdict)
+        if verdict == "ok":
+            self._waiting[job.id] = int(value)
+            return int(value)
+        if verdict == "banned":
+            raise Refused("You are banned from making images here; ask a server admin if this is a mistake.")
+        if verdict == "queued":
+            raise too_many_waiting(int(value))
+        if verdict == "full":
+            raise queue_full(int(value))
+        raise rate_limited(limits, float(_str(value)))
+
+    async def resume(self, job: Job, msg: wire.Generate, limits: LimitSettings, *, exempt: bool) -> None:
+        """Keep a job Redis still has, re-send its stored result, or queue it again past the limits (it was
+        accepted before); its place arrives as a Waiting message."""
+        limit = 0 if exempt else limits.max_running_per_user
+        args: list[Arg] = [self._p, msg.job_id, job.requester.user_key, wire.dumps(msg), self.instance, msg.count,
+                           limit, OUT_MAXLEN, self.result_ttl]
         outcome = _str(await retrying("re-queueing a job", lambda: self._resubmit(args=args)))
         if outcome in ("kept", "queued"):
             self._waiting.setdefault(msg.job_id, 0)
         log.debug("job %s re-sent to the pool: %s", msg.job_id, outcome)
 
-    async def cancel(self, job_id: str) -> None:
+    async def cancel(self, job_id: str) -> bool:
         """Take a waiting job out of the queue, or tell the worker running it to stop."""
         args: list[Arg] = [self._p, job_id, wire.dumps(wire.JobCancelled(job_id)), self.result_ttl, OUT_MAXLEN]
-        await retrying("cancelling a job", lambda: self._cancel(args=args))
+        return _str(await retrying("cancelling a job", lambda: self._cancel(args=args))) == "removed"
 
-    async def close(self) -> None:
-        """End events() and drop the connections; everything this instance is owed stays in Redis."""
+    async def set_ban(self, platform: str, server: str, user: str, banned: bool) -> None:
+        """Apply a ban (or lift it) in every instance."""
+        key = ban_key(platform, server, user)
+        bans = f"{self._p}bans"
+        await retrying("saving a ban", lambda: self.client.sadd(bans, key) if banned else self.client.srem(bans, key))
+
+    async def set_paused(self, paused: bool) -> None:
+        """Stop every worker from starting jobs (running ones finish), or let them start again."""
+        key = f"{self._p}paused"
+        await retrying("pausing the pool", lambda: self.client.set(key, "1") if paused else self.client.delete(key))
+        self._paused = paused
+        if not paused:
+            await retrying("waking the workers", lambda: self.client.publish(f"{self._p}queued", ""))
+
+    def positions(self) -> dict[str, int]:
+        """This instance's waiting jobs and their positions, as last reported."""
+        return {job_id: place for job_id, place in self._waiting.items() if place > 0}
+
+    async def position(self, job_id: str) -> int | None:
+        """A waiting job's place in the whole pool's queue (1 is next); None once it has started."""
+        order = [_str(j) for j in await self._order(args=[self._p])]
+        return order.index(job_id) + 1 if job_id in order else None
+
+    async def metrics(self) -> str:
+        """The pool's metrics in Prometheus' text format."""
+        return await pool_metrics(self.client, self._prefix)
+
+    # -- events --
+
+    async def close(self, grace: float) -> None:
+        """End events() and drop the connections; the jobs go on in the pool, and what this instance is owed
+        waits in Redis for its next start."""
         self._closed.set()
 
     async def events(self) -> AsyncIterator[wire.Message]:
@@ -451,6 +539,9 @@ class RedisQueue:
         next_positions = 0.0
         while not self._closed.is_set():
             try:
+                if time.monotonic() >= self._next_look:
+                    self._next_look = time.monotonic() + LOOK_EVERY_S
+                    await self._look()
                 if self._waiting and time.monotonic() >= next_positions:
                     next_positions = time.monotonic() + self.poll_s
                     for moved in await self._positions():
@@ -459,8 +550,10 @@ class RedisQueue:
                     BOT, "main", {self._out: "0" if backlog else ">"}, count=64,
                     block=None if backlog else int(self.poll_s * 1000),
                 )
+                self._up = True
             except REDIS_DOWN as error:
                 log.warning("Redis is unreachable (%s); reading events again in %gs", error, RETRY_S)
+                self._up = False
                 await asyncio.sleep(RETRY_S)
                 continue
             except ResponseError as error:  # Redis lost the group (restarted without persistence)
@@ -518,71 +611,6 @@ class RedisQueue:
                 self._waiting[job_id] = now
                 moved.append(wire.Waiting(job_id, now))
         return moved
-
-    # -- the shared queue --
-
-    async def admit(self, job: Job, msg: wire.Generate, limits: LimitSettings, *, admin: bool) -> int:
-        """Queue `msg` for `job` if the limits, bans and cap allow it, atomically across instances; its position."""
-        r = job.requester
-        user = r.user_key
-        args: list[Arg] = [
-            self._p, job.id, user, wire.dumps(msg), self.instance, msg.count,
-            0 if admin else limits.max_running_per_user,
-            0 if admin else limits.max_queued_per_user,
-            limits.queue_cap,
-            f"{r.platform}:{r.server}:{r.user}",
-            0 if admin else limits.jobs_per_period,
-            limits.period_s,
-            ban_key(r.platform, r.server, r.user),
-            self.result_ttl,
-        ]  # fmt: skip
-        try:
-            verdict, value = await self._admit(args=args)
-        except REDIS_DOWN:
-            log.exception("Redis is unreachable; refusing a job")
-            raise Refused("The bot cannot reach its job queue right now; try again in a minute.", 60.0) from None
-        verdict = _str(verdict)
-        if verdict == "ok":
-            self._waiting[job.id] = int(value)
-            return int(value)
-        if verdict == "banned":
-            raise Refused("You are banned from making images here; ask a server admin if this is a mistake.")
-        if verdict == "queued":
-            raise too_many_waiting(int(value))
-        if verdict == "full":
-            raise queue_full(int(value))
-        raise rate_limited(limits, float(_str(value)))
-
-    async def requeue(self, job: Job, msg: wire.Generate, limits: LimitSettings, *, admin: bool) -> None:
-        """After a restart: keep a job Redis still has, re-send its stored result, or queue it again past the
-        limits (it was accepted before)."""
-        await self._requeue_message(msg, job.requester.user_key, 0 if admin else limits.max_running_per_user)
-
-    async def set_ban(self, platform: str, server: str, user: str, banned: bool) -> None:
-        """Apply a ban (or lift it) in every instance."""
-        key = ban_key(platform, server, user)
-        bans = f"{self._p}bans"
-        await retrying("saving a ban", lambda: self.client.sadd(bans, key) if banned else self.client.srem(bans, key))
-
-    async def set_paused(self, paused: bool) -> None:
-        """Stop every worker from starting jobs (running ones finish), or let them start again."""
-        key = f"{self._p}paused"
-        await retrying("pausing the pool", lambda: self.client.set(key, "1") if paused else self.client.delete(key))
-        if not paused:
-            await retrying("waking the workers", lambda: self.client.publish(f"{self._p}queued", ""))
-
-    def positions(self) -> dict[str, int]:
-        """This instance's waiting jobs and their positions, as last reported."""
-        return {job_id: place for job_id, place in self._waiting.items() if place > 0}
-
-    async def position(self, job_id: str) -> int | None:
-        """A waiting job's place in the whole pool's queue (1 is next); None once it has started."""
-        order = [_str(j) for j in await self._order(args=[self._p])]
-        return order.index(job_id) + 1 if job_id in order else None
-
-    async def metrics(self) -> str:
-        """The pool's metrics in Prometheus' text format."""
-        return await pool_metrics(self.client, self._prefix)
 
 
 def result_path(directory: Path, job_id: str) -> Path:

@@ -243,6 +243,10 @@ class Store:
         marks = ", ".join("?" * len(_JOB_COLUMNS.split(",")))
         await self._transaction([(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({marks})", _job_row(job))])
 
+    async def delete_job(self, job_id: str) -> None:
+        """Remove a job that was never admitted (no images, messages or usage refer to it)."""
+        await self._transaction([("DELETE FROM jobs WHERE id = ?", (job_id,))])
+
     async def update_job(self, job: Job) -> None:
         """Write a job's changing fields: status, times, error, grid and delivery."""
         await self._transaction([_update(job)])

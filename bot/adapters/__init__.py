@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from bot.config import ConfigError, Settings
-from bot.service import Handle, Service
+from bot.jobs import Handle
+from bot.service import Service
 
 
 class PlatformUnreachable(ConnectionError):

@@ -17,6 +17,7 @@ from bot.app import App
 from bot.config import Settings
 from bot.generator_client import GeneratorProcess
 from bot.jobs import Requester, Status
+from bot.local_queue import LocalQueue
 from bot.store import Store
 from generator import protocol as wire
 
@@ -78,7 +79,7 @@ async def main(mode: str, data_dir: Path, model_dir: str, n: int) -> None:
     process = GeneratorProcess(
         model_dir, device="cpu", max_batch_images=2, preview_every=0, extra_args=["--step-delay", "0.02"]
     )
-    async with App(settings, Recording(process, data_dir / f"submitted-{mode}")) as app:
+    async with App(settings, LocalQueue(Recording(process, data_dir / f"submitted-{mode}"))) as app:
         await submit_or_recover(app, mode, data_dir, n)
 
 

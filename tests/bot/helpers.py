@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from PIL import Image
 
 from bot.config import Settings
 from bot.jobs import Requester
+from bot.local_queue import LocalQueue
+from bot.ratelimit import Clock
 from bot.service import Service
 from bot.store import Store
 from generator import protocol as wire
@@ -143,12 +146,12 @@ class FakeClock:
 
 @contextlib.asynccontextmanager
 async def running(
-    config: Settings, generator: FakeGenerator | None = None, **kwargs: Any
+    config: Settings, generator: FakeGenerator | None = None, *, clock: Clock = time.monotonic, **kwargs: Any
 ) -> AsyncIterator[tuple[Service, FakeGenerator, Store]]:
-    """A started service on a fake generator and a fresh store; closed on the way out."""
+    """A started service on this machine's queue with a fake generator and a fresh store; closed on the way out."""
     fake = generator or FakeGenerator()
     async with await Store.open(config.bot.data_dir) as store:
-        service = Service(config, store, fake, **kwargs)
+        service = Service(config, store, LocalQueue(fake, clock=clock), **kwargs)
         await service.start()
         try:
             yield service, fake, store

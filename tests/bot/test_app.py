@@ -10,6 +10,7 @@ import pytest
 from bot.app import App, until_signalled
 from bot.config import ConfigError
 from bot.jobs import Done, Refused, Status
+from bot.local_queue import LocalQueue
 from bot.store import Store
 from tests.bot.helpers import FakeGenerator, free_port, requester, settings
 
@@ -17,8 +18,8 @@ from tests.bot.helpers import FakeGenerator, free_port, requester, settings
 @pytest.mark.asyncio
 async def test_app_builds_store_service_and_generator_and_closes_them(tmp_path: Path) -> None:
     fake = FakeGenerator()
-    async with App(settings(tmp_path), fake) as app:
-        assert app.service.ready is not None and app.service.ready.max_batch_images == 16
+    async with App(settings(tmp_path), LocalQueue(fake)) as app:
+        assert app.service.backend.up and app.service.backend.max_images == 16
         handle = await app.service.submit(requester(), "a cat")
         assert isinstance(await handle.final(), Done)
     assert fake.closed
@@ -31,7 +32,7 @@ async def test_app_builds_store_service_and_generator_and_closes_them(tmp_path: 
 async def test_shutdown_lets_running_jobs_finish_within_the_grace_period(tmp_path: Path) -> None:
     fake = FakeGenerator(max_batch_images=1, steps=5, step_delay=0.02)
     config = settings(tmp_path, bot={"shutdown_grace_s": 5})
-    async with App(config, fake) as app:
+    async with App(config, LocalQueue(fake)) as app:
         running = await app.service.submit(requester("a"), "x", count=1)
         waiting = await app.service.submit(requester("b"), "y", count=1)
         await asyncio.sleep(0.01)
@@ -125,11 +126,11 @@ def test_a_data_dir_the_bot_cannot_use_is_one_line(tmp_path: Path, capsys: pytes
 @pytest.mark.asyncio
 async def test_one_bot_to_a_data_directory(tmp_path: Path) -> None:
     config = settings(tmp_path)
-    async with App(config, FakeGenerator()):
+    async with App(config, LocalQueue(FakeGenerator())):
         with pytest.raises(ConfigError) as info:
-            async with App(config, FakeGenerator()):
+            async with App(config, LocalQueue(FakeGenerator())):
                 pass
     assert str(info.value) == (f"bot.data_dir: another janus-bot (pid {os.getpid()}) is using '{tmp_path}'; stop "
                                f"it, or give this one a data_dir of its own")
-    async with App(config, FakeGenerator()):  # the first one stopped: its lock went with it
+    async with App(config, LocalQueue(FakeGenerator())):  # the first one stopped: its lock went with it
         pass

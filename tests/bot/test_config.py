@@ -64,10 +64,10 @@ def test_a_missing_file_says_what_to_do(tmp_path: Path) -> None:
 
 
 def test_generator_settings_reach_the_generator_command_line(tmp_path: Path) -> None:
-    from bot.app import process_generator
+    from bot.app import generator_process
 
     path = tmp_path / "config.toml"
     path.write_text("[generator]\nmax_batch_images = 8\ncompile = true\n")
-    command = process_generator(load_settings(path, {})).command
+    command = generator_process(load_settings(path, {})).command
     assert command[command.index("--max-batch-images") + 1] == "8" and "--compile" in command
-    assert "--compile" not in process_generator(load_settings(None, {})).command
+    assert "--compile" not in generator_process(load_settings(None, {})).command

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.jobs import FINAL_EVENTS, Cancelled, Done, Event, Failed, Progress, Queued, Refused, Started, Status
-from bot.service import Handle
+from bot.jobs import FINAL_EVENTS, Cancelled, Done, Event, Failed, Handle, Progress, Queued, Refused, Started, Status
 from tests.bot.helpers import FakeClock, FakeGenerator, requester, running, settings
 
 pytestmark = pytest.mark.asyncio

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from bot.jobs import Cancelled, Done, Queued, Refused, Started
+from bot.jobs import Cancelled, Done, Handle, Queued, Refused, Started
 from bot.redis_queue import TAKE, RedisQueue, connect, pool_health
-from bot.service import Handle, Service
+from bot.service import Service
 from bot.store import Store
 from bot.worker import PoolWorker
 from tests.bot.helpers import OWNER, FakeGenerator, free_port, requester, settings
@@ -145,10 +145,10 @@ async def test_a_users_token_bucket_and_waiting_jobs_count_across_instances(
             assert sum(isinstance(r, Handle) for r in results) == 2
             # a ban given on one instance holds on the others
             admin = requester("admin", admin=True)
-            await c.ban(admin, "carol", "spam")
+            await c.admin.ban(admin, "carol", "spam")
             with pytest.raises(Refused, match="banned"):
                 await d.submit(requester("carol"), "banned elsewhere", count=1)
-            await c.unban(admin, "carol")
+            await c.admin.unban(admin, "carol")
             await d.submit(requester("carol"), "welcome back", count=1)
 
 
@@ -157,7 +157,7 @@ async def test_cancel_a_waiting_job_from_its_instance(tmp_path: Path, redis_serv
         first = await a.submit(requester("alice"), "first", count=1)
         second = await a.submit(requester("bob"), "second", count=1)
         assert (await a.status(second.job.id)).position == 2  # type: ignore[union-attr]
-        assert [(s.job.id, s.position) for s in a.queue(OWNER)] == [(first.job.id, 1), (second.job.id, 2)]
+        assert [(s.job.id, s.position) for s in a.admin.queue(OWNER)] == [(first.job.id, 1), (second.job.id, 2)]
         assert a.stats().waiting == 2
         await a.cancel(requester("alice"), first.job.id)
         assert isinstance(await first.final(), Cancelled)
@@ -176,9 +176,9 @@ async def test_workers_take_jobs_round_robin_across_users_and_instances_unless_p
         client = connect(url)
         try:
             take = client.register_script(TAKE)
-            await b.pause(OWNER)  # a bot admin pauses the whole pool from any instance
+            await b.admin.pause(OWNER)  # a bot admin pauses the whole pool from any instance
             assert await take(args=["janus:", "w", 1, "1"]) == []
-            await a.resume(OWNER)
+            await a.admin.resume(OWNER)
             order = []
             for _ in range(4):  # a worker with one free image slot, four times
                 [(_entry, job_id, *_rest)] = await take(args=["janus:", "w", 1, "1"])

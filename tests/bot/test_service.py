@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.jobs import Cancelled, Done, Event, Failed, Progress, Queued, Refused, Started, Status, Strength
-from bot.service import Handle
+from bot.jobs import Cancelled, Done, Event, Failed, Handle, Progress, Queued, Refused, Started, Status, Strength
 from tests.bot.helpers import OWNER, FakeClock, FakeGenerator, requester, running, settings
 
 pytestmark = pytest.mark.asyncio
@@ -75,7 +74,7 @@ async def test_failed_job_says_why(tmp_path: Path) -> None:
 
 
 async def test_each_job_that_ends_is_one_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="bot.service")
+    caplog.set_level(logging.INFO, logger="bot.lifecycle")
     async with running(settings(tmp_path)) as (service, fake, _):
         done = await service.submit(requester("alice"), "a cat", count=1)
         await done.final()
@@ -120,9 +119,9 @@ async def test_cancel_waiting_and_running_jobs_owner_or_admin_only(tmp_path: Pat
 async def test_positions_are_reported_as_they_change(tmp_path: Path) -> None:
     fake = FakeGenerator(max_batch_images=1, step_delay=0.001)
     async with running(settings(tmp_path, limits={"max_queued_per_user": 5}), fake) as (service, _, _):
-        await service.pause(OWNER)
+        await service.admin.pause(OWNER)
         handles = [await service.submit(requester(f"u{i}"), "x", count=1) for i in range(3)]
-        await service.resume(OWNER)
+        await service.admin.resume(OWNER)
         events = [await asyncio.wait_for(collect(h), 5) for h in handles]
     queued = [[e.position for e in stream if isinstance(e, Queued)] for stream in events]
     assert queued == [[1], [2, 1], [3, 2, 1]]
@@ -193,7 +192,7 @@ async def test_rate_limit_refusal_says_when_to_try_again(tmp_path: Path) -> None
 async def test_max_queued_per_user_and_global_queue_cap(tmp_path: Path) -> None:
     config = settings(tmp_path, limits={"max_queued_per_user": 2, "queue_cap": 3})
     async with running(config) as (service, _, _):
-        await service.pause(OWNER)
+        await service.admin.pause(OWNER)
         await service.submit(requester("a"), "x")
         await service.submit(requester("a"), "x")
         with pytest.raises(Refused, match="You already have 2 jobs waiting; try again when one of them starts"):
@@ -223,16 +222,16 @@ async def test_bans_are_per_server_and_audited(tmp_path: Path) -> None:
     admin = requester("boss", admin=True)
     async with running(settings(tmp_path)) as (service, _, store):
         with pytest.raises(Refused, match="Only server admins can do that"):
-            await service.ban(requester("alice"), "bob")
-        await service.ban(admin, "bob", "spam")
+            await service.admin.ban(requester("alice"), "bob")
+        await service.admin.ban(admin, "bob", "spam")
         with pytest.raises(Refused, match=r"You are banned from making images here \(spam\)"):
             await service.submit(requester("bob"), "x")
         await (await service.submit(requester("bob", server="s2"), "x")).final()  # another server
-        assert [b.user for b in service.bans(admin)] == ["bob"]
+        assert [b.user for b in service.admin.bans(admin)] == ["bob"]
     async with running(settings(tmp_path)) as (service, _, store):  # bans survive restarts
         with pytest.raises(Refused, match="banned"):
             await service.submit(requester("bob"), "x")
-        await service.unban(admin, "bob")
+        await service.admin.unban(admin, "bob")
         await (await service.submit(requester("bob"), "x")).final()
         log = await store.audit_log("discord", "s1")
         assert [(a.action, a.actor, a.detail) for a in log] == [
@@ -247,15 +246,15 @@ async def test_blocklist_from_config_and_admins(tmp_path: Path) -> None:
         with pytest.raises(Refused, match='Your prompt contains "GORE", which is not allowed here; rephrase it'):
             await service.submit(requester(), "lots of GORE please")
         await (await service.submit(requester(), "a gorennial plant")).final()  # whole words only
-        await service.block(admin, r"blood\w*", regex=True)
+        await service.admin.block(admin, r"blood\w*", regex=True)
         with pytest.raises(Refused, match='contains "Bloody"'):
             await service.submit(requester(), "a Bloody sunset")
         await (await service.submit(requester(server="s2"), "a bloody sunset")).final()
         with pytest.raises(Refused, match="is not a regular expression"):
-            await service.block(admin, "(", regex=True)
+            await service.admin.block(admin, "(", regex=True)
         with pytest.raises(Refused, match="would block every prompt"):
-            await service.block(admin, ".*", regex=True)
-        await service.unblock(admin, r"blood\w*")
+            await service.admin.block(admin, ".*", regex=True)
+        await service.admin.unblock(admin, r"blood\w*")
         await (await service.submit(requester(), "a bloody sunset")).final()
         assert [a.action for a in await store.audit_log("discord", "s1")] == ["unblock", "block"]
 
@@ -263,23 +262,23 @@ async def test_blocklist_from_config_and_admins(tmp_path: Path) -> None:
 async def test_admin_overrides_are_per_server_validated_and_audited(tmp_path: Path) -> None:
     admin = requester("boss", admin=True)
     async with running(settings(tmp_path)) as (service, fake, store):
-        await service.set_setting(admin, "defaults.count", 1)
-        await service.set_setting(admin, "limits.max_queued_per_user", 1)
+        await service.admin.set_setting(admin, "defaults.count", 1)
+        await service.admin.set_setting(admin, "limits.max_queued_per_user", 1)
         with pytest.raises(Refused, match="defaults.count input should be less than or equal to 16; you gave 40"):
-            await service.set_setting(admin, "defaults.count", 40)
+            await service.admin.set_setting(admin, "defaults.count", 40)
         with pytest.raises(Refused, match="limits.queue_cap is not a setting you can change here"):
-            await service.set_setting(admin, "limits.queue_cap", 5)
+            await service.admin.set_setting(admin, "limits.queue_cap", 5)
         with pytest.raises(Refused, match="Only server admins"):
-            await service.set_setting(requester(), "defaults.count", 2)
+            await service.admin.set_setting(requester(), "defaults.count", 2)
         await (await service.submit(requester(), "x")).final()
         await (await service.submit(requester(server="s2"), "x")).final()
         assert [m.count for m in fake.submitted] == [1, 4]
-        view = service.server_settings(admin)
+        view = service.admin.server_settings(admin)
         assert view["defaults.count"] == 1 and view["limits.max_queued_per_user"] == 1 and view["defaults.cfg"] == 5
     async with running(settings(tmp_path)) as (service, fake, store):  # overrides survive restarts
-        assert service.defaults(requester()).count == 1
-        await service.set_setting(admin, "defaults.count", None)
-        assert service.defaults(requester()).count == 4
+        assert service.policy.defaults(requester()).count == 1
+        await service.admin.set_setting(admin, "defaults.count", None)
+        assert service.policy.defaults(requester()).count == 4
         log = await store.audit_log("discord", "s1")
         assert [(a.action, a.detail) for a in log] == [
             ("set", {"key": "defaults.count", "to": None}),
@@ -292,19 +291,19 @@ async def test_pause_resume_queue_list_and_usage(tmp_path: Path) -> None:
     admin = requester("boss", admin=True)
     async with running(settings(tmp_path)) as (service, fake, store):
         with pytest.raises(Refused, match="Only the bot's admins"):
-            await service.pause(admin)
-        await service.pause(OWNER)
+            await service.admin.pause(admin)
+        await service.admin.pause(OWNER)
         handles = [await service.submit(requester(u), "x", count=2) for u in ("a", "b")]
         other = await service.submit(requester("c", server="s2"), "x")
-        assert [(s.job.id, s.position) for s in service.queue(admin)] == [
+        assert [(s.job.id, s.position) for s in service.admin.queue(admin)] == [
             (h.job.id, i) for i, h in enumerate(handles, 1)
         ]
-        assert len(service.queue(OWNER)) == 3
+        assert len(service.admin.queue(OWNER)) == 3
         assert fake.submitted == []
-        await service.resume(OWNER)
+        await service.admin.resume(OWNER)
         for handle in [*handles, other]:
             await handle.final()
-        usage = await service.usage(admin)
+        usage = await service.admin.usage(admin)
         assert [(u.user, u.jobs, u.images) for u in usage] == [("a", 1, 2), ("b", 1, 2)]
         assert [a.action for a in await store.audit_log("discord", "s1")] == ["resume", "pause"]
 
@@ -361,13 +360,13 @@ async def test_generator_stream_ending_fails_running_jobs_with_a_reason(tmp_path
 
 async def test_status_and_watch(tmp_path: Path) -> None:
     async with running(settings(tmp_path)) as (service, _, _):
-        await service.pause(OWNER)
+        await service.admin.pause(OWNER)
         first = await service.submit(requester("a"), "x")
         second = await service.submit(requester("b"), "y")
         status = await service.status(second.job.id)
         assert status is not None and status.position == 2 and status.job.status is Status.QUEUED
         watcher = await service.watch(second.job.id)
-        await service.resume(OWNER)
+        await service.admin.resume(OWNER)
         assert await watcher.final() == await second.final()
         await first.final()
         status = await service.status(first.job.id)

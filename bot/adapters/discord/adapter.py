@@ -12,7 +12,8 @@ import discord
 from bot.adapters import PlatformUnreachable
 from bot.adapters.discord.client import PLATFORM, ImagineClient
 from bot.config import ConfigError, Settings
-from bot.service import Handle, Service
+from bot.jobs import Handle
+from bot.service import Service
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,9 @@ from bot.adapters.discord import messages
 from bot.adapters.discord.delivery import Reply, follow
 from bot.commandline import setting_value
 from bot.config import Settings
-from bot.jobs import Refused, Requester, Strength
-from bot.service import OVERRIDABLE, Handle, Service
+from bot.jobs import Handle, Refused, Requester, Strength
+from bot.policy import OVERRIDABLE
+from bot.service import Service
 from generator.protocol import CFG_RANGE, COUNT_RANGE, MAX_PROMPT_CHARS, SEED_MAX, TEMPERATURE_RANGE
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ class AdminCommands(app_commands.Group, name="imagine-admin", description="Manag
         """Show the defaults, limits and blocklist in effect here."""
 
         async def show() -> str:
-            view = _client(interaction).service.server_settings(requester(interaction))
+            view = _client(interaction).service.admin.server_settings(requester(interaction))
             return "\n".join(f"`{key}` = {value}" for key, value in view.items())
 
         await self._reply(interaction, show())
@@ -208,7 +209,7 @@ class AdminCommands(app_commands.Group, name="imagine-admin", description="Manag
 
         async def change() -> str:
             parsed = setting_value(value)
-            await _client(interaction).service.set_setting(requester(interaction), key, parsed)
+            await _client(interaction).service.admin.set_setting(requester(interaction), key, parsed)
             return f"`{key}` is back to the bot's default." if parsed is None else f"`{key}` is now {parsed}."
 
         await self._reply(interaction, change())
@@ -219,7 +220,7 @@ class AdminCommands(app_commands.Group, name="imagine-admin", description="Manag
         """Stop someone making images in this server."""
 
         async def ban() -> str:
-            await _client(interaction).service.ban(requester(interaction), str(user.id), reason)
+            await _client(interaction).service.admin.ban(requester(interaction), str(user.id), reason)
             return f"{user.mention} can no longer make images here."
 
         await self._reply(interaction, ban())
@@ -230,7 +231,7 @@ class AdminCommands(app_commands.Group, name="imagine-admin", description="Manag
         """Let a banned user make images again."""
 
         async def unban() -> str:
-            await _client(interaction).service.unban(requester(interaction), str(user.id))
+            await _client(interaction).service.admin.unban(requester(interaction), str(user.id))
             return f"{user.mention} can make images here again."
 
         await self._reply(interaction, unban())
@@ -240,7 +241,7 @@ class AdminCommands(app_commands.Group, name="imagine-admin", description="Manag
         """List the users banned in this server."""
 
         async def bans() -> str:
-            listed = _client(interaction).service.bans(requester(interaction))
+            listed = _client(interaction).service.admin.bans(requester(interaction))
             lines = [
                 f"<@{b.user}> by <@{b.banned_by}> {_when(b.at)}{': ' + b.reason if b.reason else ''}" for b in listed
             ]
@@ -256,7 +257,7 @@ class AdminCommands(app_commands.Group, name="imagine-admin", description="Manag
         """Refuse prompts containing a word, phrase or pattern."""
 
         async def block() -> str:
-            await _client(interaction).service.block(requester(interaction), text, regex)
+            await _client(interaction).service.admin.block(requester(interaction), text, regex)
             return f"Prompts matching `{text}` are now refused here."
 
         await self._reply(interaction, block())
@@ -267,7 +268,7 @@ class AdminCommands(app_commands.Group, name="imagine-admin", description="Manag
         """Allow a blocked word or pattern again."""
 
         async def unblock() -> str:
-            await _client(interaction).service.unblock(requester(interaction), text)
+            await _client(interaction).service.admin.unblock(requester(interaction), text)
             return f"`{text}` is no longer blocked here."
 
         await self._reply(interaction, unblock())
@@ -277,7 +278,7 @@ class AdminCommands(app_commands.Group, name="imagine-admin", description="Manag
         """Show the blocked words and patterns in effect here."""
 
         async def listed() -> str:
-            blocked = _client(interaction).service.blocklist(requester(interaction))
+            blocked = _client(interaction).service.admin.blocklist(requester(interaction))
             words = ", ".join(f"`{w}`" for w in blocked.words) or "none"
             patterns = ", ".join(f"`{p}`" for p in blocked.patterns) or "none"
             return f"Words: {words}\nPatterns: {patterns}"
@@ -289,7 +290,7 @@ class AdminCommands(app_commands.Group, name="imagine-admin", description="Manag
         """List the running and waiting jobs."""
 
         async def queue() -> str:
-            jobs = _client(interaction).service.queue(requester(interaction))
+            jobs = _client(interaction).service.admin.queue(requester(interaction))
             lines = [
                 f"`{s.job.id}` {'running' if s.position is None else f'#{s.position}'} <@{s.job.requester.user}>: "
                 f"{discord.utils.escape_markdown(s.job.prompt[:80])}"
@@ -316,7 +317,7 @@ class AdminCommands(app_commands.Group, name="imagine-admin", description="Manag
         """Start no new jobs until resumed (bot admins only)."""
 
         async def pause() -> str:
-            await _client(interaction).service.pause(requester(interaction))
+            await _client(interaction).service.admin.pause(requester(interaction))
             return "Paused: running jobs finish, new ones wait until you resume."
 
         await self._reply(interaction, pause())
@@ -326,7 +327,7 @@ class AdminCommands(app_commands.Group, name="imagine-admin", description="Manag
         """Start jobs again after a pause (bot admins only)."""
 
         async def resume() -> str:
-            await _client(interaction).service.resume(requester(interaction))
+            await _client(interaction).service.admin.resume(requester(interaction))
             return "Resumed: waiting jobs start again."
 
         await self._reply(interaction, resume())
@@ -337,7 +338,7 @@ class AdminCommands(app_commands.Group, name="imagine-admin", description="Manag
         """Jobs and images per user over the last days."""
 
         async def usage() -> str:
-            rows = await _client(interaction).service.usage(requester(interaction), days)
+            rows = await _client(interaction).service.admin.usage(requester(interaction), days)
             lines = [f"<@{u.user}>: {u.jobs} jobs, {u.images} images" for u in rows[:40]]
             return "\n".join(lines) or f"No images made here in the last {days} days."
 
@@ -348,7 +349,7 @@ class AdminCommands(app_commands.Group, name="imagine-admin", description="Manag
         """The latest admin actions in this server."""
 
         async def audit() -> str:
-            entries = await _client(interaction).service.audit_log(requester(interaction), 20)
+            entries = await _client(interaction).service.admin.audit_log(requester(interaction), 20)
             lines = [f"{_when(e.at)} <@{e.actor}> {e.action} {e.detail}" for e in entries]
             return "\n".join(lines) or "No admin actions yet."
 

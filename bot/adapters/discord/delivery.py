@@ -11,8 +11,8 @@ from typing import Any
 import discord
 
 from bot.adapters.discord import messages
-from bot.jobs import FINAL_EVENTS, Done, Event, Job, Progress
-from bot.service import Handle, Service
+from bot.jobs import FINAL_EVENTS, Done, Event, Handle, Job, Progress
+from bot.service import Service
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from bot.adapters import PlatformUnreachable, listen_error
 from bot.adapters.slack.api import SlackProblem, call
 from bot.adapters.slack.app import PLATFORM, SlackBot, build_app
 from bot.config import ConfigError, Settings
-from bot.service import Handle, Service
+from bot.jobs import Handle
+from bot.service import Service
 
 log = logging.getLogger(__name__)
 REPLAY_WINDOW_S = 5 * 60  # Slack's own limit on a request's age; signatures are remembered this long

@@ -53,7 +53,7 @@ async def run_admin(service: Service, requester: Requester, text: str) -> str:
     if verb in ("", "help"):
         return HELP
     if verb == "settings":
-        lines = [f"• `{key}` = `{value}`" for key, value in service.server_settings(requester).items()]
+        lines = [f"• `{key}` = `{value}`" for key, value in service.admin.server_settings(requester).items()]
         return "Settings in effect here:\n" + "\n".join(lines)
     if verb in ("set", "unset"):
         key, _, raw = rest.partition(" ")
@@ -61,34 +61,34 @@ async def run_admin(service: Service, requester: Requester, text: str) -> str:
             example = "set defaults.count 2" if verb == "set" else "unset defaults.count"
             raise Refused(f"Say which setting, like `{example}`.")
         value = setting_value(raw.strip()) if verb == "set" else None
-        await service.set_setting(requester, key, value)
+        await service.admin.set_setting(requester, key, value)
         return f"`{key}` is now `{value}` here." if verb == "set" else f"`{key}` is back to the bot's default here."
     if verb in ("block", "block-regex"):
-        await service.block(requester, rest, regex=verb == "block-regex")
+        await service.admin.block(requester, rest, regex=verb == "block-regex")
         return f"Blocked `{escape(rest)}`; prompts containing it are refused here."
     if verb == "unblock":
-        await service.unblock(requester, rest)
+        await service.admin.unblock(requester, rest)
         return f"Unblocked `{escape(rest)}`."
     if verb == "blocklist":
-        listed = service.blocklist(requester)
+        listed = service.admin.blocklist(requester)
         words = ", ".join(f"`{escape(w)}`" for w in listed.words) or "none"
         patterns = ", ".join(f"`{escape(p)}`" for p in listed.patterns) or "none"
         return f"Blocked words: {words}\nBlocked patterns: {patterns}"
     if verb == "ban":
         who, _, reason = rest.partition(" ")
         user = user_id(who)
-        await service.ban(requester, user, reason.strip())
+        await service.admin.ban(requester, user, reason.strip())
         return f"<@{user}> can no longer make images here."
     if verb == "unban":
         user = user_id(rest)
-        await service.unban(requester, user)
+        await service.admin.unban(requester, user)
         return f"<@{user}> can make images here again."
     if verb == "bans":
-        bans = service.bans(requester)
+        bans = service.admin.bans(requester)
         lines = [f"• <@{b.user}> by <@{b.banned_by}> on {_when(b.at)}: {escape(b.reason) or 'no reason'}" for b in bans]
         return "Banned here:\n" + "\n".join(lines) if lines else "Nobody is banned here."
     if verb == "queue":
-        jobs = service.queue(requester)
+        jobs = service.admin.queue(requester)
         lines = [
             f"• `{s.job.id}` <@{s.job.requester.user}> "
             f"{'running' if s.position is None else f'waiting, position {s.position}'}: {escape(s.job.prompt[:80])}"
@@ -102,20 +102,20 @@ async def run_admin(service: Service, requester: Requester, text: str) -> str:
         return f"Cancelling `{escape(rest)}`."
     if verb == "usage":
         days = _count(rest, 30, "The number of days")
-        usage = await service.usage(requester, days)
+        usage = await service.admin.usage(requester, days)
         lines = [f"• <@{u.user}>: {u.jobs} jobs, {u.images} images" for u in usage]
         return f"Usage over {days} days:\n" + "\n".join(lines) if lines else f"No images in the last {days} days."
     if verb == "audit":
-        entries = await service.audit_log(requester, _count(rest, 20, "The number of entries"))
+        entries = await service.admin.audit_log(requester, _count(rest, 20, "The number of entries"))
         lines = [
             f"• {_when(e.at)} <@{e.actor}> {e.action} " + " ".join(f"{k}={escape(str(v))}" for k, v in e.detail.items())
             for e in entries
         ]
         return "Recent admin actions:\n" + "\n".join(lines) if lines else "No admin actions yet."
     if verb == "pause":
-        await service.pause(requester)
+        await service.admin.pause(requester)
         return "Paused: running jobs finish, new ones wait until `resume`."
     if verb == "resume":
-        await service.resume(requester)
+        await service.admin.resume(requester)
         return "Resumed: waiting jobs start again."
     raise Refused(f'"{escape(verb)}" is not an /imagine-admin subcommand; try `help`.')

@@ -17,8 +17,8 @@ from bot.adapters.slack.admin import run_admin
 from bot.adapters.slack.api import SlackProblem, call
 from bot.adapters.slack.messages import Messages, Notify, Place
 from bot.commandline import CommandError, parse_imagine
-from bot.jobs import Refused, Requester, Strength
-from bot.service import Handle, Service
+from bot.jobs import Handle, Refused, Requester, Strength
+from bot.service import Service
 
 log = logging.getLogger(__name__)
 PLATFORM = "slack"
@@ -141,7 +141,7 @@ async def imagine_admin(ack: AsyncAck, command: dict[str, Any], context: AsyncBo
     """/imagine-admin <subcommand>: view and change this workspace's settings, bans, blocklist and queue."""
     bot = _bot(context)
     requester = await bot.requester(context.client, command["team_id"], command["channel_id"], command["user_id"])
-    if not bot.service.is_admin(requester):
+    if not bot.service.policy.is_admin(requester):
         why = f" I could not check whether you are one: {bot.lookup_problem}" if bot.lookup_problem else ""
         await ack(text=NOT_ADMIN + why, response_type="ephemeral")
         return

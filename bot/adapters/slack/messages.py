@@ -14,8 +14,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.slack import blocks
 from bot.adapters.slack.api import UNREACHABLE, SlackProblem, call
-from bot.jobs import Cancelled, Done, Event, Failed, Job, Kind, Progress, Queued, Refused, Started
-from bot.service import Handle, Service
+from bot.jobs import Cancelled, Done, Event, Failed, Handle, Job, Kind, Progress, Queued, Refused, Started
+from bot.service import Service
 
 log = logging.getLogger(__name__)
 

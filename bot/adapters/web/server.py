@@ -15,11 +15,12 @@ from aiohttp import web
 
 from bot.adapters import listen_error
 from bot.adapters.web.tracking import Tracker, image_urls, job_url, message
+from bot.admin import JobStatus
 from bot.commandline import CommandError, ImagineCommand, parse_imagine
 from bot.config import ConfigError, Settings, WebSettings
-from bot.jobs import Options, Refused, Requester, Status, Strength, checked_prompt
+from bot.jobs import Handle, Options, Refused, Requester, Status, Strength, checked_prompt
 from bot.metrics import Stats
-from bot.service import Handle, JobStatus, Service
+from bot.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +268,7 @@ class WebAdapter:
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text."""
-        response = web.Response(text=prometheus(self.service.stats()) + await self.service.pool_metrics())
+        response = web.Response(text=prometheus(self.service.stats()) + await self.service.backend_metrics())
         response.content_type = "text/plain; version=0.0.4"
         return response
 
@@ -363,7 +364,7 @@ class WebAdapter:
             raise ApiError(400, 'Describe the picture in "prompt", for example {"user": "ada", "prompt": "a red fox"}.')
         try:
             checked_prompt(prompt)
-            defaults = self.service.defaults(requester)
+            defaults = self.service.policy.defaults(requester)
             Options.checked(
                 defaults.count if options["count"] is None else options["count"],
                 defaults.cfg if options["cfg"] is None else options["cfg"],

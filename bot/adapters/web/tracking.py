@@ -9,8 +9,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from bot.jobs import FINAL_EVENTS, Cancelled, Done, Event, Failed, Progress, Queued, Started
-from bot.service import Handle
+from bot.jobs import FINAL_EVENTS, Cancelled, Done, Event, Failed, Handle, Progress, Queued, Started
 
 log = logging.getLogger(__name__)
 

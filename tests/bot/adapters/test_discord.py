@@ -22,6 +22,7 @@ from bot.app import App
 from bot.config import ConfigError, Secrets, Settings
 from bot.generator import Generator
 from bot.jobs import Job, Kind, Status, Strength
+from bot.local_queue import LocalQueue
 from bot.service import Service
 from tests.bot.adapters.fake_discord import EPHEMERAL, FakeDiscord, Interaction, Message, fake_discord
 from tests.bot.helpers import OWNER, PNG_SIZE, FakeGenerator, free_port, settings
@@ -46,7 +47,7 @@ async def connected(config: Settings, generator: Generator | None) -> AsyncItera
     """The whole bot (store, service, Discord adapter) connected to the fake Discord; without a generator it
     runs the generator process of the configured model."""
     adapter = DiscordAdapter(config, "token", guild_ready_timeout=0.05)
-    async with App(config, generator, on_recovered=adapter.recovered) as app:
+    async with App(config, LocalQueue(generator), on_recovered=adapter.recovered) as app:
         await adapter.start(app.service)
         try:
             yield app.service, adapter
@@ -193,7 +194,7 @@ async def test_a_discord_token_turns_the_adapter_on(tmp_path: Path) -> None:
 
 async def test_a_token_discord_refuses_stops_the_bot_with_one_line(discord: FakeDiscord, tmp_path: Path) -> None:
     config = bot_settings(tmp_path)
-    async with App(config, FakeGenerator()) as app:
+    async with App(config, LocalQueue(FakeGenerator())) as app:
         with pytest.raises(ConfigError, match="^DISCORD_TOKEN: Discord does not accept this token"):
             await DiscordAdapter(config, "not the token").start(app.service)
 
@@ -202,7 +203,7 @@ async def test_discord_out_of_reach_stops_the_bot_with_one_line(monkeypatch: pyt
                                                                 ) -> None:
     monkeypatch.setattr(Route, "BASE", f"http://127.0.0.1:{free_port()}/api/v10")
     config = bot_settings(tmp_path)
-    async with App(config, FakeGenerator()) as app:
+    async with App(config, LocalQueue(FakeGenerator())) as app:
         with pytest.raises(PlatformUnreachable) as info:
             await DiscordAdapter(config, "the.secret.token").start(app.service)
     assert re.fullmatch(r"Discord cannot be reached \(Cannot connect to host 127\.0\.0\.1:\d+ .*\); check this "
@@ -377,7 +378,7 @@ async def test_after_a_restart_old_buttons_work_and_missed_results_are_posted(
         bot.generator.hold.clear()
         running = await discord.imagine(alice, "finishes while the bot is away")
         await shown(discord, running, lambda m: "next in line" in m.content)
-        await bot.service.pause(OWNER)  # so the next job is still waiting when the bot stops
+        await bot.service.admin.pause(OWNER)  # so the next job is still waiting when the bot stops
         waiting = await discord.imagine(bob, "still waiting at the restart")
         await shown(discord, waiting, lambda m: "next in line" in m.content)
         await bot.adapter.close()  # Discord goes first; the running job then finishes within the grace period

@@ -254,7 +254,7 @@ async def test_too_many_waiting_jobs_is_429_too(tmp_path: Path) -> None:
 
 async def test_banned_users_and_blocked_prompts_are_403(tmp_path: Path) -> None:
     async with serving(tmp_path, bot={"admins": ["web:boss"]}, blocklist={"words": ["gore"]}) as web:
-        await web.service.ban(BOSS, "mallory", "spam")
+        await web.service.admin.ban(BOSS, "mallory", "spam")
         status, body, _ = await web.post("/api/imagine", {"user": "mallory", "prompt": "a fox"})
         assert status == 403 and body["error"].startswith("You are banned from making images here (spam)")
         status, body, _ = await web.post("/api/imagine", {"user": "ada", "prompt": "some GORE please"})

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from bot.jobs import Job, Options, Requester
-from bot.queue import Scheduler
+from bot.scheduler import Scheduler
 
 pytestmark = pytest.mark.asyncio
 
