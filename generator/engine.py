@@ -65,7 +65,7 @@ class Result:
 
 
 @dataclass
-class Progress:
+class StepReport:
     """Reported after every step; `tokens` (the rows so far) only every `preview_every` steps."""
 
     request: Request
@@ -356,7 +356,7 @@ class Engine:
         max_prompt_tokens: int = 256,
         preview_every: int = 0,
         record_logits: bool = False,
-        on_progress: Callable[[Progress], None] | None = None,
+        on_progress: Callable[[StepReport], None] | None = None,
         graphs: bool | None = None,
         compile: bool = False,
     ) -> None:
@@ -713,7 +713,7 @@ class Engine:
             tokens = None
             if self.preview_every and (run.step % self.preview_every == 0) and run.step < self.n_tokens:
                 tokens = self.tokens[run.slots, : run.step].cpu()
-            self.on_progress(Progress(run.request, run.step, self.n_tokens, tokens))
+            self.on_progress(StepReport(run.request, run.step, self.n_tokens, tokens))
 
     def _collect(self) -> list[Result]:
         done = [run for run in self._running.values() if run.step >= self.n_tokens]
@@ -749,7 +749,7 @@ def generate(
     max_prompt_tokens: int = 256,
     preview_every: int = 0,
     record_logits: bool = False,
-    on_progress: Callable[[Progress], None] | None = None,
+    on_progress: Callable[[StepReport], None] | None = None,
     graphs: bool = False,
 ) -> list[Result]:
     """Generate all requests in one batch; the KV cache is freed before this returns (decode after).

@@ -33,9 +33,8 @@ import torch
 
 from generator import protocol as wire
 from generator.checkpoint import Checkpoint, CheckpointError, first_line, load_checkpoint, resolve_model
-from generator.decode import decode_preview, decode_tokens, encode_image, make_grid
-from generator.engine import Engine, Request, RequestError
-from generator.engine import Progress as StepProgress
+from generator.codec import decode_preview, decode_tokens, encode_image, make_grid
+from generator.engine import Engine, Request, RequestError, StepReport
 from generator.protocol import add_process_arguments
 
 log = logging.getLogger("generator")
@@ -90,7 +89,7 @@ class Worker(threading.Thread):
         self.pending: deque[Request] = deque()
         self.running: dict[str, Request] = {}
         self.percent: dict[str, int] = {}
-        self.reports: list[StepProgress] = []
+        self.reports: list[StepReport] = []
         with torch.inference_mode():
             self.engine = self._new_engine()
         self.dirty = False  # an admission failed half-way; rebuild the engine once it is idle

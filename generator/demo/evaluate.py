@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from generator.checkpoint import Checkpoint
-from generator.decode import decode_tokens
+from generator.codec import decode_tokens
 from generator.demo import checker, scenes
 from generator.demo.train import codes_follow, scene_codes
 from generator.engine import Request, generate

@@ -1,4 +1,4 @@
-"""Token grids to pictures: VQ decode, [-1, 1] -> uint8, grids, previews, upscaling, files."""
+"""The VQ codec: token grids to pictures (VQ decode, [-1, 1] -> uint8), grids, previews, upscaling, files."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from generator.decode import (
+from generator.codec import (
     PREVIEW_FILL,
     decode_preview,
     decode_tokens,
