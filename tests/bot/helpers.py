@@ -7,7 +7,7 @@ import contextlib
 import io
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +157,44 @@ async def running(
             yield service, fake, store
         finally:
             await service.close()
+
+
+@contextlib.asynccontextmanager
+async def running_pool(
+    config: Settings, generator: FakeGenerator | None = None, *, url: str, **kwargs: Any
+) -> AsyncIterator[tuple[Service, FakeGenerator, Store]]:
+    """A started service on the Redis pool at `url`, served by one in-process worker on a fake generator."""
+    from bot.redis_queue import RedisQueue, connect
+    from bot.worker import PoolWorker
+
+    fake = generator or FakeGenerator()
+    config = config.model_copy(update={
+        "queue": config.queue.model_copy(update={"backend": "redis", "redis_url": url, "poll_s": 0.05}),
+        "generator": config.generator.model_copy(update={"max_batch_images": fake.max_batch_images}),
+    })
+    worker_client = connect(url)
+    worker = PoolWorker(worker_client, fake, name="w1", poll_s=0.02, shutdown_grace=0)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(worker.run(stop))
+    try:
+        async with await Store.open(config.bot.data_dir) as store:
+            queue = RedisQueue(connect(url), max_batch_images=fake.max_batch_images, poll_s=0.05)
+            service = Service(config, store, queue, **kwargs)
+            await service.start()
+            try:
+                yield service, fake, store
+            finally:
+                await service.close()
+    finally:
+        stop.set()
+        await serving
+        await worker_client.aclose()
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Wait until `check()` holds, or fail saying what did not happen."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)

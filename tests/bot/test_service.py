@@ -1,26 +1,49 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import io
 import logging
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from bot.jobs import Cancelled, Done, Event, Failed, Handle, Progress, Queued, Refused, Started, Status, Strength
-from tests.bot.helpers import OWNER, FakeClock, FakeGenerator, requester, running, settings
+from bot.service import Service
+from bot.store import Store
+from tests.bot.helpers import OWNER, FakeClock, FakeGenerator, requester, running, running_pool, settings, until
+from tests.bot.redis_server import RedisServer
 
 pytestmark = pytest.mark.asyncio
+Run = Callable[..., contextlib.AbstractAsyncContextManager[tuple[Service, FakeGenerator, Store]]]
+
+
+@pytest.fixture(params=["local", "redis"])
+def run(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Run]:
+    """`running` on this machine's queue, or on the Redis pool with one worker: the same tests for both."""
+    if request.param == "local":
+        yield running
+        return
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(directory)
+    server.start()
+    try:
+        yield functools.partial(running_pool, url=server.url)
+    finally:
+        server.stop()
 
 
 async def collect(handle: Handle) -> list[Event]:
     return [event async for event in handle]
 
 
-async def test_a_job_streams_queued_started_progress_then_done(tmp_path: Path) -> None:
-    async with running(settings(tmp_path)) as (service, fake, store):
+async def test_a_job_streams_queued_started_progress_then_done(run: Run, tmp_path: Path) -> None:
+    async with run(settings(tmp_path)) as (service, fake, store):
         handle = await service.submit(requester(), "a lighthouse at dusk", count=4, seed=7)
         events = await asyncio.wait_for(collect(handle), 5)
     assert events[0] == Queued(handle.job.id, 1)
@@ -30,7 +53,7 @@ async def test_a_job_streams_queued_started_progress_then_done(tmp_path: Path) -
     assert isinstance(done, Done) and done.seed == 7 and len(done.images) == 4
     assert Image.open(io.BytesIO(done.grid)).size == (16, 16)  # 2x2 of 8 px images
     assert fake.submitted[0].seed == 7 and fake.submitted[0].count == 4
-    async with running(settings(tmp_path)) as (service, fake, store):
+    async with run(settings(tmp_path)) as (service, fake, store):
         job = await store.job(handle.job.id)
         assert job is not None and job.status is Status.DONE and job.grid_path
         stored = await store.images(job.id)
@@ -45,8 +68,8 @@ def fake_msg(job_id: str, seed: int, count: int):  # type: ignore[no-untyped-def
     return Generate(job_id, "", count, 5.0, 1.0, seed)
 
 
-async def test_options_default_from_config_and_bad_ones_are_refused_with_a_sentence(tmp_path: Path) -> None:
-    async with running(settings(tmp_path, defaults={"count": 2, "cfg": 3.0})) as (service, fake, _):
+async def test_options_default_from_config_and_bad_ones_are_refused_with_a_sentence(run: Run, tmp_path: Path) -> None:
+    async with run(settings(tmp_path, defaults={"count": 2, "cfg": 3.0})) as (service, fake, _):
         handle = await service.submit(requester(), "a cat")
         await handle.final()
         assert (fake.submitted[0].count, fake.submitted[0].cfg, fake.submitted[0].temperature) == (2, 3.0, 1.0)
@@ -58,14 +81,14 @@ async def test_options_default_from_config_and_bad_ones_are_refused_with_a_sente
             await service.submit(requester(), "a cat", temperature=2)
 
 
-async def test_count_above_the_generator_capacity_is_refused(tmp_path: Path) -> None:
-    async with running(settings(tmp_path), FakeGenerator(max_batch_images=8)) as (service, _, _):
+async def test_count_above_the_generator_capacity_is_refused(run: Run, tmp_path: Path) -> None:
+    async with run(settings(tmp_path), FakeGenerator(max_batch_images=8)) as (service, _, _):
         with pytest.raises(Refused, match="at most 8 images per job"):
             await service.submit(requester(), "a cat", count=9)
 
 
-async def test_failed_job_says_why(tmp_path: Path) -> None:
-    async with running(settings(tmp_path)) as (service, _, store):
+async def test_failed_job_says_why(run: Run, tmp_path: Path) -> None:
+    async with run(settings(tmp_path)) as (service, _, store):
         handle = await service.submit(requester(), "please fail")
         final = await handle.final()
         assert final == Failed(handle.job.id, "The fake generator was told to fail.")
@@ -73,14 +96,14 @@ async def test_failed_job_says_why(tmp_path: Path) -> None:
         assert job is not None and job.status is Status.FAILED and job.error == final.reason
 
 
-async def test_each_job_that_ends_is_one_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_each_job_that_ends_is_one_log_line(run: Run, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="bot.lifecycle")
-    async with running(settings(tmp_path)) as (service, fake, _):
+    async with run(settings(tmp_path)) as (service, fake, _):
         done = await service.submit(requester("alice"), "a cat", count=1)
         await done.final()
         failed = await service.submit(requester("bob"), "please fail", count=2)
         await failed.final()
-        fake.hold.clear()
+        await service.admin.pause(OWNER)  # it never starts
         cancelled = await service.submit(requester("carol"), "a dog", count=2)
         await service.cancel(requester("carol"), cancelled.job.id)
         await cancelled.final()
@@ -94,13 +117,13 @@ async def test_each_job_that_ends_is_one_log_line(tmp_path: Path, caplog: pytest
                         lines[2][1])
 
 
-async def test_cancel_waiting_and_running_jobs_owner_or_admin_only(tmp_path: Path) -> None:
+async def test_cancel_waiting_and_running_jobs_owner_or_admin_only(run: Run, tmp_path: Path) -> None:
     fake = FakeGenerator(max_batch_images=1)
     fake.hold.clear()
-    async with running(settings(tmp_path), fake) as (service, fake, store):
+    async with run(settings(tmp_path), fake) as (service, fake, store):
         first = await service.submit(requester("alice"), "one", count=1)
-        second = await service.submit(requester("bob"), "two", count=1)
-        await asyncio.sleep(0.01)  # first is dispatched, second waits for the slot
+        await until(lambda: len(fake.submitted) == 1, "the first job to start")
+        second = await service.submit(requester("bob"), "two", count=1)  # waits for the only slot
         with pytest.raises(Refused, match="Only the person who asked"):
             await service.cancel(requester("mallory"), second.job.id)
         await service.cancel(requester("bob"), second.job.id)
@@ -116,9 +139,9 @@ async def test_cancel_waiting_and_running_jobs_owner_or_admin_only(tmp_path: Pat
         assert statuses == [Status.CANCELLED, Status.CANCELLED]
 
 
-async def test_positions_are_reported_as_they_change(tmp_path: Path) -> None:
-    fake = FakeGenerator(max_batch_images=1, step_delay=0.001)
-    async with running(settings(tmp_path, limits={"max_queued_per_user": 5}), fake) as (service, _, _):
+async def test_positions_are_reported_as_they_change(run: Run, tmp_path: Path) -> None:
+    fake = FakeGenerator(max_batch_images=1, step_delay=0.05)  # slow enough for the pool's look every 0.05 s
+    async with run(settings(tmp_path, limits={"max_queued_per_user": 5}), fake) as (service, _, _):
         await service.admin.pause(OWNER)
         handles = [await service.submit(requester(f"u{i}"), "x", count=1) for i in range(3)]
         await service.admin.resume(OWNER)
@@ -127,8 +150,8 @@ async def test_positions_are_reported_as_they_change(tmp_path: Path) -> None:
     assert queued == [[1], [2, 1], [3, 2, 1]]
 
 
-async def test_reroll_keeps_the_prompt_and_picks_a_new_seed(tmp_path: Path) -> None:
-    async with running(settings(tmp_path)) as (service, fake, store):
+async def test_reroll_keeps_the_prompt_and_picks_a_new_seed(run: Run, tmp_path: Path) -> None:
+    async with run(settings(tmp_path)) as (service, fake, store):
         first = await service.submit(requester(), "a fox", count=2, cfg=7, seed=1)
         await first.final()
         again = await service.reroll(requester("bob"), first.job.id)
@@ -140,8 +163,10 @@ async def test_reroll_keeps_the_prompt_and_picks_a_new_seed(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(("strength", "rows"), [(Strength.SUBTLE, 3), (Strength.STRONG, 1)])
-async def test_variation_keeps_the_top_rows_of_the_chosen_image(tmp_path: Path, strength: Strength, rows: int) -> None:
-    async with running(settings(tmp_path)) as (service, fake, store):
+async def test_variation_keeps_the_top_rows_of_the_chosen_image(
+    run: Run, tmp_path: Path, strength: Strength, rows: int
+) -> None:
+    async with run(settings(tmp_path)) as (service, fake, store):
         first = await service.submit(requester(), "a fox", count=4, seed=100)
         await first.final()
         varied = await service.vary(requester(), first.job.id, 2, strength)
@@ -156,8 +181,8 @@ async def test_variation_keeps_the_top_rows_of_the_chosen_image(tmp_path: Path, 
             await service.vary(requester(), first.job.id, 4, strength)
 
 
-async def test_upscale_is_lanczos_in_the_bot_at_the_configured_size(tmp_path: Path) -> None:
-    async with running(settings(tmp_path, images={"upscale_px": 64})) as (service, fake, store):
+async def test_upscale_is_lanczos_in_the_bot_at_the_configured_size(run: Run, tmp_path: Path) -> None:
+    async with run(settings(tmp_path, images={"upscale_px": 64})) as (service, fake, store):
         first = await service.submit(requester(), "a fox", count=4, seed=3)
         done = await first.final()
         assert isinstance(done, Done)
@@ -189,9 +214,9 @@ async def test_rate_limit_refusal_says_when_to_try_again(tmp_path: Path) -> None
         await (await service.submit(requester(), "a")).final()
 
 
-async def test_max_queued_per_user_and_global_queue_cap(tmp_path: Path) -> None:
+async def test_max_queued_per_user_and_global_queue_cap(run: Run, tmp_path: Path) -> None:
     config = settings(tmp_path, limits={"max_queued_per_user": 2, "queue_cap": 3})
-    async with running(config) as (service, _, _):
+    async with run(config) as (service, _, _):
         await service.admin.pause(OWNER)
         await service.submit(requester("a"), "x")
         await service.submit(requester("a"), "x")
@@ -204,13 +229,14 @@ async def test_max_queued_per_user_and_global_queue_cap(tmp_path: Path) -> None:
             await service.submit(requester("c", admin=True), "x")
 
 
-async def test_max_running_per_user(tmp_path: Path) -> None:
+async def test_max_running_per_user(run: Run, tmp_path: Path) -> None:
     fake = FakeGenerator(max_batch_images=16)
     fake.hold.clear()
     config = settings(tmp_path, limits={"max_running_per_user": 2, "max_queued_per_user": 5})
-    async with running(config, fake) as (service, fake, _):
+    async with run(config, fake) as (service, fake, _):
         handles = [await service.submit(requester("a"), "x", count=1) for _ in range(4)]
-        await asyncio.sleep(0.01)
+        await until(lambda: len(fake.submitted) == 2, "two jobs to start")
+        await asyncio.sleep(0.3)  # and no third, however long the first two take
         assert len(fake.submitted) == 2
         fake.hold.set()
         for handle in handles:
@@ -218,9 +244,9 @@ async def test_max_running_per_user(tmp_path: Path) -> None:
         assert len(fake.submitted) == 4
 
 
-async def test_bans_are_per_server_and_audited(tmp_path: Path) -> None:
+async def test_bans_are_per_server_and_audited(run: Run, tmp_path: Path) -> None:
     admin = requester("boss", admin=True)
-    async with running(settings(tmp_path)) as (service, _, store):
+    async with run(settings(tmp_path)) as (service, _, store):
         with pytest.raises(Refused, match="Only server admins can do that"):
             await service.admin.ban(requester("alice"), "bob")
         await service.admin.ban(admin, "bob", "spam")
@@ -228,7 +254,7 @@ async def test_bans_are_per_server_and_audited(tmp_path: Path) -> None:
             await service.submit(requester("bob"), "x")
         await (await service.submit(requester("bob", server="s2"), "x")).final()  # another server
         assert [b.user for b in service.admin.bans(admin)] == ["bob"]
-    async with running(settings(tmp_path)) as (service, _, store):  # bans survive restarts
+    async with run(settings(tmp_path)) as (service, _, store):  # bans survive restarts
         with pytest.raises(Refused, match="banned"):
             await service.submit(requester("bob"), "x")
         await service.admin.unban(admin, "bob")
@@ -240,9 +266,9 @@ async def test_bans_are_per_server_and_audited(tmp_path: Path) -> None:
         ]
 
 
-async def test_blocklist_from_config_and_admins(tmp_path: Path) -> None:
+async def test_blocklist_from_config_and_admins(run: Run, tmp_path: Path) -> None:
     admin = requester("boss", admin=True)
-    async with running(settings(tmp_path, blocklist={"words": ["gore"]})) as (service, _, store):
+    async with run(settings(tmp_path, blocklist={"words": ["gore"]})) as (service, _, store):
         with pytest.raises(Refused, match='Your prompt contains "GORE", which is not allowed here; rephrase it'):
             await service.submit(requester(), "lots of GORE please")
         await (await service.submit(requester(), "a gorennial plant")).final()  # whole words only
@@ -259,9 +285,9 @@ async def test_blocklist_from_config_and_admins(tmp_path: Path) -> None:
         assert [a.action for a in await store.audit_log("discord", "s1")] == ["unblock", "block"]
 
 
-async def test_admin_overrides_are_per_server_validated_and_audited(tmp_path: Path) -> None:
+async def test_admin_overrides_are_per_server_validated_and_audited(run: Run, tmp_path: Path) -> None:
     admin = requester("boss", admin=True)
-    async with running(settings(tmp_path)) as (service, fake, store):
+    async with run(settings(tmp_path)) as (service, fake, store):
         await service.admin.set_setting(admin, "defaults.count", 1)
         await service.admin.set_setting(admin, "limits.max_queued_per_user", 1)
         with pytest.raises(Refused, match="defaults.count input should be less than or equal to 16; you gave 40"):
@@ -275,7 +301,7 @@ async def test_admin_overrides_are_per_server_validated_and_audited(tmp_path: Pa
         assert [m.count for m in fake.submitted] == [1, 4]
         view = service.admin.server_settings(admin)
         assert view["defaults.count"] == 1 and view["limits.max_queued_per_user"] == 1 and view["defaults.cfg"] == 5
-    async with running(settings(tmp_path)) as (service, fake, store):  # overrides survive restarts
+    async with run(settings(tmp_path)) as (service, fake, store):  # overrides survive restarts
         assert service.policy.defaults(requester()).count == 1
         await service.admin.set_setting(admin, "defaults.count", None)
         assert service.policy.defaults(requester()).count == 4
@@ -287,9 +313,9 @@ async def test_admin_overrides_are_per_server_validated_and_audited(tmp_path: Pa
         ]
 
 
-async def test_pause_resume_queue_list_and_usage(tmp_path: Path) -> None:
+async def test_pause_resume_queue_list_and_usage(run: Run, tmp_path: Path) -> None:
     admin = requester("boss", admin=True)
-    async with running(settings(tmp_path)) as (service, fake, store):
+    async with run(settings(tmp_path)) as (service, fake, store):
         with pytest.raises(Refused, match="Only the bot's admins"):
             await service.admin.pause(admin)
         await service.admin.pause(OWNER)
@@ -308,19 +334,20 @@ async def test_pause_resume_queue_list_and_usage(tmp_path: Path) -> None:
         assert [a.action for a in await store.audit_log("discord", "s1")] == ["resume", "pause"]
 
 
-async def test_restart_requeues_unfinished_jobs_and_hands_over_undelivered_ones(tmp_path: Path) -> None:
+async def test_restart_requeues_unfinished_jobs_and_hands_over_undelivered_ones(run: Run, tmp_path: Path) -> None:
     fake = FakeGenerator(max_batch_images=1)
     fake.hold.clear()
-    async with running(settings(tmp_path)) as (service, _, _):
+    async with run(settings(tmp_path)) as (service, _, _):
         done = await service.submit(requester("a"), "finished before", count=1)
         await done.final()
         delivered = await service.submit(requester("a"), "delivered", count=1)
         await delivered.final()
         await service.delivered(delivered.job.id)
-    async with running(settings(tmp_path), fake) as (service, _, _):
+    async with run(settings(tmp_path), fake) as (service, _, _):
         running_job = await service.submit(requester("a"), "running", count=1)
+        await until(lambda: len(fake.submitted) == 1, "the first job to start")
         waiting = await service.submit(requester("b"), "waiting", count=1)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
         assert [m.job_id for m in fake.submitted] == [running_job.job.id]
     recovered: list[Handle] = []
 
@@ -328,7 +355,7 @@ async def test_restart_requeues_unfinished_jobs_and_hands_over_undelivered_ones(
         recovered.append(handle)
 
     fresh = FakeGenerator()
-    async with running(settings(tmp_path), fresh, on_recovered=hook) as (service, _, store):
+    async with run(settings(tmp_path), fresh, on_recovered=hook) as (service, _, store):
         await asyncio.sleep(0)
         finals = {h.job.id: await asyncio.wait_for(h.final(), 5) for h in recovered}
         assert set(finals) == {done.job.id, running_job.job.id, waiting.job.id}
@@ -340,8 +367,8 @@ async def test_restart_requeues_unfinished_jobs_and_hands_over_undelivered_ones(
         assert await store.undelivered() == []
 
 
-async def test_shutdown_refuses_new_jobs(tmp_path: Path) -> None:
-    async with running(settings(tmp_path)) as (service, _, _):
+async def test_shutdown_refuses_new_jobs(run: Run, tmp_path: Path) -> None:
+    async with run(settings(tmp_path)) as (service, _, _):
         pass
     with pytest.raises(Refused, match="restarting; try again in a minute"):
         await service.submit(requester(), "x")
@@ -358,8 +385,8 @@ async def test_generator_stream_ending_fails_running_jobs_with_a_reason(tmp_path
         assert isinstance(final, Failed) and "stopped before finishing" in final.reason
 
 
-async def test_status_and_watch(tmp_path: Path) -> None:
-    async with running(settings(tmp_path)) as (service, _, _):
+async def test_status_and_watch(run: Run, tmp_path: Path) -> None:
+    async with run(settings(tmp_path)) as (service, _, _):
         await service.admin.pause(OWNER)
         first = await service.submit(requester("a"), "x")
         second = await service.submit(requester("b"), "y")
