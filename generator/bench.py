@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from generator.checkpoint import Checkpoint, parse_device, parse_dtype
-from generator.cli import UsageError
+from generator.checkpoint import Checkpoint, CheckpointError, parse_device, parse_dtype
+from generator.cli import UsageError, command, quiet_transformers
 from generator.engine import Engine, Request, kv_bytes_per_row
 from generator.presets import PRESETS, build_memory_problem, build_model
 from generator.prompt import format_prompt
@@ -239,6 +239,40 @@ def _percentile(values: list[float], q: float) -> float:
 def _format(m: Measurement) -> str:
     return (f"{m.name:<13} {m.images_per_s:9.3f} {m.s_per_step * 1000:10.2f} {_percentile(m.latencies, 0.5):10.2f}"
             f" {_percentile(m.latencies, 0.95):10.2f} {m.peak_bytes / 2**20:11.0f}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="small", help="tiny, small, janus-pro-1b or janus-pro-7b (default small)")
+    parser.add_argument("--tokens", type=int, help="tokens per image, a square (default: the preset's; small: 144)")
+    parser.add_argument("--requests", type=int, default=8, help="number of requests (default 8)")
+    parser.add_argument("--images", type=int, default=4, help="images per request (default 4)")
+    parser.add_argument("--arrival", choices=["together", "staggered"], default="together",
+                        help="all at once, or one every half of a lone request's time")
+    parser.add_argument("--max-batch-images", type=int, help="engine slots (default: the whole workload)")
+    parser.add_argument("--repeat", type=int,
+                        help="runs of each method, interleaved; the median is printed (default 3 on CPU, 1 on CUDA)")
+    parser.add_argument("--workload", nargs="+", metavar="RxI",
+                        help="several workloads on one model, e.g. 1x1 1x4 4x4 (requests x images each)")
+    parser.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
+                        help="run the engine's decode step as captured CUDA graphs (default: on CUDA)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the engine's decode step with torch.compile (inductor) first")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["reference", "transformers"],
+                        help="baselines to leave out")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--dtype", help="auto, bf16 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
+
+
+@command
+def run(args: argparse.Namespace) -> int:
+    problem = check_arguments(args)
+    if problem:
+        raise UsageError(problem)
+    quiet_transformers()
+    try:
+        return bench(args)
+    except CheckpointError as err:  # a device or dtype this machine cannot use
+        raise UsageError(str(err)) from None
 
 
 def bench(args: argparse.Namespace) -> int:

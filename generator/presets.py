@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import random
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from transformers import (
     LlamaConfig,
     PreTrainedTokenizerFast,
 )
+
+from generator.cli import UsageError, command, quiet_transformers, writable_dir
 
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
 IMAGE, BOI, EOI = "<image_placeholder>", "<begin_of_image>", "<end_of_image>"
@@ -240,7 +243,7 @@ def _free_bytes(device: torch.device) -> int | None:
         return None
 
 
-def make_model(out_dir: str | Path, preset: str = "tiny", *, seed: int = 0) -> Path:
+def make_model(out_dir: str | Path, preset: str | Preset = "tiny", *, seed: int = 0) -> Path:
     """Build a random checkpoint and save it with `save_pretrained`, as the published ones are."""
     model, processor = build_model(preset, seed=seed)
     out = Path(out_dir)
@@ -248,3 +251,26 @@ def make_model(out_dir: str | Path, preset: str = "tiny", *, seed: int = 0) -> P
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+# -- `janus-bot make-model` ---------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out_dir", metavar="OUT_DIR")
+    parser.add_argument("--preset", default="tiny", help="tiny, small, janus-pro-1b or janus-pro-7b (default tiny)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+@command
+def run(args: argparse.Namespace) -> int:
+    """Save a random checkpoint of a preset; one too large for free memory is refused before building."""
+    if args.preset not in PRESETS:
+        raise UsageError(f"Unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}.")
+    problem = build_memory_problem(args.preset, torch.device("cpu"))
+    if problem:
+        raise UsageError(problem)
+    quiet_transformers()
+    out = make_model(writable_dir(args.out_dir), args.preset, seed=args.seed)
+    print(f"saved a random {args.preset} checkpoint to {out}")
+    return 0

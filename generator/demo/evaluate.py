@@ -10,14 +10,17 @@ decoder draws a correct picture from the true code grid.
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
+import time
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
-from generator.checkpoint import Checkpoint
+from generator.checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve_model
+from generator.cli import UsageError, command, quiet_transformers
 from generator.codec import decode_tokens
 from generator.demo import checker, scenes
 from generator.demo.train import codes_follow, scene_codes
@@ -126,3 +129,34 @@ def table(evaluation: Evaluation) -> list[str]:
     lines.append(f"decoder alone: {evaluation.decoder:.2f} of the true code grids drawn with every check passing")
     lines.append(f"overall: {high.overall:.2f} at cfg {high.cfg:g}, {low.overall:.2f} at cfg {low.cfg:g}")
     return lines
+
+
+# -- `janus-bot eval-demo` ----------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="checkpoint directory (default: the built-in demo model)")
+    parser.add_argument("--cfg", type=float, help="guidance weight compared with cfg 1 (default 5)")
+    parser.add_argument("--n", type=int, help="held-out prompts (default 256)")
+    parser.add_argument("--images", type=int, default=4, help="images per prompt (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="picks the prompts and the sampling noise")
+
+
+@command
+def run(args: argparse.Namespace) -> int:
+    if args.n is not None and args.n < 1:
+        raise UsageError(f"--n must be at least 1; you gave {args.n}.")
+    if args.cfg is not None and not 0 <= args.cfg <= 10:
+        raise UsageError(f"--cfg must be between 0 and 10; you gave {args.cfg:g}.")
+    quiet_transformers()
+    try:
+        checkpoint = load_checkpoint(resolve_model(args.model), device="cpu")
+    except CheckpointError as err:
+        raise UsageError(str(err)) from None
+    started = time.perf_counter()
+    prompts = args.n or PROMPTS
+    results = evaluate(checkpoint, prompts=prompts, num_images=args.images, cfg=args.cfg, seed=args.seed)
+    print(f"{prompts} held-out prompts x {args.images} images, model {checkpoint.name}, "
+          f"{time.perf_counter() - started:.1f}s")
+    print("\n".join(table(results)))
+    return 0

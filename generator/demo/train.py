@@ -10,6 +10,7 @@ swapped for another scene's, as scraped captions are.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import random
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import JanusForConditionalGeneration, JanusProcessor, JanusVQVAE
 
+from generator.cli import command, quiet_transformers, writable_dir
 from generator.demo import scenes
 from generator.presets import Preset, build_config, build_processor
 from generator.prompt import encode_prompt, unconditional_ids
@@ -419,3 +421,28 @@ def train(out_dir: str | Path, *, seed: int = 0, threads: int = 2, budget: Budge
     }
     (out / "training.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
+
+
+# -- `janus-bot train-demo` ---------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out_dir", metavar="OUT_DIR")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+
+
+@command
+def run(args: argparse.Namespace) -> int:
+    """Train, score on held-out prompts, and write the model card beside the weights."""
+    writable_dir(args.out_dir)  # before the half hour of training, not after
+    quiet_transformers()
+    from generator.demo.card import write_card
+
+    started = time.perf_counter()
+    stats = train(args.out_dir, seed=args.seed, threads=args.threads, report=lambda line: print(line, flush=True))
+    print(f"trained in {time.perf_counter() - started:.0f}s; scoring on held-out prompts", flush=True)
+    lines = write_card(args.out_dir, stats)
+    print("\n".join(lines))
+    print(f"saved the demo model to {args.out_dir}")
+    return 0

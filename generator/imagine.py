@@ -1,0 +1,99 @@
+"""`janus-bot imagine`: prompts in, pictures out, all in one batch through the engine."""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+import time
+from pathlib import Path
+
+from generator.cli import UsageError, command, quiet_transformers, writable_dir
+from generator.protocol import check_options, check_prompt
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompts", nargs="+", metavar="PROMPT", help="one or more prompts, generated together")
+    parser.add_argument("--model", help="hub id or checkpoint directory (default: the built-in model)")
+    parser.add_argument("-n", "--count", type=int, default=4, help="images per prompt, 1-16 (default 4)")
+    parser.add_argument("--cfg", type=float, default=5.0, help="guidance weight, 1-10 (default 5)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0-1.5; 0 is greedy (default 1)")
+    parser.add_argument("--seed", type=int, help="random seed (default: random); prompt i uses seed+i")
+    parser.add_argument("-o", "--output", help="grid of all images (.png, .jpg or .webp)")
+    parser.add_argument("--out-dir", help="write each image as <prompt>-<image>.png")
+    parser.add_argument("--upscale", type=int, metavar="PX", help="Lanczos-upscale each image to PX pixels")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    parser.add_argument("--dtype", help="auto, bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
+
+
+@command
+def run(args: argparse.Namespace) -> int:
+    prompts = [check_prompt(p) for p in args.prompts]
+    check_options(args.count, args.cfg, args.temperature, args.seed)
+    if args.upscale is not None and not 16 <= args.upscale <= 4096:
+        raise UsageError(f"--upscale must be between 16 and 4096 pixels; you gave {args.upscale}.")
+    output = args.output
+    if output is None and args.out_dir is None:
+        output = "imagine.png"
+    if output is not None:
+        from generator.codec import image_format
+
+        try:
+            image_format(output)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        writable_dir(Path(output).parent)
+    if args.out_dir is not None:
+        writable_dir(args.out_dir)
+
+    quiet_transformers()
+    from tqdm import tqdm
+
+    from generator.checkpoint import CheckpointError, first_line, load_checkpoint, resolve_model
+    from generator.codec import decode_tokens, make_grid, save_image, upscale
+    from generator.engine import Request, RequestError, StepReport, generate
+
+    try:
+        checkpoint = load_checkpoint(resolve_model(args.model), device=args.device, dtype=args.dtype)
+    except CheckpointError as err:
+        raise UsageError(str(err)) from None
+    except RuntimeError as err:  # the device failed while the model moved there
+        raise UsageError(f"Cannot use device {args.device!r}: {first_line(err)}") from None
+
+    seed = args.seed if args.seed is not None else secrets.randbits(31)
+    requests = [
+        Request(p, num_images=args.count, cfg=args.cfg, temperature=args.temperature, seed=seed + i)
+        for i, p in enumerate(prompts)
+    ]
+    bar = tqdm(total=checkpoint.num_image_tokens, desc="generating", unit="tok", file=sys.stderr,
+               disable=None)
+    first = requests[0].id
+
+    def on_progress(report: StepReport) -> None:
+        if report.request.id == first:
+            bar.update(report.step - bar.n)
+
+    started = time.perf_counter()
+    try:
+        results = generate(checkpoint, requests, on_progress=on_progress)
+    except RequestError as err:
+        raise UsageError(str(err)) from None
+    finally:
+        bar.close()
+    images_by_prompt = [decode_tokens(checkpoint, r.tokens) for r in results]
+    elapsed = time.perf_counter() - started
+
+    if args.upscale:
+        images_by_prompt = [[upscale(im, args.upscale) for im in images] for images in images_by_prompt]
+    written = []
+    if args.out_dir:
+        for p, images in enumerate(images_by_prompt):
+            for i, image in enumerate(images):
+                written.append(save_image(image, Path(args.out_dir) / f"{p}-{i}.png"))
+    if output:
+        written.append(save_image(make_grid([im for images in images_by_prompt for im in images]), output))
+    total = sum(len(images) for images in images_by_prompt)
+    print(f"{total} images from {len(prompts)} prompt(s) in {elapsed:.1f}s, seed {seed}, model {checkpoint.name}")
+    for path in written:
+        print(path)
+    return 0
