@@ -142,9 +142,9 @@ enqueue(p, id, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[9])
 return 'queued'
 """
 
-# The fair pick: users least recently served first; a user at their running limit is passed over; the next
-# fair job waits for room rather than letting smaller ones overtake it. Picked jobs go into the job stream
-# and are read by this worker in the same step, so nothing sits unread in the stream.
+# The fair pick (the order bot/scheduler.py defines): users least recently served first; a user at their running
+# limit is passed over; the next fair job waits for room rather than letting smaller ones overtake it. Picked
+# jobs go into the job stream and are read by this worker in the same step, so nothing sits unread in the stream.
 # ARGV: prefix, consumer, free image slots, idle (1 when the worker runs nothing).
 TAKE = """
 local p, consumer = ARGV[1], ARGV[2]
@@ -256,7 +256,7 @@ enqueue(p, id, job[2], job[1], job[3], job[4], job[5], job[6] or '86400')
 return 1
 """
 
-# Every waiting job id in the fair order (depth by depth through the ring). ARGV: prefix.
+# Every waiting job id in the fair order of bot/scheduler.py (depth by depth through the ring). ARGV: prefix.
 ORDER = """
 local p = ARGV[1]
 local lists = {}

@@ -1,4 +1,8 @@
-"""One fair scheduler for the generator: round-robin across users, dispatching whenever image slots are free."""
+"""The fair order, defined here once: round-robin across users, dispatching whenever image slots are free.
+
+bot/redis_queue.py's Lua scripts (ORDER, TAKE) implement the same order for the Redis pool;
+tests/bot/test_fair_order.py runs the same scenarios against both.
+"""
 
 from __future__ import annotations
 

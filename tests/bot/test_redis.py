@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bot.jobs import Cancelled, Done, Handle, Queued, Refused, Started
-from bot.redis_queue import TAKE, RedisQueue, connect, pool_health
+from bot.redis_queue import RedisQueue, connect, pool_health
 from bot.service import Service
 from bot.store import Store
 from bot.worker import PoolWorker
@@ -157,24 +157,23 @@ async def test_workers_take_jobs_round_robin_across_users_and_instances_unless_p
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     url = redis_server.url
-    async with shared(tmp_path / "a", url, "a") as a, shared(tmp_path / "b", url, "b") as b:
-        alice = [await a.submit(requester("alice"), f"alice {i}", count=1) for i in range(3)]
-        bob = await b.submit(requester("bob", platform="slack"), "bob", count=1)
-        assert [(await h._events.get()).position for h in [*alice, bob]] == [1, 2, 3, 2]  # type: ignore[union-attr]
-        client = connect(url)
-        try:
-            take = client.register_script(TAKE)
+    client = connect(url)
+    one_slot = FakeGenerator(max_batch_images=1, steps=2, step_delay=0.01)
+    try:
+        async with shared(tmp_path / "a", url, "a") as a, shared(tmp_path / "b", url, "b") as b:
             await b.admin.pause(OWNER)  # a bot admin pauses the whole pool from any instance
-            assert await take(args=["janus:", "w", 1, "1"]) == []
-            await a.admin.resume(OWNER)
-            order = []
-            for _ in range(4):  # a worker with one free image slot, four times
-                [(_entry, job_id, *_rest)] = await take(args=["janus:", "w", 1, "1"])
-                order.append(job_id.decode())
-                await client.hdel("janus:running", "discord:alice", "slack:bob")  # as if each had finished
-        finally:
-            await client.aclose()
-        assert order == [alice[0].job.id, bob.job.id, alice[1].job.id, alice[2].job.id]
+            alice = [await a.submit(requester("alice"), f"alice {i}", count=1) for i in range(3)]
+            bob = await b.submit(requester("bob", platform="slack"), "bob", count=1)
+            assert [(await h._events.get()).position for h in [*alice, bob]] == [1, 2, 3, 2]  # type: ignore[union-attr]
+            async with pool_worker(client, "w1", generator=one_slot):
+                await asyncio.sleep(0.3)
+                assert one_slot.submitted == []  # paused: the worker takes nothing
+                await a.admin.resume(OWNER)
+                for handle in [*alice, bob]:
+                    assert isinstance(await asyncio.wait_for(handle.final(), 10), Done)
+    finally:
+        await client.aclose()
+    assert [m.job_id for m in one_slot.submitted] == [alice[0].job.id, bob.job.id, alice[1].job.id, alice[2].job.id]
 
 
 async def test_a_bot_away_longer_than_its_results_are_kept_gets_the_job_made_again(
