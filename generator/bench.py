@@ -246,8 +246,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, help="tokens per image, a square (default: the preset's; small: 144)")
     parser.add_argument("--requests", type=int, default=8, help="number of requests (default 8)")
     parser.add_argument("--images", type=int, default=4, help="images per request (default 4)")
-    parser.add_argument("--arrival", choices=["together", "staggered"], default="together",
-                        help="all at once, or one every half of a lone request's time")
+    parser.add_argument("--arrival", choices=["together", "staggered"],
+                        help="all at once, or one every half of a lone request's time (default: together; "
+                             "staggered with --serving)")
     parser.add_argument("--max-batch-images", type=int, help="engine slots (default: the whole workload)")
     parser.add_argument("--repeat", type=int,
                         help="runs of each method, interleaved; the median is printed (default 3 on CPU, 1 on CUDA)")
@@ -261,6 +262,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="baselines to leave out")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--dtype", help="auto, bf16 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--serving", action="store_true",
+                        help="the generator process through its protocol, pictures and previews included, against "
+                             "the token-only engine; and the longest gap between its decode steps")
+    parser.add_argument("--preview-every", type=int, metavar="K",
+                        help="with --serving: steps between previews, 0 for none (default: the generator's, 5%%)")
 
 
 @command
@@ -280,6 +286,8 @@ def bench(args: argparse.Namespace) -> int:
     dtype = parse_dtype(args.dtype, device)
     if args.repeat is None:  # a shared CPU's speed drifts from run to run; a GPU's hardly does
         args.repeat = 1 if device.type == "cuda" else 3
+    if args.arrival is None:
+        args.arrival = "staggered" if args.serving else "together"
     preset = PRESETS[args.preset]
     if args.tokens:
         side = math.isqrt(args.tokens)
@@ -288,18 +296,28 @@ def bench(args: argparse.Namespace) -> int:
     if problem:
         raise UsageError(problem)
     torch.set_grad_enabled(False)
+    if args.serving:
+        from generator.bench_serving import run_serving
+
+        return run_serving(args, preset, device, dtype)
     model, processor = build_model(preset, seed=0, device=device, dtype=dtype)
     checkpoint = Checkpoint(model, processor, f"random {args.preset}")
     workloads = [parse_workload(w) for w in args.workload] if args.workload else [(args.requests, args.images)]
-    params = sum(p.numel() for p in model.parameters())
-    print(f"janus-bot bench: preset {args.preset} ({params / 1e6:.0f}M parameters), "
-          f"{checkpoint.num_image_tokens} tokens per image ({preset.image_size} px), arrivals {args.arrival}, "
-          f"{device.type} {str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads"
-          + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "")
-          + (", engine step compiled" if args.compile else ""), flush=True)
+    print(header(args, checkpoint), flush=True)
     for requests_n, images in workloads:
         run_workload(checkpoint, args, requests_n, images)
     return 0
+
+
+def header(args: argparse.Namespace, checkpoint: Checkpoint) -> str:
+    """The first line: what the benchmark runs on."""
+    device, dtype = checkpoint.device, checkpoint.dtype
+    params = sum(p.numel() for p in checkpoint.model.parameters())
+    return (f"janus-bot bench: preset {args.preset} ({params / 1e6:.0f}M parameters), "
+            f"{checkpoint.num_image_tokens} tokens per image ({checkpoint.image_size} px), arrivals {args.arrival}, "
+            f"{device.type} {str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads"
+            + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "")
+            + (", engine step compiled" if args.compile else ""))
 
 
 def run_workload(checkpoint: Checkpoint, args: argparse.Namespace, requests_n: int, images: int) -> None:
@@ -371,6 +389,10 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         return f"--repeat must be at least 1; you gave {args.repeat}."
     if not 1 <= args.images <= 16 or args.requests < 1:
         return "--images must be from 1 to 16 and --requests at least 1."
+    if args.serving and args.workload:
+        return "--serving runs one workload; give it with --requests and --images."
+    if args.preview_every is not None and (args.preview_every < 0 or not args.serving):
+        return "--preview-every goes with --serving and is 0 (no previews) or more steps."
     for text in args.workload or []:
         try:
             requests, images = parse_workload(text)

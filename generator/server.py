@@ -26,7 +26,8 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from pathlib import Path
+from typing import BinaryIO, TextIO
 
 import janus
 import torch
@@ -78,13 +79,14 @@ class Worker(threading.Thread):
 
     def __init__(self, checkpoint: Checkpoint, options: EngineOptions,
                  inbox: janus.SyncQueue[wire.Message], outbox: janus.SyncQueue[wire.Message | None],
-                 step_delay: float = 0.0) -> None:
+                 step_delay: float = 0.0, step_log: TextIO | None = None) -> None:
         super().__init__(name="generator-worker", daemon=True)
         self.checkpoint = checkpoint
         self.options = options
         self.inbox = inbox
         self.outbox = outbox
         self.step_delay = step_delay  # seconds slept after each step; crash tests use it to catch a job mid-way
+        self.step_log = step_log  # one line a step for `janus-bot bench --serving`: start, end, steps on at once
         self.codebook = int(checkpoint.model.model.generation_embeddings.num_embeddings)
         self.pending: deque[Request] = deque()
         self.running: dict[str, Request] = {}
@@ -240,6 +242,7 @@ class Worker(threading.Thread):
         self._report()
 
     def _step(self) -> None:
+        started = time.monotonic()
         try:
             results = self.engine.step()
         except Exception as err:
@@ -259,6 +262,8 @@ class Worker(threading.Thread):
                 self._finish(result.request, result.tokens)
             elif result.status == "failed":  # the engine gave up on this job alone (out of memory)
                 self._send(wire.JobFailed(result.request.id, result.error or "The generator failed on this job."))
+        if self.step_log is not None:
+            self.step_log.write(f"{started:.6f} {time.monotonic():.6f} {int(self.engine.busy or bool(self.pending))}\n")
         if self.step_delay:
             time.sleep(self.step_delay)
 
@@ -384,14 +389,14 @@ async def _line_writer(stdout: BinaryIO) -> Callable[[wire.Message], Awaitable[N
 
 
 async def serve(checkpoint: Checkpoint, options: EngineOptions, stdin: BinaryIO, stdout: BinaryIO, *,
-                step_delay: float = 0.0) -> int:
+                step_delay: float = 0.0, step_log: TextIO | None = None) -> int:
     """Send Ready, run jobs until Shutdown or end of input; the exit code."""
     loop = asyncio.get_running_loop()
     reader = await _line_reader(stdin)
     write = await _line_writer(stdout)
     inbox: janus.Queue[wire.Message] = janus.Queue()
     outbox: janus.Queue[wire.Message | None] = janus.Queue()
-    worker = Worker(checkpoint, options, inbox.sync_q, outbox.sync_q, step_delay=step_delay)
+    worker = Worker(checkpoint, options, inbox.sync_q, outbox.sync_q, step_delay=step_delay, step_log=step_log)
     loop.add_signal_handler(signal.SIGTERM, inbox.async_q.put_nowait, wire.Shutdown())
 
     await write(wire.Ready(model=checkpoint.name, device=str(checkpoint.device), image_size=checkpoint.image_size,
@@ -420,6 +425,7 @@ def parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="load a model, then run jobs sent as JSON lines on stdin")
     add_process_arguments(serve)
+    serve.add_argument("--step-log", type=Path, help=argparse.SUPPRESS)  # `janus-bot bench --serving` reads it
     return parser
 
 
@@ -461,7 +467,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("loaded %s on %s in %s in %.1fs; %d image slots", checkpoint.name, checkpoint.device,
              str(checkpoint.dtype).removeprefix("torch."), time.perf_counter() - started, options.max_batch_images)
     try:
-        return asyncio.run(serve(checkpoint, options, sys.stdin.buffer, out, step_delay=args.step_delay))
+        with contextlib.ExitStack() as files:
+            step_log = files.enter_context(open(args.step_log, "w", buffering=1)) if args.step_log else None
+            return asyncio.run(serve(checkpoint, options, sys.stdin.buffer, out, step_delay=args.step_delay,
+                                     step_log=step_log))
     except torch.OutOfMemoryError:
         return _fail(f"The device has too little memory for {options.max_batch_images} image slots; "
                      f"lower --max-batch-images.")

@@ -84,3 +84,23 @@ def test_each_method_serves_its_first_batch_once_before_it_is_timed(monkeypatch,
     assert calls[:3] == [("reference", 1, 0.0), ("transformers", 1, 0.0), ("engine", 3, 0.0)]  # untimed
     assert calls[3:] == [("reference", 3, 0.0), ("transformers", 3, 0.0), ("engine", 3, 0.0)] * 2
     assert "speedup vs reference: 1.00" in capsys.readouterr().out  # a warm-up's figures would make it 3.00
+
+
+def test_serving_bench_drives_the_generator_process_and_ends_with_the_step_gap():
+    run = _bench("--serving", "--preset", "tiny", "--tokens", "16", "--requests", "2", "--images", "2",
+                 "--preview-every", "4", "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert "serving: 2 requests x 2 images, one every " in out and ", previews every 4 steps\n" in out
+    for method in ("engine", "serving"):
+        line = re.search(rf"^{method}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+        assert line and float(line[1]) > 0, f"no {method} row in:\n{out}"
+    assert re.search(r"^serving: \d+ progress reports, [1-9]\d* with a preview; 4 PNGs; \d+ decode steps", out, re.M)
+    assert re.search(r"^serving vs engine: \d+\.\d\d$", out, re.M)
+    assert re.fullmatch(r"longest step gap: \d+\.\d x median", out.splitlines()[-1])
+
+
+def test_serving_bench_refuses_several_workloads_in_one_line():
+    run = _bench("--serving", "--workload", "1x1", "2x2")
+    assert run.returncode == 2
+    assert run.stderr.strip() == "janus-bot: error: --serving runs one workload; give it with --requests and --images."
