@@ -47,10 +47,11 @@ async def shared(
 
 
 def start_worker(
-    url: str, model: Path, name: str, logs: Path, *, slots: int = 8, step_delay: float = 0.0
+    url: str, model: Path, name: str, logs: Path, *, slots: int = 8, step_delay: float = 0.0,
+    visibility: float = VISIBILITY_S,
 ) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "bot.worker", "--redis", url, "--model", str(model), "--device", "cpu",
-            "--max-batch-images", str(slots), "--name", name, "--visibility-timeout", str(VISIBILITY_S),
+            "--max-batch-images", str(slots), "--name", name, "--visibility-timeout", str(visibility),
             "--poll", "0.05", "--preview-every", "0", "--shutdown-grace", "0"]
     if step_delay:
         args += ["--step-delay", str(step_delay)]
@@ -219,21 +220,61 @@ async def test_results_through_a_shared_directory_and_a_lost_file_made_again(
         await client.aclose()
 
 
-async def test_a_worker_stopped_gracefully_hands_its_jobs_over_at_once(
-    tmp_path: Path, redis_server: RedisServer
+async def test_a_busy_worker_stopped_by_sigterm_hands_its_jobs_over_at_once(
+    tmp_path: Path, redis_server: RedisServer, tiny_dir: Path
 ) -> None:
     url = redis_server.url
+    w1 = start_worker(url, tiny_dir, "w1", tmp_path, slots=2, step_delay=0.2, visibility=60)  # 36 steps: 7 s
     client = connect(url)
     try:
+        await workers_ready(url, {"w1"})
         async with shared(tmp_path / "a", url, "a") as a:
-            slow = FakeGenerator(steps=1000, step_delay=0.01)
-            async with pool_worker(client, "w1", generator=slow, visibility_timeout=60) as first:
-                handle = await a.submit(requester("alice"), "hand me over", count=1)
-                await until(lambda: asyncio.sleep(0, bool(first.images_in_flight)), 10, "w1 to take the job")
-            async with pool_worker(client, "w2", visibility_timeout=60) as second:
-                assert isinstance(await asyncio.wait_for(handle.final(), 10), Done)  # not 60 s later
-                assert second.counters["jobs_claimed"] == 1
+            handle = await a.submit(requester("alice"), "hand me over", count=1)
+            async for event in handle:
+                if isinstance(event, Started):
+                    break
+            w1.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(w1.wait, 30) == 0
+            async with pool_worker(client, "w2", visibility_timeout=60) as w2:
+                assert isinstance(await asyncio.wait_for(handle.final(), 10), Done)  # not a minute later
+                assert w2.counters["jobs_claimed"] == 1
+        assert "stopping with 1 job(s) unfinished; other workers will claim them" in (tmp_path / "w1.log").read_text()
     finally:
+        stop([w1])
+        await client.aclose()
+
+
+async def test_a_job_that_ends_on_two_workers_is_recorded_once(tmp_path: Path, redis_server: RedisServer) -> None:
+    url = redis_server.url
+    client = connect(url)
+    stalled = FakeGenerator(steps=20, step_delay=0.05)
+    w1 = PoolWorker(client, stalled, name="w1", poll_s=0.02, visibility_timeout=0.5, shutdown_grace=0)
+
+    async def never_refreshes() -> None:  # as if its machine stalled: its entries look abandoned
+        await asyncio.Event().wait()
+
+    async def claims_nothing(free: int) -> int:  # nor does it look for abandoned entries (its own included)
+        return 0
+
+    w1._heartbeat = never_refreshes  # type: ignore[method-assign]
+    w1._reclaim = claims_nothing  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    first = asyncio.create_task(w1.run(stop))
+    try:
+        async with shared(tmp_path / "a", url, "a") as a:
+            handle = await a.submit(requester("alice"), "twice", count=1)
+            await until(lambda: asyncio.sleep(0, bool(stalled.submitted)), 10, "w1 to take the job")
+            async with pool_worker(client, "w2", visibility_timeout=0.5) as w2:
+                events = [event async for event in handle]
+                assert [type(e) for e in events].count(Done) == 1 and w2.counters["jobs_claimed"] == 1
+                await until(lambda: asyncio.sleep(0, w1.counters["jobs_duplicate"] == 1), 10, "w1 to finish too")
+            await asyncio.sleep(0.3)  # time for a second result to reach the bot, were one sent
+            usage = await a.admin.usage(OWNER)
+            assert [(u.user, u.jobs, u.images) for u in usage] == [("alice", 1, 1)]
+            assert w1.counters["jobs_done"] == 0 and w2.counters["jobs_done"] == 1
+    finally:
+        stop.set()
+        await first
         await client.aclose()
 
 

@@ -214,6 +214,24 @@ async def test_rate_limit_refusal_says_when_to_try_again(tmp_path: Path) -> None
         await (await service.submit(requester(), "a")).final()
 
 
+async def test_reroll_and_variations_count_against_the_pressers_limits_upscales_do_not(
+    run: Run, tmp_path: Path
+) -> None:
+    config = settings(tmp_path, limits={"jobs_per_period": 3, "period_s": 600, "max_queued_per_user": 10})
+    async with run(config) as (service, fake, _):
+        first = await service.submit(requester("alice"), "a fox", count=2)
+        await first.final()
+        await (await service.reroll(requester("bob"), first.job.id)).final()  # bob's first
+        await (await service.vary(requester("bob"), first.job.id, 0, Strength.SUBTLE)).final()  # his second
+        for index in (0, 1, 0):  # upscales are made in the bot: no generator time, no token taken
+            await (await service.upscale(requester("bob"), first.job.id, index)).final()
+        await (await service.reroll(requester("bob"), first.job.id)).final()  # his third
+        with pytest.raises(Refused, match="You can start 3 jobs every 10 minutes"):
+            await service.vary(requester("bob"), first.job.id, 1, Strength.STRONG)
+        await (await service.reroll(requester("alice"), first.job.id)).final()  # alice has her own bucket
+        assert len(fake.submitted) == 5
+
+
 async def test_max_queued_per_user_and_global_queue_cap(run: Run, tmp_path: Path) -> None:
     config = settings(tmp_path, limits={"max_queued_per_user": 2, "queue_cap": 3})
     async with run(config) as (service, _, _):

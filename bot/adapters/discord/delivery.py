@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 NO_PINGS = discord.AllowedMentions.none()
 
 
+class CannotPost(Exception):
+    """Discord refuses the bot a message in the job's channel (missing permissions or access)."""
+
+
 class Reply:
     """Where a job's message lives.
 
@@ -32,6 +36,7 @@ class Reply:
         self._interaction = interaction
         self._message: discord.PartialMessage | discord.Message | None = None
         self._files: dict[str, bytes] = {}
+        self.refused: discord.Forbidden | None = None  # once the channel refused a message, it is not asked again
 
     async def show(self, content: str, files: dict[str, bytes] | None, view: discord.ui.View | None) -> None:
         """Put `content` and the buttons on the job's message, and `files` in place of the earlier ones (None
@@ -49,6 +54,8 @@ class Reply:
                     raise
                 log.info("job %s: interaction message gone (%s); posting in the channel", self._job.id, error.status)
         self._interaction = None
+        if self.refused is not None:
+            raise CannotPost(self.refused)
         if self._message is not None:
             try:
                 await self._message.edit(content=content, attachments=_files(files), view=view)
@@ -56,12 +63,24 @@ class Reply:
             except discord.NotFound:
                 self._message = None
         channel = self._client.get_partial_messageable(int(self._job.requester.channel))
-        self._message = await channel.send(
-            content=content,
-            files=_files(self._files),
-            view=view or discord.utils.MISSING,
-            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
-        )
+        try:
+            self._message = await channel.send(
+                content=content,
+                files=_files(self._files),
+                view=view or discord.utils.MISSING,
+                allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+            )
+        except discord.Forbidden as error:
+            self.refused = error
+            raise CannotPost(error) from None
+
+    async def tell_requester(self, text: str) -> None:
+        """A direct message to the job's requester, if Discord lets the bot send one."""
+        try:
+            dm = await self._client.create_dm(discord.Object(int(self._job.requester.user)))
+            await dm.send(text, allowed_mentions=NO_PINGS)
+        except (discord.HTTPException, ValueError) as error:
+            log.info("job %s: could not tell the requester in a direct message either (%s)", self._job.id, error)
 
 
 def _files(files: dict[str, bytes] | None) -> Any:
@@ -104,6 +123,8 @@ async def follow(service: Service, handle: Handle, reply: Reply, every_s: float)
             async with showing:
                 try:
                     await reply.show(content, files, view)
+                except CannotPost:
+                    pass  # said once, with the final state
                 except discord.HTTPException as error:
                     log.warning("job %s: could not show progress: %s", job.id, error)
             await asyncio.sleep(every_s)
@@ -126,5 +147,16 @@ async def follow(service: Service, handle: Handle, reply: Reply, every_s: float)
     with contextlib.suppress(asyncio.CancelledError):
         await task
     content, files, view = _content(job, event)
-    await reply.show(content, files, view)
+    try:
+        await reply.show(content, files, view)
+    except CannotPost as refused:
+        # Kept undelivered: posted after the next start, once the bot may write in the channel.
+        log.warning("job %s: Discord refuses the bot a message in channel %s (%s); give it View Channel, Send "
+                    "Messages and Attach Files there. The result is kept and posted after the next start",
+                    job.id, job.requester.channel, refused.args[0].text or refused.args[0].status)
+        await reply.tell_requester(
+            f"I could not post your images for {messages.bold_prompt(job)} in <#{job.requester.channel}>: "
+            f"the bot may not send messages there. Ask a server admin to let it; they will be posted then."
+        )
+        return
     await service.delivered(job.id)

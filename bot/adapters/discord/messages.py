@@ -67,7 +67,8 @@ class JobPick(discord.ui.DynamicItem[discord.ui.Select], template=PICK_ID):
         await interaction.client.pressed(interaction, self.action, self.job_id, index)  # type: ignore[attr-defined]
 
 
-def _prompt(job: Job) -> str:
+def bold_prompt(job: Job) -> str:
+    """The prompt in bold, escaped, cut to fit a message."""
     text = job.prompt if len(job.prompt) <= PROMPT_CHARS else job.prompt[: PROMPT_CHARS - 1] + "…"
     return f"**{discord.utils.escape_markdown(text)}**"
 
@@ -84,7 +85,7 @@ def _what(job: Job) -> str:
 def header(job: Job) -> str:
     """The first line of a job's message: the prompt, who asked, and what kind of job it is."""
     what = _what(job)
-    return f"{_prompt(job)} - {what + ' by ' if what else ''}<@{job.requester.user}>"
+    return f"{bold_prompt(job)} - {what + ' by ' if what else ''}<@{job.requester.user}>"
 
 
 def text(job: Job, event: Event) -> str:

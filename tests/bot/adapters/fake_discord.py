@@ -86,6 +86,7 @@ class FakeDiscord:
     def __init__(self, heartbeat_interval_ms: int = 41250) -> None:
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self._ids = itertools.count(1)
+        self.users: dict[str, dict[str, Any]] = {}
         self.app_id = self.snowflake()
         self.bot_user = self.user("janus", bot=True)
         self.guild_id = self.snowflake()
@@ -97,6 +98,7 @@ class FakeDiscord:
         self.identified: list[dict[str, Any]] = []
         self.heartbeats = 0
         self.requests: list[str] = []
+        self.forbidden: set[int] = set()  # channels where the bot may not post (403, Missing Permissions)
         self._sockets: list[web.WebSocketResponse] = []
         self._seq = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -122,6 +124,7 @@ class FakeDiscord:
             web.delete(f"{api}/webhooks/{{app}}/{{token}}/messages/{{message}}", self._webhook_delete),
             web.post(f"{api}/webhooks/{{app}}/{{token}}", self._followup),
             web.post(f"{api}/channels/{{channel}}/messages", self._channel_send),
+            web.post(f"{api}/users/@me/channels", self._open_dm),
             web.patch(f"{api}/channels/{{channel}}/messages/{{message}}", self._channel_edit),
         ])  # fmt: skip
         self._runner = web.AppRunner(app)
@@ -156,8 +159,10 @@ class FakeDiscord:
 
     def user(self, name: str, *, bot: bool = False) -> dict[str, Any]:
         """A user payload with a fresh id."""
-        return {"id": str(self.snowflake()), "username": name, "discriminator": "0", "global_name": name,
+        user = {"id": str(self.snowflake()), "username": name, "discriminator": "0", "global_name": name,
                 "avatar": None, "bot": bot, "public_flags": 0}  # fmt: skip
+        self.users[user["id"]] = user
+        return user
 
     def _guild(self) -> dict[str, Any]:
         gid = str(self.guild_id)
@@ -500,9 +505,20 @@ class FakeDiscord:
         return _json(self.message_json(message))
 
     async def _channel_send(self, request: web.Request) -> web.Response:
+        if int(request.match_info["channel"]) in self.forbidden:
+            return _json({"message": "Missing Permissions", "code": 50013}, status=403)
         message = self._new_message(int(request.match_info["channel"]))
         self._apply(message, *await self._body(request))
         return _json(self.message_json(message))
+
+    async def _open_dm(self, request: web.Request) -> web.Response:
+        """The DM channel with a user: the channel id after the server's channel, as interactions in DMs have."""
+        user = self.users[str((await request.json())["recipient_id"])]
+        return _json({"id": str(self.channel_id + 1), "type": 1, "last_message_id": None, "recipients": [user]})
+
+    def dm_messages(self) -> list[Message]:
+        """Messages the bot posted in the DM channel of its own accord."""
+        return [m for m in self.channel_messages() if m.channel_id == self.channel_id + 1]
 
     async def _channel_edit(self, request: web.Request) -> web.Response:
         message = self.messages.get(int(request.match_info["message"]))

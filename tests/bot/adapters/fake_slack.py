@@ -45,6 +45,7 @@ async def _value(value: Any) -> Any:
 class Call:
     method: str
     args: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -187,7 +188,8 @@ class FakeSlack:
         if failures := self._failures.get(method):
             failure = dict(failures.pop(0))
             status = failure.pop("status")
-            headers = {"Retry-After": "0"} if failure["error"] == "ratelimited" else {}
+            retry_after = failure.pop("retry_after", 1)
+            headers = {"Retry-After": str(retry_after)} if failure["error"] == "ratelimited" else {}
             return web.json_response({"ok": False, **failure}, status=status, headers=headers)
         handler = getattr(self, "_" + method.replace(".", "_"), None)
         if handler is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -47,7 +48,8 @@ async def connected(config: Settings, generator: Generator | None) -> AsyncItera
     """The whole bot (store, service, Discord adapter) connected to the fake Discord; without a generator it
     runs the generator process of the configured model."""
     adapter = DiscordAdapter(config, "token", guild_ready_timeout=0.05)
-    async with App(config, LocalQueue(generator), on_recovered=adapter.recovered) as app:
+    queue = LocalQueue(generator) if generator is not None else None
+    async with App(config, queue, on_recovered=adapter.recovered) as app:
         await adapter.start(app.service)
         try:
             yield app.service, adapter
@@ -368,6 +370,33 @@ async def test_an_expired_interaction_token_falls_back_to_a_channel_message(
         await delivered(bot.service, job_id(posted))
 
 
+async def test_a_channel_the_bot_may_not_post_in_is_one_warning_a_dm_and_a_post_after_the_next_start(
+    discord: FakeDiscord, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = discord.user("alice")
+    discord.forbidden.add(discord.channel_id)  # no Send Messages in #general
+    async with discord_bot(tmp_path) as bot:
+        bot.generator.hold.clear()
+        interaction = await discord.imagine(alice, "a walled garden")
+        await shown(discord, interaction, lambda m: "next in line" in m.content)
+        interaction.expired = True  # the result must go to the channel, which refuses it
+        with caplog.at_level(logging.INFO, logger="bot.adapters.discord"):
+            bot.generator.hold.set()
+            [told] = await discord.wait_for(lambda: discord.dm_messages())
+        assert "could not post your images for **a walled garden** in <#" in told.content
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and "give it View Channel, Send Messages and Attach Files" in warnings[0].getMessage()
+        assert warnings[0].exc_info is None and "Missing Permissions" in warnings[0].getMessage()
+        job = job_id(interaction.original)  # type: ignore[arg-type]
+        assert not (await bot.service.status(job)).job.delivered  # type: ignore[union-attr]
+    discord.forbidden.clear()  # an admin lets the bot post there
+    async with discord_bot(tmp_path) as bot:
+        posted = await finished(discord, lambda: next(iter(m for m in discord.channel_messages()
+                                                           if m.channel_id == discord.channel_id), None))
+        assert job_id(posted) == job and f"<@{alice['id']}>" in posted.content
+        await delivered(bot.service, job)
+
+
 async def test_after_a_restart_old_buttons_work_and_missed_results_are_posted(
     discord: FakeDiscord, tmp_path: Path
 ) -> None:
@@ -404,7 +433,8 @@ async def test_after_a_restart_old_buttons_work_and_missed_results_are_posted(
         assert discord.command_syncs == 2 and len(discord.identified) == 2
 
     async with discord_bot(tmp_path):  # delivered results are not posted again
-        await asyncio.sleep(0.1)
+        # A whole new job's time after the start: far longer than posting a recovered result takes.
+        await finished(discord, original(await discord.imagine(alice, "after the second restart")))
         assert len(discord.channel_messages()) == 2
 
 

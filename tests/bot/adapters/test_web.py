@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,10 +19,12 @@ import pytest
 from bot.adapters import configured_adapters
 from bot.adapters.web import WebAdapter
 from bot.adapters.web.tracking import Tracked
+from bot.app import App, generator_process
 from bot.config import ConfigError, Settings, WebSettings
 from bot.jobs import Done, Queued, Requester
+from bot.local_queue import LocalQueue
 from bot.service import Service
-from tests.bot.helpers import FakeGenerator, png, running, settings
+from tests.bot.helpers import FakeGenerator, png, running, settings, until
 
 pytestmark = pytest.mark.asyncio
 
@@ -244,8 +248,12 @@ async def test_rate_limited_requests_are_429_with_retry_after(tmp_path: Path) ->
 
 
 async def test_too_many_waiting_jobs_is_429_too(tmp_path: Path) -> None:
-    async with serving(tmp_path, limits={"max_queued_per_user": 1, "max_running_per_user": 1}) as web:
+    held = FakeGenerator()
+    held.hold.clear()
+    limits = {"max_queued_per_user": 1, "max_running_per_user": 1}
+    async with serving(tmp_path, generator=held, limits=limits) as web:
         await web.imagine()  # runs (the fake generator holds it)
+        await until(lambda: len(held.submitted) == 1, "the first job to start")
         await web.imagine()  # waits
         status, body, headers = await web.post("/api/imagine", {"user": "ada", "prompt": "a third"})
         assert status == 429 and body["error"].startswith("You already have 1 job waiting")
@@ -306,6 +314,35 @@ async def test_healthz_and_metrics(tmp_path: Path) -> None:
         assert float(samples["janus_bot_images_per_second"]) > 0
         assert samples["janus_bot_generator_restarts_total"] == "0"
         assert "# TYPE janus_bot_jobs_ended_total counter" in text
+
+
+@pytest.mark.slow
+async def test_healthz_is_503_while_the_generator_restarts_after_a_crash(tmp_path: Path, tiny_dir: Path) -> None:
+    config = settings(tmp_path, web={"port": 0}, model={"name": str(tiny_dir), "device": "cpu"})
+    generator = generator_process(config)
+    async with App(config, LocalQueue(generator)) as app:
+        adapter = WebAdapter(config.web, config.bot.data_dir, None)
+        await adapter.start(app.service)
+        try:
+            async with aiohttp.ClientSession(adapter.url) as http:
+                web = Web(http, app.service, FakeGenerator(), adapter)
+                assert (await web.get("/healthz"))[0] == 200
+                pid = generator.pid
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                seen: list[int] = []
+                async with asyncio.timeout(60):
+                    while 503 not in seen or seen[-1] != 200:  # down while it restarts, then up again
+                        status, health = await web.get("/healthz")
+                        if seen[-1:] != [status]:
+                            seen.append(status)
+                            assert health["generator_up"] is (status == 200), health
+                        await asyncio.sleep(0.01)
+                assert seen == [200, 503, 200] and generator.pid != pid
+                async with http.get("/metrics") as response:
+                    assert "janus_bot_generator_restarts_total 1" in await response.text()
+        finally:
+            await adapter.close()
 
 
 async def test_the_page_and_its_files_are_served(tmp_path: Path) -> None:
