@@ -56,8 +56,14 @@ class Requester:
     platform: str
     server: str
     channel: str
-    user: str
+    user: str  # the platform's id of the user: what limits, bans, ownership and admin rights go by
     is_admin: bool = False  # an admin of this server, as the platform says
+    name: str = ""  # how to show the user, when the platform gives a name beside the id
+
+    @property
+    def shown(self) -> str:
+        """The user's name when known, else the id."""
+        return self.name or self.user
 
     @property
     def user_key(self) -> str:

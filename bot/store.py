@@ -73,6 +73,10 @@ MIGRATIONS: list[str] = [
         place TEXT NOT NULL  -- opaque to the core, e.g. Slack's "<channel> <ts>"
     );
     """,
+    # 4: the requester's name beside their id, to show
+    """
+    ALTER TABLE jobs ADD COLUMN user_name TEXT NOT NULL DEFAULT '';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _Statement = tuple[str, tuple[Any, ...]]
@@ -80,7 +84,7 @@ _Statement = tuple[str, tuple[Any, ...]]
 _JOB_COLUMNS = (
     "id, platform, server, channel, user, is_admin, prompt, count, cfg, temperature, requested_seed, seed, "
     "kind, parent_id, parent_index, strength, status, created_at, started_at, finished_at, error, grid_path, "
-    "delivered"
+    "delivered, user_name"
 )
 
 
@@ -132,13 +136,15 @@ def _job_row(job: Job) -> tuple[Any, ...]:
         job.id, r.platform, r.server, r.channel, r.user, int(r.is_admin), job.prompt, o.count, o.cfg, o.temperature,
         o.seed, job.seed, job.kind.value, job.parent_id, job.parent_index, job.strength and job.strength.value,
         job.status.value, job.created_at, job.started_at, job.finished_at, job.error, job.grid_path, int(job.delivered),
+        r.name,
     )  # fmt: skip
 
 
 def _job(row: aiosqlite.Row) -> Job:
     return Job(
         id=row["id"],
-        requester=Requester(row["platform"], row["server"], row["channel"], row["user"], bool(row["is_admin"])),
+        requester=Requester(row["platform"], row["server"], row["channel"], row["user"], bool(row["is_admin"]),
+                            row["user_name"]),
         prompt=row["prompt"],
         options=Options(row["count"], row["cfg"], row["temperature"], row["requested_seed"]),
         seed=row["seed"],

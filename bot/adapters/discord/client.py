@@ -34,7 +34,8 @@ def requester(interaction: discord.Interaction) -> Requester:
     perms = interaction.permissions
     admin = interaction.guild_id is not None and (perms.manage_guild or perms.administrator)
     server = str(interaction.guild_id) if interaction.guild_id is not None else DM_SERVER
-    return Requester(PLATFORM, server, str(interaction.channel_id), str(interaction.user.id), admin)
+    user = interaction.user
+    return Requester(PLATFORM, server, str(interaction.channel_id), str(user.id), admin, user.display_name)
 
 
 def _seed(text: str | None) -> int | None:
