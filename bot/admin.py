@@ -10,11 +10,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from bot.blocklist import pattern_problem
 from bot.config import BlocklistSettings
 from bot.jobqueue import JobQueue
 from bot.jobs import Job, Kind, Refused, Requester
 from bot.policy import OVERRIDABLE, Policy, audit_entry
-from bot.ratelimit import compile_pattern
 from bot.store import AuditEntry, Ban, Store, Usage
 
 
@@ -69,8 +69,8 @@ class Admin:
         text = text.strip()
         if not text:
             raise Refused("Give the word or pattern to block.")
-        if regex:
-            compile_pattern(text)
+        if regex and (problem := pattern_problem(text)):
+            raise Refused(f"{problem[0].upper()}{problem[1:]}; fix it and try again.")
         key = "blocklist.patterns" if regex else "blocklist.words"
         listed = list(self.policy.overrides(requester).get(key, []))
         if text not in listed:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bot.blocklist import pattern_problem
 from generator.protocol import CFG_RANGE, COUNT_RANGE, TEMPERATURE_RANGE
 
 
@@ -61,17 +61,6 @@ class LimitSettings(_Section):
     max_queued_per_user: int = Field(default=3, ge=1)
     max_running_per_user: int = Field(default=1, ge=1)
     queue_cap: int = Field(default=100, ge=1)
-
-
-def pattern_problem(pattern: str) -> str | None:
-    """Why a blocklist pattern cannot be used (it is no regular expression, or it blocks every prompt), or None."""
-    try:
-        compiled = re.compile(pattern, re.IGNORECASE)
-    except re.error as error:
-        return f"{pattern!r} is not a regular expression ({error})"
-    if compiled.search("") is not None:
-        return f"{pattern!r} matches an empty text, so it would block every prompt"
-    return None
 
 
 class BlocklistSettings(_Section):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from bot.blocklist import blocklist
 from bot.config import BlocklistSettings, DefaultSettings, LimitSettings, Settings
 from bot.jobs import Job, Refused, Requester
-from bot.ratelimit import Blocklist
 from bot.store import AuditEntry, Ban, Store
 
 # Settings a server's admins may override, by "section.key".
@@ -87,7 +87,7 @@ class Policy:
             raise Refused(f"You are banned from making images here{because}; ask a server admin if this is a mistake.")
         if prompt is not None:
             listed = self.blocklist(requester)
-            if blocked := Blocklist(listed.words, listed.patterns).match(prompt):
+            if blocked := blocklist(listed.words, listed.patterns).match(prompt):
                 raise Refused(f'Your prompt contains "{blocked}", which is not allowed here; rephrase it and try '
                               f'again.')
 

@@ -1,12 +1,11 @@
-"""Who may queue a job now: per-user token buckets, queue caps and the prompt blocklist."""
+"""Who may queue a job now: per-user token buckets and queue caps."""
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
-from bot.config import LimitSettings, pattern_problem
+from bot.config import LimitSettings
 from bot.jobs import Refused
 
 Clock = Callable[[], float]  # seconds, monotonic
@@ -47,31 +46,6 @@ class TokenBucket:
         if wait == 0:
             self._buckets[key] = (max(0.0, self._tokens(key, capacity, period) - 1), self._clock())
         return wait
-
-
-class Blocklist:
-    """Words (whole words) and regular expressions, matched case-insensitively."""
-
-    def __init__(self, words: Iterable[str] = (), patterns: Iterable[str] = ()) -> None:
-        self._checks = [
-            re.compile(rf"(?<!\w){re.escape(word.strip())}(?!\w)", re.IGNORECASE) for word in words if word.strip()
-        ]
-        self._checks += [compile_pattern(pattern) for pattern in patterns]
-
-    def match(self, prompt: str) -> str | None:
-        """The first blocked text found in the prompt, if any."""
-        for check in self._checks:
-            found = check.search(prompt)
-            if found:
-                return found.group(0)
-        return None
-
-
-def compile_pattern(pattern: str) -> re.Pattern[str]:
-    """A case-insensitive regex, or Refused with a sentence saying why it cannot be one of the blocklist."""
-    if problem := pattern_problem(pattern):
-        raise Refused(f"{problem[0].upper()}{problem[1:]}; fix it and try again.")
-    return re.compile(pattern, re.IGNORECASE)
 
 
 class RateLimiter:

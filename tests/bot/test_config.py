@@ -45,7 +45,8 @@ def test_secrets_come_from_the_environment_only(tmp_path: Path) -> None:
         ('[bot]\nadmins = ["1234"]\n', 'config.toml: bot.admins: "1234" should look like "discord:<user id>"'),
         ("[limits\n", "config.toml: not valid TOML: "),
         ('[blocklist]\npatterns = ["fine", "(oops"]\n',
-         "config.toml: blocklist.patterns: '(oops' is not a regular expression (missing ), unterminated subpattern"),
+         "config.toml: blocklist.patterns: '(oops' is not a regular expression the blocklist can use (missing ): "
+         "(oops"),
         ('[blocklist]\npatterns = ["bad|"]\n',
          "config.toml: blocklist.patterns: 'bad|' matches an empty text, so it would block every prompt"),
     ],

@@ -4,7 +4,7 @@ import pytest
 
 from bot.config import LimitSettings
 from bot.jobs import Refused
-from bot.ratelimit import WAITING_RETRY_S, Blocklist, RateLimiter, TokenBucket, duration
+from bot.ratelimit import WAITING_RETRY_S, RateLimiter, TokenBucket, duration
 from tests.bot.helpers import FakeClock
 
 
@@ -58,17 +58,3 @@ def test_durations_read_naturally() -> None:
     assert [duration(s) for s in (0.2, 1, 1.2, 45, 89, 90, 600, 5400)] == [
         "1 second", "1 second", "2 seconds", "45 seconds", "89 seconds", "2 minutes", "10 minutes", "2 hours"
     ]  # fmt: skip
-
-
-def test_blocklist_words_are_whole_and_case_insensitive_patterns_are_regexes() -> None:
-    blocklist = Blocklist(words=["gore", "red panda", " "], patterns=[r"\bnud(e|ity)\b"])
-    assert blocklist.match("So much Gore!") == "Gore"
-    assert blocklist.match("a gorgeous gorey scene") is None
-    assert blocklist.match("a RED  panda") is None and blocklist.match("a Red Panda") == "Red Panda"
-    assert blocklist.match("NUDITY") == "NUDITY"
-    assert blocklist.match("a nudibranch") is None
-    assert Blocklist().match("anything") is None
-    with pytest.raises(Refused, match=r"^'\(unclosed' is not a regular expression \(missing \)"):
-        Blocklist(patterns=["(unclosed"])
-    with pytest.raises(Refused, match="^'x\\|' matches an empty text, so it would block every prompt; fix it"):
-        Blocklist(patterns=["x|"])

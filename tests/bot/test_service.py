@@ -298,9 +298,13 @@ async def test_blocklist_from_config_and_admins(run: Run, tmp_path: Path) -> Non
             await service.admin.block(admin, "(", regex=True)
         with pytest.raises(Refused, match="would block every prompt"):
             await service.admin.block(admin, ".*", regex=True)
+        with pytest.raises(Refused, match=r"no backreferences or lookaround\); fix it and try again\.$"):
+            await service.admin.block(admin, r"(x)\1", regex=True)
+        await service.admin.block(admin, "(a+)+$", regex=True)  # hours for Python's re on the prompt below
+        assert isinstance(await (await service.submit(requester(), "a" * 40 + "!", count=1)).final(), Done)
         await service.admin.unblock(admin, r"blood\w*")
         await (await service.submit(requester(), "a bloody sunset")).final()
-        assert [a.action for a in await store.audit_log("discord", "s1")] == ["unblock", "block"]
+        assert [a.action for a in await store.audit_log("discord", "s1")] == ["unblock", "block", "block"]
 
 
 async def test_admin_overrides_are_per_server_validated_and_audited(run: Run, tmp_path: Path) -> None:
