@@ -29,6 +29,7 @@ from generator import protocol as wire
 log = logging.getLogger(__name__)
 
 SAVE_FAILED = "The images were made but could not be saved; please try again."
+NOT_RECORDED = "The bot could not record how this job ended; please try again."
 
 
 class Lifecycle:
@@ -134,8 +135,8 @@ class Lifecycle:
         self._ending.add(job.id)
         try:
             done, event = await self._results.save(job, pngs, tokens)
-        except Exception:
-            log.exception("could not store the images of job %s", job.id)
+        except Exception as error:
+            log.error("could not store the images of job %s (%s: %s)", job.id, type(error).__name__, error)
             self._ending.discard(job.id)
             await self.fail(job, SAVE_FAILED)
             return
@@ -148,14 +149,21 @@ class Lifecycle:
         await self.end(failed, Failed(job.id, reason))
 
     async def end(self, job: Job, event: Event) -> None:
-        """Record a job's final state, then send its final event, exactly once; a failed write frees it too."""
+        """Record a job's final state, then send its final event, exactly once.
+
+        A write that fails (a full disk, a locked database) still ends the job, as failed: its user hears so
+        and its slot is freed; the store still says it runs, so the next start resumes it.
+        """
         if job.id not in self._jobs or job.id in self._ending:
             return
         self._ending.add(job.id)
         try:
             await self._store.update_job(job)
-        except Exception:  # the next start finds it unfinished and resumes it
-            log.exception("could not record the end of job %s", job.id)
+        except Exception as error:
+            log.error("could not record the end of job %s (%s: %s); the next start runs it again",
+                      job.id, type(error).__name__, error)
+            job = replace(job, status=Status.FAILED, finished_at=job.finished_at or time.time(), error=NOT_RECORDED)
+            event = Failed(job.id, NOT_RECORDED)
         finally:
             self._ending.discard(job.id)
         self._finished(job, event)

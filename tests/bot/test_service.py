@@ -6,13 +6,15 @@ import functools
 import io
 import logging
 import re
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from bot.jobs import Cancelled, Done, Event, Failed, Handle, Progress, Queued, Refused, Started, Status, Strength
+from bot.jobs import Cancelled, Done, Event, Failed, Handle, Job, Progress, Queued, Refused, Started, Status, Strength
+from bot.lifecycle import NOT_RECORDED, SAVE_FAILED
 from bot.service import Service
 from bot.store import Store
 from tests.bot.helpers import OWNER, FakeClock, FakeGenerator, requester, running, running_pool, settings, until
@@ -387,6 +389,43 @@ async def test_restart_requeues_unfinished_jobs_and_hands_over_undelivered_ones(
         for handle in recovered:
             await service.delivered(handle.job.id)
         assert await store.undelivered() == []
+
+
+async def test_a_write_that_fails_ends_the_job_with_a_reason_and_frees_its_slot(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = settings(tmp_path, limits={"max_running_per_user": 1, "max_queued_per_user": 5})
+    async with run(config, FakeGenerator(max_batch_images=1)) as (service, fake, store):
+        finish_job = store.finish_job
+
+        async def disk_full(job: Job, images: object) -> None:
+            monkeypatch.setattr(store, "finish_job", finish_job)  # once
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(store, "finish_job", disk_full)
+        first = await service.submit(requester("alice"), "a fox", count=1)
+        second = await service.submit(requester("alice"), "a cat", count=1)  # needs the first one's slot
+        assert await asyncio.wait_for(first.final(), 10) == Failed(first.job.id, SAVE_FAILED)
+        assert (await store.job(first.job.id)).status is Status.FAILED  # type: ignore[union-attr]
+        assert isinstance(await asyncio.wait_for(second.final(), 10), Done)
+
+        async def locked(job: object) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+        await service.admin.pause(OWNER)
+        third = await service.submit(requester("alice"), "a dog", count=1)
+        monkeypatch.setattr(store, "update_job", locked)
+        await service.cancel(requester("alice"), third.job.id)
+        assert await asyncio.wait_for(third.final(), 10) == Failed(third.job.id, NOT_RECORDED)
+        monkeypatch.undo()
+        assert (await store.job(third.job.id)).status is Status.QUEUED  # type: ignore[union-attr]
+    async with run(config) as (service, fake, store):  # the next start finds it unfinished and settles it
+        final = await asyncio.wait_for((await service.watch(third.job.id)).final(), 10)
+        if run is running:  # this machine's queue forgot the job with the process: it runs again
+            assert isinstance(final, Done) and [m.job_id for m in fake.submitted] == [third.job.id]
+        else:  # the pool kept the cancel, which now reaches the store
+            assert final == Cancelled(third.job.id) and fake.submitted == []
+        assert (await store.job(third.job.id)).status is (Status.DONE if run is running else Status.CANCELLED)  # type: ignore[union-attr]
 
 
 async def test_shutdown_refuses_new_jobs(run: Run, tmp_path: Path) -> None:
