@@ -8,7 +8,7 @@ an engine with one request, runs it to half the image, and prints: the captured 
 (CUDA events over replays), the kernels of the same step run eagerly (grouped by name, per step), and
 with --norms the step with transformers' own RMSNorms (the engine uses torch's one-kernel one), with
 --fused the step compiled by torch.compile (inductor's fused kernels) and captured the same way, with
---transformers the step through transformers' forward instead of the engine's own `LlamaStep`.
+--transformers the step through transformers' forward instead of the engine's own `LlamaStep` (generator/llama_step.py).
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def profile(checkpoint: Checkpoint, images: int, fused: bool, norms: bool, throu
     engine.add([Request("a lighthouse at dusk", images, seed=0)])
     for _ in range(checkpoint.num_image_tokens // 2):
         engine.step()
-    kv_len = engine._static_shape(images, engine._host_pos[0] + 60)[1]
+    [run] = engine._running.values()
+    kv_len = engine.graphs.shape_for(images, run.write_pos + 60)[1]
     card = bandwidth_of(checkpoint.device)
     floor = bytes_per_step(checkpoint, images) / card[1] * 1000 if card else float("nan")
     print(f"{checkpoint.name}, {images} images, cache length {kv_len}, floor {floor:.2f} ms/step", flush=True)
@@ -97,15 +98,15 @@ def profile(checkpoint: Checkpoint, images: int, fused: bool, norms: bool, throu
         print(f"  captured eager kernels, transformers' RMSNorm: {replay_ms(step):.2f} ms/step", flush=True)
         fuse_norms(checkpoint.model)
     if through_transformers:
-        own, engine._step = engine._step, None
+        own, engine.graphs.step = engine.graphs.step, None
         print(f"  captured, through transformers' forward: {replay_ms(step):.2f} ms/step", flush=True)
         if not brief:
             kernel_table(step, top=8)
-        engine._step = own
+        engine.graphs.step = own
     if not fused:
         return
     start = time.perf_counter()
-    engine._compile()  # the engine's `compile` option: the own step as one inductor graph
+    engine.compile_step()  # the engine's `compile` option: the own step as one inductor graph
     torch.cuda.synchronize()
     print(f"  inductor: compile and warm-up {time.perf_counter() - start:.0f} s", flush=True)
     for length in (kv_len, kv_len + 64):

@@ -20,10 +20,11 @@ import torch
 
 from generator.checkpoint import Checkpoint, CheckpointError, parse_device, parse_dtype
 from generator.cli import UsageError, command, quiet_transformers
-from generator.engine import Engine, Request, kv_bytes_per_row
+from generator.engine import Engine, Request
 from generator.presets import PRESETS, build_memory_problem, build_model
 from generator.prompt import format_prompt
 from generator.reference import reference_generate
+from generator.slots import kv_bytes_per_row
 
 PROMPTS = [
     "a lighthouse at dusk", "a red fox in the snow", "an astronaut riding a horse on the moon",

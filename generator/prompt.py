@@ -34,3 +34,14 @@ def cfg_rows(processor: JanusProcessor, prompt: str, num_images: int) -> torch.T
     cond = encode_prompt(processor, prompt)
     uncond = unconditional_ids(cond, processor)
     return torch.tensor([cond, uncond] * num_images, dtype=torch.long)
+
+
+def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt rows of different lengths as one batch: ids left-padded, and the mask of real tokens.  # [R, L]"""
+    length = max(len(row) for row in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, length - len(row) :] = torch.tensor(row)
+        mask[i, length - len(row) :] = True
+    return ids, mask

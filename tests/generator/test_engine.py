@@ -6,19 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from generator.engine import (
-    Engine,
-    LlamaStep,
-    Request,
-    RequestError,
-    Result,
-    fused_weight,
-    generate,
-    image_key,
-    sample,
-    uniform,
-)
+from generator.engine import Engine, Request, RequestError, Result, generate
+from generator.llama_step import LlamaStep, fused_weight
 from generator.reference import reference_generate
+from generator.sampling import image_key, sample, uniform
 
 PROMPTS = ["a lighthouse at dusk", "red", "two small yellow squares in the top left corner on a blue background"]
 
@@ -72,9 +63,9 @@ def test_own_decode_step_equals_transformers_forward(tiny):
     runs = []
     for own in (True, False):
         engine = Engine(tiny, max_batch_images=3, record_logits=True)
-        assert engine._step is not None  # the tiny model is a plain Llama: the own step covers it
+        assert engine.graphs.step is not None  # the tiny model is a plain Llama: the own step covers it
         if not own:
-            engine._step = None
+            engine.graphs.step = None
         with torch.inference_mode():
             engine.add(requests)
             runs.append(_results(engine))
@@ -149,7 +140,7 @@ def test_compiled_step_computes_what_the_eager_step_does(tiny, caplog):
     import logging
 
     eager = _forced_run(Engine(tiny, max_batch_images=4, record_logits=True), tiny)
-    with caplog.at_level(logging.INFO, logger="generator.engine"):
+    with caplog.at_level(logging.INFO, logger="generator.graphs"):
         engine = Engine(tiny, max_batch_images=4, record_logits=True, compile=True)
     assert "decode step compiled by torch.compile" in caplog.text
     assert engine.decode_path == "own step, compiled"
@@ -383,8 +374,8 @@ def test_an_image_that_cannot_fit_even_alone_fails_its_request_only(tiny, monkey
 
 def test_static_shapes_cover_every_batch_in_few_shapes(tiny):
     engine = Engine(tiny, max_batch_images=6, max_prompt_tokens=100, graphs=True)
-    assert engine.static and engine.max_len == 136
-    assert engine.static_shapes() == [(s, k) for s in (6, 4, 2, 1) for k in (136, 128, 64)]
+    assert engine.graphs.static and engine.max_len == 136
+    assert engine.graphs.shapes() == [(s, k) for s in (6, 4, 2, 1) for k in (136, 128, 64)]
 
 
 def test_static_shape_steps_match_exact_shape_steps(tiny):
@@ -397,7 +388,7 @@ def test_static_shape_steps_match_exact_shape_steps(tiny):
     done = {}
     for graphs in (False, True):
         engine = Engine(tiny, max_batch_images=5, graphs=graphs)
-        assert engine.static is graphs
+        assert engine.graphs.static is graphs
         with torch.inference_mode():
             engine.add([Request(**{**r.__dict__, "id": f"{r.id}-{graphs}"}) for r in requests[:2]])
             for _ in range(5):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from generator.checkpoint import load_checkpoint
-from generator.engine import Engine, Request, fused_weight, generate
+from generator.engine import Engine, Request, generate
+from generator.llama_step import fused_weight
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -34,13 +35,13 @@ def _serve(engine: Engine, tag: str) -> dict[str, torch.Tensor]:
 def test_cuda_defaults_to_bf16_and_graphs(tiny_cuda):
     assert tiny_cuda.device.type == "cuda" and tiny_cuda.dtype == torch.bfloat16
     engine = Engine(tiny_cuda, max_batch_images=4)
-    assert engine.static and len(engine._graphs) == len(engine.static_shapes())  # captured, not fallen back
+    assert engine.graphs.static and len(engine.graphs.captured) == len(engine.graphs.shapes())  # not fallen back
 
 
 def test_graph_replay_gives_the_tokens_of_the_same_steps_run_eagerly(tiny_cuda):
     replayed = _serve(Engine(tiny_cuda, max_batch_images=4), "graph")
     eager = Engine(tiny_cuda, max_batch_images=4)
-    eager._graphs.clear()  # same static shapes, same kernels, launched one by one
+    eager.graphs.captured.clear()  # same static shapes, same kernels, launched one by one
     assert replayed.keys() == {r.id for r in REQUESTS}
     for key, tokens in _serve(eager, "eager").items():
         assert torch.equal(replayed[key], tokens), key
@@ -72,11 +73,11 @@ def test_batch_size_is_derived_from_free_memory(tiny_cuda):
 def test_compiled_step_is_captured_and_mostly_agrees_with_the_eager_one(tiny_cuda, caplog):
     import logging
 
-    with caplog.at_level(logging.INFO, logger="generator.engine"):
+    with caplog.at_level(logging.INFO, logger="generator.graphs"):
         compiled = Engine(tiny_cuda, max_batch_images=4, compile=True)
     assert "decode step compiled by torch.compile" in caplog.text
-    assert len(compiled._graphs) == len(compiled.static_shapes())  # and the compiled step captured as graphs
-    assert compiled.decode_path == f"own step, compiled, {len(compiled._graphs)} CUDA graphs"
+    assert len(compiled.graphs.captured) == len(compiled.graphs.shapes())  # and the compiled step captured as graphs
+    assert compiled.decode_path == f"own step, compiled, {len(compiled.graphs.captured)} CUDA graphs"
     fused, eager = _serve(compiled, "compiled"), _serve(Engine(tiny_cuda, max_batch_images=4), "graph")
     for key, tokens in eager.items():  # inductor's fused kernels round bf16 differently now and then
         assert (fused[key] == tokens).float().mean() >= 0.9, key
@@ -106,9 +107,9 @@ def test_a_compiled_step_that_will_not_capture_falls_back_to_graphs_of_the_eager
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch.cuda, "graph", capture_once_failing)
-    with caplog.at_level(logging.WARNING, logger="generator.engine"):
+    with caplog.at_level(logging.WARNING, logger="generator.graphs"):
         engine = Engine(tiny_cuda, max_batch_images=4, compile=True)
     assert ("CUDA graphs of the compiled step failed (operation not permitted when stream is capturing); "
             "capturing the eager step") in caplog.text
-    assert engine._step is engine._eager_step and engine.static
-    assert engine.decode_path == f"own step, {len(engine.static_shapes())} CUDA graphs"
+    assert engine.graphs.step is engine.graphs.eager_step and engine.graphs.static
+    assert engine.decode_path == f"own step, {len(engine.graphs.shapes())} CUDA graphs"
