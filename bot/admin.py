@@ -14,7 +14,7 @@ from bot.blocklist import pattern_problem
 from bot.config import BlocklistSettings
 from bot.jobqueue import JobQueue
 from bot.jobs import Job, Kind, Refused, Requester
-from bot.policy import OVERRIDABLE, Policy, audit_entry
+from bot.policy import OVERRIDABLE, STRICTER_WHEN_LARGER, Policy, audit_entry
 from bot.store import AuditEntry, Ban, Store, Usage
 
 
@@ -61,7 +61,20 @@ class Admin:
                 model.model_validate({**self.policy.section(requester, section), field: value})
             except ValidationError as error:
                 raise Refused(f"{key} {error.errors()[0]['msg'].lower()}; you gave {value}.") from None
+            self._check_stricter(requester, key, value)
         await self.policy.set_override(requester, key, value, audit_entry(requester, "set", key=key, to=value))
+
+    def _check_stricter(self, requester: Requester, key: str, value: Any) -> None:
+        """Server admins may tighten the bot's limits for their server, not loosen them (bot admins may)."""
+        larger_is_stricter = STRICTER_WHEN_LARGER.get(key)
+        if larger_is_stricter is None or self.policy.is_owner(requester):
+            return
+        section, field = key.split(".")
+        configured = getattr(getattr(self.policy.settings, section), field)
+        if larger_is_stricter and value < configured:
+            raise Refused(f"{key} can be at least {configured:g} here (the bot's own limit); you gave {value}.")
+        if not larger_is_stricter and value > configured:
+            raise Refused(f"{key} can be at most {configured:g} here (the bot's own limit); you gave {value}.")
 
     async def block(self, requester: Requester, text: str, regex: bool = False) -> None:
         """Add a word (or, with regex, a regular expression) to the server's prompt blocklist."""

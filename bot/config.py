@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +39,8 @@ class BotSettings(_Section):
     data_dir: Path = Path("data")
     admins: tuple[str, ...] = ()
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    keep_days: float = Field(default=30.0, ge=0)  # finished jobs' pictures older than this are deleted; 0 keeps
+    max_data_gb: float = Field(default=20.0, ge=0)  # the oldest pictures go while they take more; 0: no cap
 
     @field_validator("admins")
     @classmethod
@@ -61,6 +64,7 @@ class LimitSettings(_Section):
     max_queued_per_user: int = Field(default=3, ge=1)
     max_running_per_user: int = Field(default=1, ge=1)
     queue_cap: int = Field(default=100, ge=1)
+    server_share: float = Field(default=0.5, gt=0, le=1)  # the share of queue_cap one server's jobs may take
 
 
 class BlocklistSettings(_Section):
@@ -97,11 +101,22 @@ class WebSettings(_Section):
     enabled: bool = False  # also serve the page when a chat platform is configured
     host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=8080, ge=0, le=65535)  # 0 picks a free port
+    public_names: tuple[str, ...] = ()  # Host names besides the bound host and loopback (a reverse proxy's)
+    max_streams_per_client: int = Field(default=32, ge=1)  # open event streams per client address
+    max_streams: int = Field(default=512, ge=1)  # open event streams in all
+
+    @field_validator("public_names")
+    @classmethod
+    def _host_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:  # compared with the Host header's name, which has no scheme, port or path
+            if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", name):
+                raise ValueError(f'"{name}" should be a host name such as "bot.example.com", with no scheme or port')
+        return tuple(name.lower() for name in names)
 
     @property
     def public(self) -> bool:
-        """Bound to more than this machine, so the API needs the access token."""
-        return self.host not in LOOPBACK_HOSTS
+        """Serving more than this machine (another bind or names of a proxy), so the API needs the access token."""
+        return self.host not in LOOPBACK_HOSTS or bool(self.public_names)
 
 
 class DiscordSettings(_Section):
@@ -125,6 +140,7 @@ class Secrets(_Section):
     slack_app_token: str | None = None
     slack_signing_secret: str | None = None
     web_token: str | None = None
+    web_admin_token: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Secrets:

@@ -62,12 +62,14 @@ class LocalQueue:
     async def admit(self, job: Job, msg: wire.Generate, limits: LimitSettings, *, exempt: bool) -> int:
         """Take a token from the user's bucket and queue the job, or raise Refused; no await in between."""
         r = job.requester
+        waiting = self._scheduler.waiting()
         self._limiter.admit(
             f"{r.platform}:{r.server}:{r.user}",
             limits,
             admin=exempt,
             queued=self._scheduler.waiting_for(r.user_key),
-            queue_total=len(self._scheduler),
+            queue_total=len(waiting),
+            server_total=sum((j.requester.platform, j.requester.server) == (r.platform, r.server) for j in waiting),
         )
         return self._push(job, msg, None if exempt else limits.max_running_per_user)
 

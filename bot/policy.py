@@ -15,8 +15,11 @@ OVERRIDABLE = {
     f"{section}.{key}": model
     for section, model in (("defaults", DefaultSettings), ("limits", LimitSettings))
     for key in model.model_fields
-    if key != "queue_cap"  # one queue for every server
+    if key not in ("queue_cap", "server_share")  # one queue for every server, shared out by the bot's admins
 }
+# Limits a server's admins may only make stricter than the config's: (key, True when larger is stricter).
+STRICTER_WHEN_LARGER = {"limits.period_s": True, "limits.jobs_per_period": False,
+                        "limits.max_queued_per_user": False, "limits.max_running_per_user": False}
 
 
 class Policy:
@@ -38,6 +41,11 @@ class Policy:
     def is_admin(self, requester: Requester) -> bool:
         """A server admin (as the platform says) or a bot admin from the config."""
         return requester.is_admin or self.is_owner(requester)
+
+    def exempt(self, requester: Requester) -> bool:
+        """Whether the per-user limits pass the requester by: bot admins only (a server admin of any server,
+        their own included, could otherwise fill the queue every server shares)."""
+        return self.is_owner(requester)
 
     def is_owner(self, requester: Requester) -> bool:
         """A bot admin from the config: admin of every server, and the only one who may pause the bot."""

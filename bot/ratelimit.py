@@ -54,12 +54,16 @@ class RateLimiter:
     def __init__(self, clock: Clock) -> None:
         self.buckets = TokenBucket(clock)
 
-    def admit(self, key: str, limits: LimitSettings, *, admin: bool, queued: int, queue_total: int) -> None:
-        """Take one job from `key`'s bucket, or raise Refused; `queued` counts that user's waiting jobs."""
+    def admit(self, key: str, limits: LimitSettings, *, admin: bool, queued: int, queue_total: int,
+              server_total: int = 0) -> None:
+        """Take one job from `key`'s bucket, or raise Refused; `queued` counts that user's waiting jobs,
+        `server_total` their server's."""
         if not admin and queued >= limits.max_queued_per_user:
             raise too_many_waiting(queued)
         if queue_total >= limits.queue_cap:
             raise queue_full(queue_total)
+        if server_total >= server_cap(limits):
+            raise server_full(server_total)
         if admin:
             return
         wait = self.buckets.take(key, limits.jobs_per_period, limits.period_s)
@@ -77,6 +81,16 @@ def too_many_waiting(queued: int) -> Refused:
 
 def queue_full(total: int) -> Refused:
     return Refused(f"The queue is full ({total} jobs waiting); try again in about a minute.", QUEUE_FULL_RETRY_S)
+
+
+def server_full(waiting: int) -> Refused:
+    return Refused(f"This server already has {waiting} jobs waiting, its share of the queue; try again in about a "
+                   f"minute.", QUEUE_FULL_RETRY_S)
+
+
+def server_cap(limits: LimitSettings) -> int:
+    """The most jobs one server may have waiting."""
+    return max(1, math.floor(limits.server_share * limits.queue_cap))
 
 
 def rate_limited(limits: LimitSettings, wait: float) -> Refused:

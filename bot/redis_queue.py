@@ -6,6 +6,7 @@ Keys, all under one prefix (`janus` by default):
     q:<user>        list: the user's waiting job ids, oldest first
     ring            sorted set: users with waiting jobs, least recently served first (score: last service)
     waiting         the number of waiting jobs (the queue cap counts it)
+    server_waiting  hash: "platform:server" -> its waiting jobs (each server's share of the cap counts them)
     running         hash: user -> jobs handed to workers and not yet ended
     bucket:<key>    hash: a user's token bucket (tokens, at), on Redis's clock
     bans            set: "platform:server:user"
@@ -42,7 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from bot.config import LimitSettings
 from bot.jobqueue import Backend
 from bot.jobs import Job, Refused
-from bot.ratelimit import queue_full, rate_limited, too_many_waiting
+from bot.ratelimit import queue_full, rate_limited, server_cap, server_full, too_many_waiting
 from generator import protocol as wire
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,10 @@ Arg = str | int | float  # a script argument
 
 # Where a user who enters the ring goes: after every user served less recently (never: first, by arrival).
 _ENQUEUE = """
-local function enqueue(p, id, user, msg, instance, count, limit, ttl)
+local function enqueue(p, id, user, msg, instance, count, limit, ttl, server)
   redis.call('HSET', p .. 'job:' .. id, 'msg', msg, 'user', user, 'instance', instance, 'count', count,
-             'limit', limit, 'ttl', ttl, 'state', 'waiting')
+             'limit', limit, 'ttl', ttl, 'state', 'waiting', 'server', server)
+  redis.call('HINCRBY', p .. 'server_waiting', server, 1)
   redis.call('RPUSH', p .. 'q:' .. user, id)
   if not redis.call('ZSCORE', p .. 'ring', user) then
     local served = redis.call('HGET', p .. 'served', user)
@@ -69,6 +71,14 @@ local function enqueue(p, id, user, msg, instance, count, limit, ttl)
   end
   redis.call('INCR', p .. 'waiting')
   redis.call('PUBLISH', p .. 'queued', id)  -- wakes idle workers
+end
+
+-- A job leaves the waiting jobs of its server (jobs queued before servers were counted have none).
+local function unwait(p, job)
+  local server = redis.call('HGET', job, 'server')
+  if server and tonumber(redis.call('HINCRBY', p .. 'server_waiting', server, -1)) <= 0 then
+    redis.call('HDEL', p .. 'server_waiting', server)
+  end
 end
 
 -- 1-based place of job `id` in the fair order: depth by depth through the ring.
@@ -90,7 +100,7 @@ end
 """
 
 # ARGV: prefix, id, user, msg, instance, count, limit (max running, 0 = none), max_queued (0 = none),
-# queue_cap, bucket key, bucket capacity (0 = none), bucket period, ban key, result ttl.
+# queue_cap, bucket key, bucket capacity (0 = none), bucket period, ban key, result ttl, server, server cap.
 ADMIT = _ENQUEUE + """
 local p, id, user = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('EXISTS', p .. 'job:' .. id) == 1 then return {'ok', position(p, id, user)} end
@@ -100,6 +110,8 @@ local max_queued = tonumber(ARGV[8])
 if max_queued > 0 and queued >= max_queued then return {'queued', queued} end
 local waiting = tonumber(redis.call('GET', p .. 'waiting') or '0')
 if waiting >= tonumber(ARGV[9]) then return {'full', waiting} end
+local server_waiting = tonumber(redis.call('HGET', p .. 'server_waiting', ARGV[15]) or '0')
+if server_waiting >= tonumber(ARGV[16]) then return {'server', server_waiting} end
 local capacity, period = tonumber(ARGV[11]), tonumber(ARGV[12])
 if capacity > 0 then
   local key = p .. 'bucket:' .. ARGV[10]
@@ -113,13 +125,13 @@ if capacity > 0 then
   redis.call('HSET', key, 'tokens', tostring(tokens - 1), 'at', tostring(now))
   redis.call('EXPIRE', key, math.ceil(period) + 60)
 end
-enqueue(p, id, user, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[14])
+enqueue(p, id, user, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[14], ARGV[15])
 return {'ok', position(p, id, user)}
 """
 
 # A bot re-sends the jobs its last run left unfinished: keep what Redis has, re-publish a stored result,
 # queue the job again (past every limit: it was accepted already) only when Redis has lost it.
-# ARGV: prefix, id, user, msg, instance, count, limit, stream length, result ttl.
+# ARGV: prefix, id, user, msg, instance, count, limit, stream length, result ttl, server.
 RESUBMIT = _ENQUEUE + """
 local p, id = ARGV[1], ARGV[2]
 local job = p .. 'job:' .. id
@@ -138,7 +150,7 @@ if state == 'done' and redis.call('HGET', job, 'final') then
   return 'final'
 end
 redis.call('DEL', job)
-enqueue(p, id, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[9])
+enqueue(p, id, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[9], ARGV[10])
 return 'queued'
 """
 
@@ -146,7 +158,7 @@ return 'queued'
 # limit is passed over; the next fair job waits for room rather than letting smaller ones overtake it. Picked
 # jobs go into the job stream and are read by this worker in the same step, so nothing sits unread in the stream.
 # ARGV: prefix, consumer, free image slots, idle (1 when the worker runs nothing).
-TAKE = """
+TAKE = _ENQUEUE + """
 local p, consumer = ARGV[1], ARGV[2]
 if redis.call('EXISTS', p .. 'paused') == 1 then return {} end
 local free, idle = tonumber(ARGV[3]), ARGV[4] == '1'
@@ -168,6 +180,7 @@ while progress and free > 0 do
       end
       redis.call('LPOP', q)
       redis.call('DECR', p .. 'waiting')
+      unwait(p, job)
       redis.call('HINCRBY', p .. 'running', user, 1)
       local seq = redis.call('INCR', p .. 'seq')
       redis.call('HSET', p .. 'served', user, seq)
@@ -224,7 +237,7 @@ return 1
 """
 
 # ARGV: prefix, id, Cancelled message, ttl. 'removed' (it was waiting), 'running' (its worker is told), or ''.
-CANCEL = """
+CANCEL = _ENQUEUE + """
 local p, id = ARGV[1], ARGV[2]
 local job = p .. 'job:' .. id
 local state, user, instance = unpack(redis.call('HMGET', job, 'state', 'user', 'instance'))
@@ -232,6 +245,7 @@ if state == 'waiting' then
   local q = p .. 'q:' .. user
   redis.call('LREM', q, 1, id)
   redis.call('DECR', p .. 'waiting')
+  unwait(p, job)
   if redis.call('LLEN', q) == 0 then redis.call('ZREM', p .. 'ring', user) end
   redis.call('HSET', job, 'state', 'done', 'final', ARGV[3])
   redis.call('EXPIRE', job, tonumber(ARGV[4]))
@@ -249,10 +263,11 @@ return ''
 # A finished job whose result is gone (its file was deleted): queue it again as it was. ARGV: prefix, id.
 REDO = _ENQUEUE + """
 local p, id = ARGV[1], ARGV[2]
-local job = redis.call('HMGET', p .. 'job:' .. id, 'msg', 'user', 'instance', 'count', 'limit', 'ttl', 'state')
+local job = redis.call('HMGET', p .. 'job:' .. id, 'msg', 'user', 'instance', 'count', 'limit', 'ttl', 'state',
+                      'server')
 if not job[1] or job[7] ~= 'done' then return 0 end
 redis.call('DEL', p .. 'job:' .. id)
-enqueue(p, id, job[2], job[1], job[3], job[4], job[5], job[6] or '86400')
+enqueue(p, id, job[2], job[1], job[3], job[4], job[5], job[6] or '86400', job[8] or '')
 return 1
 """
 
@@ -464,6 +479,8 @@ class RedisQueue:
             limits.period_s,
             ban_key(r.platform, r.server, r.user),
             self.result_ttl,
+            server_key(r.platform, r.server),
+            server_cap(limits),
         ]  # fmt: skip
         try:
             verdict, value = await self._admit(args=args)
@@ -481,6 +498,8 @@ class RedisQueue:
             raise too_many_waiting(int(value))
         if verdict == "full":
             raise queue_full(int(value))
+        if verdict == "server":
+            raise server_full(int(value))
         raise rate_limited(limits, float(_str(value)))
 
     async def resume(self, job: Job, msg: wire.Generate, limits: LimitSettings, *, exempt: bool) -> None:
@@ -488,7 +507,7 @@ class RedisQueue:
         accepted before); its place arrives as a Waiting message."""
         limit = 0 if exempt else limits.max_running_per_user
         args: list[Arg] = [self._p, msg.job_id, job.requester.user_key, wire.dumps(msg), self.instance, msg.count,
-                           limit, OUT_MAXLEN, self.result_ttl]
+                           limit, OUT_MAXLEN, self.result_ttl, server_key(job.requester.platform, job.requester.server)]
         outcome = _str(await retrying("re-queueing a job", lambda: self._resubmit(args=args)))
         if outcome in ("kept", "queued"):
             self._waiting.setdefault(msg.job_id, 0)
@@ -616,6 +635,11 @@ class RedisQueue:
 def result_path(directory: Path, job_id: str) -> Path:
     """Where a worker writes a finished job's Done message in the shared result directory."""
     return directory / f"{job_id}.json"
+
+
+def server_key(platform: str, server: str) -> str:
+    """How a server is named in the count of waiting jobs per server."""
+    return f"{platform}:{server}"
 
 
 def ban_key(platform: str, server: str, user: str) -> str:

@@ -91,7 +91,7 @@ class Service:
             except Refused as refused:  # a variation whose source image is gone
                 await self._jobs.fail(job, str(refused))
                 continue
-            limits, exempt = self.policy.limits(job.requester), self.policy.is_admin(job.requester)
+            limits, exempt = self.policy.limits(job.requester), self.policy.exempt(job.requester)
             position = await self._queue.resume(job, msg, limits, exempt=exempt)
             if position is not None:
                 handle.put(Queued(job.id, position))
@@ -165,7 +165,7 @@ class Service:
         seed = options.seed if options.seed is not None else random.randint(0, SEED_MAX)
         job = Job(new_job_id(), requester, prompt, options, seed, time.time(), **parent)  # type: ignore[arg-type]
         msg = await self._message(job)
-        limits, exempt = self.policy.limits(requester), self.policy.is_admin(requester)
+        limits, exempt = self.policy.limits(requester), self.policy.exempt(requester)
         await self._store.add_job(job)  # first: a job the queue knows of is one the next start can resume
         handle = self._jobs.add(job, admitting=True)
         try:

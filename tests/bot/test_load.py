@@ -18,7 +18,8 @@ REFUSALS = ("You already have 3 jobs waiting", "You can start 7 jobs every 10 mi
 
 async def test_500_submissions_from_50_users_each_end_exactly_once(tmp_path: Path) -> None:
     rng = random.Random(4)
-    config = settings(tmp_path, limits={"jobs_per_period": 7, "max_queued_per_user": 3, "queue_cap": 120})
+    config = settings(tmp_path, limits={"jobs_per_period": 7, "max_queued_per_user": 3, "queue_cap": 120,
+                                       "server_share": 1.0})  # every user is in one server here
     fake = FakeGenerator(max_batch_images=16, steps=4, step_delay=0.005)
     handles: list[Handle] = []
     refusals: Counter[str] = Counter()

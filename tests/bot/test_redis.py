@@ -101,7 +101,8 @@ async def test_the_queue_cap_holds_under_concurrent_submissions_to_two_instances
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     url = redis_server.url
-    async with shared(tmp_path / "a", url, "a", queue_cap=12) as a, shared(tmp_path / "b", url, "b", queue_cap=12) as b:
+    cap = {"queue_cap": 12, "server_share": 1.0}
+    async with shared(tmp_path / "a", url, "a", **cap) as a, shared(tmp_path / "b", url, "b", **cap) as b:
         calls = [(a if i % 2 else b).submit(requester(f"u{i}"), f"cap {i}", count=1) for i in range(40)]
         results = await asyncio.gather(*calls, return_exceptions=True)
         accepted = [r for r in results if isinstance(r, Handle)]

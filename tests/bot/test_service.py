@@ -211,7 +211,9 @@ async def test_rate_limit_refusal_says_when_to_try_again(tmp_path: Path) -> None
             await service.submit(requester(), "a")
         assert info.value.retry_after == pytest.approx(30)
         await (await service.submit(requester("bob"), "a")).final()  # others are not affected
-        await (await service.submit(requester(admin=True), "a")).final()  # admins are exempt
+        with pytest.raises(Refused, match="You can start 2 jobs"):  # server admins are not exempt
+            await service.submit(requester(admin=True), "a")
+        await (await service.submit(OWNER, "a")).final()  # the bot's admins are
         clock.advance(30)
         await (await service.submit(requester(), "a")).final()
 
@@ -235,7 +237,7 @@ async def test_reroll_and_variations_count_against_the_pressers_limits_upscales_
 
 
 async def test_max_queued_per_user_and_global_queue_cap(run: Run, tmp_path: Path) -> None:
-    config = settings(tmp_path, limits={"max_queued_per_user": 2, "queue_cap": 3})
+    config = settings(tmp_path, limits={"max_queued_per_user": 2, "queue_cap": 3, "server_share": 1.0})
     async with run(config) as (service, _, _):
         await service.admin.pause(OWNER)
         await service.submit(requester("a"), "x")
@@ -247,6 +249,42 @@ async def test_max_queued_per_user_and_global_queue_cap(run: Run, tmp_path: Path
             await service.submit(requester("c"), "x")
         with pytest.raises(Refused, match="queue is full"):
             await service.submit(requester("c", admin=True), "x")
+
+
+async def test_each_server_gets_at_most_its_share_of_the_queue(run: Run, tmp_path: Path) -> None:
+    config = settings(tmp_path, limits={"queue_cap": 10, "server_share": 0.4, "max_queued_per_user": 10})
+    async with run(config) as (service, _, _):
+        await service.admin.pause(OWNER)
+        for user in ("a", "b", "c", "d"):  # four users of one server fill its share: 4 of 10
+            await service.submit(requester(user, server="big"), "x")
+        for who in (requester("e", server="big"), requester("boss", server="big", admin=True)):
+            with pytest.raises(Refused, match="This server already has 4 jobs waiting, its share of the queue; "
+                                              "try again in about a minute") as refused:
+                await service.submit(who, "x")
+            assert refused.value.retry_after == 60
+        for user in ("f", "g", "h", "i"):  # another server's users still get in, up to their own share
+            await service.submit(requester(user, server="small"), "x")
+        await service.admin.resume(OWNER)
+
+
+async def test_server_admins_may_tighten_the_bots_limits_not_loosen_them(run: Run, tmp_path: Path) -> None:
+    admin = requester("boss", admin=True)
+    async with run(settings(tmp_path, limits={"jobs_per_period": 5, "max_queued_per_user": 2})) as (service, _, _):
+        with pytest.raises(Refused, match=r"limits.jobs_per_period can be at most 5 here \(the bot's own limit\); "
+                                          r"you gave 500\."):
+            await service.admin.set_setting(admin, "limits.jobs_per_period", 500)
+        with pytest.raises(Refused, match="limits.max_queued_per_user can be at most 2 here"):
+            await service.admin.set_setting(admin, "limits.max_queued_per_user", 3)
+        with pytest.raises(Refused, match="limits.period_s can be at least 600 here"):
+            await service.admin.set_setting(admin, "limits.period_s", 1)
+        with pytest.raises(Refused, match="limits.server_share is not a setting you can change here"):
+            await service.admin.set_setting(admin, "limits.server_share", 1.0)
+        await service.admin.set_setting(admin, "limits.jobs_per_period", 1)  # stricter is fine
+        await (await service.submit(requester("u"), "x")).final()
+        with pytest.raises(Refused, match="You can start 1 jobs every 10 minutes"):
+            await service.submit(requester("u"), "x")
+        await service.admin.set_setting(OWNER, "limits.jobs_per_period", 50)  # the bot's admins may loosen
+        assert service.admin.server_settings(admin)["limits.jobs_per_period"] == 50
 
 
 async def test_max_running_per_user(run: Run, tmp_path: Path) -> None:
