@@ -121,6 +121,7 @@ class Job:
     error: str | None = None
     grid_path: str | None = None  # relative to the data directory
     delivered: bool = False
+    removed_at: float | None = None  # when its pictures were deleted (retention)
 
     @property
     def platform(self) -> str:

@@ -93,9 +93,10 @@ def server_cap(limits: LimitSettings) -> int:
     return max(1, math.floor(limits.server_share * limits.queue_cap))
 
 
-def rate_limited(limits: LimitSettings, wait: float) -> Refused:
+def rate_limited(limits: LimitSettings, wait: float, what: str = "jobs") -> Refused:
+    verb = "start" if what == "jobs" else "make"
     return Refused(
-        f"You can start {limits.jobs_per_period} jobs every {duration(limits.period_s)}; "
+        f"You can {verb} {limits.jobs_per_period} {what} every {duration(limits.period_s)}; "
         f"try again in {duration(wait)}.",
         wait,
     )

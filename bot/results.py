@@ -8,7 +8,7 @@ import time
 from dataclasses import replace
 
 from bot import images
-from bot.config import ImageSettings
+from bot.config import BotSettings, ImageSettings
 from bot.jobs import Cancelled, Done, Event, Failed, Image, Job, Refused, Status, Strength
 from bot.store import Store
 
@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 GENERATOR_GONE = "The image generator stopped before finishing this job; please try again."
 IMAGES_GONE = "The images of this job are no longer stored; start a new one with /imagine."
+PICTURE_GONE = "That image is no longer stored; start a new job with /imagine."
 
 
 class Results:
@@ -26,14 +27,17 @@ class Results:
         self._settings = settings
 
     async def save(self, job: Job, pngs: list[bytes], tokens: list[list[int]]) -> tuple[Job, Done]:
-        """Write the images and their grid, then record the job as done with its images and usage."""
-        folder = f"images/{job.id}"
-        grid = pngs[0] if len(pngs) == 1 else await asyncio.to_thread(images.grid, pngs)
+        """Write the images and their grid (a lone image is its own grid), then record the job as done with its
+        images and usage."""
+        folder = folder_of(job.id)
         files = {f"{folder}/{i}.png": png for i, png in enumerate(pngs)}
-        files[f"{folder}/grid.png"] = grid
+        grid, grid_path = pngs[0], f"{folder}/0.png"
+        if len(pngs) > 1:
+            grid, grid_path = await asyncio.to_thread(images.grid, pngs), f"{folder}/grid.png"
+            files[grid_path] = grid
         await self._store.save_files(files)
         stored = [Image(job.id, i, f"{folder}/{i}.png", job.seed, grid_tokens) for i, grid_tokens in enumerate(tokens)]
-        done = replace(job, status=Status.DONE, finished_at=time.time(), grid_path=f"{folder}/grid.png")
+        done = replace(job, status=Status.DONE, finished_at=time.time(), grid_path=grid_path)
         await self._store.finish_job(done, stored)
         return done, Done(job.id, job.seed, grid, pngs)
 
@@ -57,7 +61,7 @@ class Results:
         for image in await self._store.images(job_id):
             if image.index == index:
                 return image
-        raise Refused("That image is no longer stored; start a new job with /imagine.")
+        raise Refused(PICTURE_GONE)
 
     async def kept_rows(self, job: Job) -> list[list[int]]:
         """A variation's forced prefix: the top rows of its source image's token grid, for each image."""
@@ -68,5 +72,44 @@ class Results:
 
     async def upscaled(self, image: Image) -> bytes:
         """A stored image, Lanczos-upscaled to the configured size, as a PNG."""
-        png = await self._store.read_file(image.path)
+        try:
+            png = await self._store.read_file(image.path)
+        except FileNotFoundError:
+            raise Refused(PICTURE_GONE) from None
         return await asyncio.to_thread(images.upscale, png, self._settings.upscale_px)
+
+    # -- retention --
+
+    async def sweep(self, settings: BotSettings, now: float | None = None) -> int:
+        """Delete finished jobs' pictures older than `keep_days`, then the oldest while all of them take more
+        than `max_data_gb`; one log line each. The jobs' rows and token grids stay. How many were deleted."""
+        now = time.time() if now is None else now
+        removed = 0
+        if settings.keep_days:
+            for job in await self._store.with_pictures(finished_before=now - settings.keep_days * 86400):
+                await self._remove(job, f"finished {(now - (job.finished_at or now)) / 86400:.0f} days ago; "
+                                        f"bot.keep_days = {settings.keep_days:g}", now)
+                removed += 1
+        if settings.max_data_gb:
+            limit = settings.max_data_gb * 2**30
+            kept = [(job, await self._store.folder_bytes(folder_of(job.id)))
+                    for job in await self._store.with_pictures()]
+            total = sum(size for _, size in kept)
+            for job, size in kept:
+                if total <= limit:
+                    break
+                await self._remove(job, f"the pictures take {total / 2**30:.2f} GB; bot.max_data_gb = "
+                                        f"{settings.max_data_gb:g}", now)
+                total -= size
+                removed += 1
+        return removed
+
+    async def _remove(self, job: Job, why: str, now: float) -> None:
+        freed = await self._store.remove_files(folder_of(job.id))
+        await self._store.pictures_removed(job.id, now)
+        log.info("deleted the pictures of job %s (%.1f MB): %s", job.id, freed / 2**20, why)
+
+
+def folder_of(job_id: str) -> str:
+    """Where a job's pictures are kept, under the data directory."""
+    return f"images/{job_id}"

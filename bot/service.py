@@ -35,12 +35,16 @@ from bot.jobs import (
 from bot.lifecycle import Lifecycle
 from bot.metrics import Meter, Stats
 from bot.policy import Policy, audit_entry
-from bot.results import Results
+from bot.ratelimit import Clock, TokenBucket, queue_full, rate_limited
+from bot.results import PICTURE_GONE, Results
 from bot.store import Store
 from generator import protocol as wire
 from generator.protocol import SEED_MAX
 
 log = logging.getLogger(__name__)
+
+RETENTION_EVERY_S = 3600.0
+UPSCALE_RETRY_S = 5.0
 
 Hook = Callable[[Handle], Awaitable[None]]
 
@@ -53,7 +57,8 @@ class Service:
     stream holds just the final event).
     """
 
-    def __init__(self, settings: Settings, store: Store, queue: JobQueue, *, on_recovered: Hook | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store, queue: JobQueue, *, on_recovered: Hook | None = None,
+                 clock: Clock = time.monotonic) -> None:
         self.settings = settings
         self.policy = Policy(settings, store)
         self.meter = Meter()
@@ -63,6 +68,7 @@ class Service:
         self._results = Results(store, settings.images)
         self._jobs = Lifecycle(store, self._results, self.meter)
         self._on_recovered = on_recovered
+        self._upscales = TokenBucket(clock)  # upscales are made here, outside the queue: a bucket of their own
         self._accepting = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._pump: asyncio.Task[None] | None = None
@@ -102,6 +108,7 @@ class Service:
         if recovered:
             log.info("recovered %d jobs", len(recovered))
         self._pump = asyncio.create_task(self._follow_queue())
+        self._spawn(self._keep_data_in_bounds())
         if self._on_recovered is not None:
             for handle in recovered:
                 self._spawn(self._on_recovered(handle))
@@ -136,6 +143,15 @@ class Service:
         return task
 
     # -- events --
+
+    async def _keep_data_in_bounds(self) -> None:
+        """Retention ([bot] keep_days, max_data_gb): at start, then every hour."""
+        while True:
+            try:
+                await self._results.sweep(self.settings.bot)
+            except Exception as error:
+                log.error("deleting old pictures failed: %s: %s", type(error).__name__, error)
+            await asyncio.sleep(RETENTION_EVERY_S)
 
     async def _follow_queue(self) -> None:
         async for message in self._queue.events():
@@ -229,7 +245,10 @@ class Service:
         """Image `index` (0-based) alone, Lanczos-upscaled in the bot; streams Started then Done."""
         parent = await self._parent(job_id, index)
         await self._results.image(parent.id, index)
+        if parent.removed_at is not None:
+            raise Refused(PICTURE_GONE)
         self._check(requester)
+        self._admit_upscale(requester)
         options = replace(parent.options, count=1)
         job = Job(new_job_id(), requester, parent.prompt, options, parent.seed, time.time(), kind=Kind.UPSCALE,
                   parent_id=parent.id, parent_index=index)
@@ -237,6 +256,21 @@ class Service:
         handle = self._jobs.add(job)
         self._spawn(self._upscale(job))
         return handle
+
+    def _admit_upscale(self, requester: Requester) -> None:
+        """An upscale counts against the user's running jobs and the queue cap while it is made, and takes a
+        token from their upscale bucket (the server's figures for jobs)."""
+        limits = self.policy.limits(requester)
+        upscaling = [job for job in self._jobs.active() if job.kind is Kind.UPSCALE]
+        if len(upscaling) >= limits.queue_cap:
+            raise queue_full(len(upscaling))
+        if self.policy.exempt(requester):
+            return
+        if sum(job.requester.user_key == requester.user_key for job in upscaling) >= limits.max_running_per_user:
+            raise Refused("Your last upscale is still being made; try again in a moment.", UPSCALE_RETRY_S)
+        r = requester
+        if wait := self._upscales.take(f"{r.platform}:{r.server}:{r.user}", limits.jobs_per_period, limits.period_s):
+            raise rate_limited(limits, wait, "upscales")
 
     async def _upscale(self, job: Job) -> None:
         self._jobs.emit(Started(job.id))

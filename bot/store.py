@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import sys
 import time
 from array import array
@@ -77,6 +79,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN user_name TEXT NOT NULL DEFAULT '';
     """,
+    # 5: when a finished job's pictures were deleted (retention), so it is not swept twice
+    """
+    ALTER TABLE jobs ADD COLUMN removed_at REAL;
+    CREATE INDEX jobs_with_pictures ON jobs (finished_at) WHERE status = 'done' AND removed_at IS NULL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _Statement = tuple[str, tuple[Any, ...]]
@@ -84,7 +91,7 @@ _Statement = tuple[str, tuple[Any, ...]]
 _JOB_COLUMNS = (
     "id, platform, server, channel, user, is_admin, prompt, count, cfg, temperature, requested_seed, seed, "
     "kind, parent_id, parent_index, strength, status, created_at, started_at, finished_at, error, grid_path, "
-    "delivered, user_name"
+    "delivered, user_name, removed_at"
 )
 
 
@@ -136,7 +143,7 @@ def _job_row(job: Job) -> tuple[Any, ...]:
         job.id, r.platform, r.server, r.channel, r.user, int(r.is_admin), job.prompt, o.count, o.cfg, o.temperature,
         o.seed, job.seed, job.kind.value, job.parent_id, job.parent_index, job.strength and job.strength.value,
         job.status.value, job.created_at, job.started_at, job.finished_at, job.error, job.grid_path, int(job.delivered),
-        r.name,
+        r.name, job.removed_at,
     )  # fmt: skip
 
 
@@ -159,6 +166,7 @@ def _job(row: aiosqlite.Row) -> Job:
         error=row["error"],
         grid_path=row["grid_path"],
         delivered=bool(row["delivered"]),
+        removed_at=row["removed_at"],
     )
 
 
@@ -191,7 +199,9 @@ class Store:
         try:
             db.row_factory = aiosqlite.Row
             await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA synchronous = NORMAL")  # WAL: a process crash loses nothing committed
+            # WAL with NORMAL: a crash of the bot loses nothing committed; a power cut may lose the last
+            # commits (those jobs run again at the next start). FULL would fsync every job event.
+            await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
             await migrate(db, target)
         except BaseException:
@@ -289,6 +299,27 @@ class Store:
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN ({marks}) ORDER BY created_at, rowid"
         return [_job(row) for row in await self._all(sql, [s.value for s in statuses])]
 
+    async def with_pictures(self, finished_before: float | None = None) -> list[Job]:
+        """Done jobs whose pictures are still stored, oldest first (finished before a time, if given)."""
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'done' AND removed_at IS NULL"
+        args: tuple[Any, ...] = ()
+        if finished_before is not None:
+            sql += " AND finished_at < ?"
+            args = (finished_before,)
+        return [_job(row) for row in await self._all(sql + " ORDER BY finished_at, rowid", args)]
+
+    async def pictures_removed(self, job_id: str, at: float) -> None:
+        """Note that a job's pictures were deleted."""
+        await self._transaction([("UPDATE jobs SET removed_at = ? WHERE id = ?", (at, job_id))])
+
+    async def remove_files(self, folder: str) -> int:
+        """Delete a folder of files under the data directory; the bytes they took."""
+        return await asyncio.to_thread(_remove_folder, self.data_dir / folder)
+
+    async def folder_bytes(self, folder: str) -> int:
+        """The bytes the files of a folder under the data directory take (0 if it is gone)."""
+        return await asyncio.to_thread(_folder_bytes, self.data_dir / folder)
+
     async def undelivered(self) -> list[Job]:
         """Finished jobs whose result has not reached the chat yet, oldest first."""
         sql = (
@@ -382,12 +413,38 @@ class Store:
 
 
 def _write_files(root: Path, files: dict[str, bytes]) -> None:
+    """Each file whole and on disk (fsynced, then renamed into place, the folder fsynced): the job's row,
+    committed after this, never points at pictures a power cut lost."""
+    folders = set()
     for name, data in files.items():
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
-        partial.write_bytes(data)
+        with partial.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         partial.replace(path)
+        folders.add(path.parent)
+    for folder in folders:
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _folder_bytes(folder: Path) -> int:
+    try:
+        return sum(entry.stat().st_size for entry in os.scandir(folder) if entry.is_file())
+    except FileNotFoundError:
+        return 0
+
+
+def _remove_folder(folder: Path) -> int:
+    size = _folder_bytes(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    return size
 
 
 def _update(job: Job) -> _Statement:

@@ -151,7 +151,7 @@ async def running(
     """A started service on this machine's queue with a fake generator and a fresh store; closed on the way out."""
     fake = generator or FakeGenerator()
     async with await Store.open(config.bot.data_dir) as store:
-        service = Service(config, store, LocalQueue(fake, clock=clock), **kwargs)
+        service = Service(config, store, LocalQueue(fake, clock=clock), clock=clock, **kwargs)
         await service.start()
         try:
             yield service, fake, store

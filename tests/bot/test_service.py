@@ -218,22 +218,50 @@ async def test_rate_limit_refusal_says_when_to_try_again(tmp_path: Path) -> None
         await (await service.submit(requester(), "a")).final()
 
 
-async def test_reroll_and_variations_count_against_the_pressers_limits_upscales_do_not(
+async def test_every_button_counts_against_the_pressers_limits_upscales_in_a_bucket_of_their_own(
     run: Run, tmp_path: Path
 ) -> None:
     config = settings(tmp_path, limits={"jobs_per_period": 3, "period_s": 600, "max_queued_per_user": 10})
     async with run(config) as (service, fake, _):
         first = await service.submit(requester("alice"), "a fox", count=2)
         await first.final()
-        await (await service.reroll(requester("bob"), first.job.id)).final()  # bob's first
+        await (await service.reroll(requester("bob"), first.job.id)).final()  # bob's first job
         await (await service.vary(requester("bob"), first.job.id, 0, Strength.SUBTLE)).final()  # his second
-        for index in (0, 1, 0):  # upscales are made in the bot: no generator time, no token taken
+        for index in (0, 1, 0):  # made in the bot, not the generator: upscales have their own bucket
             await (await service.upscale(requester("bob"), first.job.id, index)).final()
-        await (await service.reroll(requester("bob"), first.job.id)).final()  # his third
+        with pytest.raises(Refused, match="You can make 3 upscales every 10 minutes; try again in 4 minutes"):
+            await service.upscale(requester("bob"), first.job.id, 1)
+        await (await service.reroll(requester("bob"), first.job.id)).final()  # his third job
         with pytest.raises(Refused, match="You can start 3 jobs every 10 minutes"):
             await service.vary(requester("bob"), first.job.id, 1, Strength.STRONG)
-        await (await service.reroll(requester("alice"), first.job.id)).final()  # alice has her own bucket
+        await (await service.reroll(requester("alice"), first.job.id)).final()  # alice has her own buckets
+        await (await service.upscale(requester("alice"), first.job.id, 1)).final()
+        await (await service.upscale(OWNER, first.job.id, 1)).final()  # the bot's admins are exempt
         assert len(fake.submitted) == 5
+
+
+async def test_an_upscale_counts_as_a_running_job_while_it_is_made(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with run(settings(tmp_path, limits={"max_running_per_user": 1})) as (service, _, _):
+        first = await service.submit(requester("alice"), "a fox", count=2)
+        await first.final()
+        gate = asyncio.Event()
+        upscaled = service._results.upscaled
+
+        async def slow(image: object) -> bytes:
+            await gate.wait()
+            return await upscaled(image)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(service._results, "upscaled", slow)
+        making = await service.upscale(requester("bob"), first.job.id, 0)
+        with pytest.raises(Refused, match="Your last upscale is still being made; try again in a moment") as refused:
+            await service.upscale(requester("bob"), first.job.id, 1)
+        assert refused.value.retry_after == 5
+        other = await service.upscale(requester("carol"), first.job.id, 1)  # others are not held up
+        gate.set()
+        assert isinstance(await making.final(), Done) and isinstance(await other.final(), Done)
+        await (await service.upscale(requester("bob"), first.job.id, 1)).final()
 
 
 async def test_max_queued_per_user_and_global_queue_cap(run: Run, tmp_path: Path) -> None:
