@@ -68,7 +68,9 @@ class Reply:
                 content=content,
                 files=_files(self._files),
                 view=view or discord.utils.MISSING,
-                allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+                # The requester, once; never someone a prompt names, never @everyone.
+                allowed_mentions=discord.AllowedMentions(everyone=False, roles=False,
+                                                         users=[discord.Object(int(self._job.requester.user))]),
             )
         except discord.Forbidden as error:
             self.refused = error

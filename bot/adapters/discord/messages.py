@@ -9,7 +9,8 @@ import discord
 
 from bot.jobs import Cancelled, Done, Event, Failed, Job, Kind, Progress, Queued, Strength
 
-PROMPT_CHARS = 1500  # a message holds 2000 characters; leave room for the rest of the line
+MESSAGE_CHARS = 2000  # Discord's limit for a message's content
+PROMPT_CHARS = 1500  # of the escaped prompt: leave room for the rest of the message
 BUTTON_ROW = 5  # Discord's limit per action row; wider grids get select menus instead
 BUTTON_ID = r"imagine:(?P<action>reroll|cancel|upscale|vary|strong):(?P<job>[0-9a-f]+)(?::(?P<index>\d+))?$"
 PICK_ID = r"imagine:pick:(?P<action>upscale|vary|strong):(?P<job>[0-9a-f]+)$"
@@ -68,9 +69,19 @@ class JobPick(discord.ui.DynamicItem[discord.ui.Select], template=PICK_ID):
 
 
 def bold_prompt(job: Job) -> str:
-    """The prompt in bold, escaped, cut to fit a message."""
-    text = job.prompt if len(job.prompt) <= PROMPT_CHARS else job.prompt[: PROMPT_CHARS - 1] + "…"
-    return f"**{discord.utils.escape_markdown(text)}**"
+    """The prompt in bold, its markdown and mentions escaped, then cut to fit a message (escaping lengthens it)."""
+    text = discord.utils.escape_mentions(discord.utils.escape_markdown(job.prompt))
+    if len(text) > PROMPT_CHARS:
+        text = text[: PROMPT_CHARS - 1]
+        if (len(text) - len(text.rstrip("\\"))) % 2:  # never end on half an escape
+            text = text[:-1]
+        text = text + "…"
+    return f"**{text}**"
+
+
+def fit(text: str) -> str:
+    """A message's content within Discord's limit."""
+    return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 1] + "…"
 
 
 def _what(job: Job) -> str:
@@ -90,6 +101,10 @@ def header(job: Job) -> str:
 
 def text(job: Job, event: Event) -> str:
     """The message for a job in the state `event` leaves it in."""
+    return fit(_text(job, event))
+
+
+def _text(job: Job, event: Event) -> str:
     o = job.options
     if isinstance(event, Done) and job.kind is Kind.UPSCALE:
         return header(job)

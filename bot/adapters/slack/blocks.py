@@ -57,6 +57,12 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def fallback(job: Job, status: str) -> str:
+    """A message's plain `text` (notifications, screen readers): the prompt escaped like the blocks, so that
+    `<!channel>` or a link typed in a prompt is shown, never acted on."""
+    return f"{escape(job.prompt)}: {status}"
+
+
 def unescape(text: str) -> str:
     """Slash command text as typed: Slack sends &, < and > escaped."""
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")

@@ -116,7 +116,7 @@ class Messages:
         kwargs: dict[str, Any] = {
             "channel": place.channel,
             "thread_ts": place.thread_ts,
-            "text": f"{job.prompt}: {status}",
+            "text": blocks.fallback(job, status),
             "blocks": blocks.waiting_blocks(job, status),
         }
         try:
@@ -137,7 +137,7 @@ class Messages:
         return message
 
     async def _edit(self, job: Job, message: _Message, status: str, preview: str | None) -> None:
-        text = f"{job.prompt}: {status}"
+        text = blocks.fallback(job, status)
         try:
             await call(
                 self.client.chat_update,
@@ -182,13 +182,13 @@ class Messages:
                     note = f"⚠️ {problem}"
                     await notify(str(problem))
                 final = blocks.done_blocks(job, grid, note)
-                text = f"{job.prompt}: done"
+                text = blocks.fallback(job, "done")
             elif isinstance(event, Failed):
                 final = blocks.ended_blocks(job, f"❌ {event.reason}")
-                text = f"{job.prompt}: failed"
+                text = blocks.fallback(job, "failed")
             else:
                 final = blocks.ended_blocks(job, "🚫 Cancelled.")
-                text = f"{job.prompt}: cancelled"
+                text = blocks.fallback(job, "cancelled")
             try:
                 await self._edit_final(job, message, text, final, grid)
             except SlackProblem as problem:

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class Message:
     history: list[dict[str, Any]] = field(default_factory=list)  # content, files and custom ids after each change
     deleted: bool = False
     interaction_token: str | None = None
+    pings: set[str] = field(default_factory=set)  # whom Discord notified when it was posted ("everyone" too)
 
     @property
     def ephemeral(self) -> bool:
@@ -508,7 +510,9 @@ class FakeDiscord:
         if int(request.match_info["channel"]) in self.forbidden:
             return _json({"message": "Missing Permissions", "code": 50013}, status=403)
         message = self._new_message(int(request.match_info["channel"]))
-        self._apply(message, *await self._body(request))
+        payload, files = await self._body(request)
+        self._apply(message, payload, files)
+        message.pings = pings(payload)
         return _json(self.message_json(message))
 
     async def _open_dm(self, request: web.Request) -> web.Response:
@@ -526,6 +530,19 @@ class FakeDiscord:
             return _json({"message": "Unknown Message", "code": 10008}, status=404)
         self._apply(message, *await self._body(request))
         return _json(self.message_json(message))
+
+
+def pings(payload: dict[str, Any]) -> set[str]:
+    """Whom Discord notifies for a new message: the mentions in its content that allowed_mentions lets through."""
+    content = payload.get("content") or ""
+    mentioned = set(re.findall(r"<@!?(\d+)>", content))
+    everyone = {"everyone"} if re.search(r"@(everyone|here)\b", content) else set()
+    allowed = payload.get("allowed_mentions")
+    if allowed is None:
+        return mentioned | everyone
+    parse = set(allowed.get("parse", []))
+    users = mentioned if "users" in parse else mentioned & {str(u) for u in allowed.get("users", [])}
+    return users | (everyone if "everyone" in parse else set())
 
 
 @contextlib.asynccontextmanager

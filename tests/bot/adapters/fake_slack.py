@@ -148,6 +148,10 @@ class FakeSlack:
         """Forget the failures `fail` set up that have not happened yet."""
         self._failures.clear()
 
+    def calls_of(self, *methods: str) -> list[dict[str, Any]]:
+        """The arguments of every call of these Web API methods, in order."""
+        return [c.args for c in self.calls if c.method in methods]
+
     def called(self, method: str) -> list[dict[str, Any]]:
         """The arguments of every call of one Web API method, in order."""
         return [c.args for c in self.calls if c.method == method]

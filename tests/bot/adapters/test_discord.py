@@ -397,6 +397,22 @@ async def test_a_channel_the_bot_may_not_post_in_is_one_warning_a_dm_and_a_post_
         await delivered(bot.service, job)
 
 
+async def test_a_prompt_never_pings_anyone_but_the_requester(discord: FakeDiscord, tmp_path: Path) -> None:
+    alice, bob = discord.user("alice"), discord.user("bob")
+    async with discord_bot(tmp_path) as bot:
+        bot.generator.hold.clear()
+        prompt = f"a portrait of <@{bob['id']}> and @everyone, **bold** " + "*" * 930
+        interaction = await discord.imagine(alice, prompt)
+        await shown(discord, interaction, lambda m: "next in line" in m.content)
+        interaction.expired = True  # the result goes to a new channel message, which can ping
+        bot.generator.hold.set()
+        posted = await finished(discord, lambda: next(iter(discord.channel_messages()), None))
+        assert posted.pings == {alice["id"]}
+        assert len(posted.content) <= 2000 and posted.content.startswith("**a portrait of <@\u200b")
+        assert "\\*\\*bold\\*\\*" in posted.content  # escaped, then cut to fit (930 stars escaped are 1860)
+        await delivered(bot.service, job_id(posted))
+
+
 async def test_after_a_restart_old_buttons_work_and_missed_results_are_posted(
     discord: FakeDiscord, tmp_path: Path
 ) -> None:

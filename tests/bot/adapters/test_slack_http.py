@@ -57,6 +57,18 @@ async def test_imagine_acks_with_the_position_then_edits_one_message_and_uploads
         await bot.slack.until(lambda: all_delivered(bot.store, 1))
 
 
+async def test_a_prompt_cannot_notify_the_channel_or_hide_a_link(tmp_path: Path) -> None:
+    async with running_slack(tmp_path) as bot:
+        # As Slack sends what was typed: "<!channel> look at <https://evil.example|this>", with & < > escaped.
+        await bot.command("&lt;!channel&gt; look at &lt;https://evil.example|this&gt; --count 1")
+        done = await bot.slack.final(": done")
+        escaped = "&lt;!channel&gt; look at &lt;https://evil.example|this&gt;"
+        texts = [call["text"] for call in bot.slack.calls_of("chat.postMessage", "chat.update")]
+        assert texts and all(text.startswith(f"{escaped}: ") for text in texts)  # the fallback text, as the blocks
+        mrkdwn = [b["text"]["text"] for blocks in done.edits for b in blocks if b["type"] == "section"]
+        assert mrkdwn and all(text.startswith(f"*{escaped}*") for text in mrkdwn)
+
+
 async def test_forged_stale_unsigned_and_replayed_requests_get_401_and_start_nothing(tmp_path: Path) -> None:
     async with running_slack(tmp_path) as bot:
         body = bot.slack.form(bot.slack.command("a cat"))
