@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.config import Secrets
 from generator import protocol as wire
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,11 @@ LINE_LIMIT = 256 * 2**20  # longest event line: a Done with 16 large PNGs, base6
 STDERR_TAIL = 20  # lines kept to explain a death or a failed start
 CRASHED_TWICE = "The image generator crashed twice while making these images; try again later, perhaps with fewer."
 NOT_RUNNING = "The image generator stopped and could not be restarted; try again later."
+
+
+BOT_SECRETS = frozenset(
+    name for field in Secrets.model_fields for name in (field.upper(), f"JANUS_BOT_{field.upper()}")
+)
 
 
 class GeneratorStartError(RuntimeError):
@@ -89,7 +95,9 @@ class GeneratorProcess:
         self.command += list(extra_args)
         # `python -m generator` must find the same generator package this bot imports.
         root = str(Path(wire.__file__).resolve().parents[1])
-        self.env = dict(os.environ if env is None else env)
+        # The model needs none of the bot's secrets (a hub token, HF_TOKEN, is not one of them): a process that
+        # runs third-party model code should not hold the chat platforms' tokens.
+        self.env = {k: v for k, v in (os.environ if env is None else env).items() if k not in BOT_SECRETS}
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (root, self.env.get("PYTHONPATH")) if p)
         self.start_timeout = start_timeout
         self.shutdown_grace = shutdown_grace

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -96,9 +97,17 @@ def checked_prompt(prompt: str) -> str:
         raise Refused(str(error)) from None
 
 
+JOB_ID = re.compile(r"[0-9a-f]{16}")
+
+
 def new_job_id() -> str:
     """A short id that is safe in button custom ids and file names."""
     return secrets.token_hex(8)
+
+
+def is_job_id(text: str) -> bool:
+    """Whether `text` has the form new_job_id gives, and so is safe in a file name or a path."""
+    return JOB_ID.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.config import LimitSettings
 from bot.jobqueue import Backend
-from bot.jobs import Job, Refused
+from bot.jobs import Job, Refused, is_job_id
 from bot.ratelimit import queue_full, rate_limited, server_cap, server_full, too_many_waiting
 from generator import protocol as wire
 
@@ -633,7 +633,13 @@ class RedisQueue:
 
 
 def result_path(directory: Path, job_id: str) -> Path:
-    """Where a worker writes a finished job's Done message in the shared result directory."""
+    """Where a worker writes a finished job's Done message in the shared result directory.
+
+    Job ids come back from Redis, which anyone with its address may write: one that is not of the form the
+    bot makes could name a file elsewhere ("../.."), so it is refused.
+    """
+    if not is_job_id(job_id):
+        raise ValueError(f"{job_id!r} is not a job id")
     return directory / f"{job_id}.json"
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bot.generator import Generator
+from bot.jobs import is_job_id
 from bot.redis_queue import (
     FINISH,
     OUT_MAXLEN,
@@ -200,6 +201,11 @@ class PoolWorker:
         return claimed
 
     async def _start(self, entry: str, job_id: str, msg: Any, instance: str, cancelled: bool) -> None:
+        if not is_job_id(job_id):  # not one a bot made: its id would go into a file name
+            log.warning("dropped a job entry whose id is not one a bot makes: %r", job_id[:40])
+            await self.client.xack(self._jobs, WORKERS, entry)
+            await self.client.xdel(self._jobs, entry)
+            return
         try:
             generate = wire.loads(msg)
         except (ValueError, TypeError) as error:

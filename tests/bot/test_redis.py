@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sqlite3
 import subprocess
@@ -21,7 +22,8 @@ from bot.redis_queue import RedisQueue, connect, pool_health
 from bot.service import Service
 from bot.store import Store
 from bot.worker import PoolWorker
-from tests.bot.helpers import OWNER, FakeGenerator, free_port, requester, settings
+from generator import protocol as wire
+from tests.bot.helpers import OWNER, FakeGenerator, free_port, png, requester, settings
 from tests.bot.redis_server import RedisServer
 
 ROOT = Path(__file__).parents[2]
@@ -276,6 +278,38 @@ async def test_a_job_that_ends_on_two_workers_is_recorded_once(tmp_path: Path, r
     finally:
         stop.set()
         await first
+        await client.aclose()
+
+
+async def test_job_ids_from_redis_never_name_files_outside_the_result_directory(
+    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, results = redis_server.url, tmp_path / "results"
+    client = connect(url)
+    try:
+        async with shared(tmp_path / "a", url, "a", results) as a:
+            waiting = await a.submit(requester("alice"), "waiting", count=1)
+            # Whoever can write to Redis forges a result "file" outside the directory, for a real job...
+            forged = wire.JobDone(waiting.job.id, [png(1)], [[0] * 16])
+            (tmp_path / "forged.json").write_text(wire.dumps(forged))
+            await client.xadd("janus:out:a", {"file": "../forged"})
+            # ...and a job whose id would put a worker's result file there.
+            await client.hset("janus:job:../../escaped", mapping={"msg": wire.dumps(wire.Generate(
+                "../../escaped", "x", 1, 5.0, 1.0, 1)), "user": "mallory", "instance": "a", "count": 1,
+                "limit": 0, "ttl": 60, "state": "waiting"})
+            await client.lpush("janus:q:mallory", "../../escaped")
+            await client.zadd("janus:ring", {"mallory": -2e15})
+            with caplog.at_level(logging.WARNING):
+                async with pool_worker(client, "w1", results) as w1:
+                    assert isinstance(await asyncio.wait_for(waiting.final(), 10), Done)
+                    assert w1.counters["jobs_done"] == 1  # the real job, made by the worker
+            events = [e async for e in await a.watch(waiting.job.id)]
+            assert [type(e) for e in events] == [Done]
+        assert not (tmp_path / "escaped.json").exists() and not (tmp_path.parent / "escaped.json").exists()
+        logged = [r.getMessage() for r in caplog.records]
+        assert any("dropped a job entry whose id is not one a bot makes: '../../escaped'" in m for m in logged)
+        assert any("ignored an event that could not be read: '../forged' is not a job id" in m for m in logged)
+    finally:
         await client.aclose()
 
 
