@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from bot.admin import Admin, JobStatus
+from bot.admission import Admission
 from bot.config import Settings
 from bot.jobqueue import Backend, JobQueue
 from bot.jobs import (
@@ -23,7 +23,6 @@ from bot.jobs import (
     Job,
     Kind,
     Options,
-    Queued,
     Refused,
     Requester,
     Started,
@@ -35,16 +34,13 @@ from bot.jobs import (
 from bot.lifecycle import Lifecycle
 from bot.metrics import Meter, Stats
 from bot.policy import Policy, audit_entry
-from bot.ratelimit import Clock, TokenBucket, queue_full, rate_limited
+from bot.ratelimit import Clock
 from bot.results import PICTURE_GONE, Results
 from bot.store import Store
-from generator import protocol as wire
-from generator.protocol import SEED_MAX
 
 log = logging.getLogger(__name__)
 
 RETENTION_EVERY_S = 3600.0
-UPSCALE_RETRY_S = 5.0
 
 Hook = Callable[[Handle], Awaitable[None]]
 
@@ -68,8 +64,7 @@ class Service:
         self._results = Results(store, settings.images)
         self._jobs = Lifecycle(store, self._results, self.meter)
         self._on_recovered = on_recovered
-        self._upscales = TokenBucket(clock)  # upscales are made here, outside the queue: a bucket of their own
-        self._accepting = False
+        self._admission = Admission(self.policy, store, queue, self._jobs, self._results, clock)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pump: asyncio.Task[None] | None = None
 
@@ -91,16 +86,8 @@ class Service:
             recovered.append(handle := self._jobs.add(job))
             if job.kind is Kind.UPSCALE:
                 self._spawn(self._upscale(job))
-                continue
-            try:
-                msg = await self._message(job)
-            except Refused as refused:  # a variation whose source image is gone
-                await self._jobs.fail(job, str(refused))
-                continue
-            limits, exempt = self.policy.limits(job.requester), self.policy.exempt(job.requester)
-            position = await self._queue.resume(job, msg, limits, exempt=exempt)
-            if position is not None:
-                handle.put(Queued(job.id, position))
+            else:
+                await self._admission.resume(job, handle)
         for job in await self._store.undelivered() if self._on_recovered is not None else []:
             handle = Handle(job)
             handle.put(await self._results.final_event(job))
@@ -112,14 +99,14 @@ class Service:
         if self._on_recovered is not None:
             for handle in recovered:
                 self._spawn(self._on_recovered(handle))
-        self._accepting = True
+        self._admission.accepting = True
 
     async def close(self) -> None:
         """Stop accepting, let the queue finish what it runs here (up to the grace period), then stop.
 
         Jobs still waiting or running stay in the store as they are and are resumed on the next start.
         """
-        self._accepting = False
+        self._admission.accepting = False
         await self._queue.close(self.settings.bot.shutdown_grace_s)
         if self._pump is not None:  # it ends with the queue's events; let it record the last ones
             with contextlib.suppress(asyncio.TimeoutError):
@@ -160,39 +147,6 @@ class Service:
             except Exception:
                 log.exception("could not handle %s", type(message).__name__)
 
-    # -- admission --
-
-    def _check(self, requester: Requester, prompt: str | None = None, count: int | None = None) -> None:
-        if not self._accepting:
-            raise Refused("The bot is restarting; try again in a minute.", 60.0)
-        self.policy.check(requester, prompt)
-        capacity = self._queue.backend.max_images
-        if count is not None and count > capacity:
-            raise Refused(f"This bot makes at most {capacity} images per job; ask for {capacity} or fewer.")
-
-    async def _message(self, job: Job) -> wire.Generate:
-        prefix = await self._results.kept_rows(job) if job.kind is Kind.VARIATION else None
-        o = job.options
-        return wire.Generate(job.id, job.prompt, o.count, o.cfg, o.temperature, job.seed, prefix)
-
-    async def _admit(self, requester: Requester, prompt: str, options: Options, **parent: object) -> Handle:
-        """Record a new job, then queue it under the requester's limits; Refused undoes the record."""
-        self._check(requester, prompt, options.count)
-        seed = options.seed if options.seed is not None else random.randint(0, SEED_MAX)
-        job = Job(new_job_id(), requester, prompt, options, seed, time.time(), **parent)  # type: ignore[arg-type]
-        msg = await self._message(job)
-        limits, exempt = self.policy.limits(requester), self.policy.exempt(requester)
-        await self._store.add_job(job)  # first: a job the queue knows of is one the next start can resume
-        handle = self._jobs.add(job, admitting=True)
-        try:
-            position = await self._queue.admit(job, msg, limits, exempt=exempt)
-        except BaseException:
-            self._jobs.withdraw(job.id)
-            await self._store.delete_job(job.id)
-            raise
-        await self._jobs.admitted(job, position)
-        return handle
-
     # -- what adapters call --
 
     async def submit(
@@ -214,7 +168,7 @@ class Service:
             defaults.temperature if temperature is None else temperature,
             seed,
         )
-        return await self._admit(requester, text, options)
+        return await self._admission.admit(requester, text, options)
 
     async def _parent(self, job_id: str, index: int | None = None) -> Job:
         job = self._jobs.get(job_id) or await self._store.job(job_id)
@@ -231,14 +185,14 @@ class Service:
         """The same prompt and options with a new seed."""
         parent = await self._parent(job_id)
         options = replace(parent.options, seed=None)
-        return await self._admit(requester, parent.prompt, options, kind=Kind.REROLL, parent_id=parent.id)
+        return await self._admission.admit(requester, parent.prompt, options, kind=Kind.REROLL, parent_id=parent.id)
 
     async def vary(self, requester: Requester, job_id: str, index: int, strength: Strength) -> Handle:
         """Variations of image `index` (0-based): keep the top rows of its token grid, resample the rest."""
         parent = await self._parent(job_id, index)
         await self._results.image(parent.id, index)
         options = replace(parent.options, seed=None)
-        return await self._admit(requester, parent.prompt, options, kind=Kind.VARIATION, parent_id=parent.id,
+        return await self._admission.admit(requester, parent.prompt, options, kind=Kind.VARIATION, parent_id=parent.id,
                                  parent_index=index, strength=Strength(strength))
 
     async def upscale(self, requester: Requester, job_id: str, index: int) -> Handle:
@@ -247,8 +201,7 @@ class Service:
         await self._results.image(parent.id, index)
         if parent.removed_at is not None:
             raise Refused(PICTURE_GONE)
-        self._check(requester)
-        self._admit_upscale(requester)
+        self._admission.admit_upscale(requester)
         options = replace(parent.options, count=1)
         job = Job(new_job_id(), requester, parent.prompt, options, parent.seed, time.time(), kind=Kind.UPSCALE,
                   parent_id=parent.id, parent_index=index)
@@ -256,21 +209,6 @@ class Service:
         handle = self._jobs.add(job)
         self._spawn(self._upscale(job))
         return handle
-
-    def _admit_upscale(self, requester: Requester) -> None:
-        """An upscale counts against the user's running jobs and the queue cap while it is made, and takes a
-        token from their upscale bucket (the server's figures for jobs)."""
-        limits = self.policy.limits(requester)
-        upscaling = [job for job in self._jobs.active() if job.kind is Kind.UPSCALE]
-        if len(upscaling) >= limits.queue_cap:
-            raise queue_full(len(upscaling))
-        if self.policy.exempt(requester):
-            return
-        if sum(job.requester.user_key == requester.user_key for job in upscaling) >= limits.max_running_per_user:
-            raise Refused("Your last upscale is still being made; try again in a moment.", UPSCALE_RETRY_S)
-        r = requester
-        if wait := self._upscales.take(f"{r.platform}:{r.server}:{r.user}", limits.jobs_per_period, limits.period_s):
-            raise rate_limited(limits, wait, "upscales")
 
     async def _upscale(self, job: Job) -> None:
         self._jobs.emit(Started(job.id))
@@ -341,7 +279,7 @@ class Service:
     def stats(self) -> Stats:
         """Queue and throughput figures for health checks and metrics."""
         waiting = len(self._queue.positions())
-        return self.meter.stats(self._queue.backend, up=self._accepting, waiting=waiting,
+        return self.meter.stats(self._queue.backend, up=self._admission.accepting, waiting=waiting,
                                 running=len(self._jobs.active()) - waiting, paused=self._queue.paused)
 
     async def backend_metrics(self) -> str:
