@@ -3,6 +3,7 @@ commands call, through `service.admin`."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from bot.blocklist import pattern_problem
 from bot.config import BlocklistSettings
 from bot.jobqueue import JobQueue
 from bot.jobs import Job, Kind, Refused, Requester
-from bot.policy import OVERRIDABLE, STRICTER_WHEN_LARGER, Policy, audit_entry
+from bot.policy import CHANNELS, OVERRIDABLE, STRICTER_WHEN_LARGER, Policy, audit_entry
 from bot.store import AuditEntry, Ban, Store, Usage
 
 
@@ -22,6 +23,9 @@ from bot.store import AuditEntry, Ban, Store, Usage
 class JobStatus:
     job: Job
     position: int | None  # 1 is next; None unless waiting
+
+
+CHANNEL_ID = re.compile(r"[A-Za-z0-9]{1,32}")  # a Discord snowflake or a Slack channel id
 
 
 class Admin:
@@ -106,6 +110,22 @@ class Admin:
         """The blocked words and patterns in effect in the requester's server."""
         self.policy.require_admin(requester)
         return self.policy.blocklist(requester)
+
+    # -- channels --
+
+    def channels(self, requester: Requester) -> list[str]:
+        """The channels the bot answers in, in the requester's server (empty: everywhere)."""
+        self.policy.require_admin(requester)
+        return self.policy.channels(requester)
+
+    async def set_channels(self, requester: Requester, channels: list[str]) -> None:
+        """Let the bot answer only in these channels of the requester's server (an empty list: everywhere)."""
+        self.policy.require_admin(requester)
+        listed = list(dict.fromkeys(c.strip() for c in channels if c.strip()))
+        if any(not CHANNEL_ID.fullmatch(c) for c in listed):
+            raise Refused("Give channels as the platform names them (a mention such as #general, or its id).")
+        action = "channels" if listed else "channels-clear"
+        await self.policy.set_override(requester, CHANNELS, listed or None, audit_entry(requester, action, to=listed))
 
     # -- bans --
 

@@ -37,6 +37,7 @@ class Admission:
         if not self.accepting:
             raise Refused("The bot is restarting; try again in a minute.", 60.0)
         self._policy.check(requester, prompt)
+        self._policy.check_channel(requester)
         capacity = self._queue.backend.max_images
         if count is not None and count > capacity:
             raise Refused(f"This bot makes at most {capacity} images per job; ask for {capacity} or fewer.")
@@ -45,7 +46,7 @@ class Admission:
         """What the generator is told to make for a job (a variation's kept rows read from its source)."""
         prefix = await self._results.kept_rows(job) if job.kind is Kind.VARIATION else None
         o = job.options
-        return wire.Generate(job.id, job.prompt, o.count, o.cfg, o.temperature, job.seed, prefix)
+        return wire.Generate(job.id, job.prompt, o.count, o.cfg, o.temperature, job.seed, prefix, o.negative)
 
     async def admit(self, requester: Requester, prompt: str, options: Options, **parent: object) -> Handle:
         """Record a new job, then queue it under the requester's limits; Refused undoes the record."""

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from generator.protocol import OptionError, check_options, check_prompt
+from generator.protocol import OptionError, check_negative, check_options, check_prompt
 
 
 class Refused(Exception):
@@ -78,15 +78,18 @@ class Options:
     cfg: float
     temperature: float
     seed: int | None = None
+    negative: str | None = None  # what guidance steers away from (Midjourney's --no)
 
     @classmethod
-    def checked(cls, count: int, cfg: float, temperature: float, seed: int | None) -> Options:
+    def checked(cls, count: int, cfg: float, temperature: float, seed: int | None, negative: str | None = None
+                ) -> Options:
         """Options in range, or Refused with a sentence saying which one to change."""
         try:
             check_options(count, cfg, temperature, seed)
+            negative = check_negative(negative)
         except OptionError as error:
             raise Refused(str(error)) from None
-        return cls(count, float(cfg), float(temperature), seed)
+        return cls(count, float(cfg), float(temperature), seed, negative)
 
 
 def checked_prompt(prompt: str) -> str:
@@ -130,7 +133,14 @@ class Job:
     error: str | None = None
     grid_path: str | None = None  # relative to the data directory
     delivered: bool = False
-    removed_at: float | None = None  # when its pictures were deleted (retention)
+    removed_at: float | None = None  # when its pictures were deleted (retention, or deleted by a person)
+    deleted_by: str | None = None  # "platform:user" of who deleted it; the row stays as a tombstone
+    model: str | None = None  # the checkpoint that made it
+
+    @property
+    def deleted(self) -> bool:
+        """Whether someone deleted this job's result."""
+        return self.deleted_by is not None
 
     @property
     def platform(self) -> str:

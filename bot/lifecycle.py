@@ -118,7 +118,7 @@ class Lifecycle:
                 self._percent[job.id] = percent
                 self.emit(Progress(job.id, percent, message.preview))
         elif isinstance(message, wire.JobDone):
-            saving = asyncio.create_task(self.complete(job, message.images, message.tokens))  # files take a while
+            saving = asyncio.create_task(self.complete(job, message.images, message.tokens, message.model))
             self.saving.add(saving)
             saving.add_done_callback(self.saving.discard)
         elif isinstance(message, wire.JobFailed):
@@ -128,13 +128,13 @@ class Lifecycle:
 
     # -- ends --
 
-    async def complete(self, job: Job, pngs: list[bytes], tokens: list[list[int]]) -> None:
+    async def complete(self, job: Job, pngs: list[bytes], tokens: list[list[int]], model: str | None = None) -> None:
         """Store a finished job's pictures, then send Done (or Failed, saying they could not be saved)."""
         if job.id not in self._jobs or job.id in self._ending:
             return
         self._ending.add(job.id)
         try:
-            done, event = await self._results.save(job, pngs, tokens)
+            done, event = await self._results.save(replace(job, model=model or job.model), pngs, tokens)
         except Exception as error:
             log.error("could not store the images of job %s (%s: %s)", job.id, type(error).__name__, error)
             self._ending.discard(job.id)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from bot.config import LimitSettings
 from bot.generator import Generator
@@ -146,6 +147,8 @@ class LocalQueue:
         self._events.put_nowait(None)
 
     def _end(self, message: wire.JobDone | wire.JobFailed | wire.JobCancelled) -> None:
+        if isinstance(message, wire.JobDone) and message.model is None and self._ready is not None:
+            message = replace(message, model=self._ready.model)
         self._scheduler.finish(message.job_id)
         self._forget(message.job_id)
         self._events.put_nowait(message)

@@ -17,6 +17,7 @@ OVERRIDABLE = {
     for key in model.model_fields
     if key not in ("queue_cap", "server_share")  # one queue for every server, shared out by the bot's admins
 }
+CHANNELS = "channels.allowed"  # the override naming the channels a server's admins let the bot answer in
 # Limits a server's admins may only make stricter than the config's: (key, True when larger is stricter).
 STRICTER_WHEN_LARGER = {"limits.period_s": True, "limits.jobs_per_period": False,
                         "limits.max_queued_per_user": False, "limits.max_running_per_user": False}
@@ -98,6 +99,17 @@ class Policy:
             if blocked := blocklist(listed.words, listed.patterns).match(prompt):
                 raise Refused(f'Your prompt contains "{blocked}", which is not allowed here; rephrase it and try '
                               f'again.')
+
+    def channels(self, requester: Requester) -> list[str]:
+        """The channels of the requester's server the bot answers in; empty: everywhere."""
+        return list(self.overrides(requester).get(CHANNELS, []))
+
+    def check_channel(self, requester: Requester) -> None:
+        """Refused, naming where the bot works, in a channel its server's admins left out."""
+        allowed = self.channels(requester)
+        if allowed and requester.channel not in allowed:
+            where = ", ".join(f"<#{channel}>" for channel in allowed)
+            raise Refused(f"The bot works only in {where} here; use it there.")
 
     # -- changes (the admin operations make them, with their audit rows) --
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from bot import images
 from bot.config import BotSettings, ImageSettings
-from bot.jobs import Cancelled, Done, Event, Failed, Image, Job, Refused, Status, Strength
+from bot.jobs import Cancelled, Done, Event, Failed, Image, Job, Refused, Requester, Status, Strength
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 GENERATOR_GONE = "The image generator stopped before finishing this job; please try again."
 IMAGES_GONE = "The images of this job are no longer stored; start a new one with /imagine."
 PICTURE_GONE = "That image is no longer stored; start a new job with /imagine."
+DELETED = "This job was deleted."
 
 
 class Results:
@@ -43,6 +44,8 @@ class Results:
 
     async def final_event(self, job: Job) -> Event:
         """A finished job's final event as stored (Failed if its images have gone from the data directory)."""
+        if job.deleted:
+            return Failed(job.id, DELETED)
         if job.status is Status.DONE:
             try:
                 stored = await self._store.images(job.id)
@@ -77,6 +80,15 @@ class Results:
         except FileNotFoundError:
             raise Refused(PICTURE_GONE) from None
         return await asyncio.to_thread(images.upscale, png, self._settings.upscale_px)
+
+    async def delete(self, job: Job, by: Requester) -> Job:
+        """Delete a job's pictures and token grids; the row stays, saying who deleted it."""
+        if job.status is Status.DONE and job.removed_at is None:
+            await self._store.remove_files(folder_of(job.id))
+        deleted = replace(job, removed_at=job.removed_at or time.time(), deleted_by=by.user_key)
+        await self._store.delete_images(deleted)
+        log.info("job %s deleted by %s", job.id, by.user_key)
+        return deleted
 
     # -- retention --
 

@@ -158,6 +158,7 @@ class Service:
         cfg: float | None = None,
         temperature: float | None = None,
         seed: int | None = None,
+        negative: str | None = None,
     ) -> Handle:
         """Queue an /imagine job; Refused says why not and when to try again."""
         text = checked_prompt(prompt)
@@ -167,6 +168,7 @@ class Service:
             defaults.cfg if cfg is None else cfg,
             defaults.temperature if temperature is None else temperature,
             seed,
+            negative,
         )
         return await self._admission.admit(requester, text, options)
 
@@ -174,6 +176,8 @@ class Service:
         job = self._jobs.get(job_id) or await self._store.job(job_id)
         if job is None:
             raise Refused("That job no longer exists; start a new one with /imagine.")
+        if job.deleted:
+            raise Refused("That job was deleted; start a new one with /imagine.")
         if index is not None:
             if job.status is not Status.DONE:
                 raise Refused("That job has no images yet; wait until it is done.")
@@ -181,19 +185,23 @@ class Service:
                 raise Refused(f"That job has images 1 to {job.options.count}; pick one of those.")
         return job
 
-    async def reroll(self, requester: Requester, job_id: str) -> Handle:
-        """The same prompt and options with a new seed."""
+    async def reroll(self, requester: Requester, job_id: str, *, prompt: str | None = None,
+                     negative: str | None = None) -> Handle:
+        """The same prompt and options with a new seed; remix: with `prompt` and/or `negative` (None keeps the
+        job's, an empty negative drops it)."""
         parent = await self._parent(job_id)
-        options = replace(parent.options, seed=None)
-        return await self._admission.admit(requester, parent.prompt, options, kind=Kind.REROLL, parent_id=parent.id)
+        text, options = _remixed(parent, prompt, negative)
+        return await self._admission.admit(requester, text, options, kind=Kind.REROLL, parent_id=parent.id)
 
-    async def vary(self, requester: Requester, job_id: str, index: int, strength: Strength) -> Handle:
-        """Variations of image `index` (0-based): keep the top rows of its token grid, resample the rest."""
+    async def vary(self, requester: Requester, job_id: str, index: int, strength: Strength, *,
+                   prompt: str | None = None, negative: str | None = None) -> Handle:
+        """Variations of image `index` (0-based): keep the top rows of its token grid, resample the rest (under
+        the remixed `prompt` and `negative`, if given)."""
         parent = await self._parent(job_id, index)
         await self._results.image(parent.id, index)
-        options = replace(parent.options, seed=None)
-        return await self._admission.admit(requester, parent.prompt, options, kind=Kind.VARIATION, parent_id=parent.id,
-                                 parent_index=index, strength=Strength(strength))
+        text, options = _remixed(parent, prompt, negative)
+        return await self._admission.admit(requester, text, options, kind=Kind.VARIATION, parent_id=parent.id,
+                                           parent_index=index, strength=Strength(strength))
 
     async def upscale(self, requester: Requester, job_id: str, index: int) -> Handle:
         """Image `index` (0-based) alone, Lanczos-upscaled in the bot; streams Started then Done."""
@@ -204,7 +212,7 @@ class Service:
         self._admission.admit_upscale(requester)
         options = replace(parent.options, count=1)
         job = Job(new_job_id(), requester, parent.prompt, options, parent.seed, time.time(), kind=Kind.UPSCALE,
-                  parent_id=parent.id, parent_index=index)
+                  parent_id=parent.id, parent_index=index, model=parent.model)
         await self._store.add_job(job)
         handle = self._jobs.add(job)
         self._spawn(self._upscale(job))
@@ -239,6 +247,24 @@ class Service:
             await follow.final()  # it was waiting: it ends now, not when the stream is next read
         else:
             self._jobs.unfollow(follow)
+
+    async def delete(self, requester: Requester, job_id: str) -> Job:
+        """Delete a finished job's result (one's own; admins: any in their server): its pictures and token grids
+        go, the row stays as a tombstone. The job as it now is, for the adapter to remove its message."""
+        job = self._jobs.get(job_id) or await self._store.job(job_id)
+        if job is None:
+            raise Refused("That job no longer exists.")
+        if not job.status.final:
+            raise Refused("That job is still being made; cancel it first.")
+        if job.deleted:
+            raise Refused("That job was already deleted.")
+        owner = job.requester.platform == requester.platform and job.requester.user == requester.user
+        if not owner and not self.policy.admin_of(requester, job):
+            raise Refused("Only the person who asked for that job, or an admin, can delete it.")
+        deleted = await self._results.delete(job, requester)
+        if not owner:
+            await self._store.audit(audit_entry(requester, "delete", job_id=job_id, user=job.requester.user))
+        return deleted
 
     async def status(self, job_id: str) -> JobStatus | None:
         """Where a job stands; None if there is no such job."""
@@ -285,3 +311,13 @@ class Service:
     async def backend_metrics(self) -> str:
         """The queue's own metrics in Prometheus' text format (the pool's workers); empty for a local queue."""
         return await self._queue.metrics()
+
+
+def _remixed(parent: Job, prompt: str | None, negative: str | None) -> tuple[str, Options]:
+    """A new job's prompt and options from its parent's, a new seed, and what a remix changed."""
+    text = parent.prompt if prompt is None else checked_prompt(prompt)
+    options = replace(parent.options, seed=None)
+    if negative is not None:
+        o = options
+        options = Options.checked(o.count, o.cfg, o.temperature, None, negative)
+    return text, options

@@ -84,6 +84,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN removed_at REAL;
     CREATE INDEX jobs_with_pictures ON jobs (finished_at) WHERE status = 'done' AND removed_at IS NULL;
     """,
+    # 6: negative prompts, deletion by people (a tombstone row), and the model that made each job
+    """
+    ALTER TABLE jobs ADD COLUMN negative TEXT;
+    ALTER TABLE jobs ADD COLUMN deleted_by TEXT;
+    ALTER TABLE jobs ADD COLUMN model TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _Statement = tuple[str, tuple[Any, ...]]
@@ -91,7 +97,7 @@ _Statement = tuple[str, tuple[Any, ...]]
 _JOB_COLUMNS = (
     "id, platform, server, channel, user, is_admin, prompt, count, cfg, temperature, requested_seed, seed, "
     "kind, parent_id, parent_index, strength, status, created_at, started_at, finished_at, error, grid_path, "
-    "delivered, user_name, removed_at"
+    "delivered, user_name, removed_at, negative, deleted_by, model"
 )
 
 
@@ -143,7 +149,7 @@ def _job_row(job: Job) -> tuple[Any, ...]:
         job.id, r.platform, r.server, r.channel, r.user, int(r.is_admin), job.prompt, o.count, o.cfg, o.temperature,
         o.seed, job.seed, job.kind.value, job.parent_id, job.parent_index, job.strength and job.strength.value,
         job.status.value, job.created_at, job.started_at, job.finished_at, job.error, job.grid_path, int(job.delivered),
-        r.name, job.removed_at,
+        r.name, job.removed_at, o.negative, job.deleted_by, job.model,
     )  # fmt: skip
 
 
@@ -153,7 +159,7 @@ def _job(row: aiosqlite.Row) -> Job:
         requester=Requester(row["platform"], row["server"], row["channel"], row["user"], bool(row["is_admin"]),
                             row["user_name"]),
         prompt=row["prompt"],
-        options=Options(row["count"], row["cfg"], row["temperature"], row["requested_seed"]),
+        options=Options(row["count"], row["cfg"], row["temperature"], row["requested_seed"], row["negative"]),
         seed=row["seed"],
         created_at=row["created_at"],
         kind=Kind(row["kind"]),
@@ -167,6 +173,8 @@ def _job(row: aiosqlite.Row) -> Job:
         grid_path=row["grid_path"],
         delivered=bool(row["delivered"]),
         removed_at=row["removed_at"],
+        deleted_by=row["deleted_by"],
+        model=row["model"],
     )
 
 
@@ -307,6 +315,10 @@ class Store:
             sql += " AND finished_at < ?"
             args = (finished_before,)
         return [_job(row) for row in await self._all(sql + " ORDER BY finished_at, rowid", args)]
+
+    async def delete_images(self, job: Job) -> None:
+        """Forget a job's images and token grids, and record the job as it now is (its tombstone)."""
+        await self._transaction([("DELETE FROM images WHERE job_id = ?", (job.id,)), _update(job)])
 
     async def pictures_removed(self, job_id: str, at: float) -> None:
         """Note that a job's pictures were deleted."""
@@ -449,10 +461,11 @@ def _remove_folder(folder: Path) -> int:
 
 def _update(job: Job) -> _Statement:
     sql = (
-        "UPDATE jobs SET status = ?, started_at = ?, finished_at = ?, error = ?, grid_path = ?, delivered = ? "
-        "WHERE id = ?"
+        "UPDATE jobs SET status = ?, started_at = ?, finished_at = ?, error = ?, grid_path = ?, delivered = ?, "
+        "removed_at = ?, deleted_by = ?, model = ? WHERE id = ?"
     )
-    args = (job.status.value, job.started_at, job.finished_at, job.error, job.grid_path, int(job.delivered), job.id)
+    args = (job.status.value, job.started_at, job.finished_at, job.error, job.grid_path, int(job.delivered),
+            job.removed_at, job.deleted_by, job.model, job.id)
     return sql, args
 
 

@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +250,8 @@ class PoolWorker:
 
     async def _end(self, job_id: str, message: wire.Message) -> None:
         held = self._held[job_id]
+        if isinstance(message, wire.JobDone) and message.model is None:
+            message = replace(message, model=self._info.get("model"))
         done = wire.dumps(message) if isinstance(message, wire.JobDone) else ""
         final = "" if done else wire.dumps(message)
         in_file = ""

@@ -52,6 +52,14 @@ def check_prompt(prompt: str) -> str:
     return text
 
 
+def check_negative(negative: str | None) -> str | None:
+    """A negative prompt, stripped (None when there is none); the same limits as a prompt."""
+    text = negative.strip() if isinstance(negative, str) else ""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise OptionError(f"The negative prompt is {len(text)} characters long; keep it under {MAX_PROMPT_CHARS}.")
+    return text or None
+
+
 def check_options(count: int, cfg: float, temperature: float, seed: int | None) -> None:
     """Raise OptionError for the first option out of range."""
     if isinstance(count, bool) or not isinstance(count, int) or not COUNT_RANGE[0] <= count <= COUNT_RANGE[1]:
@@ -69,7 +77,8 @@ def check_options(count: int, cfg: float, temperature: float, seed: int | None) 
 
 @dataclass(frozen=True)
 class Generate:
-    """bot -> generator: make `count` images; `prefix` forces each image's first tokens (variations)."""
+    """bot -> generator: make `count` images; `prefix` forces each image's first tokens (variations);
+    `negative`, when given, is the prompt the unconditional rows of guidance read instead of pads."""
 
     job_id: str
     prompt: str
@@ -78,6 +87,7 @@ class Generate:
     temperature: float
     seed: int
     prefix: list[list[int]] | None = None  # [count][k] token ids, row-major over the token grid
+    negative: str | None = None
     type: str = "generate"
 
 
@@ -141,6 +151,7 @@ class JobDone:
     job_id: str
     images: list[bytes]
     tokens: list[list[int]]
+    model: str | None = None  # the checkpoint that made them, as its queue knows it
     type: str = "done"
 
 

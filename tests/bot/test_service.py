@@ -8,6 +8,7 @@ import logging
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,91 @@ async def test_variation_keeps_the_top_rows_of_the_chosen_image(
         assert all(image.tokens[: rows * 4] == source[: rows * 4] for image in stored)
         with pytest.raises(Refused, match="images 1 to 4"):
             await service.vary(requester(), first.job.id, 4, strength)
+
+
+async def test_a_negative_prompt_goes_with_the_job_its_rerolls_and_variations_and_a_remix_changes_it(
+    run: Run, tmp_path: Path
+) -> None:
+    async with run(settings(tmp_path)) as (service, fake, store):
+        first = await service.submit(requester(), "a fox", count=2, negative="  blurry, text ")
+        assert isinstance(await first.final(), Done)
+        assert fake.submitted[0].negative == "blurry, text"
+        stored = await store.job(first.job.id)
+        assert stored is not None and stored.options.negative == "blurry, text" and stored.model == "fake"
+        await (await service.reroll(requester("bob"), first.job.id)).final()
+        await (await service.vary(requester("bob"), first.job.id, 1, Strength.SUBTLE)).final()
+        assert [m.negative for m in fake.submitted[1:]] == ["blurry, text", "blurry, text"]
+        remixed = await service.reroll(requester("bob"), first.job.id, prompt="a red fox", negative="snow")
+        await remixed.final()
+        varied = await service.vary(requester("bob"), first.job.id, 0, Strength.STRONG, prompt="a fox at night",
+                                    negative="")  # an empty negative drops it
+        await varied.final()
+        assert [(m.prompt, m.negative) for m in fake.submitted[3:]] == [("a red fox", "snow"), ("a fox at night", None)]
+        assert fake.submitted[4].prefix == [(await store.images(first.job.id))[0].tokens[:4]] * 2  # the kept row
+        plain = await service.submit(requester(), "a cat", count=1)
+        await plain.final()
+        assert fake.submitted[-1].negative is None  # without one, the unconditional rows stay as they were
+        with pytest.raises(Refused, match="The negative prompt is 1001 characters long; keep it under 1000"):
+            await service.submit(requester(), "a cat", negative="x" * 1001)
+        with pytest.raises(Refused, match="The prompt is empty"):
+            await service.reroll(requester(), first.job.id, prompt="  ")
+
+
+async def test_delete_leaves_a_tombstone_for_the_owner_or_an_admin_and_old_buttons_say_so(
+    run: Run, tmp_path: Path
+) -> None:
+    async with run(settings(tmp_path)) as (service, fake, store):
+        first = await service.submit(requester("alice"), "a fox", count=2)
+        await first.final()
+        with pytest.raises(Refused, match="Only the person who asked for that job, or an admin, can delete it"):
+            await service.delete(requester("mallory"), first.job.id)
+        deleted = await service.delete(requester("alice"), first.job.id)
+        assert deleted.deleted and deleted.deleted_by == "discord:alice"
+        assert not (tmp_path / "images" / first.job.id).exists() and await store.images(first.job.id) == []
+        stored = await store.job(first.job.id)
+        assert stored is not None and stored.deleted and stored.status is Status.DONE  # the tombstone
+        for press in (service.reroll(requester("bob"), first.job.id), service.upscale(requester(), first.job.id, 0),
+                      service.vary(requester(), first.job.id, 1, Strength.SUBTLE)):
+            with pytest.raises(Refused, match="That job was deleted; start a new one with /imagine"):
+                await press
+        assert await (await service.watch(first.job.id)).final() == Failed(first.job.id, "This job was deleted.")
+        with pytest.raises(Refused, match="already deleted"):
+            await service.delete(requester("alice"), first.job.id)
+        second = await service.submit(requester("carol"), "a cat", count=1)
+        await second.final()
+        await service.delete(requester("boss", admin=True), second.job.id)  # a server admin, audited
+        [entry] = await store.audit_log("discord", "s1")
+        assert (entry.action, entry.actor, entry.detail) == ("delete", "boss", {"job_id": second.job.id,
+                                                                               "user": "carol"})
+        await service.admin.pause(OWNER)
+        waiting = await service.submit(requester("alice"), "a dog", count=1)
+        with pytest.raises(Refused, match="still being made; cancel it first"):
+            await service.delete(requester("alice"), waiting.job.id)
+        await service.admin.resume(OWNER)
+        await waiting.final()
+
+
+async def test_channel_rules_keep_the_bot_to_the_channels_a_servers_admins_choose(run: Run, tmp_path: Path) -> None:
+    admin = requester("boss", admin=True)
+    async with run(settings(tmp_path)) as (service, _, store):
+        first = await service.submit(requester(), "a fox", count=1)  # everywhere by default
+        await first.final()
+        with pytest.raises(Refused, match="Only server admins"):
+            await service.admin.set_channels(requester(), ["c2"])
+        await service.admin.set_channels(admin, ["c2", "c3", "c2"])
+        assert service.admin.channels(admin) == ["c2", "c3"]
+        with pytest.raises(Refused, match=r"^The bot works only in <#c2>, <#c3> here; use it there\.$"):
+            await service.submit(requester(), "a fox")  # requester() asks in channel c1
+        with pytest.raises(Refused, match="works only in"):
+            await service.reroll(requester(), first.job.id)
+        elsewhere = replace(requester(), channel="c3")
+        await (await service.submit(elsewhere, "a fox", count=1)).final()
+        await (await service.submit(requester(server="s2"), "a fox", count=1)).final()  # another server's rules
+        with pytest.raises(Refused, match="as the platform names them"):
+            await service.admin.set_channels(admin, ["<#c1>;drop"])
+        await service.admin.set_channels(admin, [])
+        await (await service.submit(requester(), "a fox", count=1)).final()
+        assert [a.action for a in await store.audit_log("discord", "s1")] == ["channels-clear", "channels"]
 
 
 async def test_upscale_is_lanczos_in_the_bot_at_the_configured_size(run: Run, tmp_path: Path) -> None:
