@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-USAGE = "Usage: /imagine <prompt> [--count N] [--cfg W] [--temperature T] [--seed S]"
+USAGE = "Usage: /imagine <prompt> [--count N] [--cfg W] [--temperature T] [--seed S] [--no TEXT]"
 
 # Flag spellings people type, each mapped to the option it sets.
 _FLAGS = {
@@ -14,6 +14,7 @@ _FLAGS = {
     "cfg": "cfg", "guidance": "cfg", "g": "cfg",
     "temperature": "temperature", "temp": "temperature", "t": "temperature",
     "seed": "seed", "s": "seed",
+    "no": "negative", "negative": "negative",
 }  # fmt: skip
 # "--", and the dashes chat clients and phones turn it into (em dash, en dash, minus sign).
 _DASHES = re.compile(r"^(?:--|-|\u2014|\u2013|\u2212)(?=[A-Za-z])")
@@ -33,6 +34,7 @@ class ImagineCommand:
     cfg: float | None = None
     temperature: float | None = None
     seed: int | None = None
+    negative: str | None = None  # --no: what to keep out of the pictures
 
 
 def _error(sentence: str) -> CommandError:
@@ -43,6 +45,8 @@ def _number(option: str, flag: str, text: str) -> int | float:
     cleaned = text.strip().rstrip(",;")
     try:
         if option in _INTEGER:
+            if cleaned.isdigit():
+                return int(cleaned)  # exactly: seeds go to 2^63 - 1, past what a float holds
             value = float(cleaned)
             if not value.is_integer():
                 raise ValueError(cleaned)
@@ -57,28 +61,36 @@ def parse_imagine(text: str) -> ImagineCommand:
     """Split `/imagine` text into the prompt and its options; CommandError says what to fix.
 
     Flags may come anywhere, as `--count 4` or `--count=4`, with one or two dashes or the dashes chat
-    clients turn `--` into; words that are not flags are the prompt.
+    clients turn `--` into; words that are not flags are the prompt. `--no` (Midjourney's negative prompt)
+    takes all the words up to the next flag.
     """
     words = text.split()
     prompt: list[str] = []
-    values: dict[str, int | float] = {}
+    values: dict[str, int | float | str] = {}
     i = 0
     while i < len(words):
         word = words[i]
-        dash = _DASHES.match(word)
-        if dash is None:
-            prompt.append(word)
+        flagged = _flag(word)
+        if flagged is None:
+            prompt.append(word)  # a word such as "-ish" or an em-dashed aside is not a flag either
             i += 1
             continue
-        name, _, inline = word[dash.end() :].partition("=")
-        option = _FLAGS.get(name.lower())
-        if option is None and dash.group() != "--":
-            prompt.append(word)  # a word such as "-ish" or an em-dashed aside, not a flag
-            i += 1
-            continue
+        name, option, inline = flagged
         flag = f"--{name}"
         if option is None:
             raise _error(f"{flag} is not an option.")
+        if option in values:
+            raise _error(f"{flag} is given twice; keep one.")
+        if option == "negative":
+            taken = [inline] if inline else []
+            i += 1
+            while i < len(words) and _flag(words[i]) is None:
+                taken.append(words[i])
+                i += 1
+            values[option] = " ".join(taken).rstrip(",;")
+            if not values[option]:
+                raise _error(f"{flag} needs a value.")
+            continue
         if inline:
             raw = inline
             i += 1
@@ -87,8 +99,6 @@ def parse_imagine(text: str) -> ImagineCommand:
             i += 2
         else:
             raise _error(f"{flag} needs a value.")
-        if option in values:
-            raise _error(f"{flag} is given twice; keep one.")
         values[option] = _number(option, flag, raw)
     if not prompt:
         raise _error("Say what to draw.")
@@ -98,7 +108,21 @@ def parse_imagine(text: str) -> ImagineCommand:
         cfg=float(values["cfg"]) if "cfg" in values else None,
         temperature=float(values["temperature"]) if "temperature" in values else None,
         seed=int(values["seed"]) if "seed" in values else None,
+        negative=str(values["negative"]) if "negative" in values else None,
     )
+
+
+def _flag(word: str) -> tuple[str, str | None, str] | None:
+    """A word that is a flag: its name, the option it sets (None: not an option) and any `=value`; None for a
+    word of the prompt."""
+    dash = _DASHES.match(word)
+    if dash is None:
+        return None
+    name, _, inline = word[dash.end() :].partition("=")
+    option = _FLAGS.get(name.lower())
+    if option is None and dash.group() != "--":
+        return None
+    return name, option, inline
 
 
 def setting_value(text: str) -> Any:

@@ -21,6 +21,14 @@ from bot.commandline import USAGE, CommandError, ImagineCommand, parse_imagine
         ("a cat -n 2 --temp 0 --CFG 3", ImagineCommand("a cat", count=2, cfg=3.0, temperature=0.0)),
         ("a cat --count 4.0", ImagineCommand("a cat", count=4)),
         ("a blue-ish -ish cat \u2014 at night", ImagineCommand("a blue-ish -ish cat \u2014 at night")),
+        # --no as Midjourney spells it: the words up to the next flag, wherever it comes.
+        ("a garden --no plants, people", ImagineCommand("a garden", negative="plants, people")),
+        ("a garden --no plants, people --count 2", ImagineCommand("a garden", count=2, negative="plants, people")),
+        ("--no=blurry, text \u2014seed 3 a cat", ImagineCommand("a cat", seed=3, negative="blurry, text")),
+        ("a cat \u2014no dogs \u2014 wolves, --cfg 3", ImagineCommand("a cat", cfg=3.0, negative="dogs \u2014 wolves")),
+        ("a cat --negative -ish blur", ImagineCommand("a cat", negative="-ish blur")),
+        ("a cat --seed 9223372036854775807", ImagineCommand("a cat", seed=2**63 - 1)),  # exact, past a float's 2^53
+        ("a cat --seed 1e3", ImagineCommand("a cat", seed=1000)),
     ],
 )
 def test_parses(text: str, expected: ImagineCommand) -> None:
@@ -38,6 +46,11 @@ def test_parses(text: str, expected: ImagineCommand) -> None:
         ("a cat --cfg high", '--cfg needs a number, not "high".'),
         ("a cat --steps 20", "--steps is not an option."),
         ("a cat --seed 1 --seed 2", "--seed is given twice; keep one."),
+        ("a cat --no", "--no needs a value."),
+        ("a cat --no --count 2", "--no needs a value."),
+        ("a cat --no dogs --no cats", "--no is given twice; keep one."),
+        ("a cat --no dogs --steps 20", "--steps is not an option."),
+        ("--no dogs, cats", "Say what to draw."),
     ],
 )
 def test_errors_say_what_to_fix_then_the_usage(text: str, sentence: str) -> None:
