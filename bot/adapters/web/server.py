@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,12 @@ from typing import Any
 from aiohttp import web
 
 from bot.adapters import listen_error
+from bot.adapters.web.identity import Credentials, Unauthorized, Who, client, shown_name
+from bot.adapters.web.origin import WRITES, Origins
 from bot.adapters.web.tracking import Tracker, image_urls, job_url, message
 from bot.admin import JobStatus
-from bot.commandline import CommandError, ImagineCommand, parse_imagine
-from bot.config import ConfigError, Settings, WebSettings
+from bot.commandline import USAGE, CommandError, ImagineCommand, parse_imagine
+from bot.config import LOOPBACK_HOSTS, ConfigError, Settings, WebSettings
 from bot.jobs import Handle, Options, Refused, Requester, Status, Strength, checked_prompt
 from bot.metrics import Stats
 from bot.service import Service
@@ -25,10 +27,20 @@ from bot.service import Service
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
-MAX_USER_CHARS = 64
 MAX_BODY_BYTES = 64 * 1024
+MAX_DIGITS = 100  # a JSON number longer than this is no option of ours (json.loads stops at 4300 with a ValueError)
 OPTIONS = ("count", "cfg", "temperature", "seed")
+FIELDS = {  # what each POST takes
+    "imagine": ("user", "prompt", "command", *OPTIONS),
+    "reroll": ("user",),
+    "upscale": ("user", "index"),
+    "vary": ("user", "index", "strength"),
+    "cancel": ("user",),
+}
 SERVER = "web"  # web users share one "server" for limits, bans and overrides
+STREAM_RETRY_S = 10
+HANG_UP_POLL_S = 1.0  # how soon an event stream whose client left frees its place
+WHO = web.RequestKey("who", Who)  # set by the auth middleware on the API and /metrics
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -95,11 +107,52 @@ def prometheus(stats: Stats) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _user(body: dict[str, Any]) -> str:
-    user = body.get("user")
-    if not isinstance(user, str) or not user.strip() or len(user.strip()) > MAX_USER_CHARS:
-        raise ApiError(400, f'Give your name in "user", 1 to {MAX_USER_CHARS} characters.')
-    return user.strip()
+def _shown(value: object) -> str:
+    """A value someone sent, as JSON, short enough to quote in a sentence."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    quoted = [f'"{name}"' for name in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} and {quoted[-1]}"
+
+
+def _whole(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise ApiError(400, f"A number in the request body has more than {MAX_DIGITS} digits; send a shorter one.")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise ApiError(400, f"{name} is not a number JSON allows; send a number such as 1.5.")
+
+
+def _parsed(raw: bytes) -> dict[str, Any]:
+    """The JSON object of a request body, or ApiError with a sentence saying what is wrong with it."""
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_int=_whole, parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise ApiError(400, "The request body is not UTF-8 text; send JSON encoded as UTF-8.") from None
+    except RecursionError:
+        raise ApiError(400, "The request body is nested too deeply; send one flat JSON object.") from None
+    except ValueError:
+        raise ApiError(400, 'The request body is not valid JSON; send an object such as {"user": "ada"}.') from None
+    if not isinstance(body, dict):
+        raise ApiError(400, 'The request body must be a JSON object, such as {"user": "ada"}.')
+    try:  # a "\ud800" escape decodes to half a character, which nothing can store or show
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "The request body has a \\u escape that is half of a character (a lone surrogate); "
+                            "send whole characters.") from None
+    return body
+
+
+def _fields(body: dict[str, Any], action: str) -> None:
+    for name in body:
+        if name not in FIELDS[action]:
+            raise ApiError(400, f"{_shown(name)} is not something {action} takes; send only "
+                                f"{_listed(FIELDS[action])}.")
 
 
 def _option(body: dict[str, Any], name: str, whole: bool) -> Any:
@@ -108,18 +161,29 @@ def _option(body: dict[str, Any], name: str, whole: bool) -> Any:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
-        raise ApiError(400, f'"{name}" must be {kind}; you gave {json.dumps(value)}.')
+        raise ApiError(400, f'"{name}" must be {kind}; you gave {_shown(value)}.')
     return value
 
 
-def _typed(line: str) -> ImagineCommand:
+def _typed(line: object) -> ImagineCommand:
+    """A command line from the page: "/imagine ..." or plain prompt text, never another slash command."""
+    if not isinstance(line, str):
+        raise ApiError(400, f'"command" must be text such as "/imagine a red fox"; you gave {_shown(line)}.')
     words = line.split(maxsplit=1)
     if words and words[0].lower() == "/imagine":
         line = words[1] if len(words) > 1 else ""
+    elif words and words[0].startswith("/"):
+        raise ApiError(400, f"Only /imagine works here; {_shown(words[0])} is not a command of this bot.\n{USAGE}")
     try:
         return parse_imagine(line)
     except CommandError as error:
         raise ApiError(400, str(error)) from None
+
+
+async def _hung_up(request: web.Request) -> None:
+    """Return once the client has closed the connection (aiohttp tells a GET handler only when it next writes)."""
+    while request.transport is not None and not request.transport.is_closing():
+        await asyncio.sleep(HANG_UP_POLL_S)
 
 
 class WebAdapter:
@@ -127,16 +191,22 @@ class WebAdapter:
 
     platform = "web"
 
-    def __init__(self, web_settings: WebSettings, data_dir: Path, token: str | None = None) -> None:
+    def __init__(
+        self, web_settings: WebSettings, data_dir: Path, token: str | None = None, admin_token: str | None = None
+    ) -> None:
         if web_settings.public and not token:
-            raise ConfigError(
-                f"web.host: {web_settings.host} serves other machines; set JANUS_BOT_WEB_TOKEN to an access token "
-                'or bind to "127.0.0.1"'
-            )
+            if web_settings.host not in LOOPBACK_HOSTS:
+                raise ConfigError(f"web.host: {web_settings.host} serves other machines; set JANUS_BOT_WEB_TOKEN to an "
+                                  'access token or bind to "127.0.0.1"')
+            raise ConfigError("web.public_names: answering to other names serves other machines; set "
+                              "JANUS_BOT_WEB_TOKEN to an access token or remove them")
         self.settings = web_settings
         self.url = ""
         self._data_dir = data_dir
-        self._token = token
+        self._credentials = Credentials(token, admin_token)
+        self._origins = Origins(web_settings)
+        self._refused_names: set[str] = set()  # Host names already logged as refused
+        self._streams: Counter[str] = Counter()  # open event streams per client
         self._service: Service | None = None
         self._runner: web.AppRunner | None = None
         self._started = asyncio.Event()  # recovered jobs can end before start() is called
@@ -144,13 +214,14 @@ class WebAdapter:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebAdapter:
-        """The adapter for the [web] settings and the JANUS_BOT_WEB_TOKEN secret."""
-        return cls(settings.web, settings.bot.data_dir, settings.secrets.web_token)
+        """The adapter for the [web] settings and the JANUS_BOT_WEB_TOKEN and JANUS_BOT_WEB_ADMIN_TOKEN secrets."""
+        secrets = settings.secrets
+        return cls(settings.web, settings.bot.data_dir, secrets.web_token, secrets.web_admin_token)
 
     @property
     def where(self) -> str:
         """What the startup banner shows."""
-        return self.url + (" (API needs the bearer token in JANUS_BOT_WEB_TOKEN)" if self._token else "")
+        return self.url + (" (API needs the bearer token in JANUS_BOT_WEB_TOKEN)" if self._credentials.token else "")
 
     @property
     def service(self) -> Service:
@@ -195,7 +266,8 @@ class WebAdapter:
 
     def app(self) -> web.Application:
         """The routes and middlewares, for `start` and for tests."""
-        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=MAX_BODY_BYTES)
+        middlewares = [self._errors, self._origin, self._auth]
+        app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/", self.index)
         app.router.add_static("/static/", STATIC)
         app.router.add_get("/healthz", self.healthz)
@@ -207,7 +279,7 @@ class WebAdapter:
         app.router.add_post("/api/jobs/{job_id}/cancel", self.cancel)
         app.router.add_get("/api/jobs/{job_id}", self.job)
         app.router.add_get("/api/jobs/{job_id}/grid.png", self.grid)
-        app.router.add_get(r"/api/jobs/{job_id}/images/{index:\d+}.png", self.image)
+        app.router.add_get(r"/api/jobs/{job_id}/images/{index:[0-9]+}.png", self.image)
         app.router.add_get("/api/jobs/{job_id}/preview.png", self.preview)
         app.router.add_get("/api/jobs/{job_id}/events", self.events)
         return app
@@ -232,17 +304,33 @@ class WebAdapter:
             return web.json_response({"error": "Something went wrong on the server; try again."}, status=500)
 
     @web.middleware
+    async def _origin(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Answer only to this bot's names (DNS rebinding), and take writes only from its own page (CSRF)."""
+        host = request.headers.get("Host")
+        if host is not None and not self._origins.serves(host):
+            name = _shown(host.rpartition(":")[0] if host.count(":") == 1 else host).strip('"')
+            if len(self._refused_names) < 100 and name not in self._refused_names:
+                self._refused_names.add(name)
+                log.warning("web: refused requests for the host name %r (not web.host, a loopback name or in "
+                            "web.public_names)", name)
+            raise ApiError(421, f"This bot does not answer to the name '{name}'; open it at {self.url or 'its address'}"
+                                f", or add the name to [web] public_names if it is yours (a reverse proxy's).")
+        if request.method in WRITES and request.match_info.http_exception is None:
+            if self._origins.cross_site(request.method, request.headers):
+                raise ApiError(403, "Requests from other sites are refused; use the bot's own page, or call the API "
+                                    "from a script (which sends no Origin header).")
+            if request.content_type != "application/json":
+                raise ApiError(415, "Send the request body as JSON, with 'Content-Type: application/json'.")
+        return await handler(request)
+
+    @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        guarded = request.path.startswith("/api/") or request.path == "/metrics"
-        if self._token and guarded:
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token.encode()):
-                sentence = (
-                    "The access token is wrong; send the one in JANUS_BOT_WEB_TOKEN."
-                    if given
-                    else "This server needs an access token; send it as 'Authorization: Bearer <token>'."
-                )
-                raise ApiError(401, sentence, {"WWW-Authenticate": 'Bearer realm="janus-bot"'})
+        """Who the request acts as (its token, or this machine), on the API and /metrics."""
+        if request.path.startswith("/api/") or request.path == "/metrics":
+            try:
+                request[WHO] = self._credentials.who(request.headers.get("Authorization"), request.remote)
+            except Unauthorized as error:
+                raise ApiError(401, str(error), {"WWW-Authenticate": 'Bearer realm="janus-bot"'}) from None
         return await handler(request)
 
     # -- page, health and metrics --
@@ -274,17 +362,16 @@ class WebAdapter:
 
     # -- helpers --
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
+    async def _body(self, request: web.Request, action: str) -> tuple[dict[str, Any], Requester]:
+        """The request's JSON object, checked to hold only what `action` takes, and who asked."""
+        body = _parsed(await request.read())
+        _fields(body, action)
+        who = request[WHO]
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, 'The request body is not valid JSON; send an object such as {"user": "ada"}.') from None
-        if not isinstance(body, dict):
-            raise ApiError(400, 'The request body must be a JSON object, such as {"user": "ada"}.')
-        return body
-
-    def _requester(self, body: dict[str, Any]) -> Requester:
-        return Requester(self.platform, SERVER, SERVER, _user(body))
+            name = shown_name(body.get("user"))
+        except ValueError as error:
+            raise ApiError(400, str(error)) from None
+        return body, Requester(self.platform, SERVER, SERVER, who.user, who.is_admin, name)
 
     async def _status(self, request: web.Request) -> JobStatus:
         job_id = request.match_info["job_id"]
@@ -297,9 +384,9 @@ class WebAdapter:
         self._tracker.follow(handle)
         status = await self.service.status(handle.job.id)
         position = status.position if status is not None and status.position is not None else 0
-        return web.json_response(
-            {"job_id": handle.job.id, "position": position, "url": job_url(handle.job.id)}, status=202
-        )
+        body = {"job_id": handle.job.id, "position": position, "url": job_url(handle.job.id),
+                "user": handle.job.requester.shown}  # fmt: skip
+        return web.json_response(body, status=202)
 
     def _job_json(self, status: JobStatus) -> dict[str, Any]:
         job = status.job
@@ -310,7 +397,7 @@ class WebAdapter:
             "job_id": job.id,
             "kind": job.kind.value,
             "status": job.status.value,
-            "user": job.requester.user,
+            "user": job.requester.shown,  # the name they gave (rights go by the identity in requester.user)
             "prompt": job.prompt,
             "count": job.options.count,
             "cfg": job.options.cfg,
@@ -339,10 +426,12 @@ class WebAdapter:
 
     def _index(self, status: JobStatus, body: dict[str, Any]) -> int:
         count = status.job.options.count
-        index = body.get("index", 0)
+        if "index" not in body:
+            raise ApiError(400, f'Say which image in "index", a whole number from 0 to {count - 1} (U1 is 0).')
+        index = body["index"]
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
             raise ApiError(400, f'"index" must be a whole number from 0 to {count - 1} (U1 is 0); '
-                                f'you gave {json.dumps(index)}.')
+                                f'you gave {_shown(index)}.')
         if status.job.status is not Status.DONE:
             raise ApiError(409, "That job has no images yet; wait until it is done.")
         return index
@@ -351,11 +440,12 @@ class WebAdapter:
 
     async def imagine(self, request: web.Request) -> web.Response:
         """Queue a job from {"user", "prompt", "count"?, "cfg"?, "temperature"?, "seed"?}, or a typed "command"."""
-        body = await self._body(request)
-        requester = self._requester(body)
+        body, requester = await self._body(request, "imagine")
         options = {name: _option(body, name, whole=name in ("count", "seed")) for name in OPTIONS}
         prompt = body.get("prompt")
-        if prompt is None and isinstance(body.get("command"), str):
+        if "prompt" in body and "command" in body:
+            raise ApiError(400, 'Give either "prompt" or "command", not both.')
+        if "command" in body:
             command = _typed(body["command"])
             prompt = command.prompt
             typed = {name: getattr(command, name) for name in OPTIONS}
@@ -381,8 +471,7 @@ class WebAdapter:
 
     async def reroll(self, request: web.Request) -> web.Response:
         """The same prompt and options with a new seed."""
-        body = await self._body(request)
-        requester = self._requester(body)
+        _, requester = await self._body(request, "reroll")
         status = await self._status(request)
         try:
             return await self._accepted(await self.service.reroll(requester, status.job.id))
@@ -391,8 +480,7 @@ class WebAdapter:
 
     async def upscale(self, request: web.Request) -> web.Response:
         """Image "index" (0-based) alone, upscaled."""
-        body = await self._body(request)
-        requester = self._requester(body)
+        body, requester = await self._body(request, "upscale")
         status = await self._status(request)
         index = self._index(status, body)
         try:
@@ -402,13 +490,12 @@ class WebAdapter:
 
     async def vary(self, request: web.Request) -> web.Response:
         """Variations of image "index" (0-based), "strength" subtle (default) or strong."""
-        body = await self._body(request)
-        requester = self._requester(body)
+        body, requester = await self._body(request, "vary")
         status = await self._status(request)
         index = self._index(status, body)
         strength = body.get("strength", Strength.SUBTLE.value)
         if strength not in [s.value for s in Strength]:
-            raise ApiError(400, f'"strength" must be "subtle" or "strong"; you gave {json.dumps(strength)}.')
+            raise ApiError(400, f'"strength" must be "subtle" or "strong"; you gave {_shown(strength)}.')
         try:
             return await self._accepted(await self.service.vary(requester, status.job.id, index, Strength(strength)))
         except Refused as error:
@@ -416,8 +503,7 @@ class WebAdapter:
 
     async def cancel(self, request: web.Request) -> web.Response:
         """Cancel one's own waiting or running job."""
-        body = await self._body(request)
-        requester = self._requester(body)
+        _, requester = await self._body(request, "cancel")
         status = await self._status(request)
         if status.job.status.final:
             raise ApiError(409, "That job has already finished.")
@@ -439,15 +525,17 @@ class WebAdapter:
     async def image(self, request: web.Request) -> web.StreamResponse:
         """One image of a finished job, 0-based."""
         status = await self._status(request)
-        index = int(request.match_info["index"])
-        if index >= status.job.options.count:
+        digits = request.match_info["index"]
+        if len(digits) > 6 or int(digits) >= status.job.options.count:
             raise ApiError(404, f"That job has images 0 to {status.job.options.count - 1}.")
-        return self._file(status, f"{index}.png")
+        return self._file(status, f"{int(digits)}.png")
 
     async def preview(self, request: web.Request) -> web.Response:
         """The latest preview of a job being made (filled in top-down)."""
         status = await self._status(request)
         tracked = self._tracker.get(status.job.id)
+        if status.job.status.final:
+            raise ApiError(404, "That job has finished, so it has no preview any more; see its grid_url.")
         if tracked is None or tracked.preview is None:
             raise ApiError(404, "That job has no preview yet; previews come every few percent while it runs.")
         return web.Response(body=tracked.preview, content_type="image/png", headers={"Cache-Control": "no-store"})
@@ -455,6 +543,34 @@ class WebAdapter:
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: queued, started, progress, then one of done, failed or cancelled."""
         status = await self._status(request)
+        key = client(request.remote)
+        if self._streams[key] >= self.settings.max_streams_per_client:
+            raise ApiError(429, f"You have {self._streams[key]} event streams open, the most one client may; close "
+                                "some (each job a page follows holds one) and try again.",
+                           {"Retry-After": str(STREAM_RETRY_S)})
+        if self._streams.total() >= self.settings.max_streams:
+            raise ApiError(429, "The bot is serving as many event streams as it can; try again in a moment, or poll "
+                                f"{job_url(status.job.id)} instead.", {"Retry-After": str(STREAM_RETRY_S)})
+        self._streams[key] += 1
+        stream = asyncio.ensure_future(self._stream(request, status))
+        gone = asyncio.ensure_future(_hung_up(request))
+        try:
+            await asyncio.wait({stream, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if stream.done():
+                return stream.result()
+        except ConnectionResetError:  # the client went away while we wrote: nothing to tell it, nothing wrong here
+            pass
+        finally:
+            for task in (stream, gone):
+                task.cancel()
+            await asyncio.gather(stream, gone, return_exceptions=True)
+            self._streams[key] -= 1
+            if not self._streams[key]:
+                del self._streams[key]
+        log.debug("event stream of job %s: the client hung up", status.job.id)
+        return web.Response(status=204)  # nobody reads it; aiohttp drops it quietly
+
+    async def _stream(self, request: web.Request, status: JobStatus) -> web.StreamResponse:
         tracked = self._tracker.get(status.job.id)
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",

@@ -1,4 +1,4 @@
-"""Jobs the web adapter follows: each one's events so far (replayed to late listeners), percent and preview."""
+"""Jobs the web adapter follows: where each one stands (replayed to late listeners), its percent and preview."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from bot.jobs import FINAL_EVENTS, Cancelled, Done, Event, Failed, Handle, Progr
 
 log = logging.getLogger(__name__)
 
-KEEP_FINISHED = 500  # finished jobs whose event history stays in memory
+KEEP_FINISHED = 500  # finished jobs whose latest events stay in memory
 HEARTBEAT_S = 15.0
 
 Message = tuple[str, dict[str, Any]]  # (SSE event name, JSON data); ("", {}) is a heartbeat
@@ -49,16 +49,27 @@ def message(event: Event, preview_version: int = 0) -> Message:
 
 
 class Tracked:
-    """One job followed to its end; `stream()` replays what happened so far, then goes on live."""
+    """One job followed to its end; `stream()` replays where it stands, then goes on live.
+
+    Only the latest event of each kind is kept (queued with its latest position, started, the latest
+    progress, the final one): a job waiting behind n others hears of n positions, so keeping them all
+    would grow with the square of the queue. A finished job's preview is dropped; its grid replaces it.
+    """
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
-        self.history: list[Message] = []
+        self.latest: dict[str, tuple[int, Message]] = {}  # event name -> (sequence number, message)
+        self.sequence = 0
         self.percent: int | None = None
         self.preview: bytes | None = None
         self.preview_version = 0
         self.ended = False  # the final event arrived, or the adapter is closing
         self._changed = asyncio.Condition()
+
+    @property
+    def history(self) -> list[Message]:
+        """What a late listener hears: the latest event of each kind, in the order they came."""
+        return [item for _, item in sorted(self.latest.values(), key=lambda entry: entry[0])]
 
     async def record(self, event: Event) -> None:
         """Take one event from the job's handle."""
@@ -69,8 +80,18 @@ class Tracked:
                 self.preview_version += 1
         elif isinstance(event, Done):
             self.percent = 100
+        name, data = message(event, self.preview_version)
         async with self._changed:
-            self.history.append(message(event, self.preview_version))
+            self.sequence += 1
+            if isinstance(event, Queued):  # waiting again (its generator restarted): an earlier run is void
+                self.latest.pop("started", None)
+                self.latest.pop("progress", None)
+            if isinstance(event, FINAL_EVENTS):
+                self.preview = None
+                if "progress" in self.latest:
+                    number, (_, shown) = self.latest["progress"]
+                    self.latest["progress"] = number, ("progress", {**shown, "preview_url": None})
+            self.latest[name] = self.sequence, (name, data)
             self.ended = self.ended or isinstance(event, FINAL_EVENTS)
             self._changed.notify_all()
 
@@ -81,22 +102,25 @@ class Tracked:
             self._changed.notify_all()
 
     async def stream(self, heartbeat: float = HEARTBEAT_S) -> AsyncIterator[Message]:
-        """Every event from the first, then new ones as they come, a heartbeat when quiet; ends after the final one."""
-        sent = 0
+        """Where the job stands, then what changes as it comes (a heartbeat when quiet); ends after the final event.
+
+        A listener that falls behind hears only the latest of each kind of event it missed.
+        """
+        heard = 0  # the sequence number of the last event this listener was sent
 
         def news() -> bool:
-            return len(self.history) > sent or self.ended
+            return self.sequence > heard or self.ended
 
         while True:
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait_for(news), heartbeat)
-                fresh = self.history[sent:]
+                fresh = sorted(entry for entry in self.latest.values() if entry[0] > heard)
+                heard = self.sequence
                 ended = self.ended
-            sent += len(fresh)
-            for item in fresh:
+            for _, item in fresh:
                 yield item
-            if ended and sent == len(self.history):
+            if ended:
                 return
             if not fresh:
                 yield "", {}

@@ -20,6 +20,7 @@ from bot.adapters import configured_adapters
 from bot.adapters.web import WebAdapter
 from bot.adapters.web.tracking import Tracked
 from bot.app import App, generator_process
+from bot.commandline import USAGE
 from bot.config import ConfigError, Settings, WebSettings
 from bot.jobs import Done, Queued, Requester
 from bot.local_queue import LocalQueue
@@ -39,9 +40,10 @@ class Web:
     adapter: WebAdapter
 
     async def post(self, path: str, body: Any = None, **kwargs: Any) -> tuple[int, dict[str, Any], Any]:
-        """Status, JSON body and headers of one POST."""
+        """Status, JSON body and headers of one POST (sent as JSON unless the headers say otherwise)."""
         data = body if isinstance(body, str) else json.dumps(body if body is not None else {})
-        async with self.http.post(path, data=data, **kwargs) as response:
+        headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
+        async with self.http.post(path, data=data, headers=headers, **kwargs) as response:
             return response.status, await response.json(), response.headers
 
     async def get(self, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
@@ -67,13 +69,14 @@ class Web:
 
 @contextlib.asynccontextmanager
 async def serving(
-    tmp_path: Path, *, token: str | None = None, host: str = "127.0.0.1", generator: FakeGenerator | None = None,
-    **sections: dict[str, Any],
+    tmp_path: Path, *, token: str | None = None, admin_token: str | None = None, host: str = "127.0.0.1",
+    generator: FakeGenerator | None = None, **sections: dict[str, Any],
 ) -> AsyncIterator[Web]:  # fmt: skip
     """A running service with the web adapter on a free port, and a client session for it."""
-    config = settings(tmp_path, web={"port": 0, "host": host}, **sections)
+    config = settings(tmp_path, web={"port": 0, "host": host, **sections.pop("web", {})}, **sections)
     async with running(config, generator or FakeGenerator(steps=4, step_delay=0.01)) as (service, fake, _):
-        adapter = WebAdapter(config.web, config.bot.data_dir, token)
+        tokens = {"admin_token": admin_token} if admin_token else {}
+        adapter = WebAdapter(config.web, config.bot.data_dir, token, **tokens)
         await adapter.start(service)
         base = adapter.url.replace("0.0.0.0", "127.0.0.1")
         try:
@@ -107,9 +110,12 @@ async def test_imagine_streams_queued_started_progress_then_done_and_serves_the_
                 assert response.status == 200 and await response.read() == png(7 + i)
         async with web.http.get(job["grid_url"]) as response:
             assert response.status == 200 and response.content_type == "image/png"
-        async with web.http.get(job["preview_url"]) as response:
-            assert response.status == 200 and response.content_type == "image/png"
-        assert await web.events(job_id) == stream  # a late listener gets the same story
+        assert job["preview_url"] is None  # the grid replaces it
+        status, body = await web.get(f"/api/jobs/{job_id}/preview.png")
+        assert status == 404 and body["error"].startswith("That job has finished, so it has no preview any more")
+        # a late listener hears where the job stands: the latest of each kind of event, in order
+        progress = ("progress", {**stream[-2][1], "preview_url": None})
+        assert await web.events(job_id) == [stream[0], stream[1], progress, stream[-1]]
 
 
 async def test_a_typed_command_line_sets_the_options_and_a_bad_one_gets_the_usage_line(tmp_path: Path) -> None:
@@ -121,8 +127,7 @@ async def test_a_typed_command_line_sets_the_options_and_a_bad_one_gets_the_usag
         _, job = await web.get(f"/api/jobs/{body['job_id']}")
         assert (job["prompt"], job["count"], job["cfg"], job["temperature"], job["seed"]) == ("a fox", 3, 2.0, 0.0, 9)
         status, body, _ = await web.post("/api/imagine", {"user": "ada", "command": "/imagine a fox --count many"})
-        assert status == 400 and body["error"].endswith("Usage: /imagine <prompt> [--count N] [--cfg W] "
-                                                         "[--temperature T] [--seed S]")  # fmt: skip
+        assert status == 400 and body["error"].endswith(f"\n{USAGE}")
 
 
 @pytest.mark.parametrize(
@@ -153,8 +158,8 @@ async def test_unknown_jobs_are_404_on_every_job_endpoint(tmp_path: Path) -> Non
         for path in ("", "/grid.png", "/images/0.png", "/preview.png", "/events"):
             status, body = await web.get(f"/api/jobs/nope{path}")
             assert status == 404 and "There is no job nope" in body["error"], path
-        for action in ("reroll", "upscale", "vary", "cancel"):
-            status, body, _ = await web.post(f"/api/jobs/nope/{action}", {"user": "ada", "index": 0})
+        for action, body in [("reroll", {}), ("upscale", {"index": 0}), ("vary", {"index": 0}), ("cancel", {})]:
+            status, body, _ = await web.post(f"/api/jobs/nope/{action}", {"user": "ada", **body})
             assert status == 404 and "There is no job nope" in body["error"], action
         status, body = await web.get("/api/nothing-here")
         assert status == 404 and body["error"].startswith("There is nothing at /api/nothing-here")
@@ -218,33 +223,37 @@ async def test_a_job_without_images_yet_is_409_for_images_upscale_and_vary(tmp_p
 async def test_cancel_ends_a_waiting_job_only_for_its_owner(tmp_path: Path) -> None:
     fake = FakeGenerator(max_batch_images=4)
     fake.hold.clear()
-    async with serving(tmp_path, generator=fake) as web:
+    ada = {"Authorization": "Bearer ada's"}  # the admin token, so a second identity beside this machine's
+    async with serving(tmp_path, generator=fake, admin_token="ada's") as web:
         running_job = await web.imagine(count=4)
-        waiting = await web.imagine(count=4)
+        status, body, _ = await web.post("/api/imagine", {"user": "ada", "prompt": "a fox", "count": 4}, headers=ada)
+        waiting = body["job_id"]
         _, job = await web.get(f"/api/jobs/{waiting}")
         assert job["status"] == "queued" and job["position"] == 1
 
-        status, body, _ = await web.post(f"/api/jobs/{waiting}/cancel", {"user": "mallory"})
+        status, body, _ = await web.post(f"/api/jobs/{waiting}/cancel", {"user": "ada"})  # typing her name
         assert status == 403 and "Only the person who asked" in body["error"]
-        status, body, _ = await web.post(f"/api/jobs/{waiting}/cancel", {"user": "ada"})
+        status, body, _ = await web.post(f"/api/jobs/{waiting}/cancel", {"user": "ada"}, headers=ada)
         assert status == 200 and body["status"] == "cancelled" and body["cancelling"] is False
         assert [name for name, _ in await web.events(waiting)] == ["queued", "cancelled"]
-        status, body, _ = await web.post(f"/api/jobs/{waiting}/cancel", {"user": "ada"})
+        status, body, _ = await web.post(f"/api/jobs/{waiting}/cancel", {"user": "ada"}, headers=ada)
         assert status == 409 and body["error"] == "That job has already finished."
 
-        status, body, _ = await web.post(f"/api/jobs/{running_job}/cancel", {"user": "ada"})
+        status, body, _ = await web.post(f"/api/jobs/{running_job}/cancel", {"user": "someone"})
         assert status == 200 and body["cancelling"] is True
         fake.hold.set()
         assert (await web.events(running_job))[-1][0] == "cancelled"
 
 
 async def test_rate_limited_requests_are_429_with_retry_after(tmp_path: Path) -> None:
-    async with serving(tmp_path, limits={"jobs_per_period": 1, "period_s": 600}) as web:
+    async with serving(tmp_path, admin_token="b0ss", limits={"jobs_per_period": 1, "period_s": 600}) as web:
         await web.imagine()
         status, body, headers = await web.post("/api/imagine", {"user": "ada", "prompt": "again"})
         assert status == 429 and "try again in" in body["error"]
         assert 590 <= int(headers["Retry-After"]) <= 600
-        await web.imagine(user="bo")  # someone else is not held up
+        status, body, _ = await web.post("/api/imagine", {"user": "ada", "prompt": "again"},
+                                         headers={"Authorization": "Bearer b0ss"})  # fmt: skip
+        assert status == 202, body  # someone else (here the admin token's holder) is not held up
 
 
 async def test_too_many_waiting_jobs_is_429_too(tmp_path: Path) -> None:
@@ -262,11 +271,11 @@ async def test_too_many_waiting_jobs_is_429_too(tmp_path: Path) -> None:
 
 async def test_banned_users_and_blocked_prompts_are_403(tmp_path: Path) -> None:
     async with serving(tmp_path, bot={"admins": ["web:boss"]}, blocklist={"words": ["gore"]}) as web:
-        await web.service.admin.ban(BOSS, "mallory", "spam")
-        status, body, _ = await web.post("/api/imagine", {"user": "mallory", "prompt": "a fox"})
-        assert status == 403 and body["error"].startswith("You are banned from making images here (spam)")
         status, body, _ = await web.post("/api/imagine", {"user": "ada", "prompt": "some GORE please"})
         assert status == 403 and '"GORE"' in body["error"]
+        await web.service.admin.ban(BOSS, "local", "spam")  # web bans go by identity: "local" is this machine
+        status, body, _ = await web.post("/api/imagine", {"user": "mallory", "prompt": "a fox"})
+        assert status == 403 and body["error"].startswith("You are banned from making images here (spam)")
 
 
 async def test_a_public_bind_needs_a_token_and_the_api_checks_it(tmp_path: Path) -> None:
