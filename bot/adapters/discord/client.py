@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +17,7 @@ from bot.adapters.discord import messages
 from bot.adapters.discord.delivery import Reply, follow
 from bot.commandline import setting_value
 from bot.config import Settings
-from bot.jobs import Handle, Refused, Requester, Strength
+from bot.jobs import Handle, Job, Refused, Requester, Strength
 from bot.policy import OVERRIDABLE
 from bot.service import Service
 from generator.protocol import CFG_RANGE, COUNT_RANGE, MAX_PROMPT_CHARS, SEED_MAX, TEMPERATURE_RANGE
@@ -27,6 +28,9 @@ PLATFORM = "discord"
 DM_SERVER = "dm"  # the "server" of direct messages with the bot, for settings and bans
 SORRY = "Something went wrong on the bot's side; try again, and tell its operator if it keeps happening."
 SEED_DIGITS = len(str(SEED_MAX))  # a text option: Discord's integer options stop at 2^53, seeds go to 2^63
+GONE = "That job no longer exists; start a new one with /imagine."
+DELETED = "That job was deleted; start a new one with /imagine."
+CHANNEL_MENTION = re.compile(r"<#(\d+)>|(\d+)")
 
 
 def requester(interaction: discord.Interaction) -> Requester:
@@ -99,6 +103,17 @@ class ImagineClient(discord.Client):
         reply = Reply(self, handle.job, interaction)
         self.spawn(follow(self.service, handle, reply, self.settings.discord.edit_every_s))
 
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """A submitted remix form: handled here by its custom id (not by discord.py's store of open modals), so it
+        works for anyone who opened it, and after a restart."""
+        if interaction.type is not discord.InteractionType.modal_submit:
+            return
+        data: dict[str, Any] = interaction.data or {}  # type: ignore[assignment]
+        match = messages.REMIX_ID.match(str(data.get("custom_id", "")))
+        if match is not None:
+            values = _text_inputs(data.get("components", []))
+            await self.remixed(interaction, match["job"], values.get("prompt", ""), values.get("negative", ""))
+
     async def imagine(self, interaction: discord.Interaction, prompt: str, seed: str | None, **options: Any) -> None:
         """Queue a job and follow it on the interaction's message."""
         await interaction.response.defer(thinking=True)
@@ -119,6 +134,22 @@ class ImagineClient(discord.Client):
             except Refused as refusal:
                 await interaction.followup.send(str(refusal), ephemeral=True)
             return
+        if action == "delete":
+            await self.delete(interaction, who, job_id)
+            return
+        if action in ("remix", "info"):
+            try:
+                job = await self._shown_job(job_id)
+            except Refused as refusal:
+                await interaction.response.send_message(str(refusal), ephemeral=True)
+                return
+            if action == "info":
+                await interaction.response.send_message(embed=messages.info_embed(job), ephemeral=True)
+                return
+            modal = messages.remix_modal(job)
+            modal.stop()  # kept out of discord.py's store of open modals: on_interaction handles the submission
+            await interaction.response.send_modal(modal)
+            return
         await interaction.response.defer(thinking=True)
         try:
             if action == "reroll":
@@ -137,12 +168,67 @@ class ImagineClient(discord.Client):
             return
         self.deliver(handle, interaction)
 
+    async def _shown_job(self, job_id: str) -> Job:
+        """A job whose info or prompt may be shown; Refused if it is gone or was deleted."""
+        status = await self.service.status(job_id)
+        if status is None:
+            raise Refused(GONE)
+        if status.job.deleted:
+            raise Refused(DELETED)
+        return status.job
+
+    async def remixed(self, interaction: discord.Interaction, job_id: str, prompt: str, negative: str) -> None:
+        """A submitted remix: a reroll with the edited text, or for a variation or upscale a variation of its
+        image; the new job is the submitter's, on a new message."""
+        await interaction.response.defer(thinking=True)
+        who = requester(interaction)
+        try:
+            job = await self._shown_job(job_id)
+            strength = messages.remixed_strength(job)
+            if strength is None:
+                handle = await self.service.reroll(who, job.id, prompt=prompt, negative=negative)
+            else:
+                handle = await self.service.vary(who, job.parent_id or job.id, job.parent_index or 0, strength,
+                                                 prompt=prompt, negative=negative)  # fmt: skip
+        except Refused as refusal:
+            await refuse(interaction, refusal)
+            return
+        except Exception:
+            log.exception("remix of job %s failed", job_id)
+            await refuse(interaction, Refused(SORRY))
+            return
+        self.deliver(handle, interaction)
+
+    async def delete(self, interaction: discord.Interaction, who: Requester, job_id: str) -> None:
+        """Delete a job's result (its requester, or an admin): the message with the button goes, the job stays
+        as a tombstone."""
+        await interaction.response.defer()  # for a button, the original response is the message it is on
+        try:
+            job = await self.service.delete(who, job_id)
+        except Refused as refusal:
+            await interaction.followup.send(str(refusal), ephemeral=True)
+            return
+        with contextlib.suppress(discord.NotFound):  # someone deleted the message already
+            await interaction.delete_original_response()
+        await interaction.followup.send(f"Deleted {messages.bold_prompt(job)}.", ephemeral=True,
+                                        allowed_mentions=discord.AllowedMentions.none())  # fmt: skip
+
     async def _on_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         log.error("command %s failed", interaction.command and interaction.command.qualified_name, exc_info=error)
         if interaction.response.is_done():
             await refuse(interaction, Refused(SORRY))
         else:
             await interaction.response.send_message(SORRY, ephemeral=True)
+
+
+def _text_inputs(components: list[dict[str, Any]]) -> dict[str, str]:
+    """The values of a submitted modal's text inputs by custom id (under labels, or in action rows)."""
+    values: dict[str, str] = {}
+    for component in components:
+        for item in component.get("components") or [component.get("component") or {}]:
+            if "custom_id" in item:
+                values[item["custom_id"]] = str(item.get("value") or "")
+    return values
 
 
 async def refuse(interaction: discord.Interaction, refusal: Refused) -> None:
@@ -160,6 +246,7 @@ async def refuse(interaction: discord.Interaction, refusal: Refused) -> None:
     cfg="How closely to follow the prompt: higher is more literal",
     temperature="How adventurous the sampling is: 0 is always the same picture",
     seed="Repeat a result: the seed its message shows (a whole number)",
+    negative="What to keep out of the pictures (Midjourney's --no), like: text, blur",
 )
 async def imagine(
     interaction: discord.Interaction,
@@ -168,9 +255,29 @@ async def imagine(
     cfg: app_commands.Range[float, CFG_RANGE[0], CFG_RANGE[1]] | None = None,
     temperature: app_commands.Range[float, TEMPERATURE_RANGE[0], TEMPERATURE_RANGE[1]] | None = None,
     seed: app_commands.Range[str, 1, SEED_DIGITS] | None = None,
+    negative: app_commands.Range[str, 1, MAX_PROMPT_CHARS] | None = None,
 ) -> None:
     """Make images from a text prompt."""
-    await _client(interaction).imagine(interaction, prompt, count=count, cfg=cfg, temperature=temperature, seed=seed)
+    await _client(interaction).imagine(interaction, prompt, count=count, cfg=cfg, temperature=temperature, seed=seed,
+                                       negative=negative)  # fmt: skip
+
+
+def channel_ids(text: str) -> list[str]:
+    """The channel ids in an admin's list of channel mentions (`<#123>`, as Discord sends a #channel) or ids."""
+    ids = []
+    for word in text.replace(",", " ").replace(">", "> ").split():
+        match = CHANNEL_MENTION.fullmatch(word)
+        if match is None:
+            shown = discord.utils.escape_markdown(word)
+            raise Refused(f'"{shown}" is not a channel; type # and pick it from the list, or give its id.')
+        ids.append(match[1] or match[2])
+    if not ids:
+        raise Refused("Name at least one channel; /imagine-admin channels clear lets the bot work everywhere.")
+    return ids
+
+
+def _mentions(channels: list[str]) -> str:
+    return ", ".join(f"<#{c}>" for c in channels)
 
 
 def _when(at: float) -> str:
@@ -285,6 +392,42 @@ class AdminCommands(app_commands.Group, name="imagine-admin", description="Manag
             return f"Words: {words}\nPatterns: {patterns}"
 
         await self._reply(interaction, listed())
+
+    channels = app_commands.Group(name="channels", description="The channels /imagine works in here")
+
+    @channels.command(name="set")
+    @app_commands.describe(channels="Type # and pick each channel, like: #art #memes")
+    async def set_channels(self, interaction: discord.Interaction, channels: str) -> None:
+        """Let the bot work only in these channels."""
+
+        async def set_channels() -> str:
+            listed = channel_ids(channels)
+            await _client(interaction).service.admin.set_channels(requester(interaction), listed)
+            return f"The bot now works only in {_mentions(listed)} here."
+
+        await self._reply(interaction, set_channels())
+
+    @channels.command(name="list")
+    async def list_channels(self, interaction: discord.Interaction) -> None:
+        """Show the channels the bot works in."""
+
+        async def list_channels() -> str:
+            listed = _client(interaction).service.admin.channels(requester(interaction))
+            if not listed:
+                return "The bot works in every channel here."
+            return f"The bot works only in {_mentions(listed)} here."
+
+        await self._reply(interaction, list_channels())
+
+    @channels.command(name="clear")
+    async def clear_channels(self, interaction: discord.Interaction) -> None:
+        """Let the bot work in every channel again."""
+
+        async def clear_channels() -> str:
+            await _client(interaction).service.admin.set_channels(requester(interaction), [])
+            return "The bot works in every channel here again."
+
+        await self._reply(interaction, clear_channels())
 
     @app_commands.command(name="queue")
     async def queue(self, interaction: discord.Interaction) -> None:

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import discord
 
 from bot.jobs import Cancelled, Done, Event, Failed, Job, Kind, Progress, Queued, Strength
+from generator.protocol import MAX_PROMPT_CHARS
 
 MESSAGE_CHARS = 2000  # Discord's limit for a message's content
 PROMPT_CHARS = 1500  # of the escaped prompt: leave room for the rest of the message
+NEGATIVE_CHARS = 300  # of the escaped negative prompt in the job's message (info shows it whole)
+FIELD_CHARS = 1024  # Discord's limit for an embed field's value
 BUTTON_ROW = 5  # Discord's limit per action row; wider grids get select menus instead
-BUTTON_ID = r"imagine:(?P<action>reroll|cancel|upscale|vary|strong):(?P<job>[0-9a-f]+)(?::(?P<index>\d+))?$"
+BUTTON_ID = (r"imagine:(?P<action>reroll|cancel|upscale|vary|strong|remix|info|delete):(?P<job>[0-9a-f]+)"
+             r"(?::(?P<index>\d+))?$")  # fmt: skip
 PICK_ID = r"imagine:pick:(?P<action>upscale|vary|strong):(?P<job>[0-9a-f]+)$"
+REMIX_ID = re.compile(r"imagine:remix:(?P<job>[0-9a-f]+)$")  # the remix modal's: its submission names the job
+_EMOJI = {"reroll": "🔄", "remix": "✏️", "info": "ℹ️", "delete": "🗑️"}
 
 
 class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=BUTTON_ID):
@@ -23,10 +30,9 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=BUTTON_ID):
         self, action: str, job_id: str, index: int | None = None, *, label: str = "", row: int | None = None
     ) -> None:
         suffix = "" if index is None else f":{index}"
-        style = discord.ButtonStyle.danger if action == "cancel" else discord.ButtonStyle.secondary
-        emoji = "🔄" if action == "reroll" else None
+        style = discord.ButtonStyle.danger if action in ("cancel", "delete") else discord.ButtonStyle.secondary
         button: discord.ui.Button = discord.ui.Button(
-            label=label or None, emoji=emoji, style=style, custom_id=f"imagine:{action}:{job_id}{suffix}"
+            label=label or None, emoji=_EMOJI.get(action), style=style, custom_id=f"imagine:{action}:{job_id}{suffix}"
         )
         super().__init__(button, row=row)
         self.action, self.job_id, self.index = action, job_id, index
@@ -68,15 +74,21 @@ class JobPick(discord.ui.DynamicItem[discord.ui.Select], template=PICK_ID):
         await interaction.client.pressed(interaction, self.action, self.job_id, index)  # type: ignore[attr-defined]
 
 
-def bold_prompt(job: Job) -> str:
-    """The prompt in bold, its markdown and mentions escaped, then cut to fit a message (escaping lengthens it)."""
-    text = discord.utils.escape_mentions(discord.utils.escape_markdown(job.prompt))
-    if len(text) > PROMPT_CHARS:
-        text = text[: PROMPT_CHARS - 1]
+def escaped(text: str, limit: int) -> str:
+    """Text a person typed, its markdown and mentions escaped, then cut to `limit` characters (escaping
+    lengthens it)."""
+    text = discord.utils.escape_mentions(discord.utils.escape_markdown(text))
+    if len(text) > limit:
+        text = text[: limit - 1]
         if (len(text) - len(text.rstrip("\\"))) % 2:  # never end on half an escape
             text = text[:-1]
         text = text + "…"
-    return f"**{text}**"
+    return text
+
+
+def bold_prompt(job: Job) -> str:
+    """The prompt in bold, escaped and cut to fit a message."""
+    return f"**{escaped(job.prompt, PROMPT_CHARS)}**"
 
 
 def fit(text: str) -> str:
@@ -94,9 +106,10 @@ def _what(job: Job) -> str:
 
 
 def header(job: Job) -> str:
-    """The first line of a job's message: the prompt, who asked, and what kind of job it is."""
+    """The first line of a job's message: the prompt (and negative prompt), who asked, and what kind of job it is."""
     what = _what(job)
-    return f"{bold_prompt(job)} - {what + ' by ' if what else ''}<@{job.requester.user}>"
+    negative = f" --no {escaped(job.options.negative, NEGATIVE_CHARS)}" if job.options.negative else ""
+    return f"{bold_prompt(job)}{negative} - {what + ' by ' if what else ''}<@{job.requester.user}>"
 
 
 def text(job: Job, event: Event) -> str:
@@ -131,13 +144,22 @@ def working_view(job: Job) -> discord.ui.View:
     return view
 
 
+def _own_buttons(view: discord.ui.View, job: Job, row: int) -> None:
+    """Remix, info and delete: what every finished job's message has, for the job itself."""
+    view.add_item(JobButton("remix", job.id, label="Remix", row=row))
+    view.add_item(JobButton("info", job.id, label="Info", row=row))
+    view.add_item(JobButton("delete", job.id, label="Delete", row=row))
+
+
 def result_view(job: Job) -> discord.ui.View:
-    """Buttons under a finished grid: reroll, upscale and variations, each carrying the job id."""
+    """Buttons under a finished grid: reroll, remix, info, delete, upscale and variations, each carrying the
+    job id."""
     view = discord.ui.View(timeout=None)
     if job.kind is Kind.UPSCALE:  # the image alone: variations of it come from its grid
         parent, index = job.parent_id or job.id, job.parent_index or 0
         view.add_item(JobButton("vary", parent, index, label="Vary (subtle)", row=0))
         view.add_item(JobButton("strong", parent, index, label="Vary (strong)", row=0))
+        _own_buttons(view, job, row=0)
         return view
     count = job.options.count
     if count <= BUTTON_ROW:
@@ -146,12 +168,77 @@ def result_view(job: Job) -> discord.ui.View:
         for i in range(count):
             view.add_item(JobButton("vary", job.id, i, label=f"V{i + 1}", row=1))
         view.add_item(JobButton("reroll", job.id, row=2))
+        _own_buttons(view, job, row=2)
         view.add_item(JobPick("strong", job.id, count, row=3))
     else:
         view.add_item(JobButton("reroll", job.id, row=0))
+        _own_buttons(view, job, row=0)
         for row, action in enumerate(("upscale", "vary", "strong"), start=1):
             view.add_item(JobPick(action, job.id, count, row=row))
     return view
+
+
+def remixed_strength(job: Job) -> Strength | None:
+    """What a remix of `job` makes: a variation of its source image at this strength (a variation's own; strong
+    for an upscale, so the edited prompt shows), or None for a reroll."""
+    if job.kind is Kind.VARIATION:
+        return job.strength or Strength.SUBTLE
+    return Strength.STRONG if job.kind is Kind.UPSCALE else None
+
+
+def remix_modal(job: Job) -> discord.ui.Modal:
+    """The remix form, prefilled with the job's prompt and negative prompt; its custom id names the job."""
+    strength = remixed_strength(job)
+    index = (job.parent_index or 0) + 1
+    title = "Remix" if strength is None else f"Remix: vary image {index} ({strength.value})"
+    modal = discord.ui.Modal(title=title, custom_id=f"imagine:remix:{job.id}")
+    prompt: discord.ui.TextInput = discord.ui.TextInput(
+        custom_id="prompt", style=discord.TextStyle.paragraph, default=job.prompt, max_length=MAX_PROMPT_CHARS
+    )
+    negative: discord.ui.TextInput = discord.ui.TextInput(
+        custom_id="negative", style=discord.TextStyle.paragraph, default=job.options.negative, required=False,
+        max_length=MAX_PROMPT_CHARS,
+    )  # fmt: skip
+    modal.add_item(discord.ui.Label(text="Prompt", component=prompt))
+    modal.add_item(discord.ui.Label(text="Not in the picture (--no)", component=negative,
+                                    description="What guidance steers away from; leave it empty for nothing"))
+    return modal
+
+
+def _seconds(start: float | None, end: float | None) -> str | None:
+    return None if start is None or end is None else f"{max(end - start, 0):.1f} s"
+
+
+def made_from(job: Job) -> str | None:
+    """What a job was made from: the reroll, variation or upscale of which job (None for a new one)."""
+    what = _what(job)
+    return f"{what} of job `{job.parent_id}`" if what and job.parent_id else None
+
+
+def info_embed(job: Job) -> discord.Embed:
+    """Everything about a job: prompt, negative, seed (exactly), options, model, who, when, how long it waited
+    and ran, and what it was made from."""
+    o = job.options
+    embed = discord.Embed(description=escaped(job.prompt, 4000))
+    if o.negative:
+        embed.add_field(name="Not (--no)", value=escaped(o.negative, FIELD_CHARS), inline=False)
+    fields = {
+        "Seed": f"`{job.seed}`",
+        "Images": str(o.count) if job.kind is not Kind.UPSCALE else "1, upscaled",
+        "cfg": f"{o.cfg:g}",
+        "Temperature": f"{o.temperature:g}",
+        "Model": escaped(job.model or "unknown", FIELD_CHARS),
+        "By": f"<@{job.requester.user}>",
+        "When": discord.utils.format_dt(datetime.fromtimestamp(job.created_at, UTC), "f"),
+        "Waited": _seconds(job.created_at, job.started_at),
+        "Ran": _seconds(job.started_at, job.finished_at),
+        "Made from": made_from(job),
+    }
+    for name, value in fields.items():
+        if value is not None:
+            embed.add_field(name=name, value=value, inline=name != "Made from")
+    embed.set_footer(text=f"Job {job.id} · {job.status.value}")
+    return embed
 
 
 def file_name(job: Job, event: Event) -> str:

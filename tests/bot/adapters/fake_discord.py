@@ -26,7 +26,9 @@ LOADING = 1 << 7
 MANAGE_GUILD = 1 << 5
 ATTACHMENT_IDS = 10**6  # existing attachments' ids; a new upload's id is its index among the request's files
 # Interaction callback types
-MESSAGE, DEFERRED_MESSAGE, DEFERRED_UPDATE, UPDATE = 4, 5, 6, 7
+MESSAGE, DEFERRED_MESSAGE, DEFERRED_UPDATE, UPDATE, MODAL = 4, 5, 6, 7, 9
+# Component types in modals: a text input alone in an action row (the older way), or under a label
+ACTION_ROW, TEXT_INPUT, LABEL = 1, 4, 18
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -47,6 +49,7 @@ class Message:
     content: str = ""
     flags: int = 0
     components: list[dict[str, Any]] = field(default_factory=list)
+    embeds: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)  # attachment name -> bytes
     history: list[dict[str, Any]] = field(default_factory=list)  # content, files and custom ids after each change
     deleted: bool = False
@@ -81,6 +84,22 @@ class Interaction:
     followups: list[Message] = field(default_factory=list)
     expired: bool = False
 
+    @property
+    def modal(self) -> dict[str, Any] | None:
+        """The modal the bot answered with (callback type 9), if it did."""
+        return next((c["data"] for c in self.callbacks if c["type"] == MODAL), None)
+
+    def inputs(self) -> dict[str, dict[str, Any]]:
+        """The text inputs of the modal, by custom id, as the bot sent them (label, value, required...)."""
+        assert self.modal is not None, "the bot answered without a modal"
+        found: dict[str, dict[str, Any]] = {}
+        for component in self.modal["components"]:
+            inner = component.get("components") or [component.get("component") or {}]
+            for item in inner:
+                if item.get("type") == TEXT_INPUT:
+                    found[item["custom_id"]] = {**item, "label": component.get("label", item.get("label"))}
+        return found
+
 
 class FakeDiscord:
     """The gateway (HELLO, IDENTIFY, READY, heartbeats, GUILD_CREATE, INTERACTION_CREATE) and the REST API."""
@@ -92,6 +111,7 @@ class FakeDiscord:
         self.app_id = self.snowflake()
         self.bot_user = self.user("janus", bot=True)
         self.guild_id = self.snowflake()
+        self.art_channel_id = self.snowflake()  # a second channel of the server (before #general: the DM is +1)
         self.channel_id = self.snowflake()
         self.commands: list[dict[str, Any]] = []
         self.command_syncs = 0
@@ -128,6 +148,7 @@ class FakeDiscord:
             web.post(f"{api}/channels/{{channel}}/messages", self._channel_send),
             web.post(f"{api}/users/@me/channels", self._open_dm),
             web.patch(f"{api}/channels/{{channel}}/messages/{{message}}", self._channel_edit),
+            web.delete(f"{api}/channels/{{channel}}/messages/{{message}}", self._channel_delete),
         ])  # fmt: skip
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -172,8 +193,9 @@ class FakeDiscord:
             "id": gid, "name": "Test server", "icon": None, "owner_id": str(self.snowflake()), "unavailable": False,
             "roles": [{"id": gid, "name": "@everyone", "permissions": "2048", "position": 0, "color": 0,
                        "hoist": False, "managed": False, "mentionable": False, "flags": 0}],
-            "channels": [{"id": str(self.channel_id), "type": 0, "name": "general", "position": 0,
-                          "permission_overwrites": [], "nsfw": False, "parent_id": None}],
+            "channels": [{"id": str(channel), "type": 0, "name": name, "position": 0,
+                          "permission_overwrites": [], "nsfw": False, "parent_id": None}
+                         for channel, name in ((self.channel_id, "general"), (self.art_channel_id, "art"))],
             "members": [], "emojis": [], "stickers": [], "features": [], "member_count": 2, "large": False,
             "joined_at": _now(), "voice_states": [], "presences": [], "threads": [], "stage_instances": [],
             "guild_scheduled_events": [], "afk_timeout": 300, "verification_level": 0,
@@ -190,7 +212,7 @@ class FakeDiscord:
                  "url": f"{self.url}/files/{message.id}/{name}", "proxy_url": f"{self.url}/files/{message.id}/{name}"}
                 for i, (name, data) in enumerate(message.files.items())
             ],
-            "embeds": [], "mentions": [], "mention_roles": [], "mention_everyone": False, "pinned": False,
+            "embeds": message.embeds, "mentions": [], "mention_roles": [], "mention_everyone": False, "pinned": False,
             "tts": False, "timestamp": _now(), "edited_timestamp": None, "flags": message.flags,
             "components": message.components, "webhook_id": str(self.app_id) if message.interaction_token else None,
             "application_id": str(self.app_id),
@@ -232,17 +254,19 @@ class FakeDiscord:
 
     # -- interactions the tests send --
 
-    def _where(self, user: dict[str, Any], *, dm: bool, permissions: int) -> dict[str, Any]:
+    def _where(self, user: dict[str, Any], *, dm: bool, permissions: int, channel_id: int | None = None
+               ) -> dict[str, Any]:
         if dm:
             channel = str(self.channel_id + 1)
             return {
                 "channel_id": channel, "channel": {"id": channel, "type": 1, "recipients": [user]}, "user": user,
                 "context": 1, "authorizing_integration_owners": {"0": str(self.guild_id)},
             }  # fmt: skip
-        channel = str(self.channel_id)
+        channel = str(channel_id or self.channel_id)
         return {
             "guild_id": str(self.guild_id), "channel_id": channel,
-            "channel": {"id": channel, "type": 0, "guild_id": str(self.guild_id), "name": "general", "position": 0,
+            "channel": {"id": channel, "type": 0, "guild_id": str(self.guild_id),
+                        "name": "general" if channel == str(self.channel_id) else "art", "position": 0,
                         "permission_overwrites": [], "nsfw": False, "parent_id": None},
             "member": {"user": user, "roles": [], "joined_at": _now(), "deaf": False, "mute": False, "flags": 0,
                        "permissions": str(permissions), "nick": None, "avatar": None, "pending": False},
@@ -258,6 +282,7 @@ class FakeDiscord:
         dm: bool,
         permissions: int,
         message: dict[str, Any] | None = None,
+        channel_id: int | None = None,
     ) -> Interaction:
         iid = self.snowflake()
         token = f"token-{iid}"
@@ -265,7 +290,7 @@ class FakeDiscord:
             "id": str(iid), "application_id": str(self.app_id), "type": kind, "token": token, "version": 1,
             "data": data, "locale": "en-US", "guild_locale": "en-US", "entitlements": [],
             "app_permissions": str(1 << 11 | 1 << 15), "attachment_size_limit": 25 << 20,
-            **self._where(user, dm=dm, permissions=permissions),
+            **self._where(user, dm=dm, permissions=permissions, channel_id=channel_id),
         }  # fmt: skip
         if message is not None:
             payload["message"] = message
@@ -281,20 +306,24 @@ class FakeDiscord:
         dm: bool = False,
         admin: bool = False,
         resolved: dict[str, Any] | None = None,
+        channel_id: int | None = None,
     ) -> Interaction:
-        """Someone uses a slash command; `options` as Discord sends them ({"name", "type", "value"})."""
+        """Someone uses a slash command (in #general unless `channel_id` or `dm`); `options` as Discord sends them
+        ({"name", "type", "value"})."""
         command = next(c for c in self.commands if c["name"] == name)
         data: dict[str, Any] = {"id": command["id"], "name": name, "type": 1, "options": list(options)}
         if resolved:
             data["resolved"] = resolved
-        return await self._interact(2, data, user, dm=dm, permissions=2048 | (MANAGE_GUILD if admin else 0))
+        permissions = 2048 | (MANAGE_GUILD if admin else 0)
+        return await self._interact(2, data, user, dm=dm, permissions=permissions, channel_id=channel_id)
 
-    async def imagine(self, user: dict[str, Any], prompt: str, dm: bool = False, **options: Any) -> Interaction:
+    async def imagine(self, user: dict[str, Any], prompt: str, dm: bool = False, channel_id: int | None = None,
+                      **options: Any) -> Interaction:
         """Someone types /imagine."""
-        kinds = {"count": 4, "seed": 3, "cfg": 10, "temperature": 10}
+        kinds = {"count": 4, "seed": 3, "cfg": 10, "temperature": 10, "negative": 3}
         given = [{"name": "prompt", "type": 3, "value": prompt}]
         given += [{"name": k, "type": kinds[k], "value": v} for k, v in options.items()]
-        return await self.command("imagine", user, *given, dm=dm)
+        return await self.command("imagine", user, *given, dm=dm, channel_id=channel_id)
 
     async def admin(self, by: dict[str, Any], *path: str, admin: bool = True, **options: Any) -> Interaction:
         """Someone uses /imagine-admin <path...> with string, boolean or user options."""
@@ -315,14 +344,42 @@ class FakeDiscord:
         return await self.command("imagine-admin", by, *given, admin=admin, resolved=resolved)
 
     async def press(
-        self, message: Message, custom_id: str, user: dict[str, Any], *, values: list[str] | None = None
+        self, message: Message, custom_id: str, user: dict[str, Any], *, values: list[str] | None = None,
+        admin: bool = False,
     ) -> Interaction:
-        """Someone presses a button (or picks from a menu when `values` is given) on a message."""
+        """Someone presses a button (or picks from a menu when `values` is given) on a message; `admin`: someone
+        with Manage Server."""
         data: dict[str, Any] = {"custom_id": custom_id, "component_type": 2 if values is None else 3}
         if values is not None:
             data["values"] = values
-        dm = message.channel_id != self.channel_id
-        return await self._interact(3, data, user, dm=dm, permissions=2048, message=self.message_json(message))
+        dm = message.channel_id == self.channel_id + 1
+        permissions = 2048 | (MANAGE_GUILD if admin else 0)
+        return await self._interact(3, data, user, dm=dm, permissions=permissions, message=self.message_json(message),
+                                    channel_id=message.channel_id)
+
+    async def submit(self, opened: Interaction, user: dict[str, Any], values: dict[str, str]) -> Interaction:
+        """Someone fills in and submits the modal the bot opened on `opened`: a MODAL_SUBMIT interaction whose
+        components mirror the modal's (labels or action rows), each text input with its value."""
+        modal = opened.modal
+        assert modal is not None, "the bot answered without a modal"
+
+        def filled(item: dict[str, Any]) -> dict[str, Any]:
+            value = values.get(item["custom_id"], item.get("value") or "")
+            return {"type": TEXT_INPUT, "id": item.get("id", 0), "custom_id": item["custom_id"], "value": value}
+
+        components = []
+        for component in modal["components"]:
+            if component["type"] == LABEL:
+                components.append({"type": LABEL, "id": component.get("id", 0),
+                                   "component": filled(component["component"])})  # fmt: skip
+            else:
+                components.append({"type": ACTION_ROW, "components": [filled(c) for c in component["components"]]})
+        data = {"custom_id": modal["custom_id"], "components": components}
+        where = opened.payload
+        dm = "guild_id" not in where
+        permissions = int(where["member"]["permissions"]) if not dm else 2048
+        return await self._interact(5, data, user, dm=dm, permissions=permissions, message=where.get("message"),
+                                    channel_id=int(where["channel_id"]))
 
     async def wait_for(self, check: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Poll until `check()` is truthy; its value."""
@@ -403,6 +460,8 @@ class FakeDiscord:
             message.content = payload["content"] or ""
         if "components" in payload:
             message.components = payload["components"] or []
+        if "embeds" in payload:
+            message.embeds = payload["embeds"] or []
         if "flags" in payload and payload["flags"] is not None:
             message.flags = payload["flags"]
         message.flags &= ~LOADING
@@ -447,6 +506,11 @@ class FakeDiscord:
             if kind == DEFERRED_MESSAGE:
                 message.flags |= LOADING
             resource = {"type": kind, "message": self.message_json(message)}
+        elif kind in (DEFERRED_UPDATE, UPDATE) and "message" in interaction.payload:
+            # A component's interaction: its original response is the message the component is on.
+            message = interaction.original = self.messages[int(interaction.payload["message"]["id"])]
+            if kind == UPDATE:
+                self._apply(message, data, files)
         reply: dict[str, Any] = {"interaction": {
             "id": str(interaction.id), "type": interaction.payload["type"],
             "response_message_loading": kind == DEFERRED_MESSAGE,
@@ -519,6 +583,13 @@ class FakeDiscord:
         """The DM channel with a user: the channel id after the server's channel, as interactions in DMs have."""
         user = self.users[str((await request.json())["recipient_id"])]
         return _json({"id": str(self.channel_id + 1), "type": 1, "last_message_id": None, "recipients": [user]})
+
+    async def _channel_delete(self, request: web.Request) -> web.Response:
+        message = self.messages.get(int(request.match_info["message"]))
+        if message is None or message.deleted:
+            return _json({"message": "Unknown Message", "code": 10008}, status=404)
+        message.deleted = True
+        return web.Response(status=204)
 
     def dm_messages(self) -> list[Message]:
         """Messages the bot posted in the DM channel of its own accord."""
