@@ -415,11 +415,13 @@ class WebAdapter:
             "events_url": f"{job_url(job.id)}/events",
         }
 
-    def _file(self, status: JobStatus, name: str) -> web.FileResponse:
+    def _file(self, status: JobStatus, name: str | None) -> web.FileResponse:
+        """One stored picture of a finished job: an image by file name, or (None) its grid."""
         job = status.job
         if job.status is not Status.DONE or not job.grid_path:
             raise ApiError(409, "That job has no images yet; wait until it is done.")
-        path = self._data_dir / Path(job.grid_path).parent / name
+        grid = self._data_dir / job.grid_path  # a one-image job's grid is its image, stored once
+        path = grid if name is None else grid.parent / name
         if not path.is_file():
             raise ApiError(410, "The images of this job are no longer stored; start a new one with /imagine.")
         return web.FileResponse(path, headers={"Cache-Control": "private, max-age=31536000, immutable"})
@@ -520,7 +522,7 @@ class WebAdapter:
 
     async def grid(self, request: web.Request) -> web.StreamResponse:
         """The finished job's grid."""
-        return self._file(await self._status(request), "grid.png")
+        return self._file(await self._status(request), None)
 
     async def image(self, request: web.Request) -> web.StreamResponse:
         """One image of a finished job, 0-based."""

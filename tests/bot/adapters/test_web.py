@@ -185,6 +185,9 @@ async def test_reroll_upscale_and_vary_make_new_jobs_from_a_finished_one(tmp_pat
         assert [name for name, _ in stream] == ["started", "done"] and len(stream[-1][1]["image_urls"]) == 1
         async with web.http.get(stream[-1][1]["image_urls"][0]) as response:
             assert response.status == 200  # upscaled to [images] upscale_px
+            upscaled = await response.read()
+        async with web.http.get(stream[-1][1]["grid_url"]) as response:
+            assert response.status == 200 and await response.read() == upscaled  # one image: its own grid
 
         status, body, _ = await web.post(f"/api/jobs/{first}/vary", {"user": "ada", "index": 1, "strength": "strong"})
         assert status == 202

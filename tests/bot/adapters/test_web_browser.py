@@ -10,6 +10,7 @@ import pytest
 
 from bot.adapters.web import WebAdapter
 from bot.app import App
+from bot.jobs import Status
 from tests.bot.helpers import FakeGenerator, running, settings
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -68,10 +69,11 @@ async def test_imagine_reroll_and_upscale_in_the_browser(tmp_path: Path, tiny_di
             await page.goto(adapter.url)
             await expect(page.locator("#model")).to_contain_text("on cpu")
 
-            await page.fill("#user", "ada")
+            await page.fill("#user", "Ａｄａ\u200b")  # full-width letters and a zero-width space: shown as "Ada"
             await page.fill("#command", "/imagine a lighthouse at dusk --count 4 --seed 1")
             await page.press("#command", "Enter")
             first = page.locator(".job").nth(0)
+            await expect(first.locator(".who")).to_have_text(re.compile(r"^Ada: job [0-9a-f]+$"))
             await expect(first.locator("img.grid")).to_be_visible()
             await expect(first.locator(".status")).to_have_text("Done: 4 images, seed 1.")
             statuses = await page.evaluate("window.statuses")
@@ -96,6 +98,9 @@ async def test_imagine_reroll_and_upscale_in_the_browser(tmp_path: Path, tiny_di
             await page.fill("#command", "/imagine a fox --count 99")
             await page.press("#command", "Enter")
             await expect(page.locator(".refused").last).to_contain_text("count must be a whole number from 1 to 16")
+            await page.fill("#command", "/help")
+            await page.press("#command", "Enter")
+            await expect(page.locator(".refused", has_text="Only /imagine works here")).to_be_visible()
 
             ARTIFACTS.mkdir(exist_ok=True)
             await page.add_style_tag(content="header, #composer { position: static; }")  # one full-page picture
@@ -110,7 +115,8 @@ async def test_the_page_asks_for_the_token_and_sends_it(tmp_path: Path) -> None:
 
     expect.set_options(timeout=TIMEOUT_MS)
     config = settings(tmp_path / "data", web={"port": 0})
-    async with running(config, FakeGenerator(steps=4, step_delay=0.05)) as (service, _, _), async_playwright() as pw:
+    fake = FakeGenerator(steps=4, step_delay=0.05)
+    async with running(config, fake) as (service, _, _), async_playwright() as pw:
         adapter = WebAdapter(config.web, config.bot.data_dir, token="s3cret")
         await adapter.start(service)
         browser = await pw.chromium.launch_persistent_context(
@@ -127,11 +133,87 @@ async def test_the_page_asks_for_the_token_and_sends_it(tmp_path: Path) -> None:
             await expect(page.locator("#token-field")).to_be_visible()
             await page.fill("#token", "s3cret")
             await page.press("#token", "Tab")  # "change" stores it
+            fake.hold.clear()
+            await page.fill("#command", "a fox to cancel")
+            await page.press("#command", "Enter")
+            held = page.locator(".job").nth(0)
+            await expect(held.locator(".status")).to_have_text("Queued: position 1")
+            await held.locator('button[data-action="cancel"]').click()  # the token's holder asked for it: theirs
+            await expect(held.locator('button[data-action="cancel"]')).to_be_visible()
+            fake.hold.set()  # the fake generator hears of the cancel at its next step
+            await expect(held.locator(".status")).to_have_text("Cancelled.")
+            assert await page.locator(".refused").count() == 1  # only the first try, without the token
             await page.fill("#command", "/imagine a red fox --count 2")
             await page.press("#command", "Enter")
-            job = page.locator(".job").nth(0)
+            job = page.locator(".job").nth(1)
             await expect(job.locator(".status")).to_have_text(re.compile(r"Done: 2 images, seed \d+\."))
             assert await job.locator("img.grid").evaluate("img => img.naturalWidth") > 0  # fetched with the token
         finally:
             await browser.close()
+            await adapter.close()
+
+
+# Another site's page, as the operator might visit any: a text/plain fetch (no preflight), a JSON fetch
+# (preflighted) and a form posting text/plain into a frame, all at the bot's API.
+ATTACK = """<!doctype html>
+<form id="form" method="post" enctype="text/plain" action="TARGETapi/imagine" target="sink">
+  <input name='{"user": "eve", "prompt": "a fox", "x": "' value='"}'>
+</form>
+<iframe name="sink"></iframe>
+<script>
+(async () => {
+  const body = JSON.stringify({ user: "eve", prompt: "a fox" });
+  window.fetched = [];
+  for (const init of [{ mode: "no-cors", headers: { "Content-Type": "text/plain" } },
+                      { headers: { "Content-Type": "application/json" } }]) {
+    try { await fetch("TARGETapi/imagine", { method: "POST", body, ...init }); window.fetched.push("sent"); }
+    catch (error) { window.fetched.push("blocked"); }
+  }
+  document.querySelector("iframe").onload = () => { window.posted = true; };
+  document.getElementById("form").submit();
+})();
+</script>
+"""
+
+
+async def test_another_site_in_the_browser_starts_nothing_and_a_rebound_name_reads_nothing(tmp_path: Path) -> None:
+    from aiohttp import web
+    from playwright.async_api import async_playwright
+
+    config = settings(tmp_path / "data", web={"port": 0})
+    fake = FakeGenerator()
+    async with running(config, fake) as (service, _, store), async_playwright() as pw:
+        adapter = WebAdapter(config.web, config.bot.data_dir)
+        await adapter.start(service)
+        port = adapter.url.rsplit(":", 1)[1].strip("/")
+        page_text = ATTACK.replace("TARGET", adapter.url)
+
+        async def attack(request: web.Request) -> web.Response:
+            return web.Response(text=page_text, content_type="text/html")
+
+        other = web.Application()
+        other.router.add_get("/", attack)
+        runner = web.AppRunner(other)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        other_url = f"http://127.0.0.1:{runner.addresses[0][1]}/"  # another port: another origin, the same site
+        browser = await pw.chromium.launch_persistent_context(
+            tmp_path / "profile", executable_path=str(CHROMIUM), headless=True,
+            args=[*ARGS, "--host-resolver-rules=MAP rebind.test 127.0.0.1"],  # what DNS rebinding achieves
+        )  # fmt: skip
+        try:
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            await page.goto(other_url)
+            await page.wait_for_function("window.posted && window.fetched.length === 2")
+            sink = page.frame(name="sink")
+            assert sink is not None and "Requests from other sites are refused" in await sink.content()
+            assert fake.submitted == [] and await store.jobs(*Status) == []
+
+            rebound = await page.goto(f"http://rebind.test:{port}/healthz")
+            assert rebound is not None and rebound.status == 421
+            assert "does not answer to the name 'rebind.test'" in await page.content()
+        finally:
+            await browser.close()
+            await runner.cleanup()
             await adapter.close()

@@ -3,7 +3,6 @@
 
 const $ = (id) => document.getElementById(id);
 const timeline = $("timeline");
-const USAGE = "Usage: /imagine <prompt> [--count N] [--cfg W] [--temperature T] [--seed S]";
 
 function token() {
   return localStorage.getItem("janus-bot-token") || "";
@@ -19,7 +18,8 @@ function needToken() {
   $("token").focus();
 }
 
-// One API call; resolves to [status, body] and never throws for HTTP errors.
+// One API call; resolves to [status, body] and never throws for HTTP errors. Bodies go as JSON: the bot
+// refuses any other content type, so that another site's page cannot send it a plain form.
 async function api(method, path, body) {
   const init = { method, headers: headers(body ? { "Content-Type": "application/json" } : {}) };
   if (body) init.body = JSON.stringify(body);
@@ -65,7 +65,7 @@ function userName() {
   const field = $("user");
   const name = field.value.trim();
   if (!name) {
-    say("Type your name at the top first; it is how the bot tells your jobs apart.", "refused");
+    say("Type your name at the top first; it is shown with your jobs.", "refused");
     field.focus();
   }
   return name;
@@ -191,7 +191,7 @@ class JobCard {
     }
     if (action === "cancel") return; // the event stream says "cancelled"
     const what = { reroll: "↻ reroll", upscale: `U${index + 1}`, vary: `V${index + 1} (${strength})` }[action];
-    follow(data.job_id, `${user}: ${what} of ${this.jobId}`, action);
+    follow(data.job_id, `${data.user}: ${what} of ${this.jobId}`, action);
   }
 }
 
@@ -208,16 +208,12 @@ async function submit(event) {
   if (!text) return;
   const user = userName();
   if (!user) return;
-  if (text.startsWith("/") && !/^\/imagine(\s|$)/i.test(text)) {
-    say(`Only /imagine works here. ${USAGE}`, "refused");
-    return;
-  }
-  if (!text.startsWith("/")) text = `/imagine ${text}`;
+  if (!text.startsWith("/")) text = `/imagine ${text}`; // other slash commands: the bot says what works
   add(element("article", { className: "message user" }, element("div", { className: "who" }, user),
     element("p", {}, text)));
   field.value = "";
   const [status, data] = await api("POST", "/api/imagine", { user, command: text });
-  if (status === 202) follow(data.job_id, `${user}: job ${data.job_id}`);
+  if (status === 202) follow(data.job_id, `${data.user}: job ${data.job_id}`); // the name as the bot shows it
   else for (const line of (data.error || `The bot answered HTTP ${status}.`).split("\n")) say(line, "refused");
 }
 
