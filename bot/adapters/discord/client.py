@@ -265,7 +265,7 @@ async def imagine(
 def channel_ids(text: str) -> list[str]:
     """The channel ids in an admin's list of channel mentions (`<#123>`, as Discord sends a #channel) or ids."""
     ids = []
-    for word in text.replace(",", " ").replace(">", "> ").split():
+    for word in text.replace(",", " ").replace("<", " <").replace(">", "> ").split():
         match = CHANNEL_MENTION.fullmatch(word)
         if match is None:
             shown = discord.utils.escape_markdown(word)

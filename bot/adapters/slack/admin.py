@@ -18,8 +18,11 @@ HELP = """\
 • `bans` · `ban @user [reason]` · `unban @user`
 • `queue` - running and waiting jobs · `cancel <job id>`
 • `usage [days]` - jobs and images per user · `audit [count]` - recent admin actions
+• `channels` · `channels #a #b` · `channels clear` - where /imagine works here (everywhere until set)
 • `pause` · `resume` - stop and restart the queue (bot admins only)"""
 _MENTION = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$|^([UW][A-Z0-9]{2,})$")
+# A channel as Slack sends it with "escape channels" on (`<#C123|name>`, the name possibly empty), or its id.
+_CHANNEL = re.compile(r"^<#([CG][A-Z0-9]+)(?:\|[^>]*)?>$|^([CG][A-Z0-9]{2,})$")
 
 
 def user_id(text: str) -> str:
@@ -28,6 +31,21 @@ def user_id(text: str) -> str:
     if match is None:
         raise Refused(f'"{text}" is not a user; mention them, like @name.')
     return match.group(1) or match.group(2)
+
+
+def channel_ids(text: str) -> list[str]:
+    """The channel ids in an admin's list of channels (mentions or ids); Refused for anything else."""
+    ids = []
+    for word in text.replace(",", " ").replace("<", " <").replace(">", "> ").split():
+        match = _CHANNEL.match(word)
+        if match is None:
+            raise Refused(f'"{escape(word)}" is not a channel; type # and pick it from the list Slack shows.')
+        ids.append(match.group(1) or match.group(2))
+    return ids
+
+
+def _mentions(channels: list[str]) -> str:
+    return ", ".join(f"<#{c}>" for c in channels)
 
 
 def _count(text: str, default: int, name: str) -> int:
@@ -112,6 +130,16 @@ async def run_admin(service: Service, requester: Requester, text: str) -> str:
             for e in entries
         ]
         return "Recent admin actions:\n" + "\n".join(lines) if lines else "No admin actions yet."
+    if verb == "channels":
+        if rest.lower() == "clear":
+            await service.admin.set_channels(requester, [])
+            return "The bot works in every channel here again."
+        if rest:
+            listed = channel_ids(rest)
+            await service.admin.set_channels(requester, listed)
+            return f"The bot now works only in {_mentions(listed)} here."
+        listed = service.admin.channels(requester)
+        return f"The bot works only in {_mentions(listed)} here." if listed else "The bot works in every channel here."
     if verb == "pause":
         await service.admin.pause(requester)
         return "Paused: running jobs finish, new ones wait until `resume`."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -15,14 +16,16 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.adapters.slack import blocks
 from bot.adapters.slack.admin import run_admin
 from bot.adapters.slack.api import SlackProblem, call
-from bot.adapters.slack.messages import Messages, Notify, Place
+from bot.adapters.slack.messages import Messages, Notify, Place, Shown
 from bot.commandline import CommandError, parse_imagine
-from bot.jobs import Handle, Refused, Requester, Strength
+from bot.jobs import Handle, Job, Refused, Requester, Strength
 from bot.service import Service
 
 log = logging.getLogger(__name__)
 PLATFORM = "slack"
 NOT_ADMIN = "Sorry, /imagine-admin is for workspace admins and owners and for this bot's admins."
+GONE = "That job no longer exists; start a new one with /imagine."
+DELETED = "That job was deleted; start a new one with /imagine."
 
 
 class SlackBot:
@@ -79,6 +82,10 @@ class SlackBot:
         """Show a job from before a restart until it ends, in its old message when possible, in the background."""
         return self._track(self._messages(client).recover(handle, notify), handle.job.id)
 
+    async def remove(self, client: AsyncWebClient, job: Job, clicked: Shown | None) -> None:
+        """Take a deleted job's message and grid out of Slack."""
+        await self._messages(client).remove(job, clicked)
+
     def _track(self, work: Awaitable[None], job_id: str) -> asyncio.Task[None]:
         task = asyncio.create_task(self._logged(work, job_id))
         self._following.add(task)
@@ -112,7 +119,8 @@ def _ephemeral(respond: AsyncRespond) -> Notify:
 
 
 async def imagine(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext) -> None:
-    """/imagine <prompt> [--count N] [--cfg W] [--temperature T] [--seed S]: queue images, show them in the channel.
+    """/imagine <prompt> [--count N] [--cfg W] [--temperature T] [--seed S] [--no TEXT]: queue images, show them in
+    the channel.
 
     The acknowledgement carries the answer (the queue position or why not), so the quick work comes first.
     """
@@ -126,7 +134,7 @@ async def imagine(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond,
     try:
         handle = await bot.service.submit(
             requester, parsed.prompt, count=parsed.count, cfg=parsed.cfg, temperature=parsed.temperature,
-            seed=parsed.seed,
+            seed=parsed.seed, negative=parsed.negative,
         )  # fmt: skip
     except Refused as refused:
         await ack(text=str(refused), response_type="ephemeral")
@@ -155,8 +163,8 @@ async def imagine_admin(ack: AsyncAck, command: dict[str, Any], context: AsyncBo
 async def button(
     ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
 ) -> None:
-    """A job button (reroll, upscale U, vary V, cancel) or the strong-variation menu; the job id travels in the
-    value."""
+    """A job button (reroll, remix, upscale U, vary V, info, delete, cancel) or the strong-variation menu; the job
+    id travels in the value."""
     await ack()
     bot = _bot(context)
     notify = _ephemeral(respond)
@@ -168,9 +176,23 @@ async def button(
     channel = (body.get("channel") or {}).get("id") or body["container"]["channel_id"]
     team = (body.get("team") or {}).get("id") or body["user"].get("team_id", "")
     requester = await bot.requester(context.client, team, channel, body["user"]["id"])
+    thread = (body.get("message") or {}).get("thread_ts") or (body.get("container") or {}).get("thread_ts")
     try:
         if clicked.verb == "cancel":
             await bot.service.cancel(requester, clicked.job_id)
+            return
+        if clicked.verb in ("info", "remix"):
+            job = await _shown_job(bot, clicked.job_id)
+            if clicked.verb == "info":
+                await notify(blocks.info_text(job))
+            else:  # the trigger id is good for three seconds: open the modal first thing
+                view = blocks.remix_view(job, channel, thread)
+                await call(context.client.views_open, attempts=1, trigger_id=body["trigger_id"], view=view)
+            return
+        if clicked.verb == "delete":
+            job = await bot.service.delete(requester, clicked.job_id)
+            await bot.remove(context.client, job, _clicked(body, channel, thread))
+            await notify(f"Deleted *{blocks.escape(job.prompt)}*: its pictures are gone.")
             return
         if clicked.verb == "reroll":
             handle = await bot.service.reroll(requester, clicked.job_id)
@@ -178,11 +200,70 @@ async def button(
             handle = await bot.service.upscale(requester, clicked.job_id, clicked.index or 0)
         else:
             handle = await bot.service.vary(requester, clicked.job_id, clicked.index or 0, Strength(clicked.strength))
-    except Refused as refused:
+    except (Refused, SlackProblem) as refused:
         await notify(str(refused))
         return
-    thread = (body.get("message") or {}).get("thread_ts") or (body.get("container") or {}).get("thread_ts")
     bot.follow(context.client, handle, Place(channel, thread), notify)
+
+
+def _clicked(body: dict[str, Any], channel: str, thread: str | None) -> Shown | None:
+    """The message a button was clicked on, and the grid file it shows, if the payload says."""
+    message = body.get("message") or {}
+    ts = message.get("ts") or (body.get("container") or {}).get("message_ts")
+    if not ts:
+        return None
+    images = [b for b in message.get("blocks") or [] if b.get("type") == "image"]
+    grid = (images[0].get("slack_file") or {}).get("id") if images else None
+    return Shown(channel, str(ts), thread, grid)
+
+
+async def _shown_job(bot: SlackBot, job_id: str) -> Job:
+    """A job whose details or prompt may be shown; Refused if it is gone or was deleted."""
+    status = await bot.service.status(job_id)
+    if status is None:
+        raise Refused(GONE)
+    if status.job.deleted:
+        raise Refused(DELETED)
+    return status.job
+
+
+async def _remix(bot: SlackBot, requester: Requester, job_id: str, prompt: str, negative: str) -> Handle:
+    """A reroll with the edited text, or for a variation or upscale a variation of its image."""
+    job = await _shown_job(bot, job_id)
+    strength = blocks.remix_strength(job)
+    if strength is None:
+        return await bot.service.reroll(requester, job.id, prompt=prompt, negative=negative)
+    return await bot.service.vary(requester, job.parent_id or job.id, job.parent_index or 0, strength, prompt=prompt,
+                                  negative=negative)  # fmt: skip
+
+
+def _typed(values: dict[str, Any], block: str) -> str:
+    """What was typed in a submitted modal's input (its action id is its block's); empty inputs come as null."""
+    return str(((values.get(block) or {}).get(block) or {}).get("value") or "")
+
+
+async def remix_submitted(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], context: AsyncBoltContext
+                          ) -> None:
+    """The remix modal submitted: the new job is the submitter's, shown where the button was; a refusal stays in
+    the modal, under the prompt, so the text can be fixed."""
+    bot = _bot(context)
+    place = json.loads(view.get("private_metadata") or "{}")
+    channel, user = str(place["channel"]), body["user"]["id"]
+    team = (body.get("team") or {}).get("id") or body["user"].get("team_id", "")
+    requester = await bot.requester(context.client, team, channel, user)
+    values = (view.get("state") or {}).get("values") or {}
+    try:
+        handle = await _remix(bot, requester, str(place["job"]), _typed(values, "prompt"), _typed(values, "negative"))
+    except Refused as refused:
+        await ack(response_action="errors", errors={"prompt": str(refused)})
+        return
+    await ack()
+    client = context.client
+
+    async def notify(text: str) -> None:  # a modal has no response_url: an ephemeral message in the channel
+        await call(client.chat_postEphemeral, attempts=1, channel=channel, user=user, text=text)
+
+    bot.follow(client, handle, Place(channel, place.get("thread")), notify)
 
 
 def build_app(bot: SlackBot, *, token: str, signing_secret: str = "", api_url: str | None = None) -> AsyncApp:
@@ -204,4 +285,5 @@ def build_app(bot: SlackBot, *, token: str, signing_secret: str = "", api_url: s
     app.command("/imagine")(imagine)
     app.command("/imagine-admin")(imagine_admin)
     app.action(re.compile(f"^{re.escape(blocks.ACTION_PREFIX)}"))(button)
+    app.view(blocks.REMIX_VIEW)(remix_submitted)
     return app

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from bot.jobs import Job, Kind, Strength
+from generator.protocol import MAX_PROMPT_CHARS
 
 Block = dict[str, Any]
 ACTION_PREFIX = "imagine:"
-_VERBS = ("reroll", "upscale", "vary", "cancel")
+REMIX_VIEW = "imagine:remix"  # the remix modal's callback id
+_VERBS = ("reroll", "upscale", "vary", "cancel", "remix", "info", "delete")
+_WHOLE_JOB = ("reroll", "cancel", "remix", "info", "delete")  # the verbs that take no image index
 
 
 @dataclass(frozen=True)
 class Button:
     """What a clicked button asks for: `verb` on job `job_id`, image `index` (0-based) for upscale and vary."""
 
-    verb: str  # reroll | upscale | vary | cancel
+    verb: str  # reroll | upscale | vary | cancel | remix | info | delete
     job_id: str
     index: int | None = None
     strength: Strength = Strength.SUBTLE
@@ -47,7 +52,7 @@ def parse_button(action: str, value: str) -> Button | None:
         strength = Strength(rest[1]) if len(rest) > 1 else Strength.SUBTLE
     except ValueError:
         return None
-    if (index is None) != (verb in ("reroll", "cancel")):
+    if (index is None) != (verb in _WHOLE_JOB):
         return None
     return Button(verb, value, index, strength)
 
@@ -103,7 +108,8 @@ def _what(job: Job) -> str:
         Kind.VARIATION: f" (variations of image {parent}, {(job.strength or Strength.SUBTLE).value})",
         Kind.UPSCALE: f" (image {parent}, upscaled)",
     }[job.kind]
-    return f"{prompt}{kind} - <@{job.requester.user}>"
+    negative = f" --no {escape(job.options.negative)}" if job.options.negative else ""
+    return f"{prompt}{negative}{kind} - <@{job.requester.user}>"
 
 
 def _details(job: Job) -> str:
@@ -132,15 +138,21 @@ def progress_status(percent: int) -> str:
     return f"🎨 Generating… {percent}%  `{'█' * filled}{'░' * (10 - filled)}`"
 
 
+def _own_buttons(job: Job) -> list[dict[str, Any]]:
+    return [_button("ℹ️ Info", action_id("info"), job.id), _button("🗑️ Delete", action_id("delete"), job.id, "danger")]
+
+
 def done_blocks(job: Job, grid_file: str | None, note: str | None = None) -> list[Block]:
-    """A finished job: the grid, reroll, U1..Un and V1..Vn buttons and a menu of strong variations (an upscale
-    shows just its image)."""
+    """A finished job: the grid, reroll and remix, U1..Un and V1..Vn buttons, a menu of strong variations, then
+    info and delete (an upscale shows just its image, with remix, info and delete)."""
     blocks = [_section(_what(job)), _context(_details(job))]
     if grid_file:
         blocks.append(_image(grid_file, job.prompt))
     if note:
         blocks.append(_context(note))
+    remix = _button("✏️ Remix", action_id("remix"), job.id)
     if job.kind is Kind.UPSCALE:
+        blocks.append({"type": "actions", "elements": [remix, *_own_buttons(job)]})
         return blocks
     n = job.options.count
     strong = {
@@ -151,7 +163,7 @@ def done_blocks(job: Job, grid_file: str | None, note: str | None = None) -> lis
             {"text": {"type": "plain_text", "text": f"V{i + 1} strong"}, "value": f"{job.id}:{i}"} for i in range(n)
         ],
     }
-    blocks.append({"type": "actions", "elements": [_button("🔄 Reroll", action_id("reroll"), job.id), strong]})
+    blocks.append({"type": "actions", "elements": [_button("🔄 Reroll", action_id("reroll"), job.id), remix, strong]})
     blocks.append(
         {"type": "actions", "elements": [_button(f"U{i + 1}", action_id("upscale", i), job.id) for i in range(n)]}
     )
@@ -161,6 +173,7 @@ def done_blocks(job: Job, grid_file: str | None, note: str | None = None) -> lis
             "elements": [_button(f"V{i + 1}", action_id("vary", i, Strength.SUBTLE), job.id) for i in range(n)],
         }
     )
+    blocks.append({"type": "actions", "elements": _own_buttons(job)})
     return blocks
 
 
@@ -170,3 +183,80 @@ def ended_blocks(job: Job, line: str) -> list[Block]:
     if job.kind is not Kind.UPSCALE:
         blocks.append({"type": "actions", "elements": [_button("🔄 Try again", action_id("reroll"), job.id)]})
     return blocks
+
+
+def remix_strength(job: Job) -> Strength | None:
+    """What a remix of `job` makes: a variation of its source image at this strength (a variation's own; strong
+    for an upscale, so the edited prompt shows), or None for a reroll."""
+    if job.kind is Kind.VARIATION:
+        return job.strength or Strength.SUBTLE
+    return Strength.STRONG if job.kind is Kind.UPSCALE else None
+
+
+def _plain(text: str) -> dict[str, Any]:
+    return {"type": "plain_text", "text": text}
+
+
+def _input(block_id: str, label: str, initial: str | None, hint: str, *, optional: bool = False) -> Block:
+    element: dict[str, Any] = {"type": "plain_text_input", "action_id": block_id, "multiline": True,
+                               "max_length": MAX_PROMPT_CHARS}  # fmt: skip
+    if initial:
+        element["initial_value"] = initial
+    return {"type": "input", "block_id": block_id, "label": _plain(label), "element": element, "hint": _plain(hint),
+            "optional": optional}  # fmt: skip
+
+
+def remix_view(job: Job, channel: str, thread_ts: str | None) -> dict[str, Any]:
+    """The remix modal, prefilled with the job's prompt and negative prompt; its metadata says which job and where
+    the new one is shown."""
+    strength = remix_strength(job)
+    index = (job.parent_index or 0) + 1
+    what = "A reroll" if strength is None else f"A {strength.value} variation of image {index}"
+    return {
+        "type": "modal",
+        "callback_id": REMIX_VIEW,
+        "private_metadata": json.dumps({"job": job.id, "channel": channel, "thread": thread_ts}),
+        "title": _plain("Remix" if strength is None else f"Remix: vary image {index}"),  # 24 characters at most
+        "submit": _plain("Make it"),
+        "close": _plain("Cancel"),
+        "blocks": [
+            _context(f"{what} with the text below; the new job is yours."),
+            _input("prompt", "Prompt", job.prompt, "What to draw."),
+            _input("negative", "Not in the picture (--no)", job.options.negative,
+                   "What guidance steers away from; leave it empty for nothing.", optional=True),
+        ],  # fmt: skip
+    }
+
+
+def _seconds(start: float | None, end: float | None) -> str:
+    return "-" if start is None or end is None else f"{max(end - start, 0):.1f} s"
+
+
+def info_text(job: Job) -> str:
+    """Everything about a job, for the person who asked to see it: prompt, negative, the exact seed, options,
+    model, who, when, how long it waited and ran, and what it was made from."""
+    o = job.options
+    when = int(job.created_at)
+    fallback = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(job.created_at))
+    images = f"{o.count}" if job.kind is not Kind.UPSCALE else "1, upscaled"
+    lines = [f"*Prompt:* {escape(job.prompt)}"]
+    if o.negative:
+        lines.append(f"*Not (--no):* {escape(o.negative)}")
+    lines += [
+        f"*Seed:* `{job.seed}`",
+        f"*Images:* {images} · *cfg:* {o.cfg:g} · *Temperature:* {o.temperature:g} · "
+        f"*Model:* `{escape(job.model or 'unknown')}`",
+        f"*By:* <@{job.requester.user}> <!date^{when}^{{date_short_pretty}} at {{time}}|{fallback}> · "
+        f"waited {_seconds(job.created_at, job.started_at)}, ran {_seconds(job.started_at, job.finished_at)}",
+    ]
+    if job.parent_id:
+        parent = f"image {(job.parent_index or 0) + 1} of job `{job.parent_id}`"
+        made = {
+            Kind.REROLL: f"reroll of job `{job.parent_id}`",
+            Kind.VARIATION: f"{(job.strength or Strength.SUBTLE).value} variations of {parent}",
+            Kind.UPSCALE: f"upscale of {parent}",
+        }.get(job.kind)
+        if made:
+            lines.append(f"*Made from:* {made}")
+    lines.append(f"*Job:* `{job.id}` ({job.status.value})")
+    return "\n".join(lines)

@@ -37,6 +37,28 @@ class _Message:
     previews: list[str]  # uploaded preview files, deleted when the job ends
 
 
+@dataclass(frozen=True)
+class Shown:
+    """Where a job is shown, as the store keeps it: "<channel> <ts> [<thread ts>] [grid:<file id>]"."""
+
+    channel: str
+    ts: str
+    thread_ts: str | None = None
+    grid: str | None = None  # the file of its grid (an upscale: its image), shared in the message's thread
+
+    def __str__(self) -> str:
+        grid = f"grid:{self.grid}" if self.grid else None
+        return " ".join(filter(None, (self.channel, self.ts, self.thread_ts, grid)))
+
+    @classmethod
+    def parse(cls, text: str) -> Shown:
+        """The place `str` wrote (or the "<channel> <ts> [<thread ts>]" of earlier versions)."""
+        channel, ts, *rest = text.split()
+        grid = next((w.removeprefix("grid:") for w in rest if w.startswith("grid:")), None)
+        thread = next((w for w in rest if not w.startswith("grid:")), None)
+        return cls(channel, ts, thread, grid)
+
+
 class Messages:
     """Posts each job's message and keeps it in step with the job's events.
 
@@ -57,9 +79,27 @@ class Messages:
         job = handle.job
         place, message = Place(job.requester.channel), None
         if remembered := await self.service.message(job.id):
-            channel, ts, *thread = remembered.split()
-            place, message = Place(channel, thread[0] if thread else None), _Message(channel, ts, [])
+            shown = Shown.parse(remembered)
+            place, message = Place(shown.channel, shown.thread_ts), _Message(shown.channel, shown.ts, [])
         await self.follow(handle, place, notify, message)
+
+    async def remove(self, job: Job, clicked: Shown | None) -> None:
+        """Take a deleted job out of Slack: its grid's file and its message (the one remembered, and the one
+        clicked if that is another copy); SlackProblem for what Slack refuses."""
+        remembered = await self.service.message(job.id)
+        places = [p for p in (Shown.parse(remembered) if remembered else None, clicked) if p is not None]
+        for file_id in dict.fromkeys(p.grid for p in places if p.grid):
+            try:
+                await call(self.client.files_delete, file=file_id)
+            except SlackProblem as problem:
+                if problem.error not in ("file_not_found", "file_deleted"):
+                    raise
+        for channel, ts in dict.fromkeys((p.channel, p.ts) for p in places):
+            try:
+                await call(self.client.chat_delete, channel=channel, ts=ts)
+            except SlackProblem as problem:
+                if problem.error != "message_not_found":
+                    raise
 
     async def follow(self, handle: Handle, place: Place, notify: Notify, message: _Message | None = None) -> None:
         """Show one job from its first event to its last; problems go to `notify` and the log."""
@@ -128,13 +168,14 @@ class Messages:
             await call(self.client.conversations_join, channel=place.channel)
             response = await call(self.client.chat_postMessage, **kwargs)
         message = _Message(str(response["channel"]), str(response["ts"]), [])
+        await self._remember(job, Shown(message.channel, message.ts, place.thread_ts))
+        return message
+
+    async def _remember(self, job: Job, shown: Shown) -> None:
         try:
-            await self.service.remember_message(
-                job.id, " ".join(filter(None, (message.channel, message.ts, place.thread_ts)))
-            )
+            await self.service.remember_message(job.id, str(shown))
         except Exception:
             log.exception("could not remember where job %s is shown", job.id)  # a restart then posts anew
-        return message
 
     async def _edit(self, job: Job, message: _Message, status: str, preview: str | None) -> None:
         text = blocks.fallback(job, status)
@@ -176,6 +217,7 @@ class Messages:
             if isinstance(event, Done):
                 try:
                     grid = await self._upload_result(job, event, place, message)
+                    await self._remember(job, Shown(message.channel, message.ts, place.thread_ts, grid))  # for delete
                 except SlackProblem as problem:
                     # The images are stored; a restart after the problem is fixed delivers them again.
                     delivered = problem.error in UNREACHABLE

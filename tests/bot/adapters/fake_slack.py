@@ -98,11 +98,13 @@ class FakeSlack:
         self.messages: dict[str, Message] = {}  # by ts
         self.files: dict[str, File] = {}
         self.responses: list[dict[str, Any]] = []  # response_url posts
+        self.views: list[dict[str, Any]] = []  # modals opened with views.open, as the bot sent them
         self.admins: set[str] = set()
         self.acks: dict[str, dict[str, Any]] = {}  # Socket Mode acknowledgements by envelope id
         self.connections = 0
         self._failures: dict[str, list[dict[str, Any]]] = {}
         self._ts = itertools.count(1)
+        self._triggers = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
         self._acked = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -182,7 +184,7 @@ class FakeSlack:
             args.update(await request.json())
         else:
             args.update(await request.post())
-        for key in ("blocks", "files"):
+        for key in ("blocks", "files", "view"):
             if isinstance(args.get(key), str):
                 args[key] = json.loads(args[key])
         token = request.headers.get("Authorization", "").removeprefix("Bearer ") or args.get("token")
@@ -227,6 +229,23 @@ class FakeSlack:
         message.edits.append(message.blocks)
         return {"channel": args["channel"], "ts": args["ts"]}
 
+    def _chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.messages.pop(args["ts"], None) is None:
+            raise SlackError("message_not_found")
+        return {"channel": args["channel"], "ts": args["ts"]}
+
+    def _views_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A modal opens for the user whose click gave the trigger id (Slack's expire in 3 s; the fake's do not)."""
+        view = args["view"]
+        if not args.get("trigger_id"):
+            raise SlackError("invalid_trigger_id")
+        if len(view["title"]["text"]) > 24 or len(view.get("private_metadata", "")) > 3000:
+            raise SlackError("invalid_arguments")  # Slack's limits on a modal's title and metadata
+        opened = {**view, "id": f"V{len(self.views):06d}", "team_id": TEAM, "state": {"values": {}},
+                  "hash": uuid.uuid4().hex, "root_view_id": None, "app_id": "A0APP", "bot_id": "B0BOT"}  # fmt: skip
+        self.views.append(opened)
+        return {"view": opened}
+
     def _chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"message_ts": f"{time.time():.6f}"}
 
@@ -248,7 +267,10 @@ class FakeSlack:
         return {"files": done}
 
     def _files_delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        self.files[args["file"]].deleted = True
+        file = self.files.get(args["file"])
+        if file is None or file.deleted:
+            raise SlackError("file_not_found" if file is None else "file_deleted")
+        file.deleted = True
         return {}
 
     async def _upload(self, request: web.Request) -> web.Response:
@@ -286,7 +308,7 @@ class FakeSlack:
             "text": text,
             "api_app_id": "A0APP",
             "response_url": self.response_url(),
-            "trigger_id": "1.2.3",
+            "trigger_id": f"{next(self._triggers)}.2.3",  # each its own, as Slack's are: two are never one request
         }
 
     def click(self, message: Message, label: str, *, user: str = "U0ALICE") -> dict[str, Any]:
@@ -310,6 +332,29 @@ class FakeSlack:
             "response_url": self.response_url(),
             "trigger_id": "1.2.4",
             "actions": [{**action, "block_id": "b", "action_ts": f"{time.time():.6f}"}],
+        }
+
+    def submission(self, view: dict[str, Any], values: dict[str, str | None], *, user: str = "U0ALICE"
+                   ) -> dict[str, Any]:
+        """The view_submission payload of submitting an opened modal: each input keeps its initial value unless
+        `values` (by block id) changes it; an emptied input comes as null, as Slack sends it."""
+        state: dict[str, dict[str, Any]] = {}
+        for block in view["blocks"]:
+            if block["type"] != "input":
+                continue
+            element = block["element"]
+            value = values.get(block["block_id"], element.get("initial_value"))
+            state[block["block_id"]] = {element["action_id"]: {"type": element["type"], "value": value or None}}
+        return {
+            "type": "view_submission",
+            "team": {"id": TEAM, "domain": "test"},
+            "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": TEAM},
+            "api_app_id": "A0APP",
+            "token": "legacy",
+            "trigger_id": "1.2.5",
+            "view": {**view, "state": {"values": state}},
+            "response_urls": [],
+            "is_enterprise_install": False,
         }
 
     @staticmethod
@@ -396,6 +441,12 @@ class Running:
         """Click a button over HTTP."""
         response = await self.post(self.slack.interactive(self.slack.click(message, label, **kwargs)))
         assert response.status == 200, await response.text()
+
+    async def submit(self, view: dict[str, Any], values: dict[str, str | None], **kwargs: Any) -> dict[str, Any]:
+        """Submit an opened modal over HTTP; the bot's answer (empty: the modal closes)."""
+        response = await self.post(self.slack.interactive(self.slack.submission(view, values, **kwargs)))
+        assert response.status == 200, await response.text()
+        return await response.json() if response.content_length else {}
 
 
 @contextlib.asynccontextmanager

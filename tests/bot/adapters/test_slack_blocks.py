@@ -9,8 +9,17 @@ import yaml
 
 from bot.adapters import configured_adapters
 from bot.adapters.slack import SlackAdapter
-from bot.adapters.slack.admin import user_id
-from bot.adapters.slack.blocks import Button, done_blocks, escape, parse_button, waiting_blocks
+from bot.adapters.slack.admin import channel_ids, user_id
+from bot.adapters.slack.blocks import (
+    Button,
+    done_blocks,
+    escape,
+    info_text,
+    parse_button,
+    remix_view,
+    waiting_blocks,
+)
+from bot.adapters.slack.messages import Shown
 from bot.commandline import setting_value
 from bot.config import ConfigError, Secrets
 from bot.jobs import Job, Kind, Options, Refused, Requester, Strength
@@ -22,13 +31,14 @@ JOB = Job("0123abcd", Requester("slack", "T1", "C1", "U1"), "a <b> & c", Options
 def test_every_button_carries_the_job_id_and_parses_back() -> None:
     blocks = done_blocks(JOB, "F1")
     buttons = [e for b in blocks if b["type"] == "actions" for e in b["elements"] if e["type"] == "button"]
-    assert len(buttons) == 1 + 16 + 16
+    assert len(buttons) == 2 + 16 + 16 + 2
     assert all(len(b["elements"]) <= 25 for b in blocks if b["type"] == "actions")  # Slack's limit per block
     assert len({b["action_id"] for b in buttons}) == len(buttons)  # unique within the message
     parsed = [parse_button(b["action_id"], b["value"]) for b in buttons]
-    assert parsed[0] == Button("reroll", JOB.id)
-    assert parsed[1] == Button("upscale", JOB.id, 0) and parsed[16] == Button("upscale", JOB.id, 15)
-    assert parsed[17] == Button("vary", JOB.id, 0, Strength.SUBTLE)
+    assert parsed[:2] == [Button("reroll", JOB.id), Button("remix", JOB.id)]
+    assert parsed[2] == Button("upscale", JOB.id, 0) and parsed[17] == Button("upscale", JOB.id, 15)
+    assert parsed[18] == Button("vary", JOB.id, 0, Strength.SUBTLE)
+    assert parsed[-2:] == [Button("info", JOB.id), Button("delete", JOB.id)]
     menu = next(e for b in blocks if b["type"] == "actions" for e in b["elements"] if e["type"] == "static_select")
     assert len(menu["options"]) == 16 and len({o["value"] for o in menu["options"]}) == 16
     assert parse_button(menu["action_id"], menu["options"][3]["value"]) == Button("vary", JOB.id, 3, Strength.STRONG)
@@ -42,22 +52,53 @@ def test_waiting_and_upscaled_messages() -> None:
     assert parse_button(waiting[-1]["elements"][0]["action_id"], JOB.id) == Button("cancel", JOB.id)
     upscaled = Job("u1", JOB.requester, "x", Options(1, 5.0, 1.0), 1, 0.0, kind=Kind.UPSCALE, parent_index=2)
     assert "(image 3, upscaled)" in done_blocks(upscaled, "F2")[0]["text"]["text"]
-    assert all(b["type"] != "actions" for b in done_blocks(upscaled, "F2"))
+    [actions] = [b for b in done_blocks(upscaled, "F2") if b["type"] == "actions"]  # no U or V: the image alone
+    assert [parse_button(e["action_id"], e["value"]) for e in actions["elements"]] == [
+        Button(verb, "u1") for verb in ("remix", "info", "delete")
+    ]
 
 
 @pytest.mark.parametrize(
     ("action", "value"),
     [("other:reroll", "j"), ("imagine:reroll", ""), ("imagine:upscale", "j"), ("imagine:reroll:1", "j"),
-     ("imagine:vary:x", "j"), ("imagine:vary:1:wild", "j"), ("imagine:explode", "j"), ("imagine:pick:vary", ":1")],
+     ("imagine:vary:x", "j"), ("imagine:vary:1:wild", "j"), ("imagine:explode", "j"), ("imagine:pick:vary", ":1"),
+     ("imagine:info:1", "j"), ("imagine:delete:0", "j")],
 )  # fmt: skip
 def test_buttons_this_bot_did_not_make_are_ignored(action: str, value: str) -> None:
     assert parse_button(action, value) is None
+
+
+def test_remix_modal_and_info() -> None:
+    negative = Job("0123abce", JOB.requester, "a <cat>", Options(2, 5.0, 1.0, None, "dogs & wolves"), 2**63 - 1, 0.0,
+                   kind=Kind.VARIATION, parent_id=JOB.id, parent_index=15, strength=Strength.STRONG, model="m")
+    view = remix_view(negative, "C1", "171.5")
+    assert view["title"]["text"] == "Remix: vary image 16" and len(view["title"]["text"]) <= 24  # Slack's limit
+    assert "strong variation of image 16" in str(view["blocks"][0])
+    inputs = {b["block_id"]: b["element"] for b in view["blocks"] if b["type"] == "input"}
+    assert (inputs["prompt"]["initial_value"], inputs["negative"]["initial_value"]) == ("a <cat>", "dogs & wolves")
+    assert '"channel": "C1"' in view["private_metadata"] and '"thread": "171.5"' in view["private_metadata"]
+    assert "initial_value" not in {b["block_id"]: b["element"] for b in remix_view(JOB, "C1", None)["blocks"]
+                                   if b["type"] == "input"}["negative"]  # fmt: skip
+    info = info_text(negative)
+    assert "*Prompt:* a &lt;cat&gt;" in info and "*Not (--no):* dogs &amp; wolves" in info
+    assert f"*Seed:* `{2**63 - 1}`" in info and "waited -, ran -" in info  # never started
+    assert f"*Made from:* strong variations of image 16 of job `{JOB.id}`" in info
+
+
+def test_where_a_job_is_shown_reads_back_with_or_without_its_grid() -> None:
+    assert Shown.parse("C1 171.1") == Shown("C1", "171.1")  # as earlier versions kept it
+    assert Shown.parse("C1 171.1 170.0") == Shown("C1", "171.1", "170.0")
+    assert Shown.parse(str(Shown("C1", "171.1", None, "F9"))) == Shown("C1", "171.1", None, "F9")
+    assert Shown.parse(str(Shown("C1", "171.1", "170.0", "F9"))) == Shown("C1", "171.1", "170.0", "F9")
 
 
 def test_admin_arguments() -> None:
     assert user_id("<@U0BOB|bob>") == user_id("<@U0BOB>") == user_id("U0BOB") == "U0BOB"
     with pytest.raises(Refused, match="mention them"):
         user_id("@bob")
+    assert channel_ids("<#C1A|art> <#G2B|>,C3C<#C4D>") == ["C1A", "G2B", "C3C", "C4D"]
+    with pytest.raises(Refused, match="is not a channel"):
+        channel_ids("#art")
     assert [setting_value(v) for v in ("2", "2.5", "true", "words", "default", "")] == [2, 2.5, True, "words", None,
                                                                                      None]
     assert escape("<&>") == "&lt;&amp;&gt;"
@@ -89,6 +130,9 @@ def test_a_mode_without_its_secret_is_a_config_error(tmp_path: Path) -> None:
 def test_the_manifest_asks_for_what_the_adapter_uses() -> None:
     manifest = yaml.safe_load((Path(__file__).parents[3] / "slack-manifest.yml").read_text())
     assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/imagine", "/imagine-admin"]
+    imagine, admin = manifest["features"]["slash_commands"]
+    assert "[--no TEXT]" in imagine["usage_hint"] and "channels #a #b" in admin["usage_hint"]
+    assert admin["should_escape"]  # channels arrive as <#C123|name>, users as <@U123|name>
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     assert {"commands", "chat:write", "files:write", "users:read"} <= scopes
     assert manifest["settings"]["interactivity"]["is_enabled"] and manifest["settings"]["socket_mode_enabled"]

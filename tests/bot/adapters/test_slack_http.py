@@ -46,7 +46,7 @@ async def test_imagine_acks_with_the_position_then_edits_one_message_and_uploads
         grid = bot.slack.files[done.image() or ""]
         assert (grid.channel, grid.thread_ts) == (CHANNEL, done.ts)  # shared in the job message's thread
         assert grid.data == await bot.store.read_file(job.grid_path or "")
-        assert set(done.buttons()) == {"🔄 Reroll", "U1", "U2", "V1", "V2"}
+        assert set(done.buttons()) == {"🔄 Reroll", "✏️ Remix", "U1", "U2", "V1", "V2", "ℹ️ Info", "🗑️ Delete"}
         assert {b["value"] for b in done.buttons().values()} == {job.id}
         assert "seed 7" in str(done.blocks)
         assert (fake.submitted[0].prompt, fake.submitted[0].count, fake.submitted[0].seed) == (
@@ -96,7 +96,7 @@ async def test_buttons_reroll_upscale_vary_and_cancel_by_the_job_id_they_carry(t
         await bot.click(first, "U2")
         upscaled = await bot.slack.until(lambda: [m for m in bot.slack.posted()[1:] if m.text.endswith(": done")])
         assert "(image 2, upscaled)" in str(upscaled[0].blocks)
-        assert upscaled[0].buttons() == {}  # an upscale is one image, no more buttons
+        assert set(upscaled[0].buttons()) == {"✏️ Remix", "ℹ️ Info", "🗑️ Delete"}  # one image: no U or V
         upscaled_file = bot.slack.files[upscaled[0].image() or ""]
         assert upscaled_file.thread_ts == upscaled[0].ts and upscaled_file.data.startswith(b"\x89PNG")
 

@@ -25,7 +25,7 @@ async def test_slash_commands_and_buttons_arrive_as_envelopes_and_are_acknowledg
         ack = await slack.envelope("slash_commands", slack.command("a heron --count 2"))
         assert ack["payload"] == {"text": "Queued, position 1.", "response_type": "ephemeral"}
         done = await slack.final(": done")
-        assert set(done.buttons()) == {"🔄 Reroll", "U1", "U2", "V1", "V2"}
+        assert set(done.buttons()) == {"🔄 Reroll", "✏️ Remix", "U1", "U2", "V1", "V2", "ℹ️ Info", "🗑️ Delete"}
         assert slack.files[done.image() or ""].thread_ts == done.ts
 
         ack = await slack.envelope("interactive", slack.click(done, "U1"))
