@@ -135,11 +135,13 @@ async def run_admin(service: Service, requester: Requester, text: str) -> str:
             await service.admin.set_channels(requester, [])
             return "The bot works in every channel here again."
         if rest:
-            listed = channel_ids(rest)
-            await service.admin.set_channels(requester, listed)
-            return f"The bot now works only in {_mentions(listed)} here."
-        listed = service.admin.channels(requester)
-        return f"The bot works only in {_mentions(listed)} here." if listed else "The bot works in every channel here."
+            channels = channel_ids(rest)
+            await service.admin.set_channels(requester, channels)
+            return f"The bot now works only in {_mentions(channels)} here."
+        channels = service.admin.channels(requester)
+        if not channels:
+            return "The bot works in every channel here."
+        return f"The bot works only in {_mentions(channels)} here."
     if verb == "pause":
         await service.admin.pause(requester)
         return "Paused: running jobs finish, new ones wait until `resume`."
