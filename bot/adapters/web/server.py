@@ -15,7 +15,7 @@ from aiohttp import web
 
 from bot.adapters import listen_error
 from bot.adapters.web.identity import Credentials, Unauthorized, Who, client, shown_name
-from bot.adapters.web.origin import WRITES, Origins
+from bot.adapters.web.origin import WRITES, Origins, split_authority
 from bot.adapters.web.tracking import Tracker, image_urls, job_url, message
 from bot.admin import JobStatus
 from bot.commandline import USAGE, CommandError, ImagineCommand, parse_imagine
@@ -300,7 +300,7 @@ class WebAdapter:
             }.get(error.status, error.reason or "The request could not be handled.")
             return web.json_response({"error": sentence}, status=error.status)
         except Exception:
-            log.exception("%s %s failed", request.method, request.path)
+            log.exception("%s %s failed", request.method, request.raw_path)  # as sent: a decoded %0A is a new line
             return web.json_response({"error": "Something went wrong on the server; try again."}, status=500)
 
     @web.middleware
@@ -308,7 +308,7 @@ class WebAdapter:
         """Answer only to this bot's names (DNS rebinding), and take writes only from its own page (CSRF)."""
         host = request.headers.get("Host")
         if host is not None and not self._origins.serves(host):
-            name = _shown(host.rpartition(":")[0] if host.count(":") == 1 else host).strip('"')
+            name = _shown(split_authority(host)[0]).strip('"')  # escaped: it is whatever the client sent
             if len(self._refused_names) < 100 and name not in self._refused_names:
                 self._refused_names.add(name)
                 log.warning("web: refused requests for the host name %r (not web.host, a loopback name or in "
