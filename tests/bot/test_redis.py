@@ -401,7 +401,7 @@ async def test_two_workers_two_bots_200_jobs_from_20_users(
             done = Counter({name: int(fields["jobs_done"]) for name, fields in pool.items()})
             assert sum(done.values()) == 200  # every job ran once
             assert min(done.values()) >= 40, done  # and both workers took a share
-            metrics = await b.pool_metrics()  # what the web adapter's /metrics adds: the whole pool
+            metrics = await b.backend_metrics()  # what the web adapter's /metrics adds: the whole pool
             assert 'janus_worker_jobs_done{worker="w1"}' in metrics and "janus_pool_workers 2" in metrics
             shown = subprocess.run([sys.executable, "-m", "janus_bot", "pool", "--redis", url], cwd=ROOT,
                                    capture_output=True, text=True, timeout=30)

@@ -48,7 +48,7 @@ async def test_pictures_older_than_keep_days_are_deleted_with_a_line_each_rows_s
 ) -> None:
     async with await Store.open(tmp_path) as store:
         results = Results(store, ImageSettings())
-        old = await finished(store, results, "old", 2, days_ago=40)
+        await finished(store, results, "old", 2, days_ago=40)
         recent = await finished(store, results, "recent", 2, days_ago=5)
         failed = Job("failed", requester(), "x", Options(1, 5.0, 1.0), 1, time.time() - 90 * DAY,
                      status=Status.FAILED, finished_at=time.time() - 90 * DAY, error="no")
