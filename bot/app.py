@@ -55,7 +55,7 @@ def redis_queue(settings: Settings) -> JobQueue:
 
     q = settings.queue
     return RedisQueue(
-        connect(q.redis_url),
+        connect(settings.secrets.redis_url or q.redis_url),
         instance=q.instance,
         prefix=q.prefix,
         max_batch_images=settings.generator.max_batch_images,

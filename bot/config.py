@@ -86,7 +86,7 @@ class ImageSettings(_Section):
 
 class QueueSettings(_Section):
     backend: Literal["local", "redis"] = "local"
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = "redis://localhost:6379/0"  # one with a password belongs in JANUS_BOT_REDIS_URL
     prefix: str = Field(default="janus", min_length=1)
     instance: str = Field(default="bot", min_length=1, pattern=r"^[\w.-]+$")  # one per platform/shard
     result_ttl_s: float = Field(default=86400.0, gt=0)
@@ -141,6 +141,7 @@ class Secrets(_Section):
     slack_signing_secret: str | None = None
     web_token: str | None = None
     web_admin_token: str | None = None
+    redis_url: str | None = None  # with its password: overrides [queue] redis_url
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Secrets:

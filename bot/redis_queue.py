@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bot.config import LimitSettings
+from bot.config import ConfigError, LimitSettings
 from bot.jobqueue import Backend
 from bot.jobs import Job, Refused, is_job_id
 from bot.ratelimit import queue_full, rate_limited, server_cap, server_full, too_many_waiting
@@ -54,6 +54,12 @@ OUT_MAXLEN = 100_000  # events kept per instance stream while its bot is away (a
 RETRY_S = 1.0
 LOOK_EVERY_S = 5.0  # how often a bot looks at the pool's workers and pause flag
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+REFUSED_LOGIN = (AuthenticationError, AuthorizationError)  # subclasses of ConnectionError: caught first
+
+
+class RedisLoginRefused(ConfigError):
+    """Redis refused the password (or the user); the message is one line for the operator."""
+
 T = TypeVar("T")
 Arg = str | int | float  # a script argument
 
@@ -307,6 +313,21 @@ async def ensure_group(client: aioredis.Redis, stream: str, group: str) -> None:
             raise
 
 
+def login_refused(error: Exception) -> RedisLoginRefused:
+    return RedisLoginRefused(f"Redis refused this bot's login ({error}); give the password of its requirepass in "
+                             f"the URL, as JANUS_BOT_REDIS_URL=redis://:PASSWORD@host:6379/0")
+
+
+async def check_login(client: aioredis.Redis) -> None:
+    """RedisLoginRefused at once if Redis refuses the password; nothing if it answers or cannot be reached yet."""
+    try:
+        await client.ping()
+    except REFUSED_LOGIN as error:
+        raise login_refused(error) from None
+    except REDIS_DOWN:
+        pass
+
+
 async def retrying(what: str, call: Callable[[], Awaitable[T]], stop: asyncio.Event | None = None) -> T:
     """`call()` again every second while Redis is unreachable (it restarts, the network drops); logged once.
 
@@ -317,6 +338,8 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], stop: asyncio.Ev
     while True:
         try:
             result = await call()
+        except REFUSED_LOGIN as error:  # no use retrying a wrong password: the operator must fix it
+            raise login_refused(error) from None
         except REDIS_DOWN as error:
             if not warned:
                 log.warning("Redis is unreachable while %s (%s); retrying every %gs", what, error, RETRY_S)

@@ -22,13 +22,14 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from bot.config import Secrets
 from bot.generator import Generator
 from bot.jobs import is_job_id
 from bot.redis_queue import (
@@ -38,6 +39,8 @@ from bot.redis_queue import (
     TAKE,
     WORKERS,
     Arg,
+    RedisLoginRefused,
+    check_login,
     connect,
     ensure_group,
     result_path,
@@ -108,6 +111,7 @@ class PoolWorker:
         """Serve until `stop` is set, then let running jobs finish for the grace period and stop the generator."""
         if self.result_dir is not None:
             self.result_dir.mkdir(parents=True, exist_ok=True)
+        await check_login(self.client)  # a wrong password is said before minutes of loading the model
         ready = await self.generator.start()
         self.slots = ready.max_batch_images
         self._info = {"model": ready.model, "device": ready.device, "host": socket.gethostname(),
@@ -342,7 +346,9 @@ def _s(value: Any) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The worker's options, shared by `janus-bot worker` and `python -m bot.worker`."""
-    parser.add_argument("--redis", required=True, metavar="URL", help="the pool's Redis, redis://host:6379/0")
+    parser.add_argument("--redis", metavar="URL", default=redis_url_from_env(),
+                        help="the pool's Redis, redis://host:6379/0 (default: JANUS_BOT_REDIS_URL, which is where one "
+                             "with a password belongs: a command line is visible to every user of the machine)")
     add_process_arguments(parser)
     parser.add_argument("--name", help="this worker's name in the pool (default: host name and process id)")
     parser.add_argument("--prefix", default="janus", help="Redis key prefix shared with the bots (default janus)")
@@ -382,6 +388,11 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def redis_url_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """The pool's Redis URL from JANUS_BOT_REDIS_URL (or REDIS_URL), where a password may go."""
+    return Secrets.from_env(os.environ if env is None else env).redis_url
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "python -m bot.worker") -> int:
     """`janus-bot worker`: serve until SIGTERM or Ctrl-C; a model that cannot load is one line and exit code 1."""
     from bot.generator_client import GeneratorStartError
@@ -389,6 +400,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bot.worker") 
     parser = argparse.ArgumentParser(prog=prog, description="A GPU worker of janus-bot's Redis pool, one per GPU.")
     add_arguments(parser)
     args = parser.parse_args(argv)
+    if not args.redis:
+        parser.error("give the pool's Redis: --redis URL, or JANUS_BOT_REDIS_URL in the environment")
     if args.max_batch_images < 1:
         parser.error(f"--max-batch-images must be at least 1; you gave {args.max_batch_images}")
     if args.visibility_timeout <= 0:
@@ -404,6 +417,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bot.worker") 
     except GeneratorStartError as error:
         print(f"janus-bot: {error}", file=sys.stderr)
         return 1
+    except RedisLoginRefused as error:
+        print(f"janus-bot: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C while the generator loads, before serve's handlers are set
         print("janus-bot: interrupted while starting", file=sys.stderr)
         return 130

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sqlite3
 import subprocess
@@ -17,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from bot.app import App
+from bot.config import Secrets
 from bot.jobs import Cancelled, Done, Handle, Queued, Refused, Started
 from bot.redis_queue import RedisQueue, connect, pool_health
 from bot.service import Service
@@ -490,3 +493,27 @@ async def test_kill_9_a_worker_redis_and_the_bot_loses_no_accepted_job(
         assert int(pool["w2"]["jobs_claimed"]) >= 1  # w2 took over what w1 held
     finally:
         stop(procs)
+
+
+async def test_a_redis_password_comes_from_the_environment_and_a_wrong_one_is_one_line(
+    tmp_path: Path, tiny_dir: Path
+) -> None:
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis", password="s3cret-pw")
+    server.start()
+    try:
+        env = {"JANUS_BOT_REDIS_URL": server.url}  # the URL with its password: a secret, never in the file
+        config = settings(tmp_path / "bot", queue={"backend": "redis", "redis_url": "redis://nowhere:1/0"})
+        config = config.model_copy(update={"secrets": Secrets.from_env(env)})
+        async with App(config) as app:
+            waiting = await app.service.submit(requester(), "behind a password", count=1)
+            assert (await app.service.status(waiting.job.id)).position == 1  # type: ignore[union-attr]
+        wrong = server.url.replace("s3cret-pw", "guess")
+        shown = subprocess.run([sys.executable, "-m", "janus_bot", "worker", "--model", str(tiny_dir)], cwd=ROOT,
+                               env={**os.environ, "JANUS_BOT_REDIS_URL": wrong}, capture_output=True, text=True,
+                               timeout=120)
+        assert shown.returncode == 2, shown.stderr
+        assert shown.stderr.splitlines()[-1].startswith("janus-bot: Redis refused this bot's login (")
+        assert "guess" not in shown.stderr and "Traceback" not in shown.stderr
+    finally:
+        server.stop()
