@@ -45,6 +45,7 @@ class Measurement:
     latencies: list[float]
     peak_bytes: int
     note: str = ""
+    step_gaps: list[float] = dataclasses.field(default_factory=list)  # start to start of steps while busy
 
     @property
     def images_per_s(self) -> float:
@@ -167,6 +168,8 @@ def run_engine(checkpoint: Checkpoint, requests: list[Request], arrivals: list[f
     steps = 0
     step_starts: list[float] = []
     step_seconds: list[float] = []
+    gaps: list[float] = []
+    busy_after = False
     with PeakMemory(device) as memory, torch.inference_mode():
         start = time.perf_counter()
         while pending or engine.busy:
@@ -184,11 +187,14 @@ def run_engine(checkpoint: Checkpoint, requests: list[Request], arrivals: list[f
                     missed.append(sum(1 for t in step_starts if t >= arrived[r.id]))
                     waits.append(now - arrived[r.id])
             step_starts.append(time.perf_counter() - start)
+            if busy_after:
+                gaps.append(step_starts[-1] - step_starts[-2])
             for result in engine.step():
                 _sync(device)
                 latencies[result.request.id] = time.perf_counter() - start
             step_seconds.append(time.perf_counter() - start - step_starts[-1])
             steps += 1
+            busy_after = engine.busy or bool(pending and pending[0][1] <= time.perf_counter() - start)
         _sync(device)
         seconds = time.perf_counter() - start
     lat = [latencies[r.id] - arrived[r.id] for r in requests]
@@ -197,7 +203,7 @@ def run_engine(checkpoint: Checkpoint, requests: list[Request], arrivals: list[f
         note += (f"; {sum(m == 0 for m in missed)} of {len(missed)} requests joined at the first step after "
                  f"arriving (most steps missed: {max(missed)}; longest wait {max(waits) * 1000:.0f} ms, "
                  f"median step {statistics.median(step_seconds) * 1000:.0f} ms)")
-    return Measurement("engine", sum(r.num_images for r in requests), seconds, steps, lat, memory.peak, note)
+    return Measurement("engine", sum(r.num_images for r in requests), seconds, steps, lat, memory.peak, note, gaps)
 
 
 # Peak HBM bandwidth in bytes/s of cards the floor is worked out for (vendor figures).

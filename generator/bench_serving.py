@@ -201,11 +201,13 @@ def run_serving(args: argparse.Namespace, preset: Preset, device: torch.device, 
                                           ("serving", served.images_per_s, served.latencies)):
         print(f"{name:<13} {images_per_s:9.3f} {_percentile(latencies, 0.5):10.2f} "
               f"{_percentile(latencies, 0.95):10.2f}")
+    print(f"serving: {served.progress} progress reports, {served.previews} with a preview; {served.pngs} PNGs")
+    for name, gaps in (("engine", engine.step_gaps), ("serving", served.step_gaps)):
+        gaps = gaps or [math.nan]
+        print(f"{name} step gaps: median {statistics.median(gaps) * 1000:.1f} ms, 99th percentile "
+              f"{_percentile(gaps, 0.99) * 1000:.1f} ms, longest {max(gaps) * 1000:.1f} ms "
+              f"({max(gaps) / statistics.median(gaps):.1f} x median)")
     gaps = served.step_gaps or [math.nan]
-    median = statistics.median(gaps)
-    print(f"serving: {served.progress} progress reports, {served.previews} with a preview; {served.pngs} PNGs; "
-          f"{len(gaps) + 1} decode steps, median {median * 1000:.1f} ms apart, "
-          f"99th percentile {_percentile(gaps, 0.99) * 1000:.1f} ms, longest {max(gaps) * 1000:.1f} ms")
     print(f"serving vs engine: {served.images_per_s / engine.images_per_s:.2f}")
-    print(f"longest step gap: {max(gaps) / median:.1f} x median", flush=True)
+    print(f"longest step gap: {max(gaps) / statistics.median(gaps):.1f} x median", flush=True)
     return 0

@@ -285,6 +285,13 @@ def _offline_message(source: str) -> str:
     )
 
 
+def is_device_failure(err: BaseException) -> bool:
+    """Whether an error leaves the device unusable: a sticky CUDA error, unlike out-of-memory."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return False
+    return isinstance(err, torch.AcceleratorError) or "CUDA error" in str(err)
+
+
 def first_line(err: BaseException, limit: int = 200) -> str:
     """An exception's first line (at most `limit` characters), for a one-line message."""
     text = str(err).strip().splitlines()

@@ -33,25 +33,36 @@ def decode_tokens(checkpoint: Checkpoint, tokens: torch.Tensor, *, chunk: int = 
     return images
 
 
-def decode_preview(checkpoint: Checkpoint, tokens: torch.Tensor) -> list[Image.Image]:
-    """Pictures of partial grids: the token rows sampled so far, the rest left blank.  # tokens [n, k]"""
+def preview_tokens(checkpoint: Checkpoint, tokens: torch.Tensor) -> torch.Tensor:
+    """Full grids for partial ones: unfinished rows repeat the last complete row, so the decoder sees plausible
+    neighbours.  # [n, k] -> [n, num_image_tokens]"""
     n, k = tokens.shape
     grid, total = checkpoint.grid_size, checkpoint.num_image_tokens
     if k >= total:
-        return decode_tokens(checkpoint, tokens[:, :total])
+        return tokens[:, :total]
     rows_done = k // grid
     full = torch.zeros(n, total, dtype=torch.long)
     full[:, :k] = tokens
-    # Unfinished rows repeat the last complete row so the decoder sees plausible neighbours.
     if rows_done:
         last = tokens[:, (rows_done - 1) * grid : rows_done * grid]
         for r in range(rows_done, grid):
             full[:, r * grid : (r + 1) * grid] = last
-    images = decode_tokens(checkpoint, full)
-    cut = rows_done * checkpoint.image_size // grid
-    for image in images:
-        image.paste(PREVIEW_FILL, (0, cut, image.width, image.height))
+    return full
+
+
+def blank_unfinished(checkpoint: Checkpoint, images: list[Image.Image], k: int) -> list[Image.Image]:
+    """Preview pictures of grids with `k` tokens sampled: the rows not yet complete painted over, in place."""
+    if k < checkpoint.num_image_tokens:
+        cut = k // checkpoint.grid_size * checkpoint.image_size // checkpoint.grid_size
+        for image in images:
+            image.paste(PREVIEW_FILL, (0, cut, image.width, image.height))
     return images
+
+
+def decode_preview(checkpoint: Checkpoint, tokens: torch.Tensor) -> list[Image.Image]:
+    """Pictures of partial grids: the token rows sampled so far, the rest left blank.  # tokens [n, k]"""
+    images = decode_tokens(checkpoint, preview_tokens(checkpoint, tokens))
+    return blank_unfinished(checkpoint, images, tokens.shape[1])
 
 
 def grid_shape(n: int) -> tuple[int, int]:

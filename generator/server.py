@@ -4,11 +4,17 @@ One JSON message per line: commands (Generate, Cancel, Shutdown) arrive on stdin
 (Started, Progress, Done, Failed, Cancelled) leave on stdout. Anything else the process prints goes to
 stderr, where a start-up failure is the last line, `error: <one sentence>`, with exit code 2.
 
-An asyncio loop owns the pipes; one worker thread owns the model and the engine. Two `janus` queues
-(a sync and an async side each) bridge them, as aiosqlite bridges its connection thread: commands in,
-events out. The worker runs a step whenever a job is running, takes commands between steps, admits
-queued jobs first-in first-out as image slots free up, and decodes previews and results itself, since
-they need the device too.
+An asyncio loop owns the pipes; one thread (`EngineThread`) owns the engine. Two `janus` queues (a sync
+and an async side each) bridge them, as aiosqlite bridges its connection thread: commands in, events out.
+The engine thread runs a step whenever a job is running, takes commands between steps and admits queued
+jobs first-in first-out as image slots free up. It makes no pictures: finished and preview token grids go
+to `generator.pictures`, whose threads decode and encode them while the next steps run.
+
+Shutdown (the command, SIGTERM or the end of input) finishes the current step, then the pictures of jobs
+whose tokens are all sampled (their Done is sent: the bot would otherwise run them again); jobs still
+sampling get no final event, and the bot re-queues them. A device failure (a CUDA error, not out of
+memory), in a step or while making pictures, ends the process at once with exit code 3 and no final
+events for its jobs: the supervisor restarts it and sends them again.
 """
 
 from __future__ import annotations
@@ -33,15 +39,21 @@ import janus
 import torch
 
 from generator import protocol as wire
-from generator.checkpoint import Checkpoint, CheckpointError, first_line, load_checkpoint, resolve_model
-from generator.codec import decode_preview, decode_tokens, encode_image, make_grid
+from generator.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    first_line,
+    is_device_failure,
+    load_checkpoint,
+    resolve_model,
+)
 from generator.engine import Engine, Request, RequestError, StepReport
+from generator.pictures import JobEvents, Pictures
 from generator.protocol import add_process_arguments
 
 log = logging.getLogger("generator")
 
 LINE_LIMIT = 64 * 2**20  # longest command line read; a Generate with a full 16-image prefix is ~100 KiB
-PREVIEW_SIZE = 768  # longer side of a preview grid, in pixels
 EXIT_LOAD_FAILED = 2
 EXIT_DEVICE_FAILED = 3
 
@@ -50,16 +62,9 @@ class DeviceFailure(Exception):
     """The device is unusable (a CUDA error, not out-of-memory); the process must exit and be restarted."""
 
 
-def is_device_failure(err: BaseException) -> bool:
-    """Whether an error leaves the device unusable: a sticky CUDA error, unlike out-of-memory."""
-    if isinstance(err, torch.OutOfMemoryError):
-        return False
-    return isinstance(err, torch.AcceleratorError) or "CUDA error" in str(err)
-
-
 @dataclass(frozen=True)
 class EngineOptions:
-    """How the worker builds (and after a failure, rebuilds) its engine."""
+    """How the engine thread builds (and after a failure, rebuilds) its engine."""
 
     max_batch_images: int = 16
     preview_every: int = 0  # steps between previews; 0 = none
@@ -71,27 +76,56 @@ def default_preview_every(checkpoint: Checkpoint) -> int:
     return max(1, round(checkpoint.num_image_tokens / 20))
 
 
-# -- worker thread ----------------------------------------------------------------------------------
+class FailureFlag:
+    """Tests only: when the file appears, the next step (or, if it says `pictures`, the next picture) fails as
+    a CUDA error would. The file goes first, so the process the supervisor starts next runs on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, where: str) -> None:
+        try:
+            said = self.path.read_text().strip() or "step"
+        except OSError:
+            return
+        if said == where:
+            self.path.unlink(missing_ok=True)
+            raise RuntimeError(f"CUDA error: an illegal memory access was encountered (simulated in the {where})")
 
 
-class Worker(threading.Thread):
+@dataclass(frozen=True)
+class _PicturesFailed:
+    """In the inbox: the picture thread met a device failure."""
+
+    reason: str
+
+
+# -- the engine thread ------------------------------------------------------------------------------
+
+
+class EngineThread(threading.Thread):
     """Owns the engine: takes commands from `inbox`, puts events on `outbox`, then None when it stops."""
 
     def __init__(self, checkpoint: Checkpoint, options: EngineOptions,
-                 inbox: janus.SyncQueue[wire.Message], outbox: janus.SyncQueue[wire.Message | None],
-                 step_delay: float = 0.0, step_log: TextIO | None = None) -> None:
-        super().__init__(name="generator-worker", daemon=True)
+                 inbox: janus.SyncQueue[wire.Message], outbox: janus.SyncQueue[wire.Message | None], *,
+                 step_delay: float = 0.0, step_log: TextIO | None = None,
+                 inject_failure: Callable[[str], None] | None = None) -> None:
+        super().__init__(name="generator-engine", daemon=True)
         self.checkpoint = checkpoint
         self.options = options
         self.inbox = inbox
         self.outbox = outbox
         self.step_delay = step_delay  # seconds slept after each step; crash tests use it to catch a job mid-way
-        self.step_log = step_log  # one line a step for `janus-bot bench --serving`: start, end, steps on at once
+        self.step_log = step_log  # one line a step for `janus-bot bench --serving`: start, end, whether busy after
+        self.inject_failure = inject_failure
         self.codebook = int(checkpoint.model.model.generation_embeddings.num_embeddings)
         self.pending: deque[Request] = deque()
         self.running: dict[str, Request] = {}
         self.percent: dict[str, int] = {}
         self.reports: list[StepReport] = []
+        self.events = JobEvents(outbox.put)
+        self.pictures = Pictures(checkpoint, self.events, inject_failure=inject_failure,
+                                 on_device_failure=lambda reason: inbox.put(_PicturesFailed(reason)))
         with torch.inference_mode():
             self.engine = self._new_engine()
         self.dirty = False  # an admission failed half-way; rebuild the engine once it is idle
@@ -104,6 +138,7 @@ class Worker(threading.Thread):
                       compile=self.options.compile)
 
     def run(self) -> None:
+        self.pictures.start()
         try:
             with torch.inference_mode():
                 while not self.stopping:
@@ -119,15 +154,16 @@ class Worker(threading.Thread):
             log.error("device failure, exiting so the bot restarts the generator: %s", err)
             self.exit_code = EXIT_DEVICE_FAILED
         except Exception as err:  # a bug in this loop: one line, and the supervisor restarts the process
-            log.error("worker stopped: %s: %s", type(err).__name__, first_line(err))
+            log.error("engine thread stopped: %s: %s", type(err).__name__, first_line(err))
             self.exit_code = 1
+        if self.exit_code == EXIT_DEVICE_FAILED:
+            self.pictures.abandon()
+        else:
+            self.pictures.close()  # finished jobs get their Done
         unfinished = len(self.running) + len(self.pending)
         if unfinished:
             log.info("stopping with %d unfinished job(s)", unfinished)
         self.outbox.put(None)
-
-    def _send(self, message: wire.Message) -> None:
-        self.outbox.put(message)
 
     # -- commands --
 
@@ -139,6 +175,8 @@ class Worker(threading.Thread):
             except janus.SyncQueueEmpty:
                 break
         for command in commands:
+            if isinstance(command, _PicturesFailed):
+                raise DeviceFailure(command.reason)
             if isinstance(command, wire.Generate):
                 self._queue(command)
             elif isinstance(command, wire.Cancel):
@@ -147,17 +185,19 @@ class Worker(threading.Thread):
                 self.stopping = True  # commands after it are ignored; the current step has finished
 
     def _queue(self, msg: wire.Generate) -> None:
-        if msg.job_id in self.running or any(r.id == msg.job_id for r in self.pending):
-            log.warning("job %s is already queued or running; ignored the second wire.Generate", msg.job_id)
+        if msg.job_id in self.running or any(r.id == msg.job_id for r in self.pending) or self.events.waiting(
+                msg.job_id):
+            log.warning("job %s is already queued or running; ignored the second Generate", msg.job_id)
             return
         try:
             request = self._request(msg)
             self.engine.validate(request)
         except RequestError as err:
-            self._send(wire.JobFailed(msg.job_id, str(err)))
+            self.events.send(msg.job_id, wire.JobFailed(msg.job_id, str(err)))
             return
         except Exception as err:
-            self._send(wire.JobFailed(msg.job_id, f"The job could not be read ({first_line(err)}); check its options."))
+            self.events.send(msg.job_id, wire.JobFailed(
+                msg.job_id, f"The job could not be read ({first_line(err)}); check its options."))
             return
         self.pending.append(request)
 
@@ -193,19 +233,22 @@ class Worker(threading.Thread):
         return prefix[0] if len(rows) == 1 else prefix
 
     def _cancel(self, job_id: str) -> None:
+        """A queued or running job ends as Cancelled; one whose pictures are being made gets its Done."""
         for request in self.pending:
             if request.id == job_id:
                 self.pending.remove(request)
-                self._send(wire.JobCancelled(job_id))
+                self.events.send(job_id, wire.JobCancelled(job_id))
                 return
         if job_id in self.running:
             self.engine.cancel(job_id)
-            self._forget(job_id)
-            self._send(wire.JobCancelled(job_id))
+            self._end(wire.JobCancelled(job_id))
 
-    def _forget(self, job_id: str) -> None:
-        self.running.pop(job_id, None)
-        self.percent.pop(job_id, None)
+    def _end(self, message: wire.JobFailed | wire.JobCancelled) -> None:
+        """A running job ends without pictures."""
+        self.running.pop(message.job_id, None)
+        self.percent.pop(message.job_id, None)
+        self.pictures.forget(message.job_id)
+        self.events.send(message.job_id, message)
 
     # -- engine --
 
@@ -228,22 +271,25 @@ class Worker(threading.Thread):
             self.reports.clear()
             self.dirty = True
             for request in batch:
-                self._send(wire.JobFailed(request.id, f"The generator could not start this job ({first_line(err)}); "
-                                              f"try again, perhaps with fewer images."))
+                self.events.send(request.id, wire.JobFailed(
+                    request.id, f"The generator could not start this job ({first_line(err)}); "
+                                f"try again, perhaps with fewer images."))
             return
         refused = {result.request.id: result.error or "The generator could not start this job." for result in failed}
         for request in batch:
             if request.id in refused:  # out of memory even alone: this job only
-                self._send(wire.JobFailed(request.id, refused[request.id]))
+                self.events.send(request.id, wire.JobFailed(request.id, refused[request.id]))
                 continue
             self.running[request.id] = request
             self.percent[request.id] = -1
-            self._send(wire.JobStarted(request.id))
+            self.events.send(request.id, wire.JobStarted(request.id))
         self._report()
 
     def _step(self) -> None:
         started = time.monotonic()
         try:
+            if self.inject_failure is not None:
+                self.inject_failure("step")
             results = self.engine.step()
         except Exception as err:
             if is_device_failure(err):
@@ -251,17 +297,17 @@ class Worker(threading.Thread):
             log.warning("step failed for %d job(s): %s", len(self.running), first_line(err))
             reason = f"The generator failed while making these images ({first_line(err)}); try again."
             for job_id in list(self.running):
-                self._forget(job_id)
-                self._send(wire.JobFailed(job_id, reason))
+                self._end(wire.JobFailed(job_id, reason))
             self._rebuild()
             return
         self._report()
         for result in results:
-            self._forget(result.request.id)
             if result.status == "done" and result.tokens is not None:
-                self._finish(result.request, result.tokens)
+                self.running.pop(result.request.id, None)
+                self.percent.pop(result.request.id, None)
+                self.pictures.finish(result.request.id, result.tokens)  # its Done follows, off this loop
             elif result.status == "failed":  # the engine gave up on this job alone (out of memory)
-                self._send(wire.JobFailed(result.request.id, result.error or "The generator failed on this job."))
+                self._end(wire.JobFailed(result.request.id, result.error or "The generator failed on this job."))
         if self.step_log is not None:
             self.step_log.write(f"{started:.6f} {time.monotonic():.6f} {int(self.engine.busy or bool(self.pending))}\n")
         if self.step_delay:
@@ -271,13 +317,14 @@ class Worker(threading.Thread):
         """A fresh engine after a failure: nothing half-written survives into the next job."""
         self.reports.clear()
         del self.engine
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        self.engine = self._new_engine()
+        with self.pictures.device_lock:  # no picture decoding while the new engine captures its graphs
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.engine = self._new_engine()
         self.dirty = False
 
     def _report(self) -> None:
-        """Progress for each running job when its percentage moves, with a preview when the engine gave tokens."""
+        """Progress for each running job when its percentage moves; a preview's picture is made off this loop."""
         reports = list(self.reports)
         self.reports.clear()
         for report in reports:
@@ -288,39 +335,17 @@ class Worker(threading.Thread):
             if report.tokens is None and percent == self.percent[job_id]:
                 continue
             self.percent[job_id] = percent
-            preview = None if report.tokens is None else self._preview(job_id, report.tokens)
-            self._send(wire.JobProgress(job_id, report.step, report.total, preview))
-
-    def _preview(self, job_id: str, tokens: torch.Tensor) -> bytes | None:
-        try:
-            grid = make_grid(decode_preview(self.checkpoint, tokens))
-            scale = PREVIEW_SIZE / max(grid.size)
-            if scale < 1:
-                grid = grid.resize((round(grid.width * scale), round(grid.height * scale)))
-            return encode_image(grid)
-        except Exception as err:
-            if is_device_failure(err):
-                raise DeviceFailure(first_line(err)) from None
-            log.warning("preview of job %s failed: %s", job_id, first_line(err))
-            return None
-
-    def _finish(self, request: Request, tokens: torch.Tensor) -> None:
-        try:
-            images = [encode_image(image) for image in decode_tokens(self.checkpoint, tokens)]
-        except Exception as err:
-            if is_device_failure(err):
-                raise DeviceFailure(first_line(err)) from None
-            log.warning("decoding job %s failed: %s", request.id, first_line(err))
-            self._send(wire.JobFailed(request.id, f"The images could not be decoded ({first_line(err)}); try again."))
-            return
-        self._send(wire.JobDone(request.id, images, tokens.tolist()))
+            if report.tokens is None:
+                self.events.send(job_id, wire.JobProgress(job_id, report.step, report.total))
+            else:
+                self.pictures.preview(job_id, report.step, report.total, report.tokens)
 
 
 # -- event loop -------------------------------------------------------------------------------------
 
 
 async def _read_commands(reader: asyncio.StreamReader, inbox: janus.AsyncQueue[wire.Message]) -> None:
-    """Commands from stdin into the worker's inbox; end of input (the bot is gone) means Shutdown."""
+    """Commands from stdin into the engine thread's inbox; end of input (the bot is gone) means Shutdown."""
     while True:
         try:
             line = await reader.readline()
@@ -389,19 +414,21 @@ async def _line_writer(stdout: BinaryIO) -> Callable[[wire.Message], Awaitable[N
 
 
 async def serve(checkpoint: Checkpoint, options: EngineOptions, stdin: BinaryIO, stdout: BinaryIO, *,
-                step_delay: float = 0.0, step_log: TextIO | None = None) -> int:
+                step_delay: float = 0.0, step_log: TextIO | None = None,
+                inject_failure: Callable[[str], None] | None = None) -> int:
     """Send Ready, run jobs until Shutdown or end of input; the exit code."""
     loop = asyncio.get_running_loop()
     reader = await _line_reader(stdin)
     write = await _line_writer(stdout)
     inbox: janus.Queue[wire.Message] = janus.Queue()
     outbox: janus.Queue[wire.Message | None] = janus.Queue()
-    worker = Worker(checkpoint, options, inbox.sync_q, outbox.sync_q, step_delay=step_delay, step_log=step_log)
+    engine = EngineThread(checkpoint, options, inbox.sync_q, outbox.sync_q, step_delay=step_delay, step_log=step_log,
+                          inject_failure=inject_failure)
     loop.add_signal_handler(signal.SIGTERM, inbox.async_q.put_nowait, wire.Shutdown())
 
     await write(wire.Ready(model=checkpoint.name, device=str(checkpoint.device), image_size=checkpoint.image_size,
                       grid_size=checkpoint.grid_size, max_batch_images=options.max_batch_images))
-    worker.start()
+    engine.start()
     commands = asyncio.create_task(_read_commands(reader, inbox.async_q))
     try:
         while (event := await outbox.async_q.get()) is not None:
@@ -409,12 +436,12 @@ async def serve(checkpoint: Checkpoint, options: EngineOptions, stdin: BinaryIO,
     except (BrokenPipeError, ConnectionResetError):
         log.info("the bot closed the pipe; stopping")
     finally:
-        inbox.async_q.put_nowait(wire.Shutdown())  # unless the worker has stopped already
+        inbox.async_q.put_nowait(wire.Shutdown())  # unless the engine thread has stopped already
         commands.cancel()
-        await asyncio.to_thread(worker.join)
+        await asyncio.to_thread(engine.join)
         inbox.close()
         outbox.close()
-    return worker.exit_code
+    return engine.exit_code
 
 
 # -- command line -----------------------------------------------------------------------------------
@@ -426,6 +453,7 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="load a model, then run jobs sent as JSON lines on stdin")
     add_process_arguments(serve)
     serve.add_argument("--step-log", type=Path, help=argparse.SUPPRESS)  # `janus-bot bench --serving` reads it
+    serve.add_argument("--simulate-device-failure", type=Path, metavar="FILE", help=argparse.SUPPRESS)  # tests
     return parser
 
 
@@ -469,8 +497,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as files:
             step_log = files.enter_context(open(args.step_log, "w", buffering=1)) if args.step_log else None
+            inject = FailureFlag(args.simulate_device_failure) if args.simulate_device_failure else None
             return asyncio.run(serve(checkpoint, options, sys.stdin.buffer, out, step_delay=args.step_delay,
-                                     step_log=step_log))
+                                     step_log=step_log, inject_failure=inject))
     except torch.OutOfMemoryError:
         return _fail(f"The device has too little memory for {options.max_batch_images} image slots; "
                      f"lower --max-batch-images.")

@@ -221,3 +221,29 @@ async def test_jobs_fail_while_the_generator_cannot_restart_and_run_once_it_can(
     await client.close()  # the fake ignores Shutdown: killed after the grace period
     assert client.in_flight == ["c"]
     assert any("did not stop within 0.2s; killing it" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("where", ["step", "pictures"])
+async def test_a_device_failure_mid_job_exits_3_and_the_supervisor_re_runs_the_job(
+    tiny_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    flag = tmp_path / "fail"  # the process fails as a CUDA error would when this appears (a hidden test option)
+    client = GeneratorProcess(str(tiny_dir), max_batch_images=4, preview_every=0,
+                              extra_args=["--step-delay", "0.03", "--simulate-device-failure", str(flag)])
+    caplog.set_level(logging.INFO, logger="bot.generator_client")
+    await client.start()
+    events = Events(client)
+    try:
+        first_pid = client.pid
+        flag.write_text(where)  # in a decode step, or in making the finished job's pictures
+        await client.submit(job("hit", count=2))
+        done = await events.wait(of(wire.JobDone, "hit"))
+        assert client.restarts == 1 and client.pid not in (None, first_pid)
+    finally:
+        await client.close()
+    assert not flag.exists() and len(done.images) == 2
+    hit = [type(e) for e in events.seen if e.job_id == "hit"]
+    assert hit.count(wire.JobStarted) == 2 and hit[-1] is wire.JobDone and hit.count(wire.JobDone) == 1
+    assert not any(t in (wire.JobFailed, wire.JobCancelled) for t in hit)  # no final from the failed process
+    deaths = [r.getMessage() for r in caplog.records if "died" in r.getMessage()]
+    assert len(deaths) == 1 and "(exit code 3)" in deaths[0] and "1 job(s) to re-run, 0 failed" in deaths[0]

@@ -19,7 +19,7 @@ from PIL import Image
 
 from generator import protocol as wire
 from generator.engine import Request, generate
-from generator.server import EXIT_DEVICE_FAILED, EngineOptions, Worker
+from generator.server import EXIT_DEVICE_FAILED, EngineOptions, EngineThread
 
 TIMEOUT = 60.0
 
@@ -188,16 +188,17 @@ def test_compile_flag_serves_jobs_through_the_compiled_step(tiny_dir: Path, tiny
     assert "decode step compiled by torch.compile" in server.proc.stderr.read().decode()
 
 
-# -- the worker thread in this process, with an engine step that fails --------------------------------
+# -- the engine thread in this process, with an engine step that fails --------------------------------
 
 
 class FailingWorker:
-    """A worker whose first engine raises `failure` from step(); queue jobs, then start() and read events()."""
+    """An engine thread whose first engine raises `failure` from step(); queue jobs, then start() and read events()."""
 
     def __init__(self, checkpoint, failure: Exception) -> None:
         self.inbox: janus.Queue[wire.Message] = janus.Queue()
         self.outbox: janus.Queue[wire.Message | None] = janus.Queue()
-        self.worker = Worker(checkpoint, EngineOptions(max_batch_images=4), self.inbox.sync_q, self.outbox.sync_q)
+        self.worker = EngineThread(checkpoint, EngineOptions(max_batch_images=4), self.inbox.sync_q,
+                                   self.outbox.sync_q)
         self.first = self.worker.engine
 
         def fail() -> None:
@@ -245,3 +246,141 @@ async def test_a_cuda_error_stops_the_worker_without_failing_jobs(tiny) -> None:
     events = [type(event) async for event in failing.events()]
     assert events == [wire.JobStarted, wire.JobProgress]  # no Failed: the supervisor re-runs "one"
     assert failing.worker.exit_code == EXIT_DEVICE_FAILED
+
+
+# -- pictures are made off the step loop ---------------------------------------------------------------
+
+
+class BlockedPictures:
+    """A finished job's pictures wait until `release` is set (`decoding` says one is waiting); then the first
+    one's VQ decode raises `fail`, if given."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: Exception | None = None) -> None:
+        import generator.pictures as pictures
+
+        self.release, self.decoding = threading.Event(), threading.Event()
+        self.fail, self.armed = fail, False
+        make_final, decode_tokens = pictures.Pictures._make_final, pictures.decode_tokens
+
+        def blocked(maker, final):
+            self.decoding.set()
+            assert self.release.wait(TIMEOUT)
+            self.armed, self.fail = self.fail is not None, None
+            return make_final(maker, final)
+
+        def decode(*args, **options):
+            if self.armed:
+                self.armed = False
+                raise fail
+            return decode_tokens(*args, **options)
+
+        monkeypatch.setattr(pictures.Pictures, "_make_final", blocked)
+        monkeypatch.setattr(pictures, "decode_tokens", decode)
+
+
+class InProcess:
+    """An engine thread in this process; commands in with `send`, events out with `next`."""
+
+    def __init__(self, checkpoint, **options) -> None:
+        self.inbox: janus.Queue[wire.Message] = janus.Queue()
+        self.outbox: janus.Queue[wire.Message | None] = janus.Queue()
+        self.thread = EngineThread(checkpoint, EngineOptions(max_batch_images=4, **options), self.inbox.sync_q,
+                                   self.outbox.sync_q)
+        self.thread.start()
+
+    def send(self, message: wire.Message) -> None:
+        self.inbox.sync_q.put(message)
+
+    async def next(self) -> wire.Message | None:
+        async with asyncio.timeout(TIMEOUT):
+            return await self.outbox.async_q.get()
+
+    async def until(self, predicate) -> list[wire.Message]:
+        """Events up to and including the first that matches."""
+        seen = []
+        while not seen or not predicate(seen[-1]):
+            event = await self.next()
+            assert event is not None, f"the engine thread stopped: {seen}"
+            seen.append(event)
+        return seen
+
+    async def rest(self) -> list[wire.Message]:
+        """Every event until the thread stops."""
+        seen = []
+        while (event := await self.next()) is not None:
+            seen.append(event)
+        await asyncio.to_thread(self.thread.join, TIMEOUT)
+        return seen
+
+
+def _final(job_id: str):
+    return lambda event: isinstance(event, wire.FINAL) and event.job_id == job_id
+
+
+@pytest.mark.asyncio
+async def test_steps_go_on_while_a_finished_job_s_pictures_are_made(tiny, monkeypatch) -> None:
+    pictures = BlockedPictures(monkeypatch)
+    engine = InProcess(tiny, preview_every=12)
+    engine.send(_job("first"))
+    await engine.until(lambda e: isinstance(e, wire.JobProgress) and e.job_id == "first" and e.step == 36)
+    assert await asyncio.to_thread(pictures.decoding.wait, TIMEOUT)  # its Done waits for the decoder
+    engine.send(_job("second", count=2))
+    seen = await engine.until(lambda e: isinstance(e, wire.JobProgress) and e.job_id == "second" and e.step == 36)
+    assert not any(isinstance(e, wire.FINAL) for e in seen)  # every step of "second" ran meanwhile
+    steps = [e.step for e in seen if isinstance(e, wire.JobProgress) and e.job_id == "second"]
+    assert steps == sorted(steps) and steps[-1] == 36  # (its previews waited behind the pictures, then went without)
+    pictures.release.set()
+    seen = await engine.until(_final("second"))
+    done = [e for e in seen if isinstance(e, wire.JobDone)]
+    assert [e.job_id for e in done] == ["first", "second"] and [len(e.images) for e in done] == [1, 2]
+    engine.send(wire.Shutdown())
+    assert await engine.rest() == [] and engine.thread.exit_code == 0
+
+
+@pytest.mark.asyncio
+async def test_a_job_whose_pictures_fail_fails_alone(tiny, monkeypatch) -> None:
+    pictures = BlockedPictures(monkeypatch, fail=ValueError("bad codes\nand more"))
+    engine = InProcess(tiny)
+    engine.send(_job("broken"))
+    assert await asyncio.to_thread(pictures.decoding.wait, TIMEOUT)
+    pictures.release.set()
+    seen = await engine.until(_final("broken"))
+    assert seen[-1] == wire.JobFailed("broken", "The images could not be decoded (bad codes); try again.")
+    engine.send(_job("fine"))
+    assert isinstance((await engine.until(_final("fine")))[-1], wire.JobDone)
+    engine.send(wire.Shutdown())
+    await engine.rest()
+    assert engine.thread.exit_code == 0
+
+
+@pytest.mark.asyncio
+async def test_a_device_failure_while_making_pictures_stops_the_process_without_failing_jobs(tiny, monkeypatch) -> None:
+    pictures = BlockedPictures(monkeypatch, fail=RuntimeError("CUDA error: an illegal memory access was encountered"))
+    engine = InProcess(tiny)
+    engine.send(_job("one"))
+    assert await asyncio.to_thread(pictures.decoding.wait, TIMEOUT)
+    engine.send(_job("two"))
+    await engine.until(lambda e: isinstance(e, wire.JobStarted) and e.job_id == "two")
+    pictures.release.set()
+    events = await engine.rest()
+    assert not any(isinstance(e, wire.FINAL) for e in events)  # the supervisor re-runs both
+    assert engine.thread.exit_code == EXIT_DEVICE_FAILED
+
+
+@pytest.mark.asyncio
+async def test_shutdown_sends_the_done_of_a_job_whose_pictures_are_being_made_and_ignores_its_cancel(
+        tiny, monkeypatch) -> None:
+    pictures = BlockedPictures(monkeypatch)
+    engine = InProcess(tiny)
+    engine.send(_job("made"))
+    assert await asyncio.to_thread(pictures.decoding.wait, TIMEOUT)
+    engine.send(_job("sampling", count=2))
+    await engine.until(lambda e: isinstance(e, wire.JobProgress) and e.job_id == "sampling")
+    engine.send(wire.Cancel("made"))  # its tokens are all sampled: too late, its Done follows
+    engine.send(wire.Shutdown())
+    await asyncio.sleep(0.2)
+    pictures.release.set()
+    events = await engine.rest()
+    finals = [e for e in events if isinstance(e, wire.FINAL)]
+    assert [(type(e), e.job_id) for e in finals] == [(wire.JobDone, "made")]  # "sampling" is left to the bot
+    assert engine.thread.exit_code == 0
