@@ -86,7 +86,7 @@ def fuse_norms(model: JanusForConditionalGeneration, fused: bool = True) -> None
     """Run the language model's RMSNorms as torch's one-kernel `rms_norm` (or, not `fused`, as transformers' own).
 
     transformers' version is five elementwise kernels per call and a decode step calls it twice a layer;
-    on a GPU those launches cost more than the arithmetic (7B, 16 images: 8.3 -> 7.4 ms a step).
+    on a GPU those launches cost more than the arithmetic (docs/benchmarks.md, second H200 session).
     The result is the same normalisation, rounded once instead of twice in bf16.
     """
     for module in model.model.language_model.modules():

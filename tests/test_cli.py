@@ -241,5 +241,10 @@ def test_console_script_uses_the_builtin_model_by_default(tmp_path):
     done = subprocess.run([*command, "imagine", "a lighthouse at dusk", "-n", "4", "-o", "grid.png"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert Image.open(tmp_path / "grid.png").size[0] == Image.open(tmp_path / "grid.png").size[1]
+    from generator.checkpoint import DEMO_MODEL_DIR
+
+    assert f"model {DEMO_MODEL_DIR}\n" in done.stdout  # the demo model shipped in the package, not another
+    side = json.loads((DEMO_MODEL_DIR / "config.json").read_text())["vision_config"]["image_size"]
+    assert side == 48  # its pictures (generator/demo_model/README.md): 4 of them make a 2x2 grid of 96 px
+    assert Image.open(tmp_path / "grid.png").size == (2 * side, 2 * side)
     assert "Traceback" not in done.stderr
