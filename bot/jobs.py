@@ -147,6 +147,14 @@ class Job:
         """The chat platform the job came from (which adapter delivers it)."""
         return self.requester.platform
 
+    @property
+    def remix_strength(self) -> Strength | None:
+        """What a remix of this job makes: variations of its source image at this strength (a variation's own;
+        strong for an upscale, so that the edited prompt shows), or None: a reroll."""
+        if self.kind is Kind.VARIATION:
+            return self.strength or Strength.SUBTLE
+        return Strength.STRONG if self.kind is Kind.UPSCALE else None
+
 
 @dataclass(frozen=True)
 class Image:

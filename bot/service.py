@@ -89,6 +89,9 @@ class Service:
             else:
                 await self._admission.resume(job, handle)
         for job in await self._store.undelivered() if self._on_recovered is not None else []:
+            if job.deleted:  # its requester or an admin deleted it: nothing to show any more
+                await self._store.update_job(replace(job, delivered=True))
+                continue
             handle = Handle(job)
             handle.put(await self._results.final_event(job))
             recovered.append(handle)
@@ -202,6 +205,16 @@ class Service:
         text, options = _remixed(parent, prompt, negative)
         return await self._admission.admit(requester, text, options, kind=Kind.VARIATION, parent_id=parent.id,
                                            parent_index=index, strength=Strength(strength))
+
+    async def remix(self, requester: Requester, job_id: str, prompt: str | None, negative: str | None) -> Handle:
+        """The Remix button: a reroll with the edited text, or for a variation or an upscale, variations of its
+        source image (Job.remix_strength)."""
+        job = await self._parent(job_id)
+        strength = job.remix_strength
+        if strength is None:
+            return await self.reroll(requester, job.id, prompt=prompt, negative=negative)
+        return await self.vary(requester, job.parent_id or job.id, job.parent_index or 0, strength, prompt=prompt,
+                               negative=negative)
 
     async def upscale(self, requester: Requester, job_id: str, index: int) -> Handle:
         """Image `index` (0-based) alone, Lanczos-upscaled in the bot; streams Started then Done."""

@@ -550,9 +550,10 @@ async def test_a_write_that_fails_ends_the_job_with_a_reason_and_frees_its_slot(
     async with run(config, FakeGenerator(max_batch_images=1)) as (service, fake, store):
         finish_job = store.finish_job
 
-        async def disk_full(job: Job, images: object) -> None:
-            monkeypatch.setattr(store, "finish_job", finish_job)  # once
-            raise OSError(28, "No space left on device")
+        async def disk_full(job: Job, images: list[Image]) -> None:  # for the fox only
+            if job.prompt == "a fox":
+                raise OSError(28, "No space left on device")
+            await finish_job(job, images)
 
         monkeypatch.setattr(store, "finish_job", disk_full)
         first = await service.submit(requester("alice"), "a fox", count=1)

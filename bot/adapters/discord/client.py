@@ -184,12 +184,7 @@ class ImagineClient(discord.Client):
         who = requester(interaction)
         try:
             job = await self._shown_job(job_id)
-            strength = messages.remixed_strength(job)
-            if strength is None:
-                handle = await self.service.reroll(who, job.id, prompt=prompt, negative=negative)
-            else:
-                handle = await self.service.vary(who, job.parent_id or job.id, job.parent_index or 0, strength,
-                                                 prompt=prompt, negative=negative)  # fmt: skip
+            handle = await self.service.remix(who, job.id, prompt, negative)
         except Refused as refusal:
             await refuse(interaction, refusal)
             return

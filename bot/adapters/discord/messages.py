@@ -178,17 +178,9 @@ def result_view(job: Job) -> discord.ui.View:
     return view
 
 
-def remixed_strength(job: Job) -> Strength | None:
-    """What a remix of `job` makes: a variation of its source image at this strength (a variation's own; strong
-    for an upscale, so the edited prompt shows), or None for a reroll."""
-    if job.kind is Kind.VARIATION:
-        return job.strength or Strength.SUBTLE
-    return Strength.STRONG if job.kind is Kind.UPSCALE else None
-
-
 def remix_modal(job: Job) -> discord.ui.Modal:
     """The remix form, prefilled with the job's prompt and negative prompt; its custom id names the job."""
-    strength = remixed_strength(job)
+    strength = job.remix_strength
     index = (job.parent_index or 0) + 1
     title = "Remix" if strength is None else f"Remix: vary image {index} ({strength.value})"
     modal = discord.ui.Modal(title=title, custom_id=f"imagine:remix:{job.id}")

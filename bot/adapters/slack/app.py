@@ -230,11 +230,7 @@ async def _shown_job(bot: SlackBot, job_id: str) -> Job:
 async def _remix(bot: SlackBot, requester: Requester, job_id: str, prompt: str, negative: str) -> Handle:
     """A reroll with the edited text, or for a variation or upscale a variation of its image."""
     job = await _shown_job(bot, job_id)
-    strength = blocks.remix_strength(job)
-    if strength is None:
-        return await bot.service.reroll(requester, job.id, prompt=prompt, negative=negative)
-    return await bot.service.vary(requester, job.parent_id or job.id, job.parent_index or 0, strength, prompt=prompt,
-                                  negative=negative)  # fmt: skip
+    return await bot.service.remix(requester, job.id, prompt, negative)
 
 
 def _typed(values: dict[str, Any], block: str) -> str:

@@ -185,14 +185,6 @@ def ended_blocks(job: Job, line: str) -> list[Block]:
     return blocks
 
 
-def remix_strength(job: Job) -> Strength | None:
-    """What a remix of `job` makes: a variation of its source image at this strength (a variation's own; strong
-    for an upscale, so the edited prompt shows), or None for a reroll."""
-    if job.kind is Kind.VARIATION:
-        return job.strength or Strength.SUBTLE
-    return Strength.STRONG if job.kind is Kind.UPSCALE else None
-
-
 def _plain(text: str) -> dict[str, Any]:
     return {"type": "plain_text", "text": text}
 
@@ -209,7 +201,7 @@ def _input(block_id: str, label: str, initial: str | None, hint: str, *, optiona
 def remix_view(job: Job, channel: str, thread_ts: str | None) -> dict[str, Any]:
     """The remix modal, prefilled with the job's prompt and negative prompt; its metadata says which job and where
     the new one is shown."""
-    strength = remix_strength(job)
+    strength = job.remix_strength
     index = (job.parent_index or 0) + 1
     what = "A reroll" if strength is None else f"A {strength.value} variation of image {index}"
     return {
