@@ -14,15 +14,25 @@ def _png(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
+GUTTER = (255, 255, 255)
+
+
+def gutter(width: int) -> int:
+    """The gap between a grid's tiles: thin, so that tiles with the same background read as separate pictures."""
+    return max(2, round(width / 48))
+
+
 def grid(pngs: list[bytes]) -> bytes:
-    """The images side by side, as square as possible (4 -> 2x2, 6 -> 3x2, 16 -> 4x4), as one PNG."""
+    """The images side by side, as square as possible (4 -> 2x2, 6 -> 3x2, 16 -> 4x4), with a thin white gutter
+    between them, as one PNG."""
     images = [Image.open(io.BytesIO(png)).convert("RGB") for png in pngs]
     columns = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
     width, height = images[0].size
-    sheet = Image.new("RGB", (columns * width, rows * height), "white")
+    gap = gutter(width)
+    sheet = Image.new("RGB", (columns * width + (columns - 1) * gap, rows * height + (rows - 1) * gap), GUTTER)
     for i, image in enumerate(images):
-        sheet.paste(image, ((i % columns) * width, (i // columns) * height))
+        sheet.paste(image, ((i % columns) * (width + gap), (i // columns) * (height + gap)))
     return _png(sheet)
 
 

@@ -299,6 +299,15 @@ class Service:
         handle.put(await self._results.final_event(stored))
         return handle
 
+    async def history(self, requester: Requester, *, everyone: bool = False, before: float | None = None,
+                      limit: int = 20) -> list[Job]:
+        """The requester's jobs on their platform, newest first (created before `before`, for the next page);
+        with `everyone`, every user's (the platform's admins only)."""
+        if everyone:
+            self.policy.require_admin(requester)
+        user = None if everyone else requester.user
+        return await self._store.recent(requester.platform, user, before=before, limit=max(1, min(limit, 100)))
+
     async def delivered(self, job_id: str) -> None:
         """The adapter has shown a finished job's result; it will not be handed over again after a restart."""
         job = await self._store.job(job_id)

@@ -307,6 +307,20 @@ class Store:
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN ({marks}) ORDER BY created_at, rowid"
         return [_job(row) for row in await self._all(sql, [s.value for s in statuses])]
 
+    async def recent(self, platform: str, user: str | None = None, *, before: float | None = None, limit: int = 20
+                     ) -> list[Job]:
+        """A platform's jobs (one user's, if given), newest first, created before a time if given."""
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE platform = ?"
+        args: list[Any] = [platform]
+        if user is not None:
+            sql += " AND user = ?"
+            args.append(user)
+        if before is not None:
+            sql += " AND created_at < ?"
+            args.append(before)
+        return [_job(row) for row in await self._all(sql + " ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                                                     [*args, limit])]
+
     async def with_pictures(self, finished_before: float | None = None) -> list[Job]:
         """Done jobs whose pictures are still stored, oldest first (finished before a time, if given)."""
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'done' AND removed_at IS NULL"

@@ -54,7 +54,9 @@ async def test_a_job_streams_queued_started_progress_then_done(run: Run, tmp_pat
     assert [e.percent for e in events if isinstance(e, Progress)] == [25, 50, 75, 100]
     done = events[-1]
     assert isinstance(done, Done) and done.seed == 7 and len(done.images) == 4
-    assert Image.open(io.BytesIO(done.grid)).size == (16, 16)  # 2x2 of 8 px images
+    grid = Image.open(io.BytesIO(done.grid)).convert("RGB")
+    assert grid.size == (18, 18)  # 2x2 of 8 px images, a gutter of 2 px between them
+    assert {grid.getpixel((8, y)) for y in range(18)} == {(255, 255, 255)}  # so tiles of one colour stay apart
     assert fake.submitted[0].seed == 7 and fake.submitted[0].count == 4
     async with run(settings(tmp_path)) as (service, fake, store):
         job = await store.job(handle.job.id)
@@ -267,6 +269,23 @@ async def test_channel_rules_keep_the_bot_to_the_channels_a_servers_admins_choos
         await service.admin.set_channels(admin, [])
         await (await service.submit(requester(), "a fox", count=1)).final()
         assert [a.action for a in await store.audit_log("discord", "s1")] == ["channels-clear", "channels"]
+
+
+async def test_history_pages_through_ones_own_jobs_newest_first_and_admins_see_everyones(
+    run: Run, tmp_path: Path
+) -> None:
+    async with run(settings(tmp_path, limits={"jobs_per_period": 100, "max_queued_per_user": 10})) as (service, _, _):
+        mine = [await service.submit(requester("alice"), f"mine {i}", count=1) for i in range(5)]
+        theirs = await service.submit(requester("bob"), "theirs", count=1)
+        await service.submit(requester("carol", platform="slack"), "elsewhere", count=1)
+        first = await service.history(requester("alice"), limit=3)
+        assert [j.prompt for j in first] == ["mine 4", "mine 3", "mine 2"]
+        rest = await service.history(requester("alice"), before=first[-1].created_at, limit=3)
+        assert [j.prompt for j in rest] == ["mine 1", "mine 0"]
+        with pytest.raises(Refused, match="Only server admins"):
+            await service.history(requester("alice"), everyone=True)
+        everyone = await service.history(requester("boss", admin=True), everyone=True)
+        assert [j.id for j in everyone] == [theirs.job.id, *[h.job.id for h in reversed(mine)]]  # Discord's only
 
 
 async def test_upscale_is_lanczos_in_the_bot_at_the_configured_size(run: Run, tmp_path: Path) -> None:

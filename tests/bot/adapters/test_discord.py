@@ -161,7 +161,7 @@ async def test_imagine_defers_then_edits_one_message_to_a_grid_with_buttons(
         job = job_id(message)
         assert message.custom_ids == [f"imagine:{i.format(job)}" for i in GRID_IDS]
         assert list(message.files) == [f"{job}-grid.png"]
-        assert size(message.files[f"{job}-grid.png"]) == (2 * PNG_SIZE, 2 * PNG_SIZE)
+        assert size(message.files[f"{job}-grid.png"]) == (2 * PNG_SIZE + 2, 2 * PNG_SIZE + 2)  # a 2 px gutter
         assert "a lighthouse at dusk" in message.content and "seed 7" in message.content
         assert f"<@{alice['id']}>" in message.content
         states = [h["content"] for h in message.history]
@@ -232,7 +232,7 @@ async def test_anyone_may_press_reroll_upscale_and_variations_and_the_new_job_is
 
         rerolled, reroll = await press(f"reroll:{job}")
         assert reroll.kind is Kind.REROLL and reroll.parent_id == job and reroll.seed != 3
-        assert size(rerolled.files[f"{reroll.id}-grid.png"]) == (2 * PNG_SIZE, 2 * PNG_SIZE)
+        assert size(rerolled.files[f"{reroll.id}-grid.png"]) == (2 * PNG_SIZE + 2, 2 * PNG_SIZE + 2)
 
         upscaled, upscale = await press(f"upscale:{job}:1")
         assert upscale.kind is Kind.UPSCALE and upscale.parent_index == 1
@@ -348,7 +348,7 @@ async def test_direct_messages_work_with_their_own_settings(discord: FakeDiscord
         job = await delivered(bot.service, job_id(message))
         assert message.channel_id == discord.channel_id + 1  # the DM channel
         assert (job.requester.server, job.requester.is_admin) == ("dm", False)
-        assert size(message.files[f"{job.id}-grid.png"]) == (3 * PNG_SIZE, 2 * PNG_SIZE)
+        assert size(message.files[f"{job.id}-grid.png"]) == (3 * PNG_SIZE + 4, 2 * PNG_SIZE + 2)
         menus = ["reroll:{0}", "remix:{0}", "info:{0}", "delete:{0}", "pick:upscale:{0}", "pick:vary:{0}",
                  "pick:strong:{0}"]  # 6 images: menus, not buttons
         assert message.custom_ids == [f"imagine:{i.format(job.id)}" for i in menus]
@@ -467,6 +467,6 @@ async def test_with_the_real_tiny_model_the_grid_has_its_size_and_previews_fill_
         interaction = await discord.imagine(discord.user("alice"), "a tiny harbour", count=2, seed="5")
         message = await finished(discord, original(interaction), timeout=60)
         job = await delivered(service, job_id(message))
-        assert size(message.files[f"{job.id}-grid.png"]) == (2 * 96, 96)  # two 96 px images side by side
+        assert size(message.files[f"{job.id}-grid.png"]) == (2 * 96 + 2, 96)  # two 96 px images, a 2 px gutter
         assert any("preview.png" in h["files"] for h in message.history)
         assert "seed 5" in message.content
