@@ -6,6 +6,8 @@
 #   profile   the captured 7B 16-image step: the own step, transformers' forward, inductor (step_profile.py)
 #   compiled  the 7B engine at 16 images with its step compiled (torch.compile; off by default until measured)
 #   bench1b   the same bench as bench7b for Janus-Pro-1B
+#   serving   `janus-bot bench --serving`, Janus-Pro-1B: the generator process with pictures and previews
+#             against the token-only engine (target: serving vs engine at least 0.95)
 # Logs go to $OUT (default artifacts/gpu/). Run from the repository root with the venv's python, or set PYTHON.
 set -u -o pipefail
 OUT=${OUT:-artifacts/gpu}
@@ -13,11 +15,11 @@ PYTHON=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(tests bench7b profile compiled bench1b)
+[ ${#parts[@]} -gt 0 ] || parts=(tests bench7b profile compiled bench1b serving)
 for part in "${parts[@]}"; do
     case $part in
-        tests|bench7b|profile|compiled|bench1b) ;;
-        *) echo "gpu.sh: no part named $part (tests, bench7b, profile, compiled, bench1b)" >&2; exit 2 ;;
+        tests|bench7b|profile|compiled|bench1b|serving) ;;
+        *) echo "gpu.sh: no part named $part (tests, bench7b, profile, compiled, bench1b, serving)" >&2; exit 2 ;;
     esac
 done
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -31,5 +33,6 @@ for part in "${parts[@]}"; do
         compiled) "$PYTHON" -m janus_bot bench --preset janus-pro-7b --workload 4x4 --skip transformers reference \
                       --compile ;;
         bench1b) "$PYTHON" -m janus_bot bench --preset janus-pro-1b --workload 4x4 1x4 1x1 --skip transformers ;;
+        serving) "$PYTHON" -m janus_bot bench --serving --preset janus-pro-1b --requests 8 --images 4 ;;
     esac 2>&1 | tee "$OUT/$part.txt"
 done
