@@ -71,7 +71,7 @@ class Engine:
         self.cache = SlotCache.for_model(checkpoint, 2 * self.max_batch_images, self.max_len)
         codebook = self.model.config.vq_config.num_embeddings if record_logits else None
         device = checkpoint.device
-        self.slots = SlotState.zeros(self.max_batch_images, self.max_len, self.n_tokens, device,
+        self.state = SlotState.zeros(self.max_batch_images, self.max_len, self.n_tokens, device,
                                      record_logits_of=codebook)
         # An additive attention mask is made once a step from these: SDPA would convert a boolean one every layer.
         self._attend = torch.zeros((), dtype=checkpoint.dtype, device=device)
@@ -144,7 +144,7 @@ class Engine:
         except torch.OutOfMemoryError:
             taken = [s for slots in slots_of for s in slots]
             self._free = sorted(self._free + taken)
-            self.slots.live[torch.tensor(taken, device=self.slots.live.device)] = False
+            self.state.live[torch.tensor(taken, device=self.state.live.device)] = False
             self._free_memory()
             if len(requests) == 1:
                 log.warning("out of memory prefilling request %s alone; failing it", requests[0].id)
@@ -167,7 +167,7 @@ class Engine:
         position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
         images = [(r, i) for r, group in zip(requests, slots_of) for i in range(len(group))]
         keys = torch.tensor([image_key(r.seed, i) for r, i in images], device=device)
-        self.slots.admit(
+        self.state.admit(
             slots, source, mask, position_ids,
             cfg=torch.tensor([r.cfg for r, _ in images], dtype=torch.float32, device=device),
             temperature=torch.tensor([r.temperature for r, _ in images], dtype=torch.float32, device=device),
@@ -176,7 +176,7 @@ class Engine:
         )
         for request, group in zip(requests, slots_of):
             if request.prefix is not None:
-                self.slots.force(group, request.prefix)
+                self.state.force(group, request.prefix)
 
         length = ids.shape[1]
         causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
@@ -184,7 +184,7 @@ class Engine:
         attend = (causal & mask[:, None, :]) | eye  # pad queries see themselves: finite states, no NaN
         self.cache.prefill(rows_of(slots), source)
         hidden = self._forward(self.model.get_input_embeddings()(ids), attend[:, None], position_ids)
-        self.slots.live[slots] = True
+        self.state.live[slots] = True
         self._sample(slots, hidden[source])
         return length
 
@@ -198,7 +198,7 @@ class Engine:
 
     def _sample(self, slots: torch.Tensor | slice, hidden: torch.Tensor) -> None:
         """Guided logits and one token for each image slot in `slots` from its two rows' states.  # hidden [2n, H]"""
-        state = self.slots
+        state = self.state
         logits = self.model.model.generation_head(hidden).float()
         guided = guided_logits(logits[0::2], logits[1::2], state.cfg[slots])  # [n, V]
         steps = state.sampled[slots]
@@ -245,7 +245,7 @@ class Engine:
 
         Nothing here reads a device value on the host, so the step can be captured as a CUDA graph.
         """
-        state, rows = self.slots, slice(2 * lo, 2 * hi)
+        state, rows = self.state, slice(2 * lo, 2 * hi)
         last = state.tokens[lo:hi].gather(1, (state.sampled[lo:hi] - 1).clamp(min=0)[:, None])  # [n, 1]
         # Both rows of an image feed the same token: its embedding is computed once and used twice.
         embeds = pairs(self.model.prepare_embeddings_for_image_generation(last))  # [2n, 1, H]
@@ -269,7 +269,7 @@ class Engine:
         for run in runs:
             tokens = None
             if self.preview_every and (run.step % self.preview_every == 0) and run.step < self.n_tokens:
-                tokens = self.slots.tokens[run.slots, : run.step].cpu()
+                tokens = self.state.tokens[run.slots, : run.step].cpu()
             self.on_progress(StepReport(run.request, run.step, self.n_tokens, tokens))
 
     def _collect(self) -> list[Result]:
@@ -280,9 +280,9 @@ class Engine:
         del self._running[run.request.id]
         index = torch.tensor(run.slots, device=self.checkpoint.device)
         done = status == "done"
-        tokens = self.slots.tokens[index].cpu() if done else None
-        logits = self.slots.logits[index].cpu() if self.slots.logits is not None and done else None
-        self.slots.release(index)
+        tokens = self.state.tokens[index].cpu() if done else None
+        logits = self.state.logits[index].cpu() if self.state.logits is not None and done else None
+        self.state.release(index)
         self._free = sorted(self._free + run.slots)
         return Result(run.request, tokens, status=status, error=error, logits=logits)
 
