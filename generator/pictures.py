@@ -115,12 +115,12 @@ class _Work:
 class Pictures(threading.Thread):
     """Turns token grids into PNG events off the step loop; `close()` finishes what it holds, then stops."""
 
-    def __init__(self, checkpoint: Checkpoint, events: JobEvents, *, on_device_failure: Callable[[str], None],
+    def __init__(self, checkpoint: Checkpoint, events: JobEvents, *, on_failure: Callable[[str, bool], None],
                  inject_failure: Callable[[str], None] | None = None, encoders: int = 2) -> None:
         super().__init__(name="generator-pictures", daemon=True)
         self.checkpoint = checkpoint
         self.events = events
-        self.on_device_failure = on_device_failure
+        self.on_failure = on_failure  # (why, whether the device failed): the picture thread has stopped
         self.inject_failure = inject_failure  # tests: raises as a failing device would
         # On a CPU a batch is no faster than one picture after another; on a GPU it is.
         self.preview_batch = 8 if checkpoint.device.type == "cuda" else 1
@@ -180,6 +180,16 @@ class Pictures(threading.Thread):
     # -- the picture thread --
 
     def run(self) -> None:
+        try:
+            self._run()
+        except _DeviceFailed as err:
+            self.events.drop()
+            self.on_failure(str(err), True)
+        except Exception as err:  # a bug here: the process restarts rather than leave jobs without their end
+            log.error("picture thread stopped: %s: %s", type(err).__name__, first_line(err))
+            self.on_failure(f"{type(err).__name__}: {first_line(err)}", False)
+
+    def _run(self) -> None:
         # Below the step loop's priority, as are the threads this one starts (decoder and PNG workers inherit
         # it): where both need the CPU, the steps go first and pictures take what is left.
         with contextlib.suppress(OSError, AttributeError):  # Linux: a thread's own nice value
@@ -188,15 +198,10 @@ class Pictures(threading.Thread):
         stream = torch.cuda.Stream(self.checkpoint.device) if self.checkpoint.device.type == "cuda" else None
         with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
             while (work := self._next()) is not None:
-                try:
-                    if isinstance(work, _Final):
-                        self._make_final(work)
-                    else:
-                        self._make_previews(work)
-                except _DeviceFailed as err:
-                    self.events.drop()
-                    self.on_device_failure(str(err))
-                    return
+                if isinstance(work, _Final):
+                    self._make_final(work)
+                else:
+                    self._make_previews(work)
 
     def _next(self) -> _Final | list[_Preview] | None:
         """Finished jobs first, then up to a batch of previews; None once closing leaves nothing to finish."""

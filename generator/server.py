@@ -95,9 +95,10 @@ class FailureFlag:
 
 @dataclass(frozen=True)
 class _PicturesFailed:
-    """In the inbox: the picture thread met a device failure."""
+    """In the inbox: the picture thread has stopped, on a device failure or a bug."""
 
     reason: str
+    device: bool
 
 
 # -- the engine thread ------------------------------------------------------------------------------
@@ -125,7 +126,7 @@ class EngineThread(threading.Thread):
         self.reports: list[StepReport] = []
         self.events = JobEvents(outbox.put)
         self.pictures = Pictures(checkpoint, self.events, inject_failure=inject_failure,
-                                 on_device_failure=lambda reason: inbox.put(_PicturesFailed(reason)))
+                                 on_failure=lambda why, device: inbox.put(_PicturesFailed(why, device)))
         with torch.inference_mode():
             self.engine = self._new_engine()
         self.dirty = False  # an admission failed half-way; rebuild the engine once it is idle
@@ -176,7 +177,7 @@ class EngineThread(threading.Thread):
                 break
         for command in commands:
             if isinstance(command, _PicturesFailed):
-                raise DeviceFailure(command.reason)
+                raise (DeviceFailure if command.device else RuntimeError)(command.reason)
             if isinstance(command, wire.Generate):
                 self._queue(command)
             elif isinstance(command, wire.Cancel):

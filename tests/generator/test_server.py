@@ -384,3 +384,17 @@ async def test_shutdown_sends_the_done_of_a_job_whose_pictures_are_being_made_an
     finals = [e for e in events if isinstance(e, wire.FINAL)]
     assert [(type(e), e.job_id) for e in finals] == [(wire.JobDone, "made")]  # "sampling" is left to the bot
     assert engine.thread.exit_code == 0
+
+
+@pytest.mark.asyncio
+async def test_a_picture_thread_that_stops_on_a_bug_stops_the_process(tiny, monkeypatch) -> None:
+    import generator.pictures as pictures
+
+    def broken(maker, final):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(pictures.Pictures, "_make_final", broken)
+    engine = InProcess(tiny)
+    engine.send(_job("lost"))
+    events = await engine.rest()  # its tokens were sampled, its pictures never made: the supervisor re-runs it
+    assert not any(isinstance(e, wire.FINAL) for e in events) and engine.thread.exit_code == 1
