@@ -104,6 +104,7 @@ class WebSettings(_Section):
     public_names: tuple[str, ...] = ()  # Host names besides the bound host and loopback (a reverse proxy's)
     max_streams_per_client: int = Field(default=32, ge=1)  # open event streams per client address
     max_streams: int = Field(default=512, ge=1)  # open event streams in all
+    console_name: str = Field(default="", max_length=64)  # the page's name on this machine; "": the login name
 
     @field_validator("public_names")
     @classmethod

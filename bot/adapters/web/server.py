@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import logging
 import math
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,29 +16,34 @@ from typing import Any
 from aiohttp import web
 
 from bot.adapters import listen_error
-from bot.adapters.web.identity import Credentials, Unauthorized, Who, client, shown_name
+from bot.adapters.web.about import DEMO_DRAWS, api_index, demo_examples, is_demo, model_name
+from bot.adapters.web.identity import LOCAL, Credentials, Unauthorized, Who, client, shown_name
 from bot.adapters.web.origin import WRITES, Origins, split_authority
 from bot.adapters.web.tracking import Tracker, image_urls, job_url, message
 from bot.admin import JobStatus
 from bot.commandline import USAGE, CommandError, ImagineCommand, parse_imagine
 from bot.config import LOOPBACK_HOSTS, ConfigError, Settings, WebSettings
-from bot.jobs import Handle, Options, Refused, Requester, Status, Strength, checked_prompt
+from bot.jobs import Handle, Job, Kind, Options, Refused, Requester, Status, Strength, checked_prompt
 from bot.metrics import Stats
 from bot.service import Service
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
+STATIC_FILES = frozenset(path.name for path in STATIC.iterdir() if path.is_file())
 MAX_BODY_BYTES = 64 * 1024
 MAX_DIGITS = 100  # a JSON number longer than this is no option of ours (json.loads stops at 4300 with a ValueError)
 OPTIONS = ("count", "cfg", "temperature", "seed")
 FIELDS = {  # what each POST takes
-    "imagine": ("user", "prompt", "command", *OPTIONS),
-    "reroll": ("user",),
+    "imagine": ("user", "prompt", "command", *OPTIONS, "negative"),
+    "reroll": ("user", "prompt", "negative"),
     "upscale": ("user", "index"),
-    "vary": ("user", "index", "strength"),
+    "vary": ("user", "index", "strength", "prompt", "negative"),
     "cancel": ("user",),
 }
+LISTING = ("before", "limit", "everyone")  # what GET /api/jobs takes
+SAFE_INTEGER = 2**53 - 1  # the largest whole number JavaScript (and JSON readers built like it) holds exactly
+SEED_DIGITS = re.compile(r"[0-9]{1,100}")
 SERVER = "web"  # web users share one "server" for limits, bans and overrides
 STREAM_RETRY_S = 10
 HANG_UP_POLL_S = 1.0  # how soon an event stream whose client left frees its place
@@ -165,6 +172,90 @@ def _option(body: dict[str, Any], name: str, whole: bool) -> Any:
     return value
 
 
+def _seed(body: dict[str, Any]) -> int | None:
+    """A seed sent as a string of digits or as a number JavaScript holds exactly (larger ones arrive rounded)."""
+    value = body.get("seed")
+    if value is None:
+        return None
+    if isinstance(value, str) and SEED_DIGITS.fullmatch(value):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value > SAFE_INTEGER:
+            raise ApiError(400, f'"seed" above {SAFE_INTEGER} must be a string of digits, such as "{value}": '
+                                "JavaScript and many JSON readers round larger numbers.")
+        return value
+    raise ApiError(400, f'"seed" must be a whole number or a string of digits, such as "42"; you gave {_shown(value)}.')
+
+
+def _text(body: dict[str, Any], name: str, example: str) -> str | None:
+    """An optional text field (None when absent or null)."""
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f'"{name}" must be text such as "{example}"; you gave {_shown(value)}.')
+    return value
+
+
+def _no_pictures(job: Job) -> ApiError:
+    """Why a job that is not done has no pictures."""
+    if job.status is Status.CANCELLED:
+        return ApiError(409, "That job was cancelled, so it has no images; start a new one with /imagine.")
+    if job.status is Status.FAILED:
+        reason = f" ({job.error})" if job.error else ""
+        return ApiError(409, f"That job failed{reason}, so it has no images; start a new one with /imagine.")
+    return ApiError(409, "That job has no images yet; wait until it is done.")
+
+
+def made_from(job: Job) -> str | None:
+    """What a job was made from, as a phrase: "reroll of job ...", "strong variations of image 2 of job ..."."""
+    if job.parent_id is None:
+        return None
+    image = f"image {(job.parent_index or 0) + 1} of job {job.parent_id}"
+    if job.kind is Kind.VARIATION:
+        return f"{(job.strength or Strength.SUBTLE).value} variations of {image}"
+    if job.kind is Kind.UPSCALE:
+        return f"upscale of {image}"
+    return f"reroll of job {job.parent_id}"
+
+
+def _seconds(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else max(end - start, 0.0)
+
+
+def _query(request: web.Request) -> tuple[float | None, int, bool]:
+    """GET /api/jobs's before, limit and everyone, checked."""
+    for name in request.query:
+        if name not in LISTING:
+            raise ApiError(400, f"{_shown(name)} is not something the job list takes; send only {_listed(LISTING)}.")
+    before: float | None = None
+    if "before" in request.query:
+        try:
+            before = float(request.query["before"])
+        except ValueError:
+            before = math.nan
+        if not math.isfinite(before):
+            raise ApiError(400, '"before" must be a time in seconds since 1970 (a job\'s "created_at"); you gave '
+                                f'{_shown(request.query["before"])}.')
+    text = request.query.get("limit", "20")
+    if not (text.isascii() and text.isdigit() and len(text) <= 3 and 1 <= int(text) <= 100):
+        raise ApiError(400, f'"limit" must be a whole number from 1 to 100; you gave {_shown(text)}.')
+    everyone = request.query.get("everyone", "0")
+    if everyone.lower() not in ("1", "0", "true", "false"):
+        raise ApiError(400, f'"everyone" must be 1 or 0; you gave {_shown(everyone)}.')
+    return before, int(text), everyone.lower() in ("1", "true")
+
+
+def console_name(settings: WebSettings) -> str:
+    """The name the page starts with on this machine's console: [web] console_name, else the login name."""
+    try:
+        typed = settings.console_name or getpass.getuser()
+    except (KeyError, OSError):  # a container's user with no passwd entry
+        typed = ""
+    try:
+        return shown_name(typed)
+    except ValueError:
+        return "operator"
+
+
 def _typed(line: object) -> ImagineCommand:
     """A command line from the page: "/imagine ..." or plain prompt text, never another slash command."""
     if not isinstance(line, str):
@@ -269,15 +360,21 @@ class WebAdapter:
         middlewares = [self._errors, self._origin, self._auth]
         app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/", self.index)
-        app.router.add_static("/static/", STATIC)
+        app.router.add_get("/static", self.static)
+        app.router.add_get("/static/{name:.*}", self.static)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/api", self.api_root)
+        app.router.add_get("/api/", self.api_root)
+        app.router.add_get("/api/about", self.about)
         app.router.add_post("/api/imagine", self.imagine)
+        app.router.add_get("/api/jobs", self.jobs)
         app.router.add_post("/api/jobs/{job_id}/reroll", self.reroll)
         app.router.add_post("/api/jobs/{job_id}/upscale", self.upscale)
         app.router.add_post("/api/jobs/{job_id}/vary", self.vary)
         app.router.add_post("/api/jobs/{job_id}/cancel", self.cancel)
         app.router.add_get("/api/jobs/{job_id}", self.job)
+        app.router.add_delete("/api/jobs/{job_id}", self.delete)
         app.router.add_get("/api/jobs/{job_id}/grid.png", self.grid)
         app.router.add_get(r"/api/jobs/{job_id}/images/{index:[0-9]+}.png", self.image)
         app.router.add_get("/api/jobs/{job_id}/preview.png", self.preview)
@@ -287,21 +384,29 @@ class WebAdapter:
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            return await handler(request)
+            response = await handler(request)
         except ApiError as error:
             return web.json_response({"error": str(error)}, status=error.status, headers=error.headers)
         except web.HTTPException as error:
             if error.status < 400:
                 raise
-            sentence = {
-                404: f"There is nothing at {request.path}; the API lives under /api/ (see the README).",
-                405: f"{request.method} is not allowed on {request.path}.",
-                413: f"The request body is over {MAX_BODY_BYTES // 1024} KiB; send less.",
-            }.get(error.status, error.reason or "The request could not be handled.")
-            return web.json_response({"error": sentence}, status=error.status)
+            return self._http_error(request, error.status, error.reason)
         except Exception:
             log.exception("%s %s failed", request.method, request.raw_path)  # as sent: a decoded %0A is a new line
             return web.json_response({"error": "Something went wrong on the server; try again."}, status=500)
+        if isinstance(response, web.HTTPException) and response.status >= 400:  # the static files' handler returns them
+            return self._http_error(request, response.status, response.reason)
+        return response
+
+    @staticmethod
+    def _http_error(request: web.Request, status: int, reason: str | None) -> web.Response:
+        """aiohttp's own refusals (no such route, method or file; too large) as a sentence."""
+        sentence = {
+            404: f"There is nothing at {request.path}; the playground is at / and GET /api/ lists the API's endpoints.",
+            405: f"{request.method} is not allowed on {request.path}.",
+            413: f"The request body is over {MAX_BODY_BYTES // 1024} KiB; send less.",
+        }.get(status, f"The request could not be handled ({reason or status}); check it against GET /api/.")
+        return web.json_response({"error": sentence}, status=status)
 
     @web.middleware
     async def _origin(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -319,14 +424,18 @@ class WebAdapter:
             if self._origins.cross_site(request.method, request.headers):
                 raise ApiError(403, "Requests from other sites are refused; use the bot's own page, or call the API "
                                     "from a script (which sends no Origin header).")
-            if request.content_type != "application/json":
+            # A DELETE without a body needs no JSON type: no form sends DELETE, and another site's fetch of it is
+            # preflighted, which this server never answers.
+            bodiless_delete = request.method == "DELETE" and not request.body_exists and "Content-Type" not in \
+                request.headers  # fmt: skip
+            if not bodiless_delete and request.content_type != "application/json":
                 raise ApiError(415, "Send the request body as JSON, with 'Content-Type: application/json'.")
         return await handler(request)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Who the request acts as (its token, or this machine), on the API and /metrics."""
-        if request.path.startswith("/api/") or request.path == "/metrics":
+        if request.path.startswith("/api/") and request.path != "/api/" or request.path == "/metrics":
             try:
                 request[WHO] = self._credentials.who(request.headers.get("Authorization"), request.remote)
             except Unauthorized as error:
@@ -338,6 +447,16 @@ class WebAdapter:
     async def index(self, request: web.Request) -> web.StreamResponse:
         """The playground page."""
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def static(self, request: web.Request) -> web.StreamResponse:
+        """The page's own files, by name (there is no listing of them)."""
+        name = request.match_info.get("name", "")
+        if not name:
+            raise ApiError(404, "There is no page at /static/; the playground is at /.")
+        if name not in STATIC_FILES:
+            raise ApiError(404, f"There is nothing at {request.path}; the playground is at / and GET /api/ lists the "
+                                "API's endpoints.")
+        return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
 
     async def healthz(self, request: web.Request) -> web.Response:
         """200 while the generator is up with its model loaded, else 503; with the queue depth."""
@@ -371,13 +490,21 @@ class WebAdapter:
             name = shown_name(body.get("user"))
         except ValueError as error:
             raise ApiError(400, str(error)) from None
-        return body, Requester(self.platform, SERVER, SERVER, who.user, who.is_admin, name)
+        return body, self._requester(who, name)
+
+    def _requester(self, who: Who, name: str = "") -> Requester:
+        return Requester(self.platform, SERVER, SERVER, who.user, who.is_admin, name)
 
     async def _status(self, request: web.Request) -> JobStatus:
+        """The job the URL names; 404 if there is none here, 410 once deleted."""
         job_id = request.match_info["job_id"]
         status = await self.service.status(job_id)
         if status is None or status.job.requester.platform != self.platform:
             raise ApiError(404, f"There is no job {job_id}; start one with POST /api/imagine.")
+        job = status.job
+        if job.deleted:
+            by = "the person who asked for it" if job.deleted_by == job.requester.user_key else "an admin"
+            raise ApiError(410, f"Job {job.id} was deleted by {by}; start a new one with /imagine.")
         return status
 
     async def _accepted(self, handle: Handle) -> web.Response:
@@ -389,9 +516,11 @@ class WebAdapter:
         return web.json_response(body, status=202)
 
     def _job_json(self, status: JobStatus) -> dict[str, Any]:
+        """Everything about a job; seeds as strings (JavaScript rounds whole numbers above 2^53)."""
         job = status.job
         tracked = self._tracker.get(job.id)
         done = job.status is Status.DONE
+        stored = done and job.removed_at is None
         preview = f"{job_url(job.id)}/preview.png?v={tracked.preview_version}" if tracked and tracked.preview else None
         return {
             "job_id": job.id,
@@ -399,18 +528,28 @@ class WebAdapter:
             "status": job.status.value,
             "user": job.requester.shown,  # the name they gave (rights go by the identity in requester.user)
             "prompt": job.prompt,
+            "negative": job.options.negative,
             "count": job.options.count,
             "cfg": job.options.cfg,
             "temperature": job.options.temperature,
-            "seed": job.seed,
+            "seed": str(job.seed),
+            "model": job.model,
+            "created_at": job.created_at,  # seconds since 1970, as GET /api/jobs?before= takes them
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "waited_s": _seconds(job.created_at, job.started_at),
+            "ran_s": _seconds(job.started_at, job.finished_at),
+            "made_from": made_from(job),
             "parent_id": job.parent_id,
             "parent_index": job.parent_index,
             "strength": job.strength.value if job.strength else None,
             "position": status.position,
             "progress": 100 if done else tracked.percent if tracked else None,
             "error": job.error,
-            "grid_url": f"{job_url(job.id)}/grid.png" if done else None,
-            "image_urls": image_urls(job.id, job.options.count) if done else [],
+            "deleted": job.deleted,
+            "pictures_removed": done and job.removed_at is not None,  # by retention ([bot] keep_days, max_data_gb)
+            "grid_url": f"{job_url(job.id)}/grid.png" if stored else None,
+            "image_urls": image_urls(job.id, job.options.count) if stored else [],
             "preview_url": preview,
             "events_url": f"{job_url(job.id)}/events",
         }
@@ -419,7 +558,7 @@ class WebAdapter:
         """One stored picture of a finished job: an image by file name, or (None) its grid."""
         job = status.job
         if job.status is not Status.DONE or not job.grid_path:
-            raise ApiError(409, "That job has no images yet; wait until it is done.")
+            raise _no_pictures(job)
         grid = self._data_dir / job.grid_path  # a one-image job's grid is its image, stored once
         path = grid if name is None else grid.parent / name
         if not path.is_file():
@@ -435,22 +574,28 @@ class WebAdapter:
             raise ApiError(400, f'"index" must be a whole number from 0 to {count - 1} (U1 is 0); '
                                 f'you gave {_shown(index)}.')
         if status.job.status is not Status.DONE:
-            raise ApiError(409, "That job has no images yet; wait until it is done.")
+            raise _no_pictures(status.job)
         return index
 
     # -- the API --
 
     async def imagine(self, request: web.Request) -> web.Response:
-        """Queue a job from {"user", "prompt", "count"?, "cfg"?, "temperature"?, "seed"?}, or a typed "command"."""
+        """Queue a job from {"user", "prompt", "count"?, "cfg"?, "temperature"?, "seed"?, "negative"?}, or a typed
+        "command" (its --no is the negative prompt)."""
         body, requester = await self._body(request, "imagine")
-        options = {name: _option(body, name, whole=name in ("count", "seed")) for name in OPTIONS}
+        options: dict[str, Any] = {name: _option(body, name, whole=True) for name in ("count",)}
+        options |= {name: _option(body, name, whole=False) for name in ("cfg", "temperature")}
+        options["seed"] = _seed(body)
+        options["negative"] = _text(body, "negative", "trees, fog")
         prompt = body.get("prompt")
         if "prompt" in body and "command" in body:
             raise ApiError(400, 'Give either "prompt" or "command", not both.')
         if "command" in body:
             command = _typed(body["command"])
+            if command.negative is not None and options["negative"] is not None:
+                raise ApiError(400, 'Give the negative prompt either in "negative" or as --no in "command", not both.')
             prompt = command.prompt
-            typed = {name: getattr(command, name) for name in OPTIONS}
+            typed = {name: getattr(command, name) for name in (*OPTIONS, "negative")}
             options.update({name: value for name, value in typed.items() if value is not None})
         if not isinstance(prompt, str):
             raise ApiError(400, 'Describe the picture in "prompt", for example {"user": "ada", "prompt": "a red fox"}.')
@@ -462,6 +607,7 @@ class WebAdapter:
                 defaults.cfg if options["cfg"] is None else options["cfg"],
                 defaults.temperature if options["temperature"] is None else options["temperature"],
                 options["seed"],
+                options["negative"],
             )
         except Refused as error:
             raise ApiError(400, str(error)) from None
@@ -471,12 +617,26 @@ class WebAdapter:
             raise refusal(error) from None
         return await self._accepted(handle)
 
-    async def reroll(self, request: web.Request) -> web.Response:
-        """The same prompt and options with a new seed."""
-        _, requester = await self._body(request, "reroll")
-        status = await self._status(request)
+    @staticmethod
+    def _remix(body: dict[str, Any], job: Job) -> dict[str, str | None]:
+        """An edited "prompt" and "negative" (None keeps the job's; an empty negative drops it), checked."""
+        prompt, negative = _text(body, "prompt", "a red fox"), _text(body, "negative", "trees, fog")
         try:
-            return await self._accepted(await self.service.reroll(requester, status.job.id))
+            if prompt is not None:
+                checked_prompt(prompt)
+            o = job.options
+            Options.checked(o.count, o.cfg, o.temperature, None, negative)
+        except Refused as error:
+            raise ApiError(400, str(error)) from None
+        return {"prompt": prompt, "negative": negative}
+
+    async def reroll(self, request: web.Request) -> web.Response:
+        """The same prompt and options with a new seed; remix: with an edited "prompt" and "negative"."""
+        body, requester = await self._body(request, "reroll")
+        status = await self._status(request)
+        remix = self._remix(body, status.job)
+        try:
+            return await self._accepted(await self.service.reroll(requester, status.job.id, **remix))
         except Refused as error:
             raise refusal(error) from None
 
@@ -491,15 +651,18 @@ class WebAdapter:
             raise refusal(error) from None
 
     async def vary(self, request: web.Request) -> web.Response:
-        """Variations of image "index" (0-based), "strength" subtle (default) or strong."""
+        """Variations of image "index" (0-based), "strength" subtle (default) or strong; remix: with an edited
+        "prompt" and "negative"."""
         body, requester = await self._body(request, "vary")
         status = await self._status(request)
         index = self._index(status, body)
         strength = body.get("strength", Strength.SUBTLE.value)
         if strength not in [s.value for s in Strength]:
             raise ApiError(400, f'"strength" must be "subtle" or "strong"; you gave {_shown(strength)}.')
+        remix = self._remix(body, status.job)
         try:
-            return await self._accepted(await self.service.vary(requester, status.job.id, index, Strength(strength)))
+            handle = await self.service.vary(requester, status.job.id, index, Strength(strength), **remix)
+            return await self._accepted(handle)
         except Refused as error:
             raise refusal(error) from None
 
@@ -517,8 +680,62 @@ class WebAdapter:
         return web.json_response({**self._job_json(after), "cancelling": not after.job.status.final})
 
     async def job(self, request: web.Request) -> web.Response:
-        """Where a job stands: status, position, progress, error, seed and image URLs."""
+        """Everything about a job: where it stands, what it was asked, when and from what it was made, its URLs."""
         return web.json_response(self._job_json(await self._status(request)))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        """Delete a finished job's pictures (one's own; the admin token: anyone's); the job then answers 410."""
+        if await request.read():
+            raise ApiError(400, "DELETE takes no request body; send none.")
+        status = await self._status(request)
+        if not status.job.status.final:
+            raise ApiError(409, "That job is still being made; cancel it first.")
+        try:
+            job = await self.service.delete(self._requester(request[WHO]), status.job.id)
+        except Refused as error:
+            raise refusal(error) from None
+        return web.json_response(self._job_json(JobStatus(job, None)))
+
+    async def jobs(self, request: web.Request) -> web.Response:
+        """One's own jobs, newest first, a page at a time; ?everyone=1 for everyone's (admins)."""
+        before, limit, everyone = _query(request)
+        requester = self._requester(request[WHO])
+        try:
+            page = await self.service.history(requester, everyone=everyone, before=before, limit=limit)
+        except Refused:
+            raise ApiError(403, "Only an admin sees everyone's jobs; send the admin token "
+                                "(JANUS_BOT_WEB_ADMIN_TOKEN).") from None  # fmt: skip
+        shown = []
+        for job in page:
+            if job.deleted:
+                continue  # a tombstone: nothing left to show
+            status = await self.service.status(job.id) if not job.status.final else None
+            shown.append(self._job_json(status or JobStatus(job, None)))
+        older = None
+        if len(page) == limit:  # a full page: there may be more before its last job
+            older = f"/api/jobs?before={page[-1].created_at!r}&limit={limit}" + ("&everyone=1" if everyone else "")
+        return web.json_response({"jobs": shown, "older_url": older})
+
+    async def about(self, request: web.Request) -> web.Response:
+        """The model (a demo's examples), the option defaults, and who the caller is here."""
+        who: Who = request[WHO]
+        requester = self._requester(who)
+        backend = self.service.backend
+        demo = is_demo(backend.model)
+        defaults = self.service.policy.defaults(requester)
+        console = who.user == LOCAL
+        return web.json_response({
+            "model": {"name": model_name(backend.model), "path": backend.model, "device": backend.device,
+                      "demo": demo, "draws": DEMO_DRAWS if demo else None,
+                      "examples": demo_examples() if demo else []},
+            "defaults": {"count": defaults.count, "cfg": defaults.cfg, "temperature": defaults.temperature},
+            "you": {"identity": who.user, "console": console, "admin": self.service.policy.is_admin(requester),
+                    "name": console_name(self.settings) if console else None},
+        })  # fmt: skip
+
+    async def api_root(self, request: web.Request) -> web.Response:
+        """The API's endpoints, and how seeds, errors and tokens work."""
+        return web.json_response(api_index())
 
     async def grid(self, request: web.Request) -> web.StreamResponse:
         """The finished job's grid."""

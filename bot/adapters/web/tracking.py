@@ -41,7 +41,8 @@ def message(event: Event, preview_version: int = 0) -> Message:
         return "progress", {**base, "percent": event.percent, "preview_url": preview}
     if isinstance(event, Done):
         urls = image_urls(event.job_id, len(event.images))
-        return "done", {**base, "seed": event.seed, "grid_url": f"{job_url(event.job_id)}/grid.png", "image_urls": urls}
+        grid = f"{job_url(event.job_id)}/grid.png"
+        return "done", {**base, "seed": str(event.seed), "grid_url": grid, "image_urls": urls}  # exact in JavaScript
     if isinstance(event, Failed):
         return "failed", {**base, "error": event.reason}
     assert isinstance(event, Cancelled)

@@ -99,11 +99,11 @@ async def test_imagine_streams_queued_started_progress_then_done_and_serves_the_
         assert percents == sorted(percents) and percents[-1] == 100
         assert any(data["preview_url"] for name, data in stream if name == "progress")
         done = stream[-1][1]
-        assert done["seed"] == 7 and len(done["image_urls"]) == 2
+        assert done["seed"] == "7" and len(done["image_urls"]) == 2  # seeds are strings: exact in JavaScript
 
         status, job = await web.get(f"/api/jobs/{job_id}")
         assert status == 200
-        assert job["status"] == "done" and job["progress"] == 100 and job["seed"] == 7 and job["error"] is None
+        assert job["status"] == "done" and job["progress"] == 100 and job["seed"] == "7" and job["error"] is None
         assert job["prompt"] == "a red fox" and job["user"] == "ada" and job["position"] is None
         for i, url in enumerate(job["image_urls"]):
             async with web.http.get(url) as response:
@@ -125,7 +125,7 @@ async def test_a_typed_command_line_sets_the_options_and_a_bad_one_gets_the_usag
         )
         assert status == 202
         _, job = await web.get(f"/api/jobs/{body['job_id']}")
-        assert (job["prompt"], job["count"], job["cfg"], job["temperature"], job["seed"]) == ("a fox", 3, 2.0, 0.0, 9)
+        assert (job["prompt"], job["count"], job["cfg"], job["temperature"], job["seed"]) == ("a fox", 3, 2.0, 0.0, "9")
         status, body, _ = await web.post("/api/imagine", {"user": "ada", "command": "/imagine a fox --count many"})
         assert status == 400 and body["error"].endswith(f"\n{USAGE}")
 

@@ -124,7 +124,7 @@ async def test_event_streams_are_capped_per_client_and_in_all(tmp_path: Path) ->
             "/api/imagine",
             {"user": "ada", "prompt": "a fox", "size": 1024},
             '"size" is not something imagine takes; send only "user", "prompt", "command", "count", "cfg", '
-            '"temperature" and "seed".',
+            '"temperature", "seed" and "negative".',
         ),
         (
             "/api/imagine",
@@ -144,7 +144,7 @@ async def test_event_streams_are_capped_per_client_and_in_all(tmp_path: Path) ->
         (
             "/api/jobs/JOB/reroll",
             {"user": "ada", "index": 1},
-            '"index" is not something reroll takes; send only "user".',
+            '"index" is not something reroll takes; send only "user", "prompt" and "negative".',
         ),
         ("/api/jobs/JOB/cancel", {"user": "ada", "force": True}, '"force" is not something cancel takes'),
     ],
