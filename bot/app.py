@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import fcntl
 import logging
 import os
 import signal
 import sqlite3
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
-from bot.config import ConfigError, Settings
+from bot.config import ConfigError, Settings, load_settings
 from bot.jobqueue import JobQueue
 from bot.jobs import Handle
 from bot.ratelimit import Clock
@@ -173,7 +175,7 @@ def banner(service: Service, adapters: Sequence[Any]) -> str:
     return "\n".join([*lines, "Stop it with Ctrl-C."])
 
 
-async def run(settings: Settings, env: Mapping[str, str] | None = None) -> None:
+async def serve(settings: Settings, env: Mapping[str, str] | None = None) -> None:
     """Run the bot and its adapters until SIGTERM or SIGINT, then shut down gracefully."""
     from bot.adapters import configured_adapters
 
@@ -197,3 +199,76 @@ async def run(settings: Settings, env: Mapping[str, str] | None = None) -> None:
         finally:
             for adapter in reversed(started):  # stop taking commands first; the service then finishes its jobs
                 await adapter.close()
+
+
+# -- `janus-bot run` --
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `janus-bot run`; flags override the config file."""
+    parser.description = (
+        "Run the bot until SIGTERM or Ctrl-C: Discord when DISCORD_TOKEN is set, Slack when SLACK_BOT_TOKEN and "
+        "SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode) are, and the web page and API on "
+        "http://127.0.0.1:8080/ when no chat platform is configured (or with --web-port). Tokens come from the "
+        "environment only (also as JANUS_BOT_<NAME>); settings from the config file (config.example.toml "
+        "lists every key)."
+    )
+    parser.add_argument("-c", "--config", help="TOML settings file (default: config.toml if present, else defaults)")
+    parser.add_argument("--model", help="hub id or checkpoint directory (overrides [model] name; default: the "
+                                        "built-in demo model)")
+    parser.add_argument("--data-dir", help="database and images directory (overrides [bot] data_dir; default data)")
+    parser.add_argument("--web-port", type=int, metavar="N",
+                        help="serve the web playground and API on port N (0: any free port), chat platforms or not")
+    parser.add_argument("--redis", metavar="URL",
+                        help='share the job queue in Redis with other bots and GPU workers ([queue] backend = '
+                             '"redis"; a URL with a password belongs in JANUS_BOT_REDIS_URL)')
+    parser.add_argument("--instance", help="this bot's name in the Redis pool, one per platform or shard")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`janus-bot run`: the exit code (2: a mistake in the settings; 1: a platform or the generator could not
+    start; 130: interrupted while starting)."""
+    from bot.adapters import PlatformUnreachable
+    from bot.generator_client import GeneratorStartError
+
+    path = Path(args.config) if args.config else Path("config.toml")
+    try:
+        settings = load_settings(path if args.config or path.exists() else None)
+        if args.web_port is not None and not 0 <= args.web_port <= 65535:
+            raise ConfigError(f"--web-port: {args.web_port} is not a port; give 0 to 65535")
+    except ConfigError as error:
+        print(f"janus-bot: {error}", file=sys.stderr)
+        return 2
+    settings = _with_flags(settings, args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(settings))
+    except ConfigError as error:
+        print(f"janus-bot: {error}", file=sys.stderr)
+        return 2
+    except (GeneratorStartError, PlatformUnreachable) as error:
+        print(f"janus-bot: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C before start-up finished (after it, Ctrl-C is a graceful shutdown)
+        print("janus-bot: interrupted while starting", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _with_flags(settings: Settings, args: argparse.Namespace) -> Settings:
+    """The settings with the command line's flags applied over the file's."""
+    if args.model is not None:
+        settings = settings.model_copy(update={"model": settings.model.model_copy(update={"name": args.model})})
+    if args.data_dir is not None:
+        bot = settings.bot.model_copy(update={"data_dir": Path(args.data_dir)})
+        settings = settings.model_copy(update={"bot": bot})
+    if args.web_port is not None:
+        web = settings.web.model_copy(update={"enabled": True, "port": args.web_port})
+        settings = settings.model_copy(update={"web": web})
+    if args.redis is not None or args.instance is not None:
+        queue = settings.queue.model_copy(update={"backend": "redis"} if args.redis is None else
+                                          {"backend": "redis", "redis_url": args.redis})
+        if args.instance is not None:
+            queue = queue.model_copy(update={"instance": args.instance})
+        settings = settings.model_copy(update={"queue": queue})
+    return settings
