@@ -78,7 +78,13 @@ def check_options(count: int, cfg: float, temperature: float, seed: int | None) 
 @dataclass(frozen=True)
 class Generate:
     """bot -> generator: make `count` images; `prefix` forces each image's first tokens (variations);
-    `negative`, when given, is the prompt the unconditional rows of guidance read instead of pads."""
+    `negative`, when given, is the prompt the unconditional rows of guidance read instead of pads.
+
+    Forced cells (image prompts, Vary (Region)): `image` (a picture file's bytes, encoded by the generator)
+    or `codes` (a token grid, row-major, as stored with a result) gives every cell outside `region`
+    ([x0, y0, x1, y1] in fractions of the width and height; the bottom half when not given), which is made
+    again.
+    """
 
     job_id: str
     prompt: str
@@ -88,6 +94,9 @@ class Generate:
     seed: int
     prefix: list[list[int]] | None = None  # [count][k] token ids, row-major over the token grid
     negative: str | None = None
+    image: bytes | None = None
+    codes: list[int] | None = None
+    region: list[float] | None = None
     type: str = "generate"
 
 
