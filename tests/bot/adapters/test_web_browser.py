@@ -73,27 +73,30 @@ async def test_imagine_reroll_and_upscale_in_the_browser(tmp_path: Path, tiny_di
             await page.fill("#command", "/imagine a lighthouse at dusk --count 4 --seed 1")
             await page.press("#command", "Enter")
             first = page.locator(".job").nth(0)
-            await expect(first.locator(".who")).to_have_text(re.compile(r"^Ada: job [0-9a-f]+$"))
-            await expect(first.locator("img.grid")).to_be_visible()
+            await expect(first.locator(".who")).to_have_text(re.compile(r"^Ada · \d"))  # the name, then the time
+            await expect(first).to_have_attribute("data-job-id", re.compile(r"^[0-9a-f]{16}$"))
+            await expect(first.locator(".pictures img")).to_have_count(4)
             await expect(first.locator(".status")).to_have_text("Done: 4 images, seed 1.")
             statuses = await page.evaluate("window.statuses")
             assert "Queued: position 1" in statuses, statuses
             assert any(s.startswith("Generating… ") and s != "Generating… 0%" for s in statuses), statuses
             assert await page.evaluate("window.sawPreview")
-            assert await first.locator("img.grid").evaluate("img => img.naturalWidth") > 0
+            await expect(first.locator(".pictures img").last).to_have_js_property("complete", True)
+            assert await first.locator(".pictures img").last.evaluate("img => img.naturalWidth") > 0
 
             await first.locator('button[data-action="reroll"]').click()
             reroll = page.locator(".job").nth(1)
-            await expect(reroll.locator("img.grid")).to_be_visible()
+            await expect(reroll.locator(".pictures img")).to_have_count(4)
             await expect(reroll.locator(".status")).to_contain_text("Done: 4 images, seed ")
             assert await reroll.locator(".status").text_content() != "Done: 4 images, seed 1."
 
             await first.locator('button[data-action="upscale"][data-index="0"]').click()
             upscaled = page.locator(".job").nth(2)
-            await expect(upscaled.locator("img.grid")).to_be_visible()
             await expect(upscaled.locator(".status")).to_have_text("Done: 1 image, seed 1.")
-            assert await upscaled.locator("img.grid").evaluate("img => img.naturalWidth") == 192
-            assert await upscaled.locator("button").count() == 0
+            await expect(upscaled.locator(".pictures img")).to_have_js_property("complete", True)
+            assert await upscaled.locator(".pictures img").evaluate("img => img.naturalWidth") == 192
+            made_from = [f'button[data-action="{action}"]' for action in ("reroll", "remix", "upscale", "vary")]
+            assert await upscaled.locator(", ".join(made_from)).count() == 0  # one finished picture: info, delete
 
             await page.fill("#command", "/imagine a fox --count 99")
             await page.press("#command", "Enter")
@@ -125,12 +128,11 @@ async def test_the_page_asks_for_the_token_and_sends_it(tmp_path: Path) -> None:
         try:
             page = browser.pages[0] if browser.pages else await browser.new_page()
             await page.goto(adapter.url)
-            await expect(page.locator("#token-field")).to_be_hidden()
+            await expect(page.locator("#token-field")).to_be_visible()  # the page learns at once that it needs one
             await page.fill("#user", "ada")
             await page.fill("#command", "a red fox")
             await page.press("#command", "Enter")
             await expect(page.locator(".refused").last).to_contain_text("needs an access token")
-            await expect(page.locator("#token-field")).to_be_visible()
             await page.fill("#token", "s3cret")
             await page.press("#token", "Tab")  # "change" stores it
             fake.hold.clear()
@@ -147,7 +149,8 @@ async def test_the_page_asks_for_the_token_and_sends_it(tmp_path: Path) -> None:
             await page.press("#command", "Enter")
             job = page.locator(".job").nth(1)
             await expect(job.locator(".status")).to_have_text(re.compile(r"Done: 2 images, seed \d+\."))
-            assert await job.locator("img.grid").evaluate("img => img.naturalWidth") > 0  # fetched with the token
+            await expect(job.locator(".pictures img").last).to_have_js_property("complete", True)
+            assert await job.locator(".pictures img").last.evaluate("img => img.naturalWidth") > 0  # with the token
         finally:
             await browser.close()
             await adapter.close()

@@ -1,8 +1,16 @@
-// The playground: a timeline of /imagine jobs, each followed live over the API's server-sent events.
+// The playground: a timeline of /imagine jobs (the user's recent ones after a reload), each followed live over the
+// API's server-sent events; an admin's gallery of everyone's. Seeds stay strings: JavaScript rounds whole numbers
+// above 2^53, and seeds go to 2^63 - 1.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const timeline = $("timeline");
+const PAGE = 10; // jobs per page of history
+const cards = new Map(); // job id -> JobCard on the timeline
+let about = null; // GET /api/about: the model, the defaults, who we are
+let historyShown = false;
+let olderUrl = null;
+let galleryOlderUrl = null;
 
 function token() {
   return localStorage.getItem("janus-bot-token") || "";
@@ -15,7 +23,7 @@ function headers(extra = {}) {
 
 function needToken() {
   $("token-field").hidden = false;
-  $("token").focus();
+  if (document.activeElement !== $("user")) $("token").focus();
 }
 
 // One API call; resolves to [status, body] and never throws for HTTP errors. Bodies go as JSON: the bot
@@ -33,27 +41,37 @@ async function api(method, path, body) {
   }
 }
 
-// An image URL the <img> can show; with a token the bytes are fetched with it.
+// An image URL the <img> can show; with a token the bytes are fetched with it (once per URL).
+const blobs = new Map();
 async function imageSource(url) {
   if (!token()) return url;
-  const response = await fetch(url, { headers: headers() });
-  return URL.createObjectURL(await response.blob());
+  if (!blobs.has(url)) {
+    const response = await fetch(url, { headers: headers() });
+    blobs.set(url, URL.createObjectURL(await response.blob()));
+  }
+  return blobs.get(url);
 }
 
 function element(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
     if (key === "className") node.className = value;
-    else if (key.startsWith("data-")) node.setAttribute(key, value);
+    else if (key.startsWith("data-") || key.startsWith("aria-")) node.setAttribute(key, value);
     else node[key] = value;
   }
   node.append(...children);
   return node;
 }
 
-function add(node) {
-  timeline.append(node);
-  node.scrollIntoView({ block: "end", behavior: "smooth" });
+function button(label, action, onClick, attrs = {}) {
+  const node = element("button", { type: "button", "data-action": action, ...attrs }, label);
+  node.addEventListener("click", onClick);
+  return node;
+}
+
+function add(node, before = null) {
+  timeline.insertBefore(node, before);
+  if (!before) node.scrollIntoView({ block: "end", behavior: "smooth" });
   return node;
 }
 
@@ -71,19 +89,98 @@ function userName() {
   return name;
 }
 
-// A job's card: status line, progress bar, preview, then the grid and its buttons.
+function when(seconds) {
+  const date = new Date(seconds * 1000);
+  const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return date.toDateString() === new Date().toDateString() ? time : `${date.toLocaleDateString()} ${time}`;
+}
+
+function duration(seconds) {
+  return seconds === null || seconds === undefined ? "—" : `${seconds.toFixed(1)} s`;
+}
+
+function promptLine(job) {
+  return job.negative ? `${job.prompt} --no ${job.negative}` : job.prompt;
+}
+
+// The command that makes a job's pictures again: a seed typed back gives the same pictures.
+function commandOf(job) {
+  const parts = [`/imagine ${job.prompt}`, `--count ${job.count}`, `--cfg ${job.cfg}`,
+    `--temperature ${job.temperature}`];
+  if (job.negative) parts.push(`--no ${job.negative}`);
+  parts.push(`--seed ${job.seed}`);
+  return parts.join(" ");
+}
+
+// Small pictures (the demo model's are 48 px) are scaled up with hard edges rather than blurred.
+function sharpWhenSmall(img) {
+  const check = () => img.classList.toggle("small", img.naturalWidth < img.getBoundingClientRect().width);
+  if (img.complete && img.naturalWidth) check();
+  else img.addEventListener("load", check, { once: true });
+}
+
+// The picture viewer: one picture as large as the window allows, a link to it at its own size, a download.
+async function view(url, caption, fileName) {
+  const dialog = $("viewer");
+  const source = await imageSource(url);
+  const img = dialog.querySelector("img");
+  img.classList.remove("small");
+  img.src = source;
+  dialog.querySelector(".caption").textContent = caption;
+  dialog.querySelector("a.open").href = source;
+  const download = dialog.querySelector("a.download");
+  download.href = source;
+  download.download = fileName;
+  dialog.showModal();
+  sharpWhenSmall(img);
+}
+
+// Pictures at a readable size, as square a grid as the PNG's; each opens in the viewer.
+async function pictures(job, urls) {
+  const columns = Math.ceil(Math.sqrt(urls.length));
+  const box = element("div", { className: "pictures" });
+  box.style.setProperty("--columns", columns);
+  urls.forEach((url, i) => {
+    const img = element("img", { alt: `image ${i + 1}`, loading: "lazy" });
+    const open = element("button", { type: "button", className: "picture", title: `Image ${i + 1}: open it large` },
+      img);
+    open.addEventListener("click", () =>
+      view(url, `Image ${i + 1} of job ${job.job_id}: ${promptLine(job)}`, `janus-${job.job_id}-${i + 1}.png`));
+    box.append(open);
+    imageSource(url).then((source) => {
+      img.src = source;
+      sharpWhenSmall(img);
+    });
+  });
+  return box;
+}
+
+// A job's card: who and what, status line, progress bar, preview, then the pictures and their buttons.
 class JobCard {
-  constructor(jobId, title) {
-    this.jobId = jobId;
+  constructor(job, before = null) {
+    this.job = job;
+    this.jobId = job.job_id;
+    this.finished = false;
     this.status = element("p", { className: "status" }, "Queued…");
     this.bar = element("progress", { max: 100, value: 0, hidden: true });
     this.preview = element("img", { className: "preview", alt: "preview", hidden: true });
     this.buttons = element("div", { className: "buttons" });
-    this.cancel = element("button", { type: "button", "data-action": "cancel" }, "Cancel");
-    this.cancel.addEventListener("click", () => this.act("cancel"));
+    this.cancel = button("Cancel", "cancel", () => this.act("cancel"));
     this.buttons.append(this.cancel);
-    this.node = add(element("article", { className: "message bot job", "data-job-id": jobId },
-      element("div", { className: "who" }, title), this.status, this.bar, this.preview, this.buttons));
+    const who = [job.user, when(job.created_at), job.made_from].filter(Boolean).join(" · ");
+    this.node = add(element("article", { className: "message bot job", "data-job-id": job.job_id },
+      element("div", { className: "who" }, who), element("p", { className: "prompt" }, promptLine(job)),
+      this.status, this.bar, this.preview, this.buttons), before);
+    cards.set(this.jobId, this);
+  }
+
+  // Show the job as it stands: a finished one at once, a live one followed to its end.
+  async start() {
+    const job = this.job;
+    if (job.status === "done") await this.done({ seed: job.seed, image_urls: job.image_urls });
+    else if (job.status === "failed") this.fail(job.error || "It failed.");
+    else if (job.status === "cancelled") this.end("Cancelled.", "cancelled");
+    else await this.follow();
   }
 
   // Read the job's event stream (fetch, so that a token can go with it); if the connection drops before
@@ -92,8 +189,10 @@ class JobCard {
     for (let wait = 1000; !this.finished; wait = Math.min(wait * 2, 30000)) {
       try {
         const response = await fetch(`/api/jobs/${this.jobId}/events`, { headers: headers() });
-        if (response.status === 404 || response.status === 401) {
-          this.fail((await response.json().catch(() => ({}))).error || "Lost track of this job.");
+        if ([401, 404, 410].includes(response.status)) {
+          const error = (await response.json().catch(() => ({}))).error || "Lost track of this job.";
+          if (response.status === 410) this.deleted(error);
+          else this.fail(error);
           return;
         }
         if (response.ok && response.body) await this.read(response.body);
@@ -123,8 +222,7 @@ class JobCard {
   }
 
   async on(name, data) {
-    this.node.dataset.state = name;
-    if (["done", "failed", "cancelled"].includes(name)) this.finished = true;
+    if (!["done", "failed", "cancelled"].includes(name)) this.node.dataset.state = name;
     if (name === "queued") {
       this.status.textContent = `Queued: position ${data.position}`;
     } else if (name === "started") {
@@ -143,90 +241,350 @@ class JobCard {
     } else if (name === "failed") {
       this.fail(data.error);
     } else if (name === "cancelled") {
-      this.end("Cancelled.");
+      this.end("Cancelled.", "cancelled");
     }
   }
 
-  end(text) {
+  // The job's final state: what the status line says, and no more progress, preview or cancel.
+  settle(text, state) {
+    this.finished = true;
+    this.job.status = state;
+    this.node.dataset.state = state;
     this.status.textContent = text;
     this.bar.hidden = true;
     this.preview.hidden = true;
     this.cancel.remove();
   }
 
+  end(text, state) {
+    this.settle(text, state);
+    this.controls(false);
+  }
+
   fail(reason) {
     this.node.classList.add("failed");
-    this.end(reason);
+    this.end(reason, "failed");
   }
 
   async done(data) {
+    this.job.seed = data.seed;
     const count = data.image_urls.length;
-    this.end(`Done: ${count} image${count === 1 ? "" : "s"}, seed ${data.seed}.`);
-    const grid = element("img", { className: "grid", alt: "the finished images" });
-    grid.src = await imageSource(data.grid_url);
-    this.node.insertBefore(grid, this.buttons);
-    if (this.kind === "upscale") return; // one finished image: nothing more to make from it here
-    const reroll = element("button", { type: "button", "data-action": "reroll", title: "same prompt, new seed" }, "↻ Reroll");
-    reroll.addEventListener("click", () => this.act("reroll"));
-    this.buttons.append(reroll);
-    for (const action of ["upscale", "vary"]) {
-      for (let i = 0; i < count; i++) {
-        const label = `${action === "upscale" ? "U" : "V"}${i + 1}`;
-        const title = action === "upscale" ? `image ${i + 1}, upscaled` : `variations of image ${i + 1} (Shift: strong)`;
-        const button = element("button", { type: "button", "data-action": action, "data-index": i, title }, label);
-        button.addEventListener("click", (event) => this.act(action, i, event.shiftKey ? "strong" : "subtle"));
-        this.buttons.append(button);
-      }
+    this.settle(count ? `Done: ${count} image${count === 1 ? "" : "s"}, seed ${data.seed}.`
+      : "Done; its pictures are no longer stored (the bot deletes old ones: [bot] keep_days).", "done");
+    if (count) this.node.insertBefore(await pictures(this.job, data.image_urls), this.buttons);
+    this.controls(count > 0);
+  }
+
+  // The buttons under a finished job: what can be made from its pictures, then info and delete.
+  controls(withPictures) {
+    const main = element("div", { className: "row" });
+    const makes = withPictures && this.job.kind !== "upscale"; // an upscale is one finished picture
+    if (makes) {
+      main.append(button("↻ Reroll", "reroll", () => this.act("reroll"), { title: "the same prompt, a new seed" }),
+        button("✎ Remix", "remix", () => this.toggleRemix(), { title: "edit the prompt for ↻ and the V buttons" }));
+    }
+    main.append(button("Info", "info", () => this.toggleInfo(), { title: "everything about this job" }));
+    this.deleteButton = button("Delete", "delete", () => this.remove(), { title: "delete its pictures" });
+    main.append(this.deleteButton);
+    this.buttons.append(main);
+    if (!makes) return;
+    const count = this.job.count;
+    const upscales = element("div", { className: "row" });
+    const variations = element("div", { className: "row" });
+    for (let i = 0; i < count; i++) {
+      upscales.append(button(`U${i + 1}`, "upscale", () => this.act("upscale", i),
+        { "data-index": i, title: `image ${i + 1} alone, upscaled` }));
+      variations.append(button(`V${i + 1}`, "vary", (event) => this.act("vary", i, event.shiftKey ? "strong" : null),
+        { "data-index": i, title: `variations of image ${i + 1}` }));
+    }
+    // A visible choice, not only Shift-click: touch screens have no Shift key.
+    const group = `strength-${this.jobId}`;
+    const choice = (value, label, checked) => element("label", {},
+      element("input", { type: "radio", name: group, value, checked }), ` ${label}`);
+    this.strength = element("span", { className: "strength", role: "radiogroup", "aria-label": "Variations" },
+      "Variations: ", choice("subtle", "subtle", true), choice("strong", "strong", false));
+    variations.append(this.strength);
+    this.buttons.append(upscales, variations);
+  }
+
+  // Remix, in place: the prompt and negative prompt the next ↻ and V use, while the editor is open.
+  toggleRemix() {
+    if (!this.remix) {
+      this.remixPrompt = element("textarea", { rows: 2, maxLength: 1000 }, this.job.prompt);
+      this.remixNegative = element("input", { value: this.job.negative || "", placeholder: "nothing" });
+      this.remix = element("div", { className: "remix" },
+        element("label", {}, "Prompt ", this.remixPrompt),
+        element("label", {}, "Not in the picture (--no) ", this.remixNegative),
+        element("p", { className: "note" }, "↻ Reroll and the V buttons use this text while it is open."));
+      this.node.insertBefore(this.remix, this.buttons);
+      this.remixPrompt.focus();
+      return;
+    }
+    this.remix.hidden = !this.remix.hidden;
+  }
+
+  remixed() {
+    if (!this.remix || this.remix.hidden) return {};
+    return { prompt: this.remixPrompt.value, negative: this.remixNegative.value };
+  }
+
+  async toggleInfo() {
+    if (this.info) {
+      this.info.remove();
+      this.info = null;
+      return;
+    }
+    const [status, job] = await api("GET", `/api/jobs/${this.jobId}`);
+    if (status !== 200) {
+      say(job.error || `That did not work (HTTP ${status}).`, "refused");
+      return;
+    }
+    const rows = [
+      ["prompt", "Prompt", job.prompt], ["negative", "Not (--no)", job.negative], ["seed", "Seed", job.seed],
+      ["count", "Images", String(job.count)], ["cfg", "cfg", String(job.cfg)],
+      ["temperature", "Temperature", String(job.temperature)], ["model", "Model", job.model || "unknown"],
+      ["user", "By", job.user], ["when", "When", new Date(job.created_at * 1000).toLocaleString()],
+      ["waited", "Waited", duration(job.waited_s)], ["ran", "Ran", duration(job.ran_s)],
+      ["made_from", "Made from", job.made_from], ["job", "Job", job.job_id],
+    ];
+    this.info = element("div", { className: "info" });
+    const list = element("dl");
+    for (const [field, label, value] of rows) {
+      if (value === null || value === undefined || value === "") continue;
+      list.append(element("dt", {}, label), element("dd", { "data-field": field }, value));
+    }
+    const reuse = button("Use these settings", "reuse", () => {
+      $("command").value = commandOf(job);
+      $("command").focus();
+    }, { title: "put this job's command, with its seed, in the box below" });
+    this.info.append(list, reuse);
+    this.node.insertBefore(this.info, this.buttons);
+  }
+
+  // Delete takes a second click, so that one slip deletes nothing.
+  async remove() {
+    if (!this.deleteButton.dataset.armed) {
+      this.deleteButton.dataset.armed = "1";
+      this.deleteButton.textContent = "Delete? Click again";
+      setTimeout(() => {
+        delete this.deleteButton.dataset.armed;
+        this.deleteButton.textContent = "Delete";
+      }, 5000);
+      return;
+    }
+    const [status, data] = await api("DELETE", `/api/jobs/${this.jobId}`);
+    if (status !== 200) {
+      say(data.error || `That did not work (HTTP ${status}).`, "refused");
+      return;
+    }
+    this.deleted();
+  }
+
+  deleted(text = "Deleted.") {
+    this.settle(text, "deleted");
+    this.node.classList.add("deleted");
+    for (const part of this.node.querySelectorAll(".pictures, .remix, .info, .buttons, .preview, progress")) {
+      part.remove();
     }
   }
 
-  async act(action, index = 0, strength = "subtle") {
+  async act(action, index = 0, strength = null) {
     const user = userName();
     if (!user) return;
-    const body = action === "vary" ? { user, index, strength } : action === "upscale" ? { user, index } : { user };
+    let body = { user };
+    if (action === "upscale") body = { user, index };
+    if (action === "vary") {
+      const chosen = strength || this.strength.querySelector("input:checked").value;
+      body = { user, index, strength: chosen, ...this.remixed() };
+    }
+    if (action === "reroll") body = { user, ...this.remixed() };
     const [status, data] = await api("POST", `/api/jobs/${this.jobId}/${action}`, body);
     if (status >= 400 || status === 0) {
       say(data.error || `That did not work (HTTP ${status}).`, "refused");
       return;
     }
     if (action === "cancel") return; // the event stream says "cancelled"
-    const what = { reroll: "↻ reroll", upscale: `U${index + 1}`, vary: `V${index + 1} (${strength})` }[action];
-    follow(data.job_id, `${data.user}: ${what} of ${this.jobId}`, action);
+    await show(data.job_id);
   }
 }
 
-function follow(jobId, title, kind = "imagine") {
-  const card = new JobCard(jobId, title);
-  card.kind = kind;
-  card.follow();
+// A new job (or one from the history) on the timeline.
+async function show(jobId, before = null) {
+  if (cards.has(jobId)) return cards.get(jobId);
+  const [status, job] = await api("GET", `/api/jobs/${jobId}`);
+  if (status !== 200) {
+    say(job.error || `That did not work (HTTP ${status}).`, "refused");
+    return null;
+  }
+  const card = new JobCard(job, before);
+  card.start();
+  return card;
 }
 
-async function submit(event) {
-  event.preventDefault();
-  const field = $("command");
-  let text = field.value.trim();
-  if (!text) return;
+// The user's recent jobs, oldest first above what is already shown; "Show older jobs" goes further back.
+async function history(url = `/api/jobs?limit=${PAGE}`) {
+  const [status, data] = await api("GET", url);
+  if (status !== 200) return;
+  historyShown = true;
+  const anchor = $("history-more").nextElementSibling;
+  for (const job of [...data.jobs].reverse()) {
+    if (cards.has(job.job_id)) continue;
+    new JobCard(job, anchor).start();
+  }
+  olderUrl = data.older_url;
+  $("history-more").hidden = !olderUrl;
+  if (url.indexOf("before=") < 0) timeline.lastElementChild.scrollIntoView({ block: "end" });
+}
+
+async function submitCommand(text) {
   const user = userName();
   if (!user) return;
   if (!text.startsWith("/")) text = `/imagine ${text}`; // other slash commands: the bot says what works
   add(element("article", { className: "message user" }, element("div", { className: "who" }, user),
     element("p", {}, text)));
-  field.value = "";
   const [status, data] = await api("POST", "/api/imagine", { user, command: text });
-  if (status === 202) follow(data.job_id, `${data.user}: job ${data.job_id}`); // the name as the bot shows it
+  if (status === 202) await show(data.job_id);
   else for (const line of (data.error || `The bot answered HTTP ${status}.`).split("\n")) say(line, "refused");
+}
+
+async function submit(event) {
+  event.preventDefault();
+  const field = $("command");
+  const text = field.value.trim();
+  if (!text) return;
+  field.value = "";
+  await submitCommand(text);
+}
+
+// -- the admin's gallery of everyone's jobs --
+
+function galleryTile(job) {
+  const img = element("img", { alt: job.prompt, loading: "lazy" });
+  const open = element("button", { type: "button", className: "picture", title: "open it large" }, img);
+  open.addEventListener("click", () => view(job.grid_url, `${job.user}: ${promptLine(job)}`,
+    `janus-${job.job_id}.png`));
+  imageSource(job.grid_url).then((source) => {
+    img.src = source;
+    sharpWhenSmall(img);
+  });
+  const tile = element("figure", { className: "tile", "data-job-id": job.job_id }, open,
+    element("figcaption", {}, `${job.user}: ${promptLine(job)}`));
+  const remove = button("Delete", "delete", async () => {
+    if (!remove.dataset.armed) {
+      remove.dataset.armed = "1";
+      remove.textContent = "Delete? Click again";
+      return;
+    }
+    const [status, data] = await api("DELETE", `/api/jobs/${job.job_id}`);
+    if (status !== 200) {
+      remove.textContent = data.error || `That did not work (HTTP ${status}).`;
+      return;
+    }
+    tile.remove();
+    cards.get(job.job_id)?.deleted();
+  });
+  tile.append(remove);
+  return tile;
+}
+
+async function gallery(url = "/api/jobs?everyone=1&limit=24") {
+  const [status, data] = await api("GET", url);
+  if (status !== 200) {
+    say(data.error || `That did not work (HTTP ${status}).`, "refused");
+    return;
+  }
+  for (const job of data.jobs) {
+    if (job.status === "done" && job.grid_url) $("gallery-tiles").append(galleryTile(job));
+  }
+  galleryOlderUrl = data.older_url;
+  $("gallery-older").hidden = !galleryOlderUrl;
+}
+
+function toggleGallery() {
+  const showing = $("gallery").hidden;
+  $("gallery").hidden = !showing;
+  timeline.hidden = showing;
+  $("composer").hidden = showing;
+  $("gallery-toggle").textContent = showing ? "Back to your jobs" : "Gallery (everyone)";
+  if (showing) {
+    $("gallery-tiles").replaceChildren();
+    gallery();
+  }
+}
+
+// -- who we are and what runs --
+
+async function hello() {
+  const [status, data] = await api("GET", "/api/about");
+  if (status !== 200) return;
+  about = data;
+  const name = $("user");
+  const note = $("name-note");
+  if (data.you.console) {
+    if (!name.value) name.value = data.you.name;
+    note.textContent = `You are on this machine's console: no token needed, and your jobs show under the name above ` +
+      `(${data.you.name} unless you type another).`;
+  } else {
+    note.textContent = name.value ? "" : "Type your name to start; it is shown with your jobs.";
+  }
+  $("gallery-toggle").hidden = !data.you.admin;
+  if (!data.you.admin && !$("gallery").hidden) toggleGallery();
+  const demo = $("demo");
+  demo.hidden = !data.model.demo;
+  if (data.model.demo) {
+    $("demo-draws").textContent = data.model.draws;
+    const chips = demo.querySelector(".chips");
+    chips.replaceChildren("Try: ");
+    for (const example of data.model.examples) {
+      const chip = element("button", { type: "button", className: "chip", title: "make it" }, example);
+      chip.addEventListener("click", () => submitCommand(`/imagine ${example}`));
+      chips.append(chip);
+    }
+  }
+  if (!historyShown) await history();
+  health();
 }
 
 async function health() {
   const [status, data] = await api("GET", "/healthz");
-  $("model").textContent = data.model
-    ? `${data.model} on ${data.device} · ${data.queue_depth} waiting${status === 200 ? "" : " · generator down"}`
-    : "the generator is starting…";
+  const model = $("model");
+  if (!data.model) {
+    model.textContent = "the generator is starting…";
+    return;
+  }
+  const name = about && about.model.path === data.model ? about.model.name : data.model;
+  model.title = data.model;
+  model.textContent = `${name} on ${data.device} · ${data.queue_depth} waiting${status === 200 ? "" : " · generator down"}`;
+  if (about && about.model.demo) model.append(" ", element("span", { className: "badge" }, "demo"));
+}
+
+function openViewerClose() {
+  const dialog = $("viewer");
+  dialog.querySelector(".close").addEventListener("click", () => dialog.close());
+  dialog.addEventListener("click", (event) => {
+    if (event.target === dialog) dialog.close(); // a click beside the picture
+  });
 }
 
 $("user").value = localStorage.getItem("janus-bot-user") || "";
-$("user").addEventListener("change", () => localStorage.setItem("janus-bot-user", $("user").value.trim()));
-$("token").addEventListener("change", () => localStorage.setItem("janus-bot-token", $("token").value.trim()));
+$("user").addEventListener("change", () => {
+  localStorage.setItem("janus-bot-user", $("user").value.trim());
+  if ($("user").value.trim() && about && !about.you.console) $("name-note").textContent = "";
+});
+$("token-toggle").addEventListener("click", () => {
+  $("token-field").hidden = !$("token-field").hidden;
+  if (!$("token-field").hidden) $("token").focus();
+});
+$("token").value = token();
+$("token").addEventListener("change", () => {
+  localStorage.setItem("janus-bot-token", $("token").value.trim());
+  blobs.clear();
+  hello();
+});
 $("composer").addEventListener("submit", submit);
-health();
+$("older").addEventListener("click", () => olderUrl && history(olderUrl));
+$("gallery-toggle").addEventListener("click", toggleGallery);
+$("gallery-older").addEventListener("click", () => galleryOlderUrl && gallery(galleryOlderUrl));
+openViewerClose();
+hello();
 setInterval(health, 5000);
