@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import replace
 
+from bot import images
 from bot.jobqueue import JobQueue
-from bot.jobs import Handle, Job, Kind, Options, Queued, Refused, Requester, new_job_id
+from bot.jobs import Handle, Job, Kind, Options, Queued, Refused, Requester, Status, checked_prompt, new_job_id
 from bot.lifecycle import Lifecycle
 from bot.policy import Policy
 from bot.ratelimit import Clock, TokenBucket, queue_full, rate_limited
@@ -25,6 +27,7 @@ class Admission:
     def __init__(self, policy: Policy, store: Store, queue: JobQueue, jobs: Lifecycle, results: Results,
                  clock: Clock) -> None:
         self.accepting = False
+        self._settings = policy.settings.images
         self._policy = policy
         self._store = store
         self._queue = queue
@@ -43,16 +46,27 @@ class Admission:
             raise Refused(f"This bot makes at most {capacity} images per job; ask for {capacity} or fewer.")
 
     async def message(self, job: Job) -> wire.Generate:
-        """What the generator is told to make for a job (a variation's kept rows read from its source)."""
+        """What the generator is told to make for a job: a variation's kept rows, a region's source grid, an
+        image prompt's picture, read from the store."""
         prefix = await self._results.kept_rows(job) if job.kind is Kind.VARIATION else None
+        codes = None
+        if job.kind is Kind.REGION:
+            codes = (await self._results.image(job.parent_id or "", job.parent_index or 0)).tokens
+        image = await self._results.source(job) if job.source else None
+        region = list(job.region) if job.region else None
         o = job.options
-        return wire.Generate(job.id, job.prompt, o.count, o.cfg, o.temperature, job.seed, prefix, o.negative)
+        return wire.Generate(job.id, job.prompt, o.count, o.cfg, o.temperature, job.seed, prefix, o.negative,
+                             image=image, codes=codes, region=region)
 
-    async def admit(self, requester: Requester, prompt: str, options: Options, **parent: object) -> Handle:
-        """Record a new job, then queue it under the requester's limits; Refused undoes the record."""
+    async def admit(self, requester: Requester, prompt: str, options: Options, *, source: bytes | None = None,
+                    **parent: object) -> Handle:
+        """Record a new job (with the picture it starts from, if any), then queue it under the requester's
+        limits; Refused undoes the record."""
         self.check(requester, prompt, options.count)
         seed = options.seed if options.seed is not None else random.randint(0, SEED_MAX)
         job = Job(new_job_id(), requester, prompt, options, seed, time.time(), **parent)  # type: ignore[arg-type]
+        if source is not None:
+            job = replace(job, source=await self._results.keep_source(job.id, source))
         msg = await self.message(job)
         limits, exempt = self._policy.limits(requester), self._policy.exempt(requester)
         await self._store.add_job(job)  # first: a job the queue knows of is one the next start can resume
@@ -62,6 +76,7 @@ class Admission:
         except BaseException:
             self._jobs.withdraw(job.id)
             await self._store.delete_job(job.id)
+            await self._results.forget(job)
             raise
         await self._jobs.admitted(job, position)
         return handle
@@ -78,9 +93,41 @@ class Admission:
         if position is not None:
             handle.put(Queued(job.id, position))
 
-    def admit_upscale(self, requester: Requester) -> None:
-        """An upscale counts against the user's running jobs and the queue cap while it is made, and takes a
-        token from their upscale bucket (the server's figures for jobs)."""
+    async def parent(self, job_id: str, index: int | None = None) -> Job:
+        """The job a button points at (with image `index`, when given), or Refused saying why it cannot be used."""
+        job = self._jobs.get(job_id) or await self._store.job(job_id)
+        if job is None:
+            raise Refused("That job no longer exists; start a new one with /imagine.")
+        if job.deleted:
+            raise Refused("That job was deleted; start a new one with /imagine.")
+        if index is not None:
+            if job.status is not Status.DONE:
+                raise Refused("That job has no images yet; wait until it is done.")
+            if not 0 <= index < job.options.count:
+                raise Refused(f"That job has images 1 to {job.options.count}; pick one of those.")
+        return job
+
+    def checked_upload(self, data: bytes) -> bytes:
+        """A picture a user starts from, as a plain PNG, or Refused saying what to send instead."""
+        limits = self._settings
+        try:
+            return images.checked_upload(data, round(limits.max_upload_mb * 2**20),
+                                         round(limits.max_upload_megapixels * 1e6))
+        except images.NotAPicture as refusal:
+            raise Refused(str(refusal)) from None
+
+    async def admit_upscale(self, requester: Requester, parent: Job, index: int) -> Handle:
+        """Record an upscale of image `index` of `parent`, to be made in the bot. It counts against the user's
+        running jobs and the queue cap while it is made, and takes a token from their upscale bucket (the
+        server's figures for jobs)."""
+        self._check_upscale(requester)
+        options = replace(parent.options, count=1)
+        job = Job(new_job_id(), requester, parent.prompt, options, parent.seed, time.time(), kind=Kind.UPSCALE,
+                  parent_id=parent.id, parent_index=index, model=parent.model)
+        await self._store.add_job(job)
+        return self._jobs.add(job)
+
+    def _check_upscale(self, requester: Requester) -> None:
         self.check(requester)
         limits = self._policy.limits(requester)
         upscaling = [job for job in self._jobs.active() if job.kind is Kind.UPSCALE]
@@ -93,3 +140,13 @@ class Admission:
         r = requester
         if wait := self._upscales.take(f"{r.platform}:{r.server}:{r.user}", limits.jobs_per_period, limits.period_s):
             raise rate_limited(limits, wait, "upscales")
+
+
+def remixed(parent: Job, prompt: str | None, negative: str | None) -> tuple[str, Options]:
+    """A new job's prompt and options from its parent's, a new seed, and what a remix changed."""
+    text = parent.prompt if prompt is None else checked_prompt(prompt)
+    options = replace(parent.options, seed=None)
+    if negative is not None:
+        o = options
+        options = Options.checked(o.count, o.cfg, o.temperature, None, negative)
+    return text, options

@@ -82,6 +82,8 @@ class BlocklistSettings(_Section):
 
 class ImageSettings(_Section):
     upscale_px: int = Field(default=1024, ge=64, le=4096)
+    max_upload_mb: float = Field(default=10.0, gt=0)  # a picture users start from (image prompts)
+    max_upload_megapixels: float = Field(default=40.0, gt=0)  # decoded size: a small file can unpack huge
 
 
 class QueueSettings(_Section):

@@ -1,4 +1,4 @@
-"""Pixels the bot itself makes from the generator's PNGs: result grids and upscales."""
+"""Pixels the bot itself makes or checks: result grids, upscales, and the pictures users start from."""
 
 from __future__ import annotations
 
@@ -34,6 +34,44 @@ def grid(pngs: list[bytes]) -> bytes:
     for i, image in enumerate(images):
         sheet.paste(image, ((i % columns) * (width + gap), (i // columns) * (height + gap)))
     return _png(sheet)
+
+
+UPLOAD_FORMATS = {"PNG", "JPEG", "WEBP", "GIF"}
+UPLOAD_SIDE = 2048  # a kept picture's longer side: the generator sees at most the model's resolution anyway
+
+
+class NotAPicture(ValueError):
+    """An upload that is not a picture the bot takes; the message says what to send instead."""
+
+
+def checked_upload(data: bytes, max_bytes: int, max_pixels: int) -> bytes:
+    """A picture a user sent, told by its content, as a plain PNG (RGB, its first frame, metadata dropped, its
+    longer side at most UPLOAD_SIDE); NotAPicture says why not."""
+    if len(data) > max_bytes:
+        raise NotAPicture(f"That file is {len(data) / 2**20:.1f} MB; send a picture of at most "
+                          f"{max_bytes / 2**20:g} MB.")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            kind, size = probe.format, probe.size
+            probe.verify()
+    except Exception:  # Pillow raises many kinds for what is not an image
+        raise NotAPicture("That file is not a picture; send a PNG, JPEG, WebP or GIF.") from None
+    if kind not in UPLOAD_FORMATS:
+        raise NotAPicture(f"That is a {kind} file; send a PNG, JPEG, WebP or GIF.")
+    if size[0] * size[1] > max_pixels:  # checked before decoding: a decompression bomb never unpacks
+        raise NotAPicture(f"That picture is {size[0]}x{size[1]} pixels; send one of at most "
+                          f"{max_pixels / 1e6:g} megapixels.")
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            picture.seek(0)
+            image = picture.convert("RGB")
+    except Exception:
+        raise NotAPicture("That picture could not be read; send another PNG, JPEG, WebP or GIF.") from None
+    if max(image.size) > UPLOAD_SIDE:
+        scale = UPLOAD_SIDE / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.LANCZOS)
+    return _png(image)
 
 
 def upscale(png: bytes, size: int) -> bytes:

@@ -38,6 +38,31 @@ class Kind(StrEnum):
     REROLL = "reroll"
     UPSCALE = "upscale"
     VARIATION = "variation"
+    REGION = "region"  # Vary (Region): a rectangle of one image made again, the rest kept
+
+
+Region = tuple[float, float, float, float]  # x0, y0, x1, y1 in fractions of the width and height
+BOTTOM_HALF: Region = (0.0, 0.5, 1.0, 1.0)
+# The regions chat menus offer, by name.
+REGIONS: dict[str, Region] = {
+    "top half": (0.0, 0.0, 1.0, 0.5), "bottom half": BOTTOM_HALF, "left half": (0.0, 0.0, 0.5, 1.0),
+    "right half": (0.5, 0.0, 1.0, 1.0), "centre": (0.25, 0.25, 0.75, 0.75),
+    "top left": (0.0, 0.0, 0.5, 0.5), "top right": (0.5, 0.0, 1.0, 0.5),
+    "bottom left": (0.0, 0.5, 0.5, 1.0), "bottom right": (0.5, 0.5, 1.0, 1.0),
+}  # fmt: skip
+
+
+def checked_region(values: object) -> Region:
+    """Four fractions x0, y0, x1, y1 of a picture's width and height, or Refused with a sentence."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in values)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise Refused("A region is four numbers x0,y0,x1,y1 from 0 to 1, such as 0,0.5,1,1 for the bottom "
+                      "half.") from None
+    if not all(0 <= v <= 1 for v in (x0, y0, x1, y1)) or not (x0 < x1 and y0 < y1):
+        raise Refused(f"The region {x0:g},{y0:g},{x1:g},{y1:g} is not inside the picture or is empty; give "
+                      f"x0,y0,x1,y1 from 0 to 1 with x0 < x1 and y0 < y1.")
+    return (x0, y0, x1, y1)
 
 
 class Strength(StrEnum):
@@ -136,6 +161,8 @@ class Job:
     removed_at: float | None = None  # when its pictures were deleted (retention, or deleted by a person)
     deleted_by: str | None = None  # "platform:user" of who deleted it; the row stays as a tombstone
     model: str | None = None  # the checkpoint that made it
+    region: Region | None = None  # the cells made again: Vary (Region), or an image prompt's
+    source: str | None = None  # an image prompt's picture, relative to the data directory
 
     @property
     def deleted(self) -> bool:

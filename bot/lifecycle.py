@@ -17,6 +17,7 @@ from bot.jobs import (
     Kind,
     Progress,
     Queued,
+    Refused,
     Started,
     Status,
     ending,
@@ -125,6 +126,19 @@ class Lifecycle:
             await self.fail(job, message.reason)
         elif isinstance(message, wire.JobCancelled):
             await self.end(replace(job, status=Status.CANCELLED, finished_at=time.time()), Cancelled(job.id))
+
+    async def upscale(self, job: Job) -> None:
+        """Make an upscale job's picture, in the bot: Started, then Done (or Failed, saying why)."""
+        self.emit(Started(job.id))
+        try:
+            source = await self._results.image(job.parent_id or "", job.parent_index or 0)
+            png = await self._results.upscaled(source)
+        except Exception as error:
+            log.exception("upscale of job %s failed", job.id)
+            reason = str(error) if isinstance(error, Refused) else "The image could not be upscaled; try again."
+            await self.fail(job, reason)
+            return
+        await self.complete(job, [png], [source.tokens])
 
     # -- ends --
 

@@ -66,6 +66,23 @@ class Results:
                 return image
         raise Refused(PICTURE_GONE)
 
+    async def keep_source(self, job_id: str, png: bytes) -> str:
+        """Store the picture an image prompt starts from (a checked PNG) with its job; its path."""
+        path = f"{folder_of(job_id)}/source.png"
+        await self._store.save_files({path: png})
+        return path
+
+    async def source(self, job: Job) -> bytes:
+        """The picture a job starts from, or Refused when it is no longer stored."""
+        try:
+            return await self._store.read_file(job.source or "")
+        except (FileNotFoundError, IsADirectoryError):
+            raise Refused("The picture this job started from is no longer stored; start again from another.") from None
+
+    async def forget(self, job: Job) -> None:
+        """Remove what was stored for a job that never got in (its source picture)."""
+        await self._store.remove_files(folder_of(job.id))
+
     async def kept_rows(self, job: Job) -> list[list[int]]:
         """A variation's forced prefix: the top rows of its source image's token grid, for each image."""
         source = await self.image(job.parent_id or "", job.parent_index or 0)

@@ -15,21 +15,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from bot.admin import Admin, JobStatus
-from bot.admission import Admission
+from bot.admission import Admission, remixed
 from bot.config import Settings
 from bot.jobqueue import Backend, JobQueue
 from bot.jobs import (
+    BOTTOM_HALF,
     Handle,
     Job,
     Kind,
     Options,
     Refused,
     Requester,
-    Started,
     Status,
     Strength,
     checked_prompt,
-    new_job_id,
+    checked_region,
 )
 from bot.lifecycle import Lifecycle
 from bot.metrics import Meter, Stats
@@ -85,7 +85,7 @@ class Service:
             await self._store.update_job(job)
             recovered.append(handle := self._jobs.add(job))
             if job.kind is Kind.UPSCALE:
-                self._spawn(self._upscale(job))
+                self._spawn(self._jobs.upscale(job))
             else:
                 await self._admission.resume(job, handle)
         for job in await self._store.undelivered() if self._on_recovered is not None else []:
@@ -162,9 +162,17 @@ class Service:
         temperature: float | None = None,
         seed: int | None = None,
         negative: str | None = None,
+        image: bytes | None = None,
+        region: object | None = None,
     ) -> Handle:
-        """Queue an /imagine job; Refused says why not and when to try again."""
+        """Queue an /imagine job, from a picture (`image`, a file's bytes) when given: only `region` of it (four
+        fractions x0,y0,x1,y1; the bottom half by default) is made again. Refused says why not and when to try
+        again."""
         text = checked_prompt(prompt)
+        if image is None and region is not None:
+            raise Refused("A region says which part of a picture to make again; send the picture too.")
+        source = self._admission.checked_upload(image) if image is not None else None
+        cells = (checked_region(region) if region is not None else BOTTOM_HALF) if image is not None else None
         defaults = self.policy.defaults(requester)
         options = Options.checked(
             defaults.count if count is None else count,
@@ -173,43 +181,45 @@ class Service:
             seed,
             negative,
         )
-        return await self._admission.admit(requester, text, options)
-
-    async def _parent(self, job_id: str, index: int | None = None) -> Job:
-        job = self._jobs.get(job_id) or await self._store.job(job_id)
-        if job is None:
-            raise Refused("That job no longer exists; start a new one with /imagine.")
-        if job.deleted:
-            raise Refused("That job was deleted; start a new one with /imagine.")
-        if index is not None:
-            if job.status is not Status.DONE:
-                raise Refused("That job has no images yet; wait until it is done.")
-            if not 0 <= index < job.options.count:
-                raise Refused(f"That job has images 1 to {job.options.count}; pick one of those.")
-        return job
+        return await self._admission.admit(requester, text, options, source=source, region=cells)
 
     async def reroll(self, requester: Requester, job_id: str, *, prompt: str | None = None,
                      negative: str | None = None) -> Handle:
         """The same prompt and options with a new seed; remix: with `prompt` and/or `negative` (None keeps the
         job's, an empty negative drops it)."""
-        parent = await self._parent(job_id)
-        text, options = _remixed(parent, prompt, negative)
-        return await self._admission.admit(requester, text, options, kind=Kind.REROLL, parent_id=parent.id)
+        parent = await self._admission.parent(job_id)
+        text, options = remixed(parent, prompt, negative)
+        source = await self._results.source(parent) if parent.source else None  # an image prompt's picture, again
+        return await self._admission.admit(requester, text, options, source=source, kind=Kind.REROLL,
+                                           parent_id=parent.id, region=parent.region)
 
     async def vary(self, requester: Requester, job_id: str, index: int, strength: Strength, *,
                    prompt: str | None = None, negative: str | None = None) -> Handle:
         """Variations of image `index` (0-based): keep the top rows of its token grid, resample the rest (under
         the remixed `prompt` and `negative`, if given)."""
-        parent = await self._parent(job_id, index)
+        parent = await self._admission.parent(job_id, index)
         await self._results.image(parent.id, index)
-        text, options = _remixed(parent, prompt, negative)
+        text, options = remixed(parent, prompt, negative)
         return await self._admission.admit(requester, text, options, kind=Kind.VARIATION, parent_id=parent.id,
                                            parent_index=index, strength=Strength(strength))
 
+    async def vary_region(self, requester: Requester, job_id: str, index: int, region: object, *,
+                          prompt: str | None = None, negative: str | None = None) -> Handle:
+        """Vary (Region): image `index` (0-based) with only `region` of it made again (under the remixed prompt
+        and negative, if given); every other cell keeps its token."""
+        parent = await self._admission.parent(job_id, index)
+        await self._results.image(parent.id, index)
+        text, options = remixed(parent, prompt, negative)
+        return await self._admission.admit(requester, text, options, kind=Kind.REGION, parent_id=parent.id,
+                                           parent_index=index, region=checked_region(region))
+
     async def remix(self, requester: Requester, job_id: str, prompt: str | None, negative: str | None) -> Handle:
         """The Remix button: a reroll with the edited text, or for a variation or an upscale, variations of its
-        source image (Job.remix_strength)."""
-        job = await self._parent(job_id)
+        source image (Job.remix_strength); for a Vary (Region), the same region of the same image again."""
+        job = await self._admission.parent(job_id)
+        if job.kind is Kind.REGION and job.region is not None:
+            return await self.vary_region(requester, job.parent_id or "", job.parent_index or 0, job.region,
+                                          prompt=prompt, negative=negative)
         strength = job.remix_strength
         if strength is None:
             return await self.reroll(requester, job.id, prompt=prompt, negative=negative)
@@ -218,30 +228,13 @@ class Service:
 
     async def upscale(self, requester: Requester, job_id: str, index: int) -> Handle:
         """Image `index` (0-based) alone, Lanczos-upscaled in the bot; streams Started then Done."""
-        parent = await self._parent(job_id, index)
+        parent = await self._admission.parent(job_id, index)
         await self._results.image(parent.id, index)
         if parent.removed_at is not None:
             raise Refused(PICTURE_GONE)
-        self._admission.admit_upscale(requester)
-        options = replace(parent.options, count=1)
-        job = Job(new_job_id(), requester, parent.prompt, options, parent.seed, time.time(), kind=Kind.UPSCALE,
-                  parent_id=parent.id, parent_index=index, model=parent.model)
-        await self._store.add_job(job)
-        handle = self._jobs.add(job)
-        self._spawn(self._upscale(job))
+        handle = await self._admission.admit_upscale(requester, parent, index)
+        self._spawn(self._jobs.upscale(handle.job))
         return handle
-
-    async def _upscale(self, job: Job) -> None:
-        self._jobs.emit(Started(job.id))
-        try:
-            source = await self._results.image(job.parent_id or "", job.parent_index or 0)
-            png = await self._results.upscaled(source)
-        except Exception as error:
-            log.exception("upscale of job %s failed", job.id)
-            reason = str(error) if isinstance(error, Refused) else "The image could not be upscaled; try again."
-            await self._jobs.fail(job, reason)
-            return
-        await self._jobs.complete(job, [png], [source.tokens])
 
     async def cancel(self, requester: Requester, job_id: str) -> None:
         """Cancel a waiting or running job of one's own (admins: any job in their server)."""
@@ -334,12 +327,3 @@ class Service:
         """The queue's own metrics in Prometheus' text format (the pool's workers); empty for a local queue."""
         return await self._queue.metrics()
 
-
-def _remixed(parent: Job, prompt: str | None, negative: str | None) -> tuple[str, Options]:
-    """A new job's prompt and options from its parent's, a new seed, and what a remix changed."""
-    text = parent.prompt if prompt is None else checked_prompt(prompt)
-    options = replace(parent.options, seed=None)
-    if negative is not None:
-        o = options
-        options = Options.checked(o.count, o.cfg, o.temperature, None, negative)
-    return text, options

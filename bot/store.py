@@ -90,6 +90,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN deleted_by TEXT;
     ALTER TABLE jobs ADD COLUMN model TEXT;
     """,
+    # 7: Vary (Region) and image prompts: the region made again, and the picture a job started from
+    """
+    ALTER TABLE jobs ADD COLUMN region TEXT;  -- JSON [x0, y0, x1, y1]
+    ALTER TABLE jobs ADD COLUMN source TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _Statement = tuple[str, tuple[Any, ...]]
@@ -97,7 +102,7 @@ _Statement = tuple[str, tuple[Any, ...]]
 _JOB_COLUMNS = (
     "id, platform, server, channel, user, is_admin, prompt, count, cfg, temperature, requested_seed, seed, "
     "kind, parent_id, parent_index, strength, status, created_at, started_at, finished_at, error, grid_path, "
-    "delivered, user_name, removed_at, negative, deleted_by, model"
+    "delivered, user_name, removed_at, negative, deleted_by, model, region, source"
 )
 
 
@@ -150,6 +155,7 @@ def _job_row(job: Job) -> tuple[Any, ...]:
         o.seed, job.seed, job.kind.value, job.parent_id, job.parent_index, job.strength and job.strength.value,
         job.status.value, job.created_at, job.started_at, job.finished_at, job.error, job.grid_path, int(job.delivered),
         r.name, job.removed_at, o.negative, job.deleted_by, job.model,
+        json.dumps(job.region) if job.region else None, job.source,
     )  # fmt: skip
 
 
@@ -175,6 +181,8 @@ def _job(row: aiosqlite.Row) -> Job:
         removed_at=row["removed_at"],
         deleted_by=row["deleted_by"],
         model=row["model"],
+        region=tuple(json.loads(row["region"])) if row["region"] else None,
+        source=row["source"],
     )
 
 

@@ -288,6 +288,84 @@ async def test_history_pages_through_ones_own_jobs_newest_first_and_admins_see_e
         assert [j.id for j in everyone] == [theirs.job.id, *[h.job.id for h in reversed(mine)]]  # Discord's only
 
 
+def picture(width: int = 64, height: int = 48, kind: str = "JPEG") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 40, 40)).save(out, format=kind)
+    return out.getvalue()
+
+
+async def test_an_image_prompt_sends_the_picture_and_region_and_keeps_the_picture_with_the_job(
+    run: Run, tmp_path: Path
+) -> None:
+    async with run(settings(tmp_path)) as (service, fake, store):
+        first = await service.submit(requester(), "a red fox", count=2, image=picture(), region=(0, 0, 0.5, 1))
+        assert isinstance(await first.final(), Done)
+        sent = fake.submitted[0]
+        assert sent.region == [0.0, 0.0, 0.5, 1.0] and sent.codes is None and sent.prefix is None
+        assert Image.open(io.BytesIO(sent.image or b"")).format == "PNG"  # the picture as checked, a plain PNG
+        stored = await store.job(first.job.id)
+        assert stored is not None and stored.source == f"images/{first.job.id}/source.png"
+        assert (tmp_path / stored.source).read_bytes() == sent.image
+        again = await service.reroll(requester("bob"), first.job.id)  # the same picture and region, a new seed
+        await again.final()
+        assert (fake.submitted[1].image, fake.submitted[1].region) == (sent.image, sent.region)
+        plain = await service.submit(requester(), "a fox", count=1, image=picture(kind="PNG"))  # no region:
+        await plain.final()
+        assert fake.submitted[2].region == [0.0, 0.5, 1.0, 1.0]  # the bottom half
+        await service.delete(requester(), first.job.id)
+        assert not (tmp_path / stored.source).exists()  # the picture went with its job
+
+
+UPLOADS = {
+    "not-a-picture": (lambda: b"GIF89a not really", "That file is not a picture; send a PNG, JPEG, WebP or GIF."),
+    "bmp": (lambda: picture(kind="BMP"), "That is a BMP file; send a PNG, JPEG, WebP or GIF."),
+    "bomb": (lambda: picture(9000, 6000, "PNG"),  # a few KB of PNG that unpacks to 54 megapixels
+             "That picture is 9000x6000 pixels; send one of at most 40 megapixels."),
+    "too-big": (lambda: b"\x89PNG" + b"x" * (11 << 20), "That file is 11.0 MB; send a picture of at most 10 MB."),
+}
+
+
+@pytest.mark.parametrize("upload", list(UPLOADS))
+async def test_uploads_are_told_by_content_and_sized_before_they_are_decoded(
+    run: Run, tmp_path: Path, upload: str
+) -> None:
+    make, said = UPLOADS[upload]
+    async with run(settings(tmp_path)) as (service, fake, _):
+        with pytest.raises(Refused) as refused:
+            await service.submit(requester(), "a fox", image=make())
+        assert str(refused.value) == said and fake.submitted == []
+
+
+async def test_regions_are_four_fractions_inside_the_picture(run: Run, tmp_path: Path) -> None:
+    async with run(settings(tmp_path)) as (service, _, _):
+        with pytest.raises(Refused, match="A region says which part of a picture to make again; send the picture"):
+            await service.submit(requester(), "a fox", region=(0, 0, 1, 1))
+        for region, said in (((0, 0.5, 1.2, 1), "is not inside the picture or is empty"),
+                             ((0.5, 0, 0.5, 1), "is not inside the picture or is empty"),
+                             (("a", 0, 1, 1), "A region is four numbers x0,y0,x1,y1 from 0 to 1"),
+                             ((0, 1), "A region is four numbers")):
+            with pytest.raises(Refused, match=said):
+                await service.submit(requester(), "a fox", image=picture(), region=region)
+
+
+async def test_vary_region_sends_the_images_token_grid_and_a_remix_keeps_the_region(run: Run, tmp_path: Path) -> None:
+    async with run(settings(tmp_path)) as (service, fake, store):
+        first = await service.submit(requester(), "a fox", count=4)
+        await first.final()
+        varied = await service.vary_region(requester("bob"), first.job.id, 2, (0.25, 0.25, 0.75, 0.75))
+        assert isinstance(await varied.final(), Done)
+        sent = fake.submitted[1]
+        assert sent.codes == (await store.images(first.job.id))[2].tokens and sent.region == [0.25, 0.25, 0.75, 0.75]
+        job = await store.job(varied.job.id)
+        assert job is not None and (job.kind, job.parent_index, job.region) == ("region", 2, (0.25, 0.25, 0.75, 0.75))
+        remixed = await service.remix(requester("bob"), varied.job.id, "a fox in a hat", None)
+        await remixed.final()
+        assert (fake.submitted[2].prompt, fake.submitted[2].region, fake.submitted[2].codes) == (
+            "a fox in a hat", sent.region, sent.codes)
+        with pytest.raises(Refused, match="That job has images 1 to 4"):
+            await service.vary_region(requester(), first.job.id, 4, (0, 0, 1, 1))
+
+
 async def test_upscale_is_lanczos_in_the_bot_at_the_configured_size(run: Run, tmp_path: Path) -> None:
     async with run(settings(tmp_path, images={"upscale_px": 64})) as (service, fake, store):
         first = await service.submit(requester(), "a fox", count=4, seed=3)

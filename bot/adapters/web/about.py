@@ -9,11 +9,10 @@ DEMO_DIR = ("generator", "demo_model")  # where the shipped demo model lives; ba
 
 # The demo model's vocabulary is generator/demo/scenes.py's (tests check these words against it).
 DEMO_DRAWS = (
-    "This is the built-in demo model: a tiny Janus trained on synthetic 48 px scenes, so it draws a background "
-    "colour and one or two circles, squares or triangles, small or large, in red, orange, yellow, green, blue, "
-    "purple, white or black, in the top left, at the top, in the top right, on the left, in the center, on the "
-    "right, in the bottom left, at the bottom or in the bottom right. Anything else comes out as shapes too; "
-    "set [model] name to a Janus checkpoint for real pictures."
+    "This is the built-in demo model, a tiny Janus trained on synthetic 48 px scenes: a background colour and one "
+    "or two circles, squares or triangles, small or large, in red, orange, yellow, green, blue, purple, white or "
+    "black, each at one of nine places (top left, top, top right, left, center, right, bottom left, bottom, bottom "
+    "right). Other prompts come out as shapes too; set [model] name to a Janus checkpoint for real pictures."
 )
 DEMO_EXAMPLES = (
     "a large red circle at the top on a blue background",

@@ -450,7 +450,7 @@ async def test_run_flags_override_the_file(tmp_path: Path, monkeypatch: pytest.M
     async def run(config: Settings) -> None:
         seen.append(config)
 
-    monkeypatch.setattr(app, "run", run)
+    monkeypatch.setattr(app, "serve", run)
     file = tmp_path / "config.toml"
     file.write_text('[model]\nname = "from-file"\n[bot]\ndata_dir = "file-data"\n[web]\nport = 9000\n')
     flags = ["--model", "flag", "--data-dir", str(tmp_path / "d"), "--web-port", "0"]
