@@ -533,7 +533,8 @@ class WebAdapter:
             "cfg": job.options.cfg,
             "temperature": job.options.temperature,
             "seed": str(job.seed),
-            "model": job.model,
+            "model": job.model,  # the checkpoint as the generator loaded it: a hub id or a directory
+            "model_name": model_name(job.model),
             "created_at": job.created_at,  # seconds since 1970, as GET /api/jobs?before= takes them
             "started_at": job.started_at,
             "finished_at": job.finished_at,

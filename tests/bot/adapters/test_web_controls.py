@@ -92,6 +92,7 @@ async def test_a_job_says_everything_about_itself(tmp_path: Path) -> None:
         first = await finished(web, count=2, cfg=3, temperature=0.5, seed=42, negative="trees")
         assert first["seed"] == "42" and first["negative"] == "trees"
         assert (first["count"], first["cfg"], first["temperature"], first["model"]) == (2, 3.0, 0.5, "fake")
+        assert first["model_name"] == "fake"  # a hub id's or a directory's last part
         assert first["user"] == "ada" and first["made_from"] is None
         assert first["created_at"] <= first["started_at"] <= first["finished_at"]
         assert first["waited_s"] == pytest.approx(first["started_at"] - first["created_at"])

@@ -43,8 +43,9 @@ def test_no_example_is_a_combination_training_held_out() -> None:
 
 
 def test_the_description_names_the_demo_models_whole_vocabulary() -> None:
-    for word in [*scenes.COLOURS, "circles", "squares", "triangles", "small", "large",
-                 *scenes.POSITION_NAMES.values()]:  # fmt: skip
+    places = [name.removeprefix("the ") for name in scenes.POSITION_NAMES.values()]  # "top left", "top", ...
+    assert len(places) == 9
+    for word in [*scenes.COLOURS, "circles", "squares", "triangles", "small", "large", *places]:
         assert word in DEMO_DRAWS, word
 
 

@@ -342,7 +342,7 @@ class JobCard {
     const rows = [
       ["prompt", "Prompt", job.prompt], ["negative", "Not (--no)", job.negative], ["seed", "Seed", job.seed],
       ["count", "Images", String(job.count)], ["cfg", "cfg", String(job.cfg)],
-      ["temperature", "Temperature", String(job.temperature)], ["model", "Model", job.model || "unknown"],
+      ["temperature", "Temperature", String(job.temperature)], ["model", "Model", job.model_name || "unknown"],
       ["user", "By", job.user], ["when", "When", new Date(job.created_at * 1000).toLocaleString()],
       ["waited", "Waited", duration(job.waited_s)], ["ran", "Ran", duration(job.ran_s)],
       ["made_from", "Made from", job.made_from], ["job", "Job", job.job_id],
@@ -353,6 +353,7 @@ class JobCard {
       if (value === null || value === undefined || value === "") continue;
       list.append(element("dt", {}, label), element("dd", { "data-field": field }, value));
     }
+    list.querySelector('[data-field="model"]').title = job.model || "";
     const reuse = button("Use these settings", "reuse", () => {
       $("command").value = commandOf(job);
       $("command").focus();
