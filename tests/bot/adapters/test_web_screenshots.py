@@ -1,4 +1,4 @@
-"""docs/images/screenshots.py, the README's pictures, still runs: the real bot on the demo model, the page in chromium."""
+"""docs/images/screenshots.py still runs: the real bot on the demo model, its page in chromium."""
 
 from __future__ import annotations
 
