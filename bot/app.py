@@ -187,6 +187,8 @@ async def serve(settings: Settings, env: Mapping[str, str] | None = None) -> Non
         if adapter is not None:
             await adapter.recovered(handle)
 
+    for adapter in adapters:  # ports and tokens first: a mistake costs seconds, not a model's loading time
+        await getattr(adapter, "check", _nothing)()
     async with App(settings, on_recovered=recovered) as app:
         started = []
         try:
@@ -199,6 +201,10 @@ async def serve(settings: Settings, env: Mapping[str, str] | None = None) -> Non
         finally:
             for adapter in reversed(started):  # stop taking commands first; the service then finishes its jobs
                 await adapter.close()
+
+
+async def _nothing() -> None:
+    """The check of an adapter that has none."""
 
 
 # -- `janus-bot run` --

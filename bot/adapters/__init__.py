@@ -6,7 +6,7 @@ import errno
 import logging
 import socket
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from bot.config import ConfigError, Settings
 from bot.jobs import Handle
@@ -26,8 +26,36 @@ def listen_error(section: str, host: str, port: int, error: OSError, other_port:
     return ConfigError(f"{section}.port: cannot listen on {host}:{port} ({error.strerror}); {other_port}")
 
 
+def check_listener(section: str, host: str, port: int, other_port: str) -> None:
+    """ConfigError (one line) now if a listener could not start on host:port, before minutes of loading a model.
+
+    The socket is bound and let go: the adapter binds it again when it starts, seconds later.
+    """
+    if port == 0:
+        return  # any free port: nothing can be taken
+    for family, kind, proto, _, address in _addresses(section, host, port, other_port):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds: TIME_WAIT is no clash
+            try:
+                probe.bind(address)
+            except OSError as error:
+                raise listen_error(section, host, port, error, other_port) from None
+
+
+def _addresses(section: str, host: str, port: int, other_port: str) -> list[Any]:
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise listen_error(section, host, port, error, other_port) from None
+
+
 class Adapter(Protocol):
-    """One platform. `run` builds adapters before the app starts, so recovered jobs can reach them early."""
+    """One platform. `run` builds adapters before the app starts, so recovered jobs can reach them early.
+
+    An adapter may also have `async def check(self) -> None`, which `run` calls before the model loads: it
+    raises ConfigError (or PlatformUnreachable) if the adapter could not start, its port taken or its token
+    refused, so that a mistake costs seconds rather than a large model's loading time.
+    """
 
     platform: str  # the Job.platform value this adapter delivers ("discord", "slack", "web")
 

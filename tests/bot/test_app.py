@@ -75,9 +75,10 @@ def test_run_command_reports_a_platform_out_of_reach_in_one_line(
     monkeypatch.setattr(Route, "BASE", f"http://127.0.0.1:{free_port()}/api/v10")
     config = tmp_path / "config.toml"
     config.write_text(f'[bot]\ndata_dir = "{tmp_path / "data"}"\n')
-    assert main(["run", "-c", str(config)]) == 1  # the generator started (the demo model) and stopped again
+    assert main(["run", "-c", str(config)]) == 1
     err = capsys.readouterr().err
     assert err.endswith("; check this machine's network\n")
+    assert "generator[" not in err  # said before the model loads: the generator never started
     assert err.splitlines()[-1].startswith("janus-bot: Discord cannot be reached (Cannot connect to host 127.0.0.1:")
     assert "Traceback" not in err and "secret" not in err
 

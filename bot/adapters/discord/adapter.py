@@ -37,23 +37,33 @@ class DiscordAdapter:
         assert self._client is not None, "start the adapter first"
         return self._client
 
-    async def start(self, service: Service) -> None:
-        """Log in (which registers and syncs the commands), connect to the gateway and wait for READY."""
-        self._client = ImagineClient(service, self._settings, guild_ready_timeout=self._guild_ready_timeout)
+    async def check(self) -> None:
+        """Before the model loads: Discord accepts the token (a login of its own, closed at once)."""
+        await self._login(discord.Client(intents=discord.Intents.none()))
+
+    async def _login(self, client: discord.Client, keep: bool = False) -> None:
+        """Log `client` in (closed again unless `keep`); one line for a refused token or an unreachable Discord."""
         try:
-            await self._client.login(self._token)
+            await client.login(self._token)
         except discord.LoginFailure:
-            await self._client.close()
+            await client.close()
             raise ConfigError(
                 "DISCORD_TOKEN: Discord does not accept this token; copy a new one from the developer portal "
                 "(your application -> Bot -> Reset Token)"
             ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as error:  # DNS, refused, TLS, timed out
-            await self._client.close()
+            await client.close()
             raise PlatformUnreachable(f"Discord cannot be reached ({error}); check this machine's network") from None
         except BaseException:
-            await self._client.close()
+            await client.close()
             raise
+        if not keep:
+            await client.close()
+
+    async def start(self, service: Service) -> None:
+        """Log in (which registers and syncs the commands), connect to the gateway and wait for READY."""
+        self._client = ImagineClient(service, self._settings, guild_ready_timeout=self._guild_ready_timeout)
+        await self._login(self._client, keep=True)
         self._connection = asyncio.create_task(self._client.connect())
         ready = asyncio.create_task(self._client.wait_until_ready())
         await asyncio.wait({ready, self._connection}, return_when=asyncio.FIRST_COMPLETED)

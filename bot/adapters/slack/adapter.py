@@ -11,8 +11,9 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.signature import SignatureVerifier
+from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.adapters import PlatformUnreachable, listen_error
+from bot.adapters import PlatformUnreachable, check_listener, listen_error
 from bot.adapters.slack.api import SlackProblem, call
 from bot.adapters.slack.app import PLATFORM, SlackBot, build_app
 from bot.config import ConfigError, Settings
@@ -65,6 +66,16 @@ class SlackAdapter:
         """The bolt app (after start)."""
         assert self._app is not None, "start the adapter first"
         return self._app
+
+    async def check(self) -> None:
+        """Before the model loads: the bot token accepted, and in HTTP mode the port free."""
+        client = AsyncWebClient(token=self._token, base_url=self.settings.api_url or AsyncWebClient.BASE_URL)
+        try:
+            await call(client.auth_test)
+        except SlackProblem as problem:
+            raise _start_error(problem, "SLACK_BOT_TOKEN", "reinstall the app and copy the new one") from None
+        if self.mode == "http":
+            check_listener("slack", self.settings.host, self.settings.port, "pick another in [slack]")
 
     async def start(self, service: Service) -> None:
         """Check the tokens, then connect (Socket Mode) or listen (HTTP mode)."""

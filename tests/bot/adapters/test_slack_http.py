@@ -255,3 +255,19 @@ async def test_a_port_already_taken_stops_start_with_one_line(tmp_path: Path) ->
     message = str(info.value)
     assert message.startswith(f"slack.port: cannot listen on 127.0.0.1:{port} (") and "\n" not in message
     assert message.endswith("address already in use); pick another in [slack]")
+
+
+async def test_a_refused_token_and_a_taken_port_are_said_before_the_model_loads(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with FakeSlack() as slack:  # no service, no generator: check() needs neither
+            config = settings(tmp_path, slack={"mode": "http", "host": "127.0.0.1", "port": port,
+                                               "api_url": slack.api_url})
+            with pytest.raises(ConfigError, match=r"^slack\.port: cannot listen on 127\.0\.0\.1:\d+ \("):
+                await SlackAdapter(config, BOT_TOKEN, app_token=None, signing_secret=SIGNING_SECRET).check()
+            with pytest.raises(ConfigError, match="^SLACK_BOT_TOKEN: "):
+                await SlackAdapter(config, "xoxb-wrong", app_token=None, signing_secret=SIGNING_SECRET).check()
+            free = settings(tmp_path, slack={"mode": "http", "host": "127.0.0.1", "port": 0, "api_url": slack.api_url})
+            await SlackAdapter(free, BOT_TOKEN, app_token=None, signing_secret=SIGNING_SECRET).check()
