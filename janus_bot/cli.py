@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,14 +30,22 @@ COMMANDS: dict[str, Command] = {
     "worker": Command("bot.worker", "run a GPU worker of the Redis pool: janus-bot worker --redis URL [--model ...]",
                       parses_itself=True),
     "pool": Command("bot.pool", "show the Redis pool: waiting jobs and each worker's health"),
-    "train-demo": Command("generator.demo.train", "train the built-in demo model on synthetic scenes (CPU, minutes)"),
+    "train-demo": Command("generator.demo.train", "train the built-in demo model on synthetic scenes (CPU, under "
+                                                  "an hour)"),
     "eval-demo": Command("generator.demo.evaluate", "score prompt adherence on held-out scenes, cfg 1 vs --cfg"),
 }
 
 
 def _overview() -> argparse.ArgumentParser:
     """The parser of `janus-bot -h` and of a missing or unknown command: it lists the commands."""
-    parser = argparse.ArgumentParser(prog="janus-bot", description="Janus / Janus-Pro image generation bot.")
+    parser = argparse.ArgumentParser(
+        prog="janus-bot",
+        description="A self-hosted Discord, Slack and web image bot on DeepSeek's Janus / Janus-Pro models.",
+        epilog="Start with `janus-bot run` (the web page at http://127.0.0.1:8080/ on the built-in demo model) or "
+               "`janus-bot imagine \"a large red circle on a blue background\"`; `janus-bot COMMAND -h` for a "
+               "command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"janus-bot {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         commands.add_parser(name, help=command.help, add_help=False)
@@ -49,9 +58,19 @@ def _load(target: str) -> Any:
     return getattr(loaded, name) if name else loaded
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("janus-bot")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = COMMANDS.get(argv[0]) if argv else None
+    if not argv:  # the commands, rather than an error about a missing one
+        _overview().print_help()
+        return 0
+    command = COMMANDS.get(argv[0])
     if command is None:
         _overview().parse_args(argv)  # help, or a usage error: both exit
         raise AssertionError(argv)
