@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.adapters import listen_error
+from bot.adapters import check_listener, listen_error
 from bot.adapters.web.about import DEMO_DRAWS, api_index, demo_examples, is_demo, model_name
 from bot.adapters.web.identity import LOCAL, Credentials, Unauthorized, Who, client, shown_name
 from bot.adapters.web.origin import WRITES, Origins, split_authority
@@ -245,14 +245,16 @@ def _query(request: web.Request) -> tuple[float | None, int, bool]:
 
 
 def console_name(settings: WebSettings) -> str:
-    """The name the page starts with on this machine's console: [web] console_name, else the login name."""
+    """The name the page starts with on this machine's console: [web] console_name, else the login name (else
+    "operator"); ConfigError for a configured name the page could not send."""
+    if settings.console_name:
+        try:
+            return shown_name(settings.console_name)
+        except ValueError:
+            raise ConfigError("web.console_name: give a name of 1 to 64 characters on one line") from None
     try:
-        typed = settings.console_name or getpass.getuser()
-    except (KeyError, OSError):  # a container's user with no passwd entry
-        typed = ""
-    try:
-        return shown_name(typed)
-    except ValueError:
+        return shown_name(getpass.getuser())
+    except (KeyError, OSError, ValueError):  # a container's user with no passwd entry, among others
         return "operator"
 
 
@@ -293,6 +295,7 @@ class WebAdapter:
                               "JANUS_BOT_WEB_TOKEN to an access token or remove them")
         self.settings = web_settings
         self.url = ""
+        self._console_name = console_name(web_settings)
         self._data_dir = data_dir
         self._credentials = Credentials(token, admin_token)
         self._origins = Origins(web_settings)
@@ -321,6 +324,10 @@ class WebAdapter:
         return self._service
 
     # -- the Adapter protocol --
+
+    async def check(self) -> None:
+        """Before the model loads: ConfigError (one line) if the page's port is taken or its host is not ours."""
+        check_listener("web", self.settings.host, self.settings.port, "pick another with --web-port")
 
     async def start(self, service: Service) -> None:
         """Listen on the configured host and port."""
@@ -731,7 +738,7 @@ class WebAdapter:
                       "examples": demo_examples() if demo else []},
             "defaults": {"count": defaults.count, "cfg": defaults.cfg, "temperature": defaults.temperature},
             "you": {"identity": who.user, "console": console, "admin": self.service.policy.is_admin(requester),
-                    "name": console_name(self.settings) if console else None},
+                    "name": self._console_name if console else None},
         })  # fmt: skip
 
     async def api_root(self, request: web.Request) -> web.Response:

@@ -416,6 +416,22 @@ async def test_a_port_taken_or_a_host_not_of_this_machine_is_one_line_naming_the
     assert said[1].endswith("); give an address of this machine, such as 127.0.0.1")
 
 
+async def test_a_taken_port_is_found_before_the_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from janus_bot.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"^web.port: cannot listen on 127.0.0.1:{port} "):
+            await WebAdapter(WebSettings(port=port), tmp_path).check()
+        await WebAdapter(WebSettings(port=0), tmp_path).check()  # any free port: nothing to check
+        code = await asyncio.to_thread(main, ["run", "--data-dir", str(tmp_path / "data"), "--web-port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and "generator[" not in err  # said before the generator (and its model) started
+    assert err.splitlines()[-1].startswith(f"janus-bot: web.port: cannot listen on 127.0.0.1:{port} (")
+
+
 async def test_web_jobs_left_unfinished_are_followed_after_a_restart_and_marked_delivered(tmp_path: Path) -> None:
     config = settings(tmp_path, web={"port": 0})
     stuck = FakeGenerator()
