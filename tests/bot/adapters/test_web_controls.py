@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
+from bot.adapters.web import WebAdapter
 from bot.adapters.web.about import demo_examples, model_name
+from bot.config import ConfigError, WebSettings
 from bot.jobs import Requester
 from generator import protocol as wire
 from tests.bot.adapters.test_web import Web, serving
@@ -316,3 +318,5 @@ async def test_about_tells_the_page_who_it_is_and_the_consoles_name(tmp_path: Pa
     async with serving(tmp_path / "default") as web:
         _, about = await web.get("/api/about")
         assert about["you"]["console"] is True and about["you"]["name"]  # the login name, or "operator"
+    with pytest.raises(ConfigError, match="web.console_name: give a name of 1 to 64 characters on one line"):
+        WebAdapter(WebSettings(console_name="ada\nERROR"), tmp_path)

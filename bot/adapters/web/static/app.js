@@ -11,6 +11,7 @@ let about = null; // GET /api/about: the model, the defaults, who we are
 let historyShown = false;
 let olderUrl = null;
 let galleryOlderUrl = null;
+let reasked = null; // the model /api/about was last asked about again
 
 function token() {
   return localStorage.getItem("janus-bot-token") || "";
@@ -553,7 +554,12 @@ async function health() {
     model.textContent = "the generator is starting…";
     return;
   }
-  const name = about && about.model.path === data.model ? about.model.name : data.model;
+  if (about && about.model.path !== data.model && reasked !== data.model) {
+    reasked = data.model; // once per model, whatever /api/about answers
+    hello(); // the model became known (a pool's first worker) or changed: its name, and the demo's chips
+    return;
+  }
+  const name = (about && about.model.name) || data.model;
   model.title = data.model;
   model.textContent = `${name} on ${data.device} · ${data.queue_depth} waiting${status === 200 ? "" : " · generator down"}`;
   if (about && about.model.demo) model.append(" ", element("span", { className: "badge" }, "demo"));
