@@ -339,3 +339,20 @@ async def test_a_cancelled_job_says_so_and_offers_nothing_to_make_from_it(tmp_pa
         card = b.page.locator(".job").nth(0)
         await expect(card.locator(".status")).to_have_text("Cancelled.")
         await expect(card.locator('button[data-action="reroll"]')).to_have_count(0)
+
+
+async def test_a_job_still_running_after_a_reload_is_followed_to_its_end(tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    held = FakeGenerator(steps=4, step_delay=0.01)
+    held.hold.clear()
+    async with browsing(tmp_path, generator=held) as b:
+        card = await b.send("/imagine a fox that takes a while --count 2")
+        await expect(card.locator(".status")).to_have_text("Queued: position 1")
+        await b.page.reload()
+        card = b.page.locator(".job").nth(0)
+        await expect(card.locator(".prompt")).to_have_text("a fox that takes a while")
+        await expect(card.locator('button[data-action="cancel"]')).to_be_visible()
+        held.hold.set()
+        await expect(card.locator(".status")).to_have_text(re.compile(r"^Done: 2 images, seed \d+\.$"))
+        await expect(card.locator(".pictures img")).to_have_count(2)
