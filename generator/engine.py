@@ -6,6 +6,10 @@ admit (take free image slots), prefill (each request's two prompt rows, copied t
 sample (guided logits, one counter-based random number per image and step), step (every image's last
 token in, the next one out), collect (finished requests leave, their slots free for the next step).
 
+The unconditional row is the prompt padded out, or a negative prompt formatted as a prompt is. A request
+may start from a source grid (a prefix for variations, a picture's codes for image prompts and Vary
+(Region)): a kept cell is fed the source's code instead of the sample, with the same random stream.
+
 Sampling is in `sampling`, the cache and the per-slot tensors in `slots`, the own Llama decode step in
 `llama_step`, static shapes, CUDA graphs and torch.compile in `graphs`.
 """
@@ -23,7 +27,7 @@ import torch
 from generator.checkpoint import Checkpoint
 from generator.graphs import KV_BLOCK, StepGraphs
 from generator.llama_step import LlamaStep
-from generator.prompt import encode_prompt, left_padded, unconditional_ids
+from generator.prompt import guidance_rows, left_padded
 from generator.request import Request, RequestError, Result, StepReport
 from generator.sampling import guided_logits, image_key, sample, uniform
 from generator.slots import SlotCache, SlotState, auto_batch_images, pairs, rows_of
@@ -31,7 +35,17 @@ from generator.slots import SlotCache, SlotState, auto_batch_images, pairs, rows
 log = logging.getLogger(__name__)
 
 OUT_OF_MEMORY = "The GPU ran out of memory for this request; try fewer images."
-__all__ = ["Engine", "Request", "RequestError", "Result", "StepReport", "generate"]
+__all__ = ["Admission", "Engine", "Request", "RequestError", "Result", "StepReport", "generate"]
+
+
+@dataclass
+class Admission:
+    """A request checked against an engine: its two prompt rows and, when it starts from a grid, the kept cells."""
+
+    cond: list[int]
+    uncond: list[int]
+    codes: torch.Tensor | None = None  # [1 or num_images, num_image_tokens] on the CPU
+    keep: torch.Tensor | None = None  # bool, shaped as codes: the cells fed their code, not a sample
 
 
 @dataclass
@@ -40,6 +54,8 @@ class _Running:
     slots: list[int]  # image slots, in image order
     step: int  # tokens sampled so far, for every image of the request
     write_pos: int  # its rows' cache write position, kept on the host: a step's cache length without a device read
+    end: int  # steps it takes: after its last sampled cell the rest are kept cells, which need no forward
+    kept: torch.Tensor | None  # [num_images, num_image_tokens] the kept cells' codes, -1 elsewhere (previews)
 
 
 class Engine:
@@ -102,8 +118,8 @@ class Engine:
 
     # -- admit and prefill --
 
-    def validate(self, request: Request) -> list[int]:
-        """Check a request against this engine; returns its conditional prompt ids."""
+    def validate(self, request: Request) -> Admission:
+        """Check a request against this engine; returns its prompt rows and kept cells."""
         if not request.prompt.strip():
             raise RequestError("The prompt is empty; describe the picture you want.")
         if not 1 <= request.num_images <= self.max_batch_images:
@@ -112,16 +128,49 @@ class Engine:
             raise RequestError(f"The guidance weight must be a number of at least 0, not {request.cfg}.")
         if not math.isfinite(request.temperature) or request.temperature < 0:
             raise RequestError(f"The temperature must be a number of at least 0, not {request.temperature}.")
-        ids = encode_prompt(self.processor, request.prompt)
-        if len(ids) > self.max_prompt_tokens:
-            raise RequestError(
-                f"The prompt is too long ({len(ids)} tokens, at most {self.max_prompt_tokens}); shorten it."
-            )
-        prefix = request.prefix
-        if prefix is not None and (prefix.dim() not in (1, 2) or prefix.shape[-1] > self.n_tokens or (
-                prefix.dim() == 2 and prefix.shape[0] != request.num_images)):
-            raise RequestError(f"A token prefix must be [k] or [num_images, k] with k <= {self.n_tokens}.")
-        return ids
+        if request.negative is not None and not isinstance(request.negative, str):
+            raise RequestError("The negative prompt must be text.")
+        cond, uncond = guidance_rows(self.processor, request.prompt, request.negative)
+        for name, ids in (("prompt", cond), ("negative prompt", uncond)):
+            if len(ids) > self.max_prompt_tokens:
+                raise RequestError(
+                    f"The {name} is too long ({len(ids)} tokens, at most {self.max_prompt_tokens}); shorten it."
+                )
+        return Admission(cond, uncond, *self._kept_cells(request))
+
+    def _kept_cells(self, request: Request) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The source codes and kept cells of a request, [1 or num_images, T] each, or (None, None)."""
+        n, total = request.num_images, self.n_tokens
+
+        def grid_shaped(x: torch.Tensor, length: int) -> bool:
+            return x.dim() in (1, 2) and x.shape[-1] == length and (x.dim() == 1 or x.shape[0] == n)
+
+        prefix, forced, keep = request.prefix, request.forced, request.keep
+        if prefix is not None and (forced is not None or keep is not None):
+            raise RequestError("Give a token prefix or a grid to start from, not both.")
+        if prefix is not None:
+            if prefix.dim() not in (1, 2) or not grid_shaped(prefix, prefix.shape[-1]) or prefix.shape[-1] > total:
+                raise RequestError(f"A token prefix must be [k] or [num_images, k] with k <= {total}.")
+            codes = torch.zeros(*prefix.shape[:-1], total, dtype=torch.long)
+            codes[..., : prefix.shape[-1]] = prefix
+            keep = torch.arange(total) < prefix.shape[-1]
+        elif forced is not None:
+            if not grid_shaped(forced, total):
+                raise RequestError(f"A grid to start from must be [{total}] or [num_images, {total}] codes.")
+            codes = forced
+            if keep is None:
+                keep = torch.ones(total, dtype=torch.bool)
+            elif not grid_shaped(keep, total) or keep.dtype != torch.bool:
+                raise RequestError(f"The cells to keep must be a [{total}] or [num_images, {total}] boolean mask.")
+        elif keep is not None:
+            raise RequestError("Cells to keep need a grid to start from.")
+        else:
+            return None, None
+        codebook = self.model.model.generation_embeddings.num_embeddings
+        in_range = not codes.numel() or (int(codes.min()) >= 0 and int(codes.max()) < codebook)
+        if codes.is_floating_point() or codes.dtype == torch.bool or not in_range:
+            raise RequestError(f"Token ids must be whole numbers from 0 to {codebook - 1}.")
+        return codes.cpu().long().reshape(-1, total), keep.cpu().reshape(-1, total)
 
     def add(self, requests: Sequence[Request]) -> list[Result]:
         """Prefill requests into free slots; they sample their first token now and join the next step.
@@ -131,16 +180,16 @@ class Engine:
         """
         if not requests:
             return []
-        prompts = [self.validate(r) for r in requests]
+        admissions = [self.validate(r) for r in requests]
         need = sum(r.num_images for r in requests)
         if need > len(self._free):
             raise RequestError(f"{need} images do not fit in {len(self._free)} free slots.")
-        return self._admit(list(requests), prompts)
+        return self._admit(list(requests), admissions)
 
-    def _admit(self, requests: list[Request], prompts: list[list[int]]) -> list[Result]:
+    def _admit(self, requests: list[Request], admissions: list[Admission]) -> list[Result]:
         slots_of = [[self._free.pop(0) for _ in range(r.num_images)] for r in requests]
         try:
-            length = self._prefill(requests, slots_of, prompts)
+            length = self._prefill(requests, slots_of, admissions)
         except torch.OutOfMemoryError:
             taken = [s for slots in slots_of for s in slots]
             self._free = sorted(self._free + taken)
@@ -150,16 +199,27 @@ class Engine:
                 log.warning("out of memory prefilling request %s alone; failing it", requests[0].id)
                 return [Result(requests[0], None, status="failed", error=OUT_OF_MEMORY)]
             log.warning("out of memory prefilling %d requests together; adding them one by one", len(requests))
-            return [failed for request, ids in zip(requests, prompts) for failed in self._admit([request], [ids])]
-        for request, slots in zip(requests, slots_of):
-            self._running[request.id] = _Running(request, slots, step=1, write_pos=length)
+            return [failed for request, admission in zip(requests, admissions)
+                    for failed in self._admit([request], [admission])]
+        for request, slots, admission in zip(requests, slots_of, admissions):
+            end, kept = self.n_tokens, None
+            if admission.keep is not None:
+                keep = admission.keep.expand(request.num_images, -1)
+                kept = torch.where(keep, admission.codes, -1)  # [n, T]
+                sampled = (~keep).any(dim=0).nonzero()
+                if self.state.logits is None:  # recorded logits need every step
+                    end = int(sampled[-1]) + 1 if len(sampled) else 1
+            self._running[request.id] = _Running(request, slots, step=1, write_pos=length, end=end, kept=kept)
         self._report(requests)
         return []
 
-    def _prefill(self, requests: list[Request], slots_of: list[list[int]], prompts: list[list[int]]) -> int:
-        """Run each request's two prompt rows once, into all its images' cache rows; the padded prompt length."""
+    def _prefill(self, requests: list[Request], slots_of: list[list[int]], admissions: list[Admission]) -> int:
+        """Run each request's two prompt rows once, into all its images' cache rows; the padded prompt length.
+
+        Rows of different lengths (prompts, negative prompts) are left-padded; each row's positions start at 0.
+        """
         device = self.checkpoint.device
-        rows = [ids for cond in prompts for ids in (cond, unconditional_ids(cond, self.processor))]
+        rows = [ids for admission in admissions for ids in (admission.cond, admission.uncond)]
         ids, mask = (t.to(device) for t in left_padded(rows, self.pad_id))  # [2 requests, L]
         slots = torch.tensor([s for group in slots_of for s in group], dtype=torch.long, device=device)
         owner = torch.tensor([i for i, group in enumerate(slots_of) for _ in group], device=device)
@@ -174,9 +234,9 @@ class Engine:
             # Every step's random number, drawn now: a step reads one instead of hashing it in ~30 small kernels.
             uniforms=uniform(keys[:, None], torch.arange(self.n_tokens, device=device)),
         )
-        for request, group in zip(requests, slots_of):
-            if request.prefix is not None:
-                self.state.force(group, request.prefix)
+        for admission, group in zip(admissions, slots_of):
+            if admission.codes is not None:
+                self.state.force(group, admission.codes, admission.keep)
 
         length = ids.shape[1]
         causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
@@ -203,9 +263,10 @@ class Engine:
         guided = guided_logits(logits[0::2], logits[1::2], state.cfg[slots])  # [n, V]
         steps = state.sampled[slots]
         at = steps.clamp(max=self.n_tokens - 1)[:, None]
+        # A kept cell is fed its code; its random number goes unused, so later cells draw what they would alone.
         token = sample(guided, state.temperature[slots], state.uniforms[slots].gather(1, at)[:, 0])
         forced = state.forced_tokens[slots].gather(1, at)[:, 0]
-        state.record(slots, at, torch.where(steps < state.forced_len[slots], forced, token), guided)
+        state.record(slots, at, torch.where(state.forced_mask[slots].gather(1, at)[:, 0], forced, token), guided)
 
     def step(self) -> list[Result]:
         """One token for every running image; returns the requests that finished (or failed)."""
@@ -267,20 +328,21 @@ class Engine:
             return
         runs = self._running.values() if only is None else [self._running[r.id] for r in only]
         for run in runs:
-            tokens = None
-            if self.preview_every and (run.step % self.preview_every == 0) and run.step < self.n_tokens:
-                tokens = self.state.tokens[run.slots, : run.step].cpu()
-            self.on_progress(StepReport(run.request, run.step, self.n_tokens, tokens))
+            tokens, kept = None, None
+            first = run.step == 1 and run.kept is not None  # the kept cells show at once
+            if self.preview_every and (run.step % self.preview_every == 0 or first) and run.step < run.end:
+                tokens, kept = self.state.tokens[run.slots, : run.step].cpu(), run.kept
+            self.on_progress(StepReport(run.request, run.step, self.n_tokens, tokens, kept))
 
     def _collect(self) -> list[Result]:
-        done = [run for run in self._running.values() if run.step >= self.n_tokens]
+        done = [run for run in self._running.values() if run.step >= run.end]
         return [self._release(run, "done") for run in done]
 
     def _release(self, run: _Running, status: str, error: str | None = None) -> Result:
         del self._running[run.request.id]
         index = torch.tensor(run.slots, device=self.checkpoint.device)
         done = status == "done"
-        tokens = self.state.tokens[index].cpu() if done else None
+        tokens = self.state.finished_tokens(index).cpu() if done else None
         logits = self.state.logits[index].cpu() if self.state.logits is not None and done else None
         self.state.release(index)
         self._free = sorted(self._free + run.slots)
@@ -313,7 +375,8 @@ def generate(
     empty slots; a one-shot batch is not worth capturing as CUDA graphs unless asked.
     """
     requests = list(requests)
-    longest = max((len(encode_prompt(checkpoint.processor, r.prompt)) for r in requests), default=1)
+    longest = max((len(ids) for r in requests for ids in guidance_rows(checkpoint.processor, r.prompt, r.negative)),
+                  default=1)
     with torch.inference_mode():
         engine = Engine(
             checkpoint,

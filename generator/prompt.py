@@ -29,6 +29,15 @@ def unconditional_ids(ids: list[int], processor: JanusProcessor) -> list[int]:
     return [token if token in keep else tokenizer.pad_token_id for token in ids]
 
 
+def guidance_rows(processor: JanusProcessor, prompt: str, negative: str | None = None) -> tuple[list[int], list[int]]:
+    """A prompt's conditional and unconditional ids: the unconditional row is the negative prompt formatted as a
+    prompt is, or without one (None or blank) the prompt's ids padded out."""
+    cond = encode_prompt(processor, prompt)
+    if negative is None or not negative.strip():
+        return cond, unconditional_ids(cond, processor)
+    return cond, encode_prompt(processor, negative)
+
+
 def cfg_rows(processor: JanusProcessor, prompt: str, num_images: int) -> torch.Tensor:
     """Interleaved CFG batch for one prompt: row 2i conditional, row 2i+1 unconditional.  # [2n, L]"""
     cond = encode_prompt(processor, prompt)

@@ -14,6 +14,10 @@ CFG_RANGE = (1.0, 10.0)
 TEMPERATURE_RANGE = (0.0, 1.5)
 SEED_MAX = 2**63 - 1
 DEFAULTS = {"count": 4, "cfg": 5.0, "temperature": 1.0}
+MAX_IMAGE_BYTES = 32 * 2**20  # a picture to start from; base64 in one Generate line, it fits the generator's limit
+MAX_IMAGE_PIXELS = 64_000_000  # its width x height, checked before it is decoded (a decompression bomb never is)
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")  # told by content; an animated picture's first frame is used
+DEFAULT_REGION = (0.0, 0.5, 1.0, 1.0)  # what a picture to start from has regenerated when no region is given
 
 
 def add_process_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +62,31 @@ def check_negative(negative: str | None) -> str | None:
     if len(text) > MAX_PROMPT_CHARS:
         raise OptionError(f"The negative prompt is {len(text)} characters long; keep it under {MAX_PROMPT_CHARS}.")
     return text or None
+
+
+def check_region(region: object) -> tuple[float, float, float, float]:
+    """A region [x0, y0, x1, y1] in fractions of the picture's width and height, left to right and top to bottom:
+    four numbers in [0, 1] enclosing a positive area."""
+    if (not isinstance(region, (list, tuple)) or len(region) != 4 or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in region)):
+        raise OptionError("A region is four numbers X0,Y0,X1,Y1, fractions of the width and height "
+                          "(the bottom half is 0,0.5,1,1).")
+    x0, y0, x1, y1 = (float(v) for v in region)
+    if not all(0.0 <= v <= 1.0 for v in (x0, y0, x1, y1)):
+        raise OptionError(f"A region's corners must lie between 0 and 1; you gave {x0:g},{y0:g},{x1:g},{y1:g}.")
+    if not (x0 < x1 and y0 < y1):
+        raise OptionError(f"The region {x0:g},{y0:g},{x1:g},{y1:g} is empty; X0 must be below X1 and Y0 below Y1 "
+                          f"(the bottom half is 0,0.5,1,1).")
+    return x0, y0, x1, y1
+
+
+def parse_region(text: str) -> tuple[float, float, float, float]:
+    """'X0,Y0,X1,Y1' (fractions) as a checked region."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    return check_region(values)
 
 
 def check_options(count: int, cfg: float, temperature: float, seed: int | None) -> None:

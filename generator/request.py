@@ -16,7 +16,12 @@ class RequestError(ValueError):
 
 @dataclass
 class Request:
-    """One prompt and its settings; `prefix` forces the first tokens of every image (variations)."""
+    """One prompt and its settings.
+
+    `negative` is the prompt guidance steers away from (None: the published unconditional rows). `prefix` forces
+    the first tokens of every image (variations); `forced` is a whole source grid whose cells in `keep` are fed
+    instead of sampled (image prompts, Vary (Region)).
+    """
 
     prompt: str
     num_images: int = 4
@@ -24,6 +29,9 @@ class Request:
     temperature: float = 1.0
     seed: int = 0
     prefix: torch.Tensor | None = None  # [k] or [num_images, k]
+    negative: str | None = None
+    forced: torch.Tensor | None = None  # [num_image_tokens] or [num_images, num_image_tokens] codes
+    keep: torch.Tensor | None = None  # bool, shaped as `forced`: the cells fed its code (None: all of them)
     id: str = field(default_factory=lambda: f"r{next(_ids)}")
 
 
@@ -40,9 +48,11 @@ class Result:
 
 @dataclass
 class StepReport:
-    """Reported after every step; `tokens` (the rows so far) only every `preview_every` steps."""
+    """Reported after every step; `tokens` (the rows so far) only every `preview_every` steps, and for a request
+    with kept cells at its first step too, with `kept`: a preview shows those cells from the start."""
 
     request: Request
     step: int
     total: int
     tokens: torch.Tensor | None = None  # [num_images, step]
+    kept: torch.Tensor | None = None  # [num_images, num_image_tokens] with tokens: kept cells' codes, -1 elsewhere

@@ -151,8 +151,8 @@ class SlotState:
     temperature: torch.Tensor
     uniforms: torch.Tensor  # [slots, num_image_tokens] every step's random number, drawn at admission
     sampled: torch.Tensor  # tokens sampled so far
-    forced_tokens: torch.Tensor  # [slots, num_image_tokens] a variation's given first tokens
-    forced_len: torch.Tensor  # how many of them
+    forced_tokens: torch.Tensor  # [slots, num_image_tokens] a source grid's codes (a variation's first tokens ...)
+    forced_mask: torch.Tensor  # [slots, num_image_tokens] bool: the cells fed forced_tokens instead of a sample
     tokens: torch.Tensor  # [slots, num_image_tokens]
     logits: torch.Tensor | None  # [slots, num_image_tokens, codebook] guided logits, when recorded
 
@@ -177,7 +177,7 @@ class SlotState:
             uniforms=per_slot(num_tokens, dtype=torch.float32),
             sampled=per_slot(),
             forced_tokens=per_slot(num_tokens),
-            forced_len=per_slot(),
+            forced_mask=per_slot(num_tokens, dtype=torch.bool),
             tokens=per_slot(num_tokens),
             logits=None if record_logits_of is None else per_slot(num_tokens, record_logits_of, dtype=torch.float32),
         )
@@ -198,15 +198,18 @@ class SlotState:
         self.temperature[slots] = temperature
         self.uniforms[slots] = uniforms
         self.sampled[slots] = 0
-        self.forced_len[slots] = 0
+        self.forced_mask[slots] = False
 
-    def force(self, slots: list[int], prefix: torch.Tensor) -> None:
-        """The first tokens of these slots' images are given, not sampled.  # prefix [k] or [len(slots), k]"""
+    def force(self, slots: list[int], codes: torch.Tensor, keep: torch.Tensor) -> None:
+        """The cells in `keep` of these slots' images are given `codes`, not sampled.  # [1 or len(slots), T] each"""
         device = self.forced_tokens.device
-        prefix = prefix.to(device).expand(len(slots), -1)
         index = torch.tensor(slots, device=device)
-        self.forced_tokens[index, : prefix.shape[1]] = prefix
-        self.forced_len[index] = prefix.shape[1]
+        self.forced_tokens[index] = codes.to(device).expand(len(slots), -1)
+        self.forced_mask[index] = keep.to(device).expand(len(slots), -1)
+
+    def finished_tokens(self, slots: torch.Tensor) -> torch.Tensor:
+        """The slots' grids, kept cells filled in: cells after a request's last sampled one were never stepped."""
+        return torch.where(self.forced_mask[slots], self.forced_tokens[slots], self.tokens[slots])
 
     def record(self, slots: torch.Tensor | slice, at: torch.Tensor, token: torch.Tensor, guided: torch.Tensor
                ) -> None:

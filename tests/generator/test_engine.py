@@ -339,7 +339,7 @@ def test_out_of_memory_prefilling_fails_only_the_request_that_cannot_fit(tiny, m
     small, big = Request(PROMPTS[0], 1, seed=1), Request(PROMPTS[2], 4, seed=2)
     [want] = generate(tiny, [Request(**{**small.__dict__, "id": "alone"})])
     engine = Engine(tiny, max_batch_images=6)
-    fits = 2 * len(engine.validate(small))  # the small request's two prompt rows, and no more
+    fits = 2 * len(engine.validate(small).cond)  # the small request's two prompt rows, and no more
     calls = _out_of_memory_above(monkeypatch, tiny, step_rows=100, prompt_tokens=fits)
     with torch.inference_mode():
         failed = engine.add([small, big])
@@ -431,3 +431,56 @@ def test_the_cpu_kv_cache_lives_in_huge_pages_where_the_kernel_allows(tiny):
     keys = engine.cache.keys[0]
     assert keys.nbytes >= 8 << 20 and not keys.any()
     assert _huge_page_kb(keys.data_ptr() + keys.nbytes // 2) >= 2048
+
+
+# -- negative prompts -------------------------------------------------------------------------------
+
+NEGATIVE = "blurry, dark, a dog"
+
+
+@pytest.mark.parametrize("cfg", [5.0, 3.0])
+def test_a_negative_prompt_matches_a_reference_running_each_row_on_its_own(tiny, cfg):
+    requests = [Request(p, num_images=n, cfg=cfg, temperature=0, negative=NEGATIVE) for p, n in zip(PROMPTS, (2, 1, 2))]
+    lengths = {len(tiny.processor.tokenizer(text).input_ids) for text in [*PROMPTS, NEGATIVE]}
+    assert len(lengths) == 4  # conditional and negative rows of four lengths share the prefill
+    results = generate(tiny, requests + [Request(PROMPTS[0], 1, cfg=cfg, temperature=0, id="plain")])
+    for request, result in zip(requests, results):
+        ref = reference_generate(tiny, request.prompt, request.num_images, cfg=cfg, temperature=0, negative=NEGATIVE)
+        assert torch.equal(result.tokens, ref.tokens), request.prompt
+    unguided = reference_generate(tiny, PROMPTS[0], 2, cfg=cfg, temperature=0)
+    assert not torch.equal(results[0].tokens, unguided.tokens)  # the negative changed something
+    assert torch.equal(results[-1].tokens, unguided.tokens[:1])  # and only for the requests that gave it
+
+
+def test_a_negative_prompt_teacher_forced_gives_the_reference_s_guided_logits(tiny):
+    forced = torch.randint(0, 256, (2, tiny.num_image_tokens), generator=torch.Generator().manual_seed(5))
+    [result] = generate(tiny, [Request(PROMPTS[1], 2, cfg=3.0, negative=NEGATIVE, forced=forced)], record_logits=True)
+    ref = reference_generate(tiny, PROMPTS[1], 2, cfg=3.0, negative=NEGATIVE, forced=forced, record_logits=True)
+    torch.testing.assert_close(result.logits, ref.logits, atol=1e-4, rtol=0)
+
+
+def test_without_a_negative_prompt_the_unconditional_rows_are_as_published(tiny):
+    a, b, c = generate(tiny, [Request(PROMPTS[2], 2, seed=4, id="none"), Request(PROMPTS[2], 2, seed=4, negative="  ",
+                                                                              id="blank"),
+                              Request(PROMPTS[2], 2, seed=4, negative=NEGATIVE, id="neg")])
+    assert torch.equal(a.tokens, b.tokens)  # a blank negative is no negative
+    assert not torch.equal(a.tokens, c.tokens)
+    ref = reference_generate(tiny, PROMPTS[2], 2, temperature=0)
+    [greedy] = generate(tiny, [Request(PROMPTS[2], 2, temperature=0)])
+    assert torch.equal(greedy.tokens, ref.tokens)
+
+
+def test_a_negative_prompt_alone_equals_it_batched_with_others(tiny):
+    target = Request(PROMPTS[0], 2, cfg=4.0, seed=77, negative=NEGATIVE)
+    [alone] = generate(tiny, [target])
+    together = generate(tiny, [Request(PROMPTS[2], 3, seed=1), Request(**{**target.__dict__, "id": "again"}),
+                               Request(PROMPTS[1], 1, seed=2, negative="green")])
+    assert torch.equal(alone.tokens, together[1].tokens)
+
+
+def test_a_negative_prompt_over_the_token_limit_is_refused(tiny):
+    engine = Engine(tiny, max_batch_images=2, max_prompt_tokens=64)
+    with pytest.raises(RequestError, match=r"The negative prompt is too long \(\d+ tokens, at most 64\); shorten it"):
+        engine.add([Request("red", 1, negative="word " * 80)])
+    with pytest.raises(RequestError, match=r"negative prompt is too long \(\d+ tokens, at most 20\)"):
+        generate(tiny, [Request("red", negative="word " * 40)], max_prompt_tokens=20)
