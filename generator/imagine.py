@@ -1,4 +1,8 @@
-"""`janus-bot imagine`: prompts in, pictures out, all in one batch through the engine."""
+"""`janus-bot imagine`: prompts in, pictures out, all in one batch through the engine.
+
+`--no TEXT` is a negative prompt for every prompt of the call; `--image FILE` starts every picture from that
+one, regenerating only the cells `--region` covers (the bottom half unless told).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,13 @@ import secrets
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from generator.cli import UsageError, command, quiet_transformers, writable_dir
-from generator.protocol import check_options, check_prompt
+from generator.protocol import DEFAULT_REGION, check_negative, check_options, check_prompt, parse_region
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", type=float, default=5.0, help="guidance weight, 1-10 (default 5)")
     parser.add_argument("--temperature", type=float, default=1.0, help="0-1.5; 0 is greedy (default 1)")
     parser.add_argument("--seed", type=int, help="random seed (default: random); prompt i uses seed+i")
+    parser.add_argument("--no", dest="negative", metavar="TEXT",
+                        help="negative prompt, for every prompt: what guidance steers away from")
+    parser.add_argument("--image", metavar="FILE",
+                        help="start from this picture (PNG, JPEG, WebP or GIF): only --region is regenerated")
+    parser.add_argument("--region", metavar="X0,Y0,X1,Y1",
+                        help="with --image, the part regenerated, in fractions of width and height "
+                             "(default 0,0.5,1,1: the bottom half)")
     parser.add_argument("-o", "--output", help="grid of all images (.png, .jpg or .webp)")
     parser.add_argument("--out-dir", help="write each image as <prompt>-<image>.png")
     parser.add_argument("--upscale", type=int, metavar="PX", help="Lanczos-upscale each image to PX pixels")
@@ -30,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     prompts = [check_prompt(p) for p in args.prompts]
     check_options(args.count, args.cfg, args.temperature, args.seed)
+    negative = check_negative(args.negative)
+    if args.region is not None and args.image is None:
+        raise UsageError("--region goes with --image: it says which part of that picture to regenerate.")
+    region = parse_region(args.region) if args.region is not None else DEFAULT_REGION
+    picture = read_picture(args.image) if args.image is not None else None
     if args.upscale is not None and not 16 <= args.upscale <= 4096:
         raise UsageError(f"--upscale must be between 16 and 4096 pixels; you gave {args.upscale}.")
     output = args.output
@@ -50,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from generator.checkpoint import CheckpointError, first_line, load_checkpoint, resolve_model
-    from generator.codec import decode_tokens, make_grid, save_image, upscale
+    from generator.codec import decode_tokens, encode_pictures, make_grid, region_cells, save_image, upscale
     from generator.engine import Request, RequestError, StepReport, generate
 
     try:
@@ -60,9 +80,13 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as err:  # the device failed while the model moved there
         raise UsageError(f"Cannot use device {args.device!r}: {first_line(err)}") from None
 
+    forced = keep = None
+    if picture is not None:
+        forced, keep = encode_pictures(checkpoint, [picture])[0], ~region_cells(checkpoint.grid_size, region)
     seed = args.seed if args.seed is not None else secrets.randbits(31)
     requests = [
-        Request(p, num_images=args.count, cfg=args.cfg, temperature=args.temperature, seed=seed + i)
+        Request(p, num_images=args.count, cfg=args.cfg, temperature=args.temperature, seed=seed + i,
+                negative=negative, forced=forced, keep=keep)
         for i, p in enumerate(prompts)
     ]
     bar = tqdm(total=checkpoint.num_image_tokens, desc="generating", unit="tok", file=sys.stderr,
@@ -97,3 +121,24 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def read_picture(name: str) -> Image.Image:
+    """The picture in a file, read and checked before any model work; UsageError in one sentence."""
+    from generator.codec import PictureError, load_picture
+    from generator.protocol import MAX_IMAGE_BYTES
+
+    path = Path(name).expanduser()
+    try:
+        if path.is_dir():
+            raise UsageError(f"--image {name!r} is a directory, not a picture file.")
+        if path.stat().st_size > MAX_IMAGE_BYTES:
+            raise UsageError(f"--image {name!r} is {path.stat().st_size / 2**20:.1f} MB; use a picture of at most "
+                             f"{MAX_IMAGE_BYTES / 2**20:g} MB.")
+        data = path.read_bytes()
+    except OSError as err:
+        raise UsageError(f"Cannot read --image {name!r}: {err.strerror or err}.") from None
+    try:
+        return load_picture(data)
+    except PictureError as err:
+        raise UsageError(f"--image {name!r}: {err}") from None

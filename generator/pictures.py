@@ -1,11 +1,12 @@
 """Pictures made off the step loop: the loop hands over token grids and steps on; PNGs come back later.
+Pictures to start from are read and VQ-encoded here too, before their jobs join the loop.
 
 A VQ decode costs many decode steps (on a CPU, a picture costs more than a whole step of 32 images), and
 inside the step loop every running job's next token would wait for it. So the loop hands a finished job's
 grids and every preview's partial grids to `Pictures`: one thread VQ-decodes them on the device (on CUDA
 on a stream of its own; previews of several jobs in one batch) while the next steps run, and a small
-thread pool encodes the PNGs. Finished jobs come first; a job's preview still waiting when its next one
-(or its end) comes is sent without a picture.
+thread pool encodes the PNGs. Finished jobs come first, then pictures to encode (their jobs wait to start),
+then previews; a job's preview still waiting when its next one (or its end) comes is sent without a picture.
 
 `JobEvents` keeps each job's events in the order the step loop made them: an event waits behind the
 job's picture in the making, so a job's Progress steps only go up and its final event comes last.
@@ -21,15 +22,26 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from PIL import Image
 
 from generator import protocol as wire
 from generator.checkpoint import Checkpoint, first_line, is_device_failure
-from generator.codec import blank_unfinished, decode_tokens, encode_image, make_grid, preview_tokens
+from generator.codec import (
+    PictureError,
+    blank_unfinished,
+    decode_tokens,
+    encode_image,
+    encode_pictures,
+    load_picture,
+    make_grid,
+    preview_tokens,
+)
 
 log = logging.getLogger("generator")
+_T = TypeVar("_T")
 
 PREVIEW_SIZE = 768  # longer side of a preview grid, in pixels
 PICTURES_NICE = 10  # the picture threads' nice value above the step loop's
@@ -97,6 +109,7 @@ class _Preview:
     total: int
     tokens: torch.Tensor  # [images, step] on the CPU
     hold: Hold
+    kept: torch.Tensor | None = None  # [images, num_image_tokens] kept cells' codes, -1 elsewhere
 
 
 @dataclass
@@ -106,9 +119,20 @@ class _Final:
     hold: Hold
 
 
+Encoded = Callable[[torch.Tensor | None, str | None], None]  # (the grid [num_image_tokens], or why there is none)
+
+
+@dataclass
+class _Source:
+    job_id: str
+    data: bytes  # a picture file, as sent
+    done: Encoded
+
+
 @dataclass
 class _Work:
     finals: deque[_Final] = field(default_factory=deque)
+    sources: deque[_Source] = field(default_factory=deque)
     previews: dict[str, _Preview] = field(default_factory=dict)  # at most one a job, oldest job first
 
 
@@ -134,12 +158,19 @@ class Pictures(threading.Thread):
 
     # -- the step loop's side --
 
-    def preview(self, job_id: str, step: int, total: int, tokens: torch.Tensor) -> None:
+    def preview(self, job_id: str, step: int, total: int, tokens: torch.Tensor, kept: torch.Tensor | None = None
+                ) -> None:
         """A Progress event with a picture of the job's grids so far; a preview still waiting goes without."""
         hold = self.events.hold(job_id)
         with self._changed:
             self._supersede(job_id)
-            self._work.previews[job_id] = _Preview(job_id, step, total, tokens, hold)
+            self._work.previews[job_id] = _Preview(job_id, step, total, tokens, hold, kept)
+            self._changed.notify()
+
+    def source(self, job_id: str, data: bytes, done: Encoded) -> None:
+        """Read a picture file and VQ-encode it; `done` gets its token grid, or a sentence saying why not."""
+        with self._changed:
+            self._work.sources.append(_Source(job_id, data, done))
             self._changed.notify()
 
     def finish(self, job_id: str, tokens: torch.Tensor) -> None:
@@ -200,13 +231,16 @@ class Pictures(threading.Thread):
             while (work := self._next()) is not None:
                 if isinstance(work, _Final):
                     self._make_final(work)
+                elif isinstance(work, _Source):
+                    self._encode_source(work)
                 else:
                     self._make_previews(work)
 
-    def _next(self) -> _Final | list[_Preview] | None:
-        """Finished jobs first, then up to a batch of previews; None once closing leaves nothing to finish."""
+    def _next(self) -> _Final | _Source | list[_Preview] | None:
+        """Finished jobs first, then pictures to encode, then up to a batch of previews; None once closing leaves
+        nothing to finish (a job whose picture was not encoded yet never started: the bot sends it again)."""
         with self._changed:
-            while not (self._work.finals or self._work.previews or self._closing):
+            while not (self._work.finals or self._work.sources or self._work.previews or self._closing):
                 self._changed.wait()
             if self._work.finals:
                 return self._work.finals.popleft()
@@ -214,6 +248,8 @@ class Pictures(threading.Thread):
                 for job_id in list(self._work.previews):
                     self._supersede(job_id)
                 return None
+            if self._work.sources:
+                return self._work.sources.popleft()
             batch, images = [], 0
             for job_id, preview in list(self._work.previews.items()):
                 if batch and images + len(preview.tokens) > self.preview_batch:
@@ -224,16 +260,34 @@ class Pictures(threading.Thread):
 
     def _decode(self, tokens: torch.Tensor, chunk: int) -> list[Image.Image]:
         """VQ-decoded pictures; a device failure raises _DeviceFailed, anything else as it was."""
+        return self._on_device(lambda: decode_tokens(self.checkpoint, tokens, chunk=chunk))
+
+    def _on_device(self, work: Callable[[], _T]) -> _T:
         try:
             if self.inject_failure is not None:
                 self.inject_failure("pictures")
             with self.device_lock:
-                images = decode_tokens(self.checkpoint, tokens, chunk=chunk)
+                return work()
         except Exception as err:
             if is_device_failure(err):
                 raise _DeviceFailed(first_line(err)) from None
             raise
-        return images
+
+    def _encode_source(self, source: _Source) -> None:
+        try:
+            picture = load_picture(source.data)
+        except PictureError as err:
+            source.done(None, str(err))
+            return
+        try:
+            codes = self._on_device(lambda: encode_pictures(self.checkpoint, [picture])[0])
+        except _DeviceFailed:
+            raise
+        except Exception as err:
+            log.warning("encoding job %s's picture failed: %s", source.job_id, first_line(err))
+            source.done(None, f"The picture could not be encoded ({first_line(err)}); try again.")
+            return
+        source.done(codes, None)
 
     def _submit(self, encode: Callable[..., None], *args: object) -> None:
         with contextlib.suppress(RuntimeError):  # abandoned: the pool takes no more work
@@ -265,7 +319,7 @@ class Pictures(threading.Thread):
     def _make_previews(self, previews: list[_Preview]) -> None:
         """Several jobs' previews through the decoder together, then each job's grid encoded on its own."""
         try:
-            full = torch.cat([preview_tokens(self.checkpoint, p.tokens) for p in previews])
+            full = torch.cat([preview_tokens(self.checkpoint, p.tokens, p.kept) for p in previews])
             images = self._decode(full, chunk=self.preview_batch)
         except _DeviceFailed:
             raise
@@ -279,7 +333,7 @@ class Pictures(threading.Thread):
 
     def _encode_preview(self, preview: _Preview, images: list[Image.Image]) -> None:
         try:
-            grid = make_grid(blank_unfinished(self.checkpoint, images, preview.step))
+            grid = make_grid(blank_unfinished(self.checkpoint, images, preview.step, preview.kept))
             scale = PREVIEW_SIZE / max(grid.size)
             if scale < 1:
                 grid = grid.resize((round(grid.width * scale), round(grid.height * scale)))

@@ -8,7 +8,8 @@ An asyncio loop owns the pipes; one thread (`EngineThread`) owns the engine. Two
 and an async side each) bridge them, as aiosqlite bridges its connection thread: commands in, events out.
 The engine thread runs a step whenever a job is running, takes commands between steps and admits queued
 jobs first-in first-out as image slots free up. It makes no pictures: finished and preview token grids go
-to `generator.pictures`, whose threads decode and encode them while the next steps run.
+to `generator.pictures`, whose threads decode and encode them while the next steps run; a job that starts
+from a picture file waits there too, for its VQ encoding, before it is queued.
 
 Shutdown (the command, SIGTERM or the end of input) finishes the current step, then the pictures of jobs
 whose tokens are all sampled (their Done is sent: the bot would otherwise run them again); jobs still
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -47,13 +49,14 @@ from generator.checkpoint import (
     load_checkpoint,
     resolve_model,
 )
+from generator.codec import region_cells
 from generator.engine import Engine, Request, RequestError, StepReport
 from generator.pictures import JobEvents, Pictures
 from generator.protocol import add_process_arguments
 
 log = logging.getLogger("generator")
 
-LINE_LIMIT = 64 * 2**20  # longest command line read; a Generate with a full 16-image prefix is ~100 KiB
+LINE_LIMIT = 64 * 2**20  # longest command line read: a picture of MAX_IMAGE_BYTES in base64, and room to spare
 EXIT_LOAD_FAILED = 2
 EXIT_DEVICE_FAILED = 3
 
@@ -94,6 +97,15 @@ class FailureFlag:
 
 
 @dataclass(frozen=True)
+class _SourceEncoded:
+    """In the inbox: a job's picture to start from is encoded (`codes`), or could not be (`error`)."""
+
+    job_id: str
+    codes: torch.Tensor | None
+    error: str | None
+
+
+@dataclass(frozen=True)
 class _PicturesFailed:
     """In the inbox: the picture thread has stopped, on a device failure or a bug."""
 
@@ -121,6 +133,7 @@ class EngineThread(threading.Thread):
         self.inject_failure = inject_failure
         self.codebook = int(checkpoint.model.model.generation_embeddings.num_embeddings)
         self.pending: deque[Request] = deque()
+        self.encoding: dict[str, Request] = {}  # jobs whose picture the picture thread is encoding
         self.running: dict[str, Request] = {}
         self.percent: dict[str, int] = {}
         self.reports: list[StepReport] = []
@@ -161,7 +174,7 @@ class EngineThread(threading.Thread):
             self.pictures.abandon()
         else:
             self.pictures.close()  # finished jobs get their Done
-        unfinished = len(self.running) + len(self.pending)
+        unfinished = len(self.running) + len(self.pending) + len(self.encoding)
         if unfinished:
             log.info("stopping with %d unfinished job(s)", unfinished)
         self.outbox.put(None)
@@ -178,7 +191,9 @@ class EngineThread(threading.Thread):
         for command in commands:
             if isinstance(command, _PicturesFailed):
                 raise (DeviceFailure if command.device else RuntimeError)(command.reason)
-            if isinstance(command, wire.Generate):
+            if isinstance(command, _SourceEncoded):
+                self._encoded(command)
+            elif isinstance(command, wire.Generate):
                 self._queue(command)
             elif isinstance(command, wire.Cancel):
                 self._cancel(command.job_id)
@@ -186,13 +201,17 @@ class EngineThread(threading.Thread):
                 self.stopping = True  # commands after it are ignored; the current step has finished
 
     def _queue(self, msg: wire.Generate) -> None:
-        if msg.job_id in self.running or any(r.id == msg.job_id for r in self.pending) or self.events.waiting(
-                msg.job_id):
+        if msg.job_id in self.running or msg.job_id in self.encoding or any(
+                r.id == msg.job_id for r in self.pending) or self.events.waiting(msg.job_id):
             log.warning("job %s is already queued or running; ignored the second Generate", msg.job_id)
             return
         try:
             request = self._request(msg)
-            self.engine.validate(request)
+            if msg.image is None:
+                self.engine.validate(request)
+            else:  # everything but the grid the picture will give
+                self.engine.validate(dataclasses.replace(request, forced=torch.zeros(self.engine.n_tokens,
+                                                                                     dtype=torch.long)))
         except RequestError as err:
             self.events.send(msg.job_id, wire.JobFailed(msg.job_id, str(err)))
             return
@@ -200,6 +219,26 @@ class EngineThread(threading.Thread):
             self.events.send(msg.job_id, wire.JobFailed(
                 msg.job_id, f"The job could not be read ({first_line(err)}); check its options."))
             return
+        if msg.image is None:
+            self.pending.append(request)
+            return
+        self.encoding[request.id] = request
+
+        def encoded(codes: torch.Tensor | None, error: str | None) -> None:  # on the picture thread
+            with contextlib.suppress(RuntimeError):  # the inbox has closed: the process is stopping
+                self.inbox.put(_SourceEncoded(request.id, codes, error))
+
+        self.pictures.source(request.id, msg.image, encoded)
+
+    def _encoded(self, encoded: _SourceEncoded) -> None:
+        """A job's picture is encoded: it joins the queue (or fails, with the sentence saying why)."""
+        request = self.encoding.pop(encoded.job_id, None)
+        if request is None:  # cancelled meanwhile
+            return
+        if encoded.codes is None:
+            self.events.send(request.id, wire.JobFailed(request.id, encoded.error or "The picture could not be read."))
+            return
+        request.forced = encoded.codes
         self.pending.append(request)
 
     def _request(self, msg: wire.Generate) -> Request:
@@ -213,8 +252,47 @@ class EngineThread(threading.Thread):
         for name, value in (("guidance weight", msg.cfg), ("temperature", msg.temperature)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise RequestError(f"The {name} must be a number, not {value!r}.")
+        if msg.negative is not None and not isinstance(msg.negative, str):
+            raise RequestError("The negative prompt must be text.")
+        try:
+            negative = wire.check_negative(msg.negative)
+        except wire.OptionError as err:
+            raise RequestError(str(err)) from None
+        forced, keep = self._start_from(msg)
         return Request(msg.prompt, num_images=msg.count, cfg=float(msg.cfg), temperature=float(msg.temperature),
-                       seed=msg.seed, prefix=self._prefix(msg), id=msg.job_id)
+                       seed=msg.seed, prefix=self._prefix(msg), negative=negative, forced=forced, keep=keep,
+                       id=msg.job_id)
+
+    def _start_from(self, msg: wire.Generate) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """A job starting from a picture: its grid (None while a picture file waits to be encoded) and the cells
+        kept, all but those the region covers; (None, None) for a job that starts from nothing."""
+        if msg.image is None and msg.codes is None:
+            if msg.region is not None:
+                raise RequestError("A region says which part of a picture to change; send the picture with it.")
+            return None, None
+        if msg.image is not None and msg.codes is not None:
+            raise RequestError("Send a picture or a token grid to start from, not both.")
+        if msg.prefix is not None:
+            raise RequestError("Give a token prefix or a picture to start from, not both.")
+        try:
+            region = wire.check_region(wire.DEFAULT_REGION if msg.region is None else msg.region)
+        except wire.OptionError as err:
+            raise RequestError(str(err)) from None
+        keep = ~region_cells(self.checkpoint.grid_size, region)
+        if msg.image is not None:
+            if not isinstance(msg.image, bytes) or not msg.image:
+                raise RequestError("The picture to start from must be a picture file's bytes.")
+            if len(msg.image) > wire.MAX_IMAGE_BYTES:
+                raise RequestError(f"The picture is {len(msg.image) / 2**20:.1f} MB; send one of at most "
+                                   f"{wire.MAX_IMAGE_BYTES / 2**20:g} MB.")
+            return None, keep
+        total = self.checkpoint.num_image_tokens
+        codes = msg.codes
+        if not (isinstance(codes, list) and len(codes) == total and all(
+                isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.codebook for t in codes)):
+            raise RequestError(f"A token grid to start from must be {total} token ids ({self.checkpoint.grid_size} "
+                               f"rows of {self.checkpoint.grid_size}), each from 0 to {self.codebook - 1}.")
+        return torch.tensor(codes, dtype=torch.long), keep
 
     def _prefix(self, msg: wire.Generate) -> torch.Tensor | None:
         if msg.prefix is None:
@@ -235,6 +313,9 @@ class EngineThread(threading.Thread):
 
     def _cancel(self, job_id: str) -> None:
         """A queued or running job ends as Cancelled; one whose pictures are being made gets its Done."""
+        if self.encoding.pop(job_id, None) is not None:  # its picture's codes are dropped when they come
+            self.events.send(job_id, wire.JobCancelled(job_id))
+            return
         for request in self.pending:
             if request.id == job_id:
                 self.pending.remove(request)
@@ -339,7 +420,7 @@ class EngineThread(threading.Thread):
             if report.tokens is None:
                 self.events.send(job_id, wire.JobProgress(job_id, report.step, report.total))
             else:
-                self.pictures.preview(job_id, report.step, report.total, report.tokens)
+                self.pictures.preview(job_id, report.step, report.total, report.tokens, report.kept)
 
 
 # -- event loop -------------------------------------------------------------------------------------
