@@ -484,3 +484,108 @@ def test_a_negative_prompt_over_the_token_limit_is_refused(tiny):
         engine.add([Request("red", 1, negative="word " * 80)])
     with pytest.raises(RequestError, match=r"negative prompt is too long \(\d+ tokens, at most 20\)"):
         generate(tiny, [Request("red", negative="word " * 40)], max_prompt_tokens=20)
+
+
+# -- kept cells of a source grid (image prompts, Vary (Region)) --------------------------------------
+
+REGIONS = {"bottom half": (0.0, 0.5, 1.0, 1.0), "centre": (0.25, 0.25, 0.75, 0.75), "a column": (0.5, 0.0, 0.67, 1.0)}
+
+
+def _source(tiny, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (tiny.num_image_tokens,), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("region", list(REGIONS))
+def test_kept_cells_match_a_reference_fed_the_source_codes(tiny, region):
+    from generator.codec import region_cells
+
+    source, keep = _source(tiny), ~region_cells(tiny.grid_size, REGIONS[region])
+    assert 0 < keep.sum() < tiny.num_image_tokens
+    requests = [Request(PROMPTS[0], 2, cfg=5.0, temperature=0, forced=source, keep=keep, id="kept"),
+                Request(PROMPTS[2], 1, cfg=3.0, temperature=0, forced=source, keep=keep, negative=NEGATIVE,
+                        id="kept-negative")]
+    others = [Request(PROMPTS[1], 2, temperature=1.0, seed=3, id="other"), Request(PROMPTS[2], 1, temperature=0,
+                                                                                   prefix=source[:9], id="prefix")]
+    results = {r.request.id: r for r in generate(tiny, [others[0], *requests, others[1]])}
+    for request in requests:
+        n = request.num_images
+        ref = reference_generate(tiny, request.prompt, n, cfg=request.cfg, temperature=0, negative=request.negative,
+                                 forced=source.expand(n, -1), keep=keep.expand(n, -1))
+        tokens = results[request.id].tokens
+        assert torch.equal(tokens, ref.tokens), request.id
+        assert torch.equal(tokens[:, keep], source[keep].expand(n, -1))  # kept cells are the source's
+    free = reference_generate(tiny, PROMPTS[0], 2, temperature=0)
+    assert not torch.equal(results["kept"].tokens[:, ~keep], free.tokens[:, ~keep])  # the kept cells steer the rest
+
+
+def test_kept_cells_sampled_alone_equal_them_batched_with_others(tiny):
+    from generator.codec import region_cells
+
+    target = Request(PROMPTS[0], 3, cfg=4.0, seed=12, forced=_source(tiny, 1),
+                     keep=~region_cells(tiny.grid_size, REGIONS["centre"]))
+    [alone] = generate(tiny, [target])
+    together = generate(tiny, [Request(PROMPTS[2], 2, seed=1), Request(**{**target.__dict__, "id": "again"}),
+                               Request(PROMPTS[1], 2, seed=2, forced=_source(tiny, 2))])
+    assert torch.equal(alone.tokens, together[1].tokens)
+    assert torch.equal(together[2].tokens, _source(tiny, 2).expand(2, -1))  # every cell kept: the source itself
+
+
+def test_kept_cells_per_image_and_a_prefix_as_a_mask(tiny):
+    n_tok = tiny.num_image_tokens
+    grids = torch.stack([_source(tiny, 3), _source(tiny, 4)])
+    keep = torch.zeros(2, n_tok, dtype=torch.bool)
+    keep[0, :10], keep[1, 20:] = True, True
+    as_prefix, as_mask, per_image = generate(tiny, [
+        Request(PROMPTS[0], 2, seed=5, prefix=grids[:, :10]),
+        Request(PROMPTS[0], 2, seed=5, forced=grids, keep=torch.arange(n_tok) < 10),
+        Request(PROMPTS[0], 2, seed=5, forced=grids, keep=keep)])
+    assert torch.equal(as_prefix.tokens, as_mask.tokens)  # a variation's prefix is the mask of its first cells
+    assert torch.equal(per_image.tokens[0, :10], grids[0, :10]) and torch.equal(per_image.tokens[1, 20:], grids[1, 20:])
+
+
+def test_a_kept_tail_is_not_stepped_through(tiny):
+    from generator.codec import region_cells
+
+    n_tok, grid = tiny.num_image_tokens, tiny.grid_size
+    source, keep = _source(tiny, 6), ~region_cells(grid, (0.0, 0.0, 1.0, 0.5))  # the top half regenerated
+    steps: list[int] = []
+    [result] = generate(tiny, [Request(PROMPTS[2], 2, temperature=0, forced=source, keep=keep)],
+                        on_progress=lambda report: steps.append(report.step))
+    assert steps == list(range(1, n_tok // 2 + 1))  # the kept bottom half took no steps
+    ref = reference_generate(tiny, PROMPTS[2], 2, temperature=0, forced=source.expand(2, -1), keep=keep.expand(2, -1))
+    assert torch.equal(result.tokens, ref.tokens)
+
+
+def test_previews_show_the_kept_cells_from_the_first_step(tiny):
+    from generator.codec import region_cells
+
+    source, keep = _source(tiny, 7), ~region_cells(tiny.grid_size, REGIONS["centre"])
+    reports = []
+    generate(tiny, [Request(PROMPTS[0], 2, forced=source, keep=keep), Request(PROMPTS[1], 1, id="plain")],
+             preview_every=12, on_progress=reports.append)
+    kept = [r for r in reports if r.tokens is not None and r.request.id != "plain"]
+    assert [r.step for r in kept] == [1, 12, 24]
+    for report in kept:
+        assert torch.equal(report.kept, torch.where(keep, source, -1).expand(2, -1))
+    assert [r.step for r in reports if r.tokens is not None and r.request.id == "plain"] == [12, 24]
+    assert all(r.kept is None for r in reports if r.request.id == "plain")
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"keep": torch.ones(36, dtype=torch.bool)}, "need a grid to start from"),
+        ({"forced": torch.zeros(36, dtype=torch.long), "prefix": torch.tensor([1])}, "not both"),
+        ({"forced": torch.zeros(35, dtype=torch.long)}, r"must be \[36\] or \[num_images, 36\] codes"),
+        ({"forced": torch.zeros(3, 36, dtype=torch.long)}, r"must be \[36\] or \[num_images, 36\] codes"),
+        ({"forced": torch.full((36,), 256)}, "from 0 to 255"),
+        ({"forced": torch.zeros(36)}, "whole numbers"),
+        ({"forced": torch.zeros(36, dtype=torch.long), "keep": torch.ones(36)}, "boolean mask"),
+        ({"prefix": torch.tensor([1, -1])}, "from 0 to 255"),
+    ],
+)
+def test_bad_grids_to_start_from_are_refused_with_a_sentence(tiny, fields, message):
+    engine = Engine(tiny, max_batch_images=2)
+    with pytest.raises(RequestError, match=message):
+        engine.add([Request("red", 2, **fields)])
+    assert engine.free_images == 2
