@@ -125,6 +125,7 @@ class WebSettings(_Section):
 class DiscordSettings(_Section):
     edit_every_s: float = Field(default=1.5, ge=0)
     sync_commands: bool = True
+    guild_ids: tuple[int, ...] = ()  # sync the commands to these servers only (none: globally)
 
 
 class SlackSettings(_Section):

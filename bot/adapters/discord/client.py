@@ -76,6 +76,12 @@ class ImagineClient(discord.Client):
         self.tree.add_command(AdminCommands())
         self.add_dynamic_items(messages.JobButton, messages.JobPick)
         if self.settings.discord.sync_commands:
+            guilds = [discord.Object(guild) for guild in self.settings.discord.guild_ids]
+            for guild in guilds:  # the chosen servers' own copies show at once
+                self.tree.copy_global_to(guild=guild)
+                await self.tree.sync(guild=guild)
+            if guilds:
+                self.tree.clear_commands(guild=None)  # and no global commands are left behind
             await self.tree.sync()
 
     async def close(self) -> None:

@@ -115,6 +115,7 @@ class FakeDiscord:
         self.channel_id = self.snowflake()
         self.commands: list[dict[str, Any]] = []
         self.command_syncs = 0
+        self.guild_commands: dict[str, list[dict[str, Any]]] = {}  # guild id -> its own commands
         self.messages: dict[int, Message] = {}
         self.interactions: dict[str, Interaction] = {}
         self.identified: list[dict[str, Any]] = []
@@ -140,6 +141,7 @@ class FakeDiscord:
             web.get(f"{api}/applications/@me", self._application),
             web.put(f"{api}/applications/{{app}}/commands", self._sync),
             web.get(f"{api}/applications/{{app}}/commands", self._commands),
+            web.put(f"{api}/applications/{{app}}/guilds/{{guild}}/commands", self._sync_guild),
             web.post(f"{api}/interactions/{{id}}/{{token}}/callback", self._callback),
             web.get(f"{api}/webhooks/{{app}}/{{token}}/messages/{{message}}", self._webhook_get),
             web.patch(f"{api}/webhooks/{{app}}/{{token}}/messages/{{message}}", self._webhook_edit),
@@ -310,8 +312,11 @@ class FakeDiscord:
     ) -> Interaction:
         """Someone uses a slash command (in #general unless `channel_id` or `dm`); `options` as Discord sends them
         ({"name", "type", "value"})."""
-        command = next(c for c in self.commands if c["name"] == name)
+        known = self.commands if dm else [*self.guild_commands.get(str(self.guild_id), []), *self.commands]
+        command = next(c for c in known if c["name"] == name)  # the server's own copy first, as Discord shows
         data: dict[str, Any] = {"id": command["id"], "name": name, "type": 1, "options": list(options)}
+        if "guild_id" in command:
+            data["guild_id"] = command["guild_id"]
         if resolved:
             data["resolved"] = resolved
         permissions = 2048 | (MANAGE_GUILD if admin else 0)
@@ -437,6 +442,13 @@ class FakeDiscord:
             self.commands.append({**command, "id": str(self.snowflake()), "application_id": str(self.app_id),
                                   "version": str(self.snowflake())})  # fmt: skip
         return _json(self.commands)
+
+    async def _sync_guild(self, request: web.Request) -> web.Response:
+        commands = [{**command, "id": str(self.snowflake()), "application_id": str(self.app_id),
+                     "guild_id": request.match_info["guild"], "version": str(self.snowflake())}
+                    for command in await request.json()]  # fmt: skip
+        self.guild_commands[request.match_info["guild"]] = commands
+        return _json(commands)
 
     async def _commands(self, request: web.Request) -> web.Response:
         return _json(self.commands)

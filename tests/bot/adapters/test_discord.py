@@ -175,6 +175,17 @@ async def test_imagine_defers_then_edits_one_message_to_a_grid_with_buttons(
         assert bot.adapter.client.latency < 1  # each heartbeat was acknowledged
 
 
+async def test_guild_ids_register_the_commands_in_those_servers_only_and_no_global_ones(
+    discord: FakeDiscord, tmp_path: Path
+) -> None:
+    alice = discord.user("alice")
+    async with discord_bot(tmp_path, discord={"guild_ids": [discord.guild_id]}):
+        assert [c["name"] for c in discord.guild_commands[str(discord.guild_id)]] == ["imagine", "imagine-admin"]
+        assert discord.commands == []  # the global list was synced empty: nothing left behind
+        interaction = await discord.imagine(alice, "a large red circle on a blue background", seed="3")
+        assert is_final(await finished(discord, original(interaction)))  # the server's copy answers
+
+
 async def test_progress_edits_are_spaced_out_and_the_result_is_not_held_back(
     discord: FakeDiscord, tmp_path: Path
 ) -> None:
