@@ -152,6 +152,88 @@ def test_garbage_lines_and_bad_jobs_leave_the_process_working(server: Server) ->
     assert isinstance(server.until_final("ok")[-1], wire.JobDone)
 
 
+def test_a_negative_prompt_steers_the_job_as_it_steers_the_engine(server: Server, tiny) -> None:
+    server.send(wire.Generate("neg", "a blue house", count=2, cfg=3.0, temperature=0.0, seed=1,
+                              negative=" a red roof "))
+    done = server.until_final("neg")[-1]
+    assert isinstance(done, wire.JobDone)
+    [local] = generate(tiny, [Request("a blue house", 2, cfg=3.0, temperature=0.0, negative="a red roof")])
+    [plain] = generate(tiny, [Request("a blue house", 2, cfg=3.0, temperature=0.0)])
+    assert done.tokens == local.tokens.tolist() and done.tokens != plain.tokens.tolist()
+
+
+def test_vary_region_on_a_result_keeps_the_cells_outside_the_region(server: Server, tiny) -> None:
+    from generator.codec import region_cells
+
+    server.send(wire.Generate("first", "a red circle", count=1, cfg=5.0, temperature=1.0, seed=3))
+    [grid] = server.until_final("first")[-1].tokens
+    region = [0.25, 0.25, 0.75, 0.75]
+    server.send(wire.Generate("vary", "a green circle", count=2, cfg=5.0, temperature=1.0, seed=4, codes=grid,
+                              region=region))
+    events = server.until_final("vary")
+    done = events[-1]
+    assert isinstance(done, wire.JobDone)
+    keep = ~region_cells(6, region)
+    [local] = generate(tiny, [Request("a green circle", 2, seed=4, forced=torch.tensor(grid), keep=keep)])
+    assert done.tokens == local.tokens.tolist()
+    assert all(torch.equal(torch.tensor(row)[keep], torch.tensor(grid)[keep]) for row in done.tokens)
+    previews = [e for e in events if isinstance(e, wire.JobProgress) and e.preview is not None]
+    assert previews[0].step == 1  # the kept cells show at once
+
+    server.send(wire.Generate("bottom", "a green circle", count=1, cfg=5.0, temperature=1.0, seed=4, codes=grid))
+    [row] = server.until_final("bottom")[-1].tokens
+    assert row[:18] == grid[:18]  # no region: the bottom half regenerated, the top half kept
+
+
+def test_a_picture_file_is_encoded_and_its_top_half_kept(server: Server, tiny) -> None:
+    from generator.codec import decode_tokens, encode_image, encode_pictures, load_picture
+
+    picture = decode_tokens(tiny, torch.randint(0, 256, (1, 36), generator=torch.Generator().manual_seed(8)))[0]
+    data = encode_image(picture.resize((150, 96)))  # not square, not the model's size: cropped and resized
+    server.send(wire.Generate("upload", "a house", count=2, cfg=5.0, temperature=1.0, seed=5, image=data))
+    done = server.until_final("upload")[-1]
+    assert isinstance(done, wire.JobDone), done
+    codes = encode_pictures(tiny, [load_picture(data)])[0]
+    assert all(row[:18] == codes[:18].tolist() for row in done.tokens)
+    [local] = generate(tiny, [Request("a house", 2, seed=5, forced=codes, keep=torch.arange(36) < 18)])
+    assert done.tokens == local.tokens.tolist()
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"region": [0, 0.5, 1, 1]}, "A region says which part of a picture to change; send the picture with it."),
+        ({"codes": [1] * 36, "region": [0, 0.5, 1.5, 1]}, "A region's corners must lie between 0 and 1"),
+        ({"codes": [1] * 36, "region": [0.5, 0, 0.5, 1]}, "The region 0.5,0,0.5,1 is empty"),
+        ({"codes": [1] * 36, "region": [0, 0, 1]}, "A region is four numbers X0,Y0,X1,Y1"),
+        ({"codes": [1] * 35}, "A token grid to start from must be 36 token ids (6 rows of 6), each from 0 to 255."),
+        ({"codes": [1] * 35 + [256]}, "A token grid to start from must be 36 token ids"),
+        ({"codes": [1] * 36, "image": b"x"}, "Send a picture or a token grid to start from, not both."),
+        ({"codes": [1] * 36, "prefix": [[1]]}, "Give a token prefix or a picture to start from, not both."),
+        ({"image": b"GIF89a but no picture"}, "The file is not a picture; use a PNG, JPEG, WebP or GIF."),
+        ({"negative": 5}, "The negative prompt must be text."),
+        ({"negative": "word " * 300}, "The negative prompt is 1499 characters long; keep it under 1000."),
+    ],
+)
+def test_a_bad_picture_region_or_grid_fails_only_that_job(server: Server, fields: dict, reason: str) -> None:
+    job = {"job_id": "bad-start", "prompt": "a cat", "count": 1, "cfg": 5.0, "temperature": 1.0, "seed": 0} | fields
+    server.send(wire.Generate(**job))
+    [failed] = server.until_final("bad-start")
+    assert isinstance(failed, wire.JobFailed) and failed.reason.startswith(reason), failed.reason
+    server.send(wire.Generate("fine-after", "a cat", count=1, cfg=5.0, temperature=1.0, seed=0))
+    assert isinstance(server.until_final("fine-after")[-1], wire.JobDone)
+
+
+def test_a_generate_line_from_before_pictures_and_negatives_still_reads() -> None:
+    old = ('{"job_id":"j","prompt":"a cat","count":2,"cfg":5.0,"temperature":1.0,"seed":3,"prefix":null,'
+           '"type":"generate"}')
+    message = wire.loads(old)
+    assert message == wire.Generate("j", "a cat", 2, 5.0, 1.0, 3)
+    assert (message.negative, message.image, message.codes, message.region) == (None, None, None, None)
+    picture = wire.Generate("k", "a cat", 1, 5.0, 1.0, 0, image=b"\x89PNG", region=[0.0, 0.0, 0.5, 1.0])
+    assert wire.loads(wire.dumps(picture)) == picture
+
+
 def test_end_of_input_stops_after_the_current_step(server: Server) -> None:
     # Last in the file: it ends the shared process.
     server.send(wire.Generate("long", "a cat", count=1, cfg=5.0, temperature=1.0, seed=0))
@@ -398,3 +480,33 @@ async def test_a_picture_thread_that_stops_on_a_bug_stops_the_process(tiny, monk
     engine.send(_job("lost"))
     events = await engine.rest()  # its tokens were sampled, its pictures never made: the supervisor re-runs it
     assert not any(isinstance(e, wire.FINAL) for e in events) and engine.thread.exit_code == 1
+
+
+@pytest.mark.asyncio
+async def test_a_job_cancelled_while_its_picture_is_encoded_never_starts(tiny, monkeypatch) -> None:
+    import generator.pictures as pictures
+    from generator.codec import decode_tokens, encode_image
+
+    release, encoding = threading.Event(), threading.Event()
+    encode = pictures.encode_pictures
+
+    def slow(*args, **options):
+        encoding.set()
+        assert release.wait(TIMEOUT)
+        return encode(*args, **options)
+
+    monkeypatch.setattr(pictures, "encode_pictures", slow)
+    data = encode_image(decode_tokens(tiny, torch.zeros(1, 36, dtype=torch.long))[0])
+    engine = InProcess(tiny)
+    engine.send(wire.Generate("slow", "a cat", 1, 5.0, 1.0, 0, image=data))
+    assert await asyncio.to_thread(encoding.wait, TIMEOUT)
+    engine.send(_job("meanwhile"))  # the step loop runs on while a picture is encoded (its Done waits for it)
+    await engine.until(lambda e: isinstance(e, wire.JobProgress) and e.job_id == "meanwhile" and e.step == 36)
+    engine.send(wire.Cancel("slow"))
+    assert await engine.until(_final("slow")) == [wire.JobCancelled("slow")]
+    release.set()
+    await engine.until(_final("meanwhile"))
+    engine.send(wire.Generate("again", "a cat", 1, 5.0, 1.0, 0, image=data))  # the next one starts
+    assert isinstance((await engine.until(_final("again")))[-1], wire.JobDone)
+    engine.send(wire.Shutdown())
+    assert not any(getattr(e, "job_id", None) == "slow" for e in await engine.rest())
