@@ -248,3 +248,64 @@ def test_console_script_uses_the_builtin_model_by_default(tmp_path):
     assert side == 48  # its pictures (generator/demo_model/README.md): 4 of them make a 2x2 grid of 96 px
     assert Image.open(tmp_path / "grid.png").size == (2 * side, 2 * side)
     assert "Traceback" not in done.stderr
+
+
+def _picture_file(tmp_path: Path) -> Path:
+    """A picture that is not square nor the tiny model's size: the CLI crops and resizes it."""
+    picture = Image.new("RGB", (150, 100), (30, 60, 200))
+    picture.paste((220, 40, 40), (40, 10, 110, 50))
+    path = tmp_path / "start.jpg"
+    picture.save(path)
+    return path
+
+
+def test_imagine_from_a_picture_keeps_all_but_the_region(tiny_dir, tmp_path, monkeypatch):
+    from generator import engine as engine_module
+
+    picture = _picture_file(tmp_path)
+    seen = []
+    real = engine_module.generate
+
+    def spy(checkpoint, requests, **options):
+        seen.extend(requests)
+        return real(checkpoint, requests, **options)
+
+    monkeypatch.setattr(engine_module, "generate", spy)
+    out = tmp_path / "images"
+    assert main(["imagine", "red", "blue", "--model", str(tiny_dir), "-n", "2", "--seed", "1", "--image", str(picture),
+                 "--region", "0,0,0.5,1", "--no", "green", "--out-dir", str(out)]) == 0
+    assert len(seen) == 2 and all(r.negative == "green" and r.forced is not None for r in seen)
+    keep = seen[0].keep.view(6, 6)
+    assert not keep[:, :3].any() and keep[:, 3:].all()  # the left half regenerated
+    assert len(list(out.iterdir())) == 4
+    seen.clear()
+    assert main(["imagine", "red", "--model", str(tiny_dir), "-n", "1", "--image", str(picture), "-o",
+                 str(tmp_path / "a.png")]) == 0
+    assert torch.equal(seen[0].keep, torch.arange(36) < 18)  # no --region: the bottom half regenerated
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--image", "missing.png"], "Cannot read --image 'missing.png': No such file or directory."),
+        (["--image", "notes.txt"], "--image 'notes.txt': The file is not a picture; use a PNG, JPEG, WebP or GIF."),
+        (["--image", "broken.png"], "--image 'broken.png': The picture could not be read ("),
+        (["--image", "."], "--image '.' is a directory, not a picture file."),
+        (["--region", "0,0,1,1"], "--region goes with --image"),
+        (["--image", "start.png", "--region", "0,0,1.5,1"], "A region's corners must lie between 0 and 1"),
+        (["--image", "start.png", "--region", "0.5,0,0.5,1"], "The region 0.5,0,0.5,1 is empty"),
+        (["--image", "start.png", "--region", "left"], "A region is four numbers X0,Y0,X1,Y1"),
+        (["--no", "x" * 1001], "The negative prompt is 1001 characters long; keep it under 1000."),
+    ],
+)
+def test_bad_pictures_and_regions_exit_2_before_any_model_work(args, message, capsys, tmp_path, monkeypatch):
+    import generator.checkpoint as checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a picture")
+    Image.new("RGB", (64, 64)).save(tmp_path / "start.png")
+    (tmp_path / "broken.png").write_bytes((tmp_path / "start.png").read_bytes()[:60])
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["imagine", "red", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"janus-bot: error: {message}") and "\n" not in err, err
