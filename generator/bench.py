@@ -272,6 +272,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serving", action="store_true",
                         help="the generator process through its protocol, pictures and previews included, against "
                              "the token-only engine; and the longest gap between its decode steps")
+    parser.add_argument("--regions", action="store_true",
+                        help="then the engine alone on the workload starting from a picture: the bottom half "
+                             "regenerated, the top half, and both mixed with plain requests (cost per image)")
     parser.add_argument("--preview-every", type=int, metavar="K",
                         help="with --serving: steps between previews, 0 for none (default: the generator's, 5%%)")
 
@@ -313,6 +316,8 @@ def bench(args: argparse.Namespace) -> int:
     print(header(args, checkpoint), flush=True)
     for requests_n, images in workloads:
         run_workload(checkpoint, args, requests_n, images)
+        if args.regions:
+            run_regions(checkpoint, args, requests_n, images)
     return 0
 
 
@@ -380,6 +385,57 @@ def run_workload(checkpoint: Checkpoint, args: argparse.Namespace, requests_n: i
         print(f"speedup vs reference: {engine.images_per_s / reference.images_per_s:.2f}", flush=True)
 
 
+REGIONS = {"bottom half": (0.0, 0.5, 1.0, 1.0), "top half": (0.0, 0.0, 1.0, 0.5)}
+
+
+def region_requests(checkpoint: Checkpoint, requests: list[Request], kind: str) -> list[Request]:
+    """The workload starting from a random picture grid: every request regenerating `kind` (a key of REGIONS),
+    or, for "mixed", plain requests, bottom halves and top halves in turn."""
+    from generator.codec import region_cells
+
+    source = torch.randint(0, checkpoint.model.model.generation_embeddings.num_embeddings,
+                           (checkpoint.num_image_tokens,), generator=torch.Generator().manual_seed(0))
+    cycle = [None, *REGIONS] if kind == "mixed" else [kind]
+    out = []
+    for i, request in enumerate(requests):
+        region = cycle[i % len(cycle)]
+        keep = None if region is None else ~region_cells(checkpoint.grid_size, REGIONS[region])
+        out.append(dataclasses.replace(request, id=f"{request.id}-{kind}", forced=None if keep is None else source,
+                                       keep=keep))
+    return out
+
+
+def run_regions(checkpoint: Checkpoint, args: argparse.Namespace, requests_n: int, images: int) -> None:
+    """The engine alone, plain and starting from a picture, on one workload arriving together: cost per image.
+
+    A kept cell before a request's last regenerated one still takes a step (the bottom half's kept top rows:
+    the step feeds the cell's code through the model, for the cells after it); kept cells after it take none
+    (the top half's kept bottom rows: the request ends at its last regenerated cell).
+    """
+    plain = [Request(PROMPTS[i % len(PROMPTS)], num_images=images, cfg=5.0, temperature=1.0, seed=i,
+                     id=f"bench{i}") for i in range(requests_n)]
+    kinds = {"plain": plain, **{kind: region_requests(checkpoint, plain, kind) for kind in (*REGIONS, "mixed")}}
+    max_images = args.max_batch_images or requests_n * images
+    runs: dict[str, list[Measurement]] = {kind: [] for kind in kinds}
+    for workload in kinds.values():  # warm-up, untimed
+        run_engine(checkpoint, workload, [0.0] * len(workload), max_batch_images=max_images, graphs=args.graphs,
+                   compile=args.compile)
+    for _ in range(args.repeat):
+        for kind, workload in kinds.items():
+            runs[kind].append(run_engine(checkpoint, workload, [0.0] * len(workload), max_batch_images=max_images,
+                                         graphs=args.graphs, compile=args.compile))
+    rounds = f", median of {args.repeat} interleaved runs" if args.repeat > 1 else ""
+    print(f"\nregions: {requests_n} requests x {images} images from a picture, engine only{rounds}", flush=True)
+    print(f"{'regenerated':<13} {'images/s':>9} {'ms/image':>10} {'steps':>7} {'vs plain':>9}", flush=True)
+    base = _median(runs["plain"])
+    for kind, measured in runs.items():
+        m = _median(measured)
+        print(f"{kind:<13} {m.images_per_s:9.3f} {m.seconds / m.images * 1000:10.2f} {m.steps:7d} "
+              f"{base.images_per_s / m.images_per_s:9.2f}", flush=True)
+    print("regions: a kept cell before the last regenerated one still takes a step (bottom half: the kept top); "
+          "kept cells after it take none (top half: the kept bottom)", flush=True)
+
+
 def parse_workload(text: str) -> tuple[int, int]:
     """'4x4' -> (4 requests, 4 images each)."""
     requests, _, images = text.lower().partition("x")
@@ -396,6 +452,8 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         return f"--repeat must be at least 1; you gave {args.repeat}."
     if not 1 <= args.images <= 16 or args.requests < 1:
         return "--images must be from 1 to 16 and --requests at least 1."
+    if args.serving and args.regions:
+        return "--regions measures the engine alone; leave out --serving."
     if args.serving and args.workload:
         return "--serving runs one workload; give it with --requests and --images."
     if args.preview_every is not None and (args.preview_every < 0 or not args.serving):

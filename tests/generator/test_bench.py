@@ -107,3 +107,25 @@ def test_serving_bench_refuses_several_workloads_in_one_line():
     run = _bench("--serving", "--workload", "1x1", "2x2")
     assert run.returncode == 2
     assert run.stderr.strip() == "janus-bot: error: --serving runs one workload; give it with --requests and --images."
+
+
+def test_bench_regions_prints_the_cost_per_image_of_each_region_kind():
+    run = _bench("--preset", "tiny", "--tokens", "16", "--workload", "2x2", "--regions", "--skip", "reference",
+                 "transformers", "--device", "cpu", "--repeat", "1")
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert "\nregions: 2 requests x 2 images from a picture, engine only\n" in out
+    steps = {}
+    for kind in ("plain", "bottom half", "top half", "mixed"):
+        line = re.search(rf"^{kind}\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+([\d.]+)$", out, re.M)
+        assert line and float(line[1]) > 0, f"no {kind} row in:\n{out}"
+        steps[kind] = int(line[3])
+    # 16 tokens, the first sampled at admission: the kept top half still steps, the kept bottom half does not
+    assert steps == {"plain": 15, "bottom half": 15, "top half": 7, "mixed": 15}
+    assert out.splitlines()[-1].startswith("regions: a kept cell before the last regenerated one still takes a step")
+
+
+def test_bench_refuses_regions_with_serving_in_one_line():
+    run = _bench("--serving", "--regions")
+    assert run.returncode == 2
+    assert run.stderr.strip() == "janus-bot: error: --regions measures the engine alone; leave out --serving."
