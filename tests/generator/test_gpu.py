@@ -113,3 +113,36 @@ def test_a_compiled_step_that_will_not_capture_falls_back_to_graphs_of_the_eager
             "capturing the eager step") in caplog.text
     assert engine.graphs.step is engine.graphs.eager_step and engine.graphs.static
     assert engine.decode_path == f"own step, {len(engine.graphs.shapes())} CUDA graphs"
+
+
+
+def test_kept_cells_and_a_negative_prompt_replay_as_graphs_without_a_host_read(tiny_cuda):
+    from generator.codec import decode_tokens, encode_pictures, region_cells
+
+    source = torch.randint(0, 256, (36,), generator=torch.Generator().manual_seed(3))
+    codes = encode_pictures(tiny_cuda, decode_tokens(tiny_cuda, source[None]))[0]  # the bf16 encoder on the GPU
+    assert codes.shape == (36,) and codes.device.type == "cpu"
+    keep = ~region_cells(tiny_cuda.grid_size, (0.25, 0.25, 0.75, 0.75))
+    requests = [Request("a lighthouse", 2, seed=1, forced=codes, keep=keep, negative="fog", id="kept"),
+                Request("red", 1, seed=2, negative="a long negative prompt about many things", id="neg")]
+    tokens = {}
+    for tag in ("graph", "eager"):
+        engine = Engine(tiny_cuda, max_batch_images=4)
+        if tag == "eager":
+            engine.graphs.captured.clear()  # same static shapes, kernels launched one by one
+        with torch.inference_mode():
+            engine.add([Request(**{**r.__dict__, "id": f"{r.id}-{tag}"}) for r in requests])
+            while engine.busy:
+                tokens.update({r.request.id: r.tokens for r in engine.step()})
+    assert torch.equal(tokens["kept-graph"][:, keep], codes[keep].expand(2, -1))
+    for rid in ("kept", "neg"):
+        assert torch.equal(tokens[f"{rid}-graph"], tokens[f"{rid}-eager"]), rid
+    engine = Engine(tiny_cuda, max_batch_images=2, graphs=False)
+    with torch.inference_mode():
+        engine.add([requests[0]])
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # kept cells are a mask on the device: no host read
+        try:
+            engine._decode(0, 2, 64)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
