@@ -8,6 +8,7 @@
 #   bench1b   the same bench as bench7b for Janus-Pro-1B
 #   serving   `janus-bot bench --serving`, Janus-Pro-1B: the generator process with pictures and previews
 #             against the token-only engine (target: serving vs engine at least 0.95)
+#   regions   `janus-bot bench --regions`, Janus-Pro-1B, 4 x 4: the cost per image of starting from a picture
 # Logs go to $OUT (default artifacts/gpu/). Run from the repository root with the venv's python, or set PYTHON.
 set -u -o pipefail
 OUT=${OUT:-artifacts/gpu}
@@ -15,11 +16,12 @@ PYTHON=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(tests bench7b profile compiled bench1b serving)
+[ ${#parts[@]} -gt 0 ] || parts=(tests bench7b profile compiled bench1b serving regions)
 for part in "${parts[@]}"; do
     case $part in
-        tests|bench7b|profile|compiled|bench1b|serving) ;;
-        *) echo "gpu.sh: no part named $part (tests, bench7b, profile, compiled, bench1b, serving)" >&2; exit 2 ;;
+        tests|bench7b|profile|compiled|bench1b|serving|regions) ;;
+        *) echo "gpu.sh: no part named $part (tests, bench7b, profile, compiled, bench1b, serving, regions)" >&2
+           exit 2 ;;
     esac
 done
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -34,5 +36,7 @@ for part in "${parts[@]}"; do
                       --compile ;;
         bench1b) "$PYTHON" -m janus_bot bench --preset janus-pro-1b --workload 4x4 1x4 1x1 --skip transformers ;;
         serving) "$PYTHON" -m janus_bot bench --serving --preset janus-pro-1b --requests 8 --images 4 ;;
+        regions) "$PYTHON" -m janus_bot bench --preset janus-pro-1b --workload 4x4 --regions \
+                     --skip transformers reference ;;
     esac 2>&1 | tee "$OUT/$part.txt"
 done
