@@ -167,8 +167,9 @@ class Engine:
         else:
             return None, None
         codebook = self.model.model.generation_embeddings.num_embeddings
+        given = prefix if prefix is not None else forced
         in_range = not codes.numel() or (int(codes.min()) >= 0 and int(codes.max()) < codebook)
-        if codes.is_floating_point() or codes.dtype == torch.bool or not in_range:
+        if given.is_floating_point() or given.dtype == torch.bool or not in_range:
             raise RequestError(f"Token ids must be whole numbers from 0 to {codebook - 1}.")
         return codes.cpu().long().reshape(-1, total), keep.cpu().reshape(-1, total)
 

@@ -582,6 +582,7 @@ def test_previews_show_the_kept_cells_from_the_first_step(tiny):
         ({"forced": torch.zeros(36)}, "whole numbers"),
         ({"forced": torch.zeros(36, dtype=torch.long), "keep": torch.ones(36)}, "boolean mask"),
         ({"prefix": torch.tensor([1, -1])}, "from 0 to 255"),
+        ({"prefix": torch.tensor([1.5])}, "whole numbers"),
     ],
 )
 def test_bad_grids_to_start_from_are_refused_with_a_sentence(tiny, fields, message):
