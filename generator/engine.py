@@ -206,7 +206,8 @@ class Engine:
             end, kept = self.n_tokens, None
             if admission.keep is not None:
                 keep = admission.keep.expand(request.num_images, -1)
-                kept = torch.where(keep, admission.codes, -1)  # [n, T]
+                if request.forced is not None:  # a variation's prefix previews top-down, as it always has
+                    kept = torch.where(keep, admission.codes, -1)  # [n, T]
                 sampled = (~keep).any(dim=0).nonzero()
                 if self.state.logits is None:  # recorded logits need every step
                     end = int(sampled[-1]) + 1 if len(sampled) else 1

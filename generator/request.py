@@ -49,7 +49,7 @@ class Result:
 @dataclass
 class StepReport:
     """Reported after every step; `tokens` (the rows so far) only every `preview_every` steps, and for a request
-    with kept cells at its first step too, with `kept`: a preview shows those cells from the start."""
+    starting from a grid (`forced`) at its first step too, with `kept`: a preview shows those cells from the start."""
 
     request: Request
     step: int
