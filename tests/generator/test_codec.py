@@ -94,7 +94,8 @@ def test_decoded_codes_encode_back_on_the_demo_model(demo):
     back = encode_pictures(demo, pictures)
     same = back == codes
     background = torch.tensor([[len(code_attributes(int(c))) == 1 for c in row] for row in codes])
-    # The demo's encoder finds background codes; a shape's quarter it often reads as another kind's (docs/benchmarks.md).
+    # The demo's encoder finds background codes; a shape's quarter it often reads as another kind's
+    # (docs/benchmarks.md).
     assert same[background].float().mean() >= 0.99 and same.float().mean() >= 0.8
     again = decode_tokens(demo, back)
     assert sum(_mean_abs(a, b) for a, b in zip(again, pictures)) / len(pictures) < 8  # of 255: measured 4.9
