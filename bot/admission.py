@@ -3,13 +3,16 @@ the job recorded and handed to the queue under its user's limits (upscales, made
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import replace
 
+from tokenizers import Tokenizer
+
 from bot import images
-from bot.jobqueue import JobQueue
-from bot.jobs import Handle, Job, Kind, Options, Queued, Refused, Requester, Status, checked_prompt, new_job_id
+from bot.jobqueue import Backend, JobQueue
+from bot.jobs import Handle, Invalid, Job, Kind, Options, Queued, Refused, Requester, Status, checked_prompt, new_job_id
 from bot.lifecycle import Lifecycle
 from bot.policy import Policy
 from bot.ratelimit import Clock, TokenBucket, queue_full, rate_limited
@@ -19,6 +22,35 @@ from generator import protocol as wire
 from generator.protocol import SEED_MAX
 
 UPSCALE_RETRY_S = 5.0
+TOKEN_MARGIN = 2  # a text's tokens alone and inside the chat template can differ by a merge at either end
+
+log = logging.getLogger(__name__)
+
+
+class PromptLengths:
+    """Counts a prompt's tokens with the model's own tokenizer (torch-free), so that one too long for the
+    generator is refused now, with a sentence, not after its wait in the queue."""
+
+    def __init__(self) -> None:
+        self._path: str | None = None
+        self._tokenizer: Tokenizer | None = None
+
+    def check(self, name: str, text: str, backend: Backend) -> None:
+        """Refused when `text` cannot fit the generator's prompt tokens (nothing is checked when unknown)."""
+        if backend.prompt_tokens is None or backend.tokenizer is None:
+            return  # a pool's workers, or a model without a tokenizer file here: the generator checks
+        if backend.tokenizer != self._path:
+            self._path, self._tokenizer = backend.tokenizer, None
+            try:
+                self._tokenizer = Tokenizer.from_file(backend.tokenizer)
+            except Exception as error:  # not a tokenizers file: the generator still says it, later
+                log.warning("cannot count prompt tokens with %s: %s", backend.tokenizer, error)
+        if self._tokenizer is None:
+            return
+        count = len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+        most = backend.prompt_tokens - TOKEN_MARGIN
+        if count > most:
+            raise Invalid(f"The {name} is too long for this model ({count} tokens, at most {most}); shorten it.")
 
 
 class Admission:
@@ -34,16 +66,22 @@ class Admission:
         self._jobs = jobs
         self._results = results
         self._upscales = TokenBucket(clock)  # upscales are made outside the queue: a bucket of their own
+        self._lengths = PromptLengths()
 
-    def check(self, requester: Requester, prompt: str | None = None, count: int | None = None) -> None:
+    def check(self, requester: Requester, prompt: str | None = None, count: int | None = None,
+              negative: str | None = None) -> None:
         """Refused unless the bot is accepting, the requester may ask here, and the job fits the generator."""
         if not self.accepting:
             raise Refused("The bot is restarting; try again in a minute.", 60.0)
         self._policy.check(requester, prompt)
         self._policy.check_channel(requester)
-        capacity = self._queue.backend.max_images
-        if count is not None and count > capacity:
-            raise Refused(f"This bot makes at most {capacity} images per job; ask for {capacity} or fewer.")
+        backend = self._queue.backend
+        if count is not None and count > backend.max_images:
+            raise Refused(f"This bot makes at most {backend.max_images} images per job; ask for {backend.max_images} "
+                          f"or fewer.")
+        for name, text in (("prompt", prompt), ("negative prompt", negative)):
+            if text is not None:
+                self._lengths.check(name, text, backend)
 
     async def message(self, job: Job) -> wire.Generate:
         """What the generator is told to make for a job: a variation's kept rows, a region's source grid, an
@@ -62,7 +100,7 @@ class Admission:
                     **parent: object) -> Handle:
         """Record a new job (with the picture it starts from, if any), then queue it under the requester's
         limits; Refused undoes the record."""
-        self.check(requester, prompt, options.count)
+        self.check(requester, prompt, options.count, options.negative)
         seed = options.seed if options.seed is not None else random.randint(0, SEED_MAX)
         job = Job(new_job_id(), requester, prompt, options, seed, time.time(), **parent)  # type: ignore[arg-type]
         if source is not None:

@@ -27,6 +27,8 @@ class Backend:
     device: str | None
     max_images: int  # the most images one job may ask for
     restarts: int = 0  # generator restarts since start (local only)
+    prompt_tokens: int | None = None  # the most tokens a prompt's text may take, when known
+    tokenizer: str | None = None  # the model's tokenizer.json on this machine, to count them with
 
 
 class JobQueue(Protocol):

@@ -20,6 +20,10 @@ class Refused(Exception):
         self.retry_after = retry_after
 
 
+class Invalid(Refused):
+    """A request wrong as given (too long, out of range, not a picture): the message says what to change."""
+
+
 class Status(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"

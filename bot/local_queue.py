@@ -52,7 +52,8 @@ class LocalQueue:
         up = not self._closing and getattr(self._generator, "pid", 0) is not None  # None while it restarts
         where = f"{ready.model} on {ready.device}, {ready.max_batch_images} image slots"
         restarts = getattr(self._generator, "restarts", 0)
-        return Backend(where, up, ready.model, ready.device, ready.max_batch_images, restarts)
+        return Backend(where, up, ready.model, ready.device, ready.max_batch_images, restarts, ready.prompt_tokens,
+                       ready.tokenizer)
 
     @property
     def paused(self) -> bool:

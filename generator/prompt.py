@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import JanusProcessor
 
@@ -20,6 +22,26 @@ def encode_prompt(processor: JanusProcessor, prompt: str) -> list[int]:
     text = format_prompt(processor, prompt)
     ids = processor(text=text, generation_mode="image", return_tensors="pt")["input_ids"][0]
     return ids.tolist()
+
+
+def template_tokens(processor: JanusProcessor) -> int:
+    """The tokens the chat template adds around a prompt (BOS ... <begin_of_image>)."""
+    return len(encode_prompt(processor, ""))
+
+
+def tokenizer_file(processor: JanusProcessor) -> str | None:
+    """The model's tokenizer.json on this machine (a checkpoint directory, or the hub's cache), if there is one."""
+    from huggingface_hub import try_to_load_from_cache
+
+    name = str(getattr(processor.tokenizer, "name_or_path", "") or "")
+    local = Path(name) / "tokenizer.json"
+    if local.is_file():
+        return str(local.resolve())
+    try:
+        cached = try_to_load_from_cache(name, "tokenizer.json") if name else None
+    except ValueError:  # a name that is neither a directory nor a hub id
+        return None
+    return cached if isinstance(cached, str) else None
 
 
 def unconditional_ids(ids: list[int], processor: JanusProcessor) -> list[int]:

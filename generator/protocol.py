@@ -146,13 +146,17 @@ class Shutdown:
 
 @dataclass(frozen=True)
 class Ready:
-    """generator -> bot: the model is loaded."""
+    """generator -> bot: the model is loaded. `prompt_tokens` is how many tokens a prompt's own text may take
+    (the chat template's are already counted), `tokenizer` the model's tokenizer.json on this machine: with
+    them the bot refuses an over-long prompt up front rather than after it waited in the queue."""
 
     model: str
     device: str
     image_size: int
     grid_size: int
     max_batch_images: int
+    prompt_tokens: int | None = None
+    tokenizer: str | None = None
     type: str = "ready"
 
 

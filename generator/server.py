@@ -52,6 +52,7 @@ from generator.checkpoint import (
 from generator.codec import region_cells
 from generator.engine import Engine, Request, RequestError, StepReport
 from generator.pictures import JobEvents, Pictures
+from generator.prompt import template_tokens, tokenizer_file
 from generator.protocol import add_process_arguments
 
 log = logging.getLogger("generator")
@@ -508,8 +509,10 @@ async def serve(checkpoint: Checkpoint, options: EngineOptions, stdin: BinaryIO,
                           inject_failure=inject_failure)
     loop.add_signal_handler(signal.SIGTERM, inbox.async_q.put_nowait, wire.Shutdown())
 
+    prompt_tokens = engine.engine.max_prompt_tokens - template_tokens(checkpoint.processor)
     await write(wire.Ready(model=checkpoint.name, device=str(checkpoint.device), image_size=checkpoint.image_size,
-                      grid_size=checkpoint.grid_size, max_batch_images=options.max_batch_images))
+                           grid_size=checkpoint.grid_size, max_batch_images=options.max_batch_images,
+                           prompt_tokens=prompt_tokens, tokenizer=tokenizer_file(checkpoint.processor)))
     engine.start()
     commands = asyncio.create_task(_read_commands(reader, inbox.async_q))
     try:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -56,6 +57,14 @@ def test_readme_first_command_serves_the_playground(tmp_path: Path) -> None:
         assert health["status"] == "ok" and health["model_loaded"] and health["queue_depth"] == 0, health
         with urllib.request.urlopen(url, timeout=30) as response:
             assert "<title>janus-bot playground</title>" in response.read().decode()
+        # 986 characters (under the 1000 of any prompt) that the model's prompt tokens cannot hold: refused at
+        # once, not after its wait in the queue.
+        long = json.dumps({"user": "ada", "prompt": "an old lighthouse at dusk with seagulls over the harbour, " * 17})
+        request = urllib.request.Request(f"{url}api/imagine", long.encode(), {"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 400
+        assert json.load(refused.value)["error"].startswith("The prompt is too long for this model (")
     finally:
         proc.send_signal(signal.SIGINT)
         try:

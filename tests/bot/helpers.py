@@ -46,12 +46,14 @@ class FakeGenerator:
     """
 
     def __init__(
-        self, *, max_batch_images: int = 16, grid_size: int = 4, steps: int = 4, step_delay: float = 0.0
+        self, *, max_batch_images: int = 16, grid_size: int = 4, steps: int = 4, step_delay: float = 0.0,
+        prompt_tokens: int | None = None, tokenizer: str | None = None,
     ) -> None:
         self.max_batch_images = max_batch_images
         self.grid_size = grid_size
         self.steps = steps
         self.step_delay = step_delay
+        self.prompt_tokens, self.tokenizer = prompt_tokens, tokenizer  # what Ready says of prompt lengths
         self.hold = asyncio.Event()
         self.hold.set()
         self.submitted: list[wire.Generate] = []
@@ -64,7 +66,8 @@ class FakeGenerator:
         self.closed = False
 
     async def start(self) -> wire.Ready:
-        return wire.Ready("fake", "cpu", PNG_SIZE, self.grid_size, self.max_batch_images)
+        return wire.Ready("fake", "cpu", PNG_SIZE, self.grid_size, self.max_batch_images, self.prompt_tokens,
+                          self.tokenizer)
 
     async def submit(self, msg: wire.Generate) -> None:
         assert msg.job_id not in self._tasks, f"{msg.job_id} submitted twice"

@@ -14,7 +14,21 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.jobs import Cancelled, Done, Event, Failed, Handle, Job, Progress, Queued, Refused, Started, Status, Strength
+from bot.jobs import (
+    Cancelled,
+    Done,
+    Event,
+    Failed,
+    Handle,
+    Invalid,
+    Job,
+    Progress,
+    Queued,
+    Refused,
+    Started,
+    Status,
+    Strength,
+)
 from bot.lifecycle import NOT_RECORDED, SAVE_FAILED
 from bot.service import Service
 from bot.store import Store
@@ -364,6 +378,21 @@ async def test_vary_region_sends_the_images_token_grid_and_a_remix_keeps_the_reg
             "a fox in a hat", sent.region, sent.codes)
         with pytest.raises(Refused, match="That job has images 1 to 4"):
             await service.vary_region(requester(), first.job.id, 4, (0, 0, 1, 1))
+
+
+DEMO_TOKENIZER = str(Path(__file__).parents[2] / "generator" / "demo_model" / "tokenizer.json")
+
+
+async def test_a_prompt_too_long_for_the_model_is_refused_up_front(tmp_path: Path) -> None:
+    fake = FakeGenerator(prompt_tokens=40, tokenizer=DEMO_TOKENIZER)  # what a generator's Ready says
+    async with running(settings(tmp_path), fake) as (service, fake, _):
+        with pytest.raises(Invalid, match=r"^The prompt is too long for this model \(\d+ tokens, at most 38\); "
+                                          r"shorten it\.$"):
+            await service.submit(requester(), "a large red circle at the top on a blue background " * 4)
+        with pytest.raises(Invalid, match="The negative prompt is too long for this model"):
+            await service.submit(requester(), "a fox", negative="blurry and dark " * 20)
+        assert fake.submitted == []  # refused before it waited in the queue
+        await (await service.submit(requester(), "a large red circle at the top on a blue background")).final()
 
 
 async def test_upscale_is_lanczos_in_the_bot_at_the_configured_size(run: Run, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from bot.adapters.web.tracking import Tracker, image_urls, job_url, message
 from bot.admin import JobStatus
 from bot.commandline import USAGE, CommandError, ImagineCommand, parse_imagine
 from bot.config import LOOPBACK_HOSTS, ConfigError, Settings, WebSettings
-from bot.jobs import Handle, Job, Kind, Options, Refused, Requester, Status, Strength, checked_prompt
+from bot.jobs import Handle, Invalid, Job, Kind, Options, Refused, Requester, Status, Strength, checked_prompt
 from bot.metrics import Stats
 from bot.service import Service
 
@@ -61,7 +61,10 @@ class ApiError(Exception):
 
 
 def refusal(error: Refused) -> ApiError:
-    """A service refusal: 429 with Retry-After when it says when to retry, else 403."""
+    """A service refusal: 400 for a request wrong as given, 429 with Retry-After when it says when to retry,
+    else 403."""
+    if isinstance(error, Invalid):
+        return ApiError(400, str(error))
     if error.retry_after is not None:
         return ApiError(429, str(error), {"Retry-After": str(max(1, math.ceil(error.retry_after)))})
     return ApiError(403, str(error))
