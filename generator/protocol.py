@@ -130,6 +130,22 @@ class Generate:
 
 
 @dataclass(frozen=True)
+class Describe:
+    """bot -> generator: `count` prompts that would draw a picture (a file's bytes), read by the model's own
+    understanding path, sampled at `temperature` (0: greedy) from `seed`; `instruction` and `max_tokens`
+    default to the generator's ([describe] in the bot's config sends them)."""
+
+    job_id: str
+    image: bytes
+    count: int
+    temperature: float
+    seed: int
+    instruction: str | None = None
+    max_tokens: int | None = None
+    type: str = "describe"
+
+
+@dataclass(frozen=True)
 class Cancel:
     """bot -> generator: stop a job; answered by Cancelled (or nothing if it already finished)."""
 
@@ -198,6 +214,18 @@ class JobDone:
 
 
 @dataclass(frozen=True)
+class Described:
+    """generator -> bot: a describe job's prompts, cleaned to show (control characters out, whitespace collapsed,
+    cut at a sentence end), and the raw token ids each was sampled as."""
+
+    job_id: str
+    prompts: list[str]
+    tokens: list[list[int]]
+    model: str | None = None
+    type: str = "described"
+
+
+@dataclass(frozen=True)
 class JobFailed:
     job_id: str
     reason: str
@@ -210,8 +238,10 @@ class JobCancelled:
     type: str = "cancelled"
 
 
-Message = Generate | Cancel | Shutdown | Ready | Waiting | JobStarted | JobProgress | JobDone | JobFailed | JobCancelled
-FINAL = JobDone | JobFailed | JobCancelled  # the messages that end a job
+Message = (Generate | Describe | Cancel | Shutdown | Ready | Waiting | JobStarted | JobProgress | JobDone | Described
+           | JobFailed | JobCancelled)
+FINAL = JobDone | Described | JobFailed | JobCancelled  # the messages that end a job
+Work = Generate | Describe  # what a queue hands a generator
 _TYPES: dict[str, type] = {cls.__dataclass_fields__["type"].default: cls for cls in Message.__args__}
 
 
