@@ -22,6 +22,7 @@ from generator import protocol as wire
 from generator.protocol import SEED_MAX
 
 UPSCALE_RETRY_S = 5.0
+MOST_PROMPTS = 8  # a describe's answers
 TOKEN_MARGIN = 2  # a text's tokens alone and inside the chat template can differ by a merge at either end
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,13 @@ class Admission:
             if text is not None:
                 self._lengths.check(name, text, backend)
 
-    async def message(self, job: Job) -> wire.Generate:
+    async def message(self, job: Job) -> wire.Work:
         """What the generator is told to make for a job: a variation's kept rows, a region's source grid, an
-        image prompt's picture, read from the store."""
+        image prompt's picture, read from the store; a describe job's picture and instruction."""
+        if job.kind is Kind.DESCRIBE:
+            told = self._policy.settings.describe
+            return wire.Describe(job.id, await self._results.source(job), job.options.count, job.options.temperature,
+                                 job.seed, told.instruction, told.max_tokens)
         prefix = await self._results.kept_rows(job) if job.kind is Kind.VARIATION else None
         codes = None
         if job.kind is Kind.REGION:
@@ -96,11 +101,20 @@ class Admission:
         return wire.Generate(job.id, job.prompt, o.count, o.cfg, o.temperature, job.seed, prefix, o.negative,
                              image=image, codes=codes, region=region)
 
+    def describe_options(self, count: int | None) -> Options:
+        """A describe job's options: `count` prompts ([describe] count by default) at [describe] temperature."""
+        told = self._policy.settings.describe
+        n = told.count if count is None else count
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MOST_PROMPTS:
+            raise Invalid(f"count must be a whole number from 1 to {MOST_PROMPTS} prompts; you gave {n}.")
+        return Options(n, 1.0, told.temperature)
+
     async def admit(self, requester: Requester, prompt: str, options: Options, *, source: bytes | None = None,
                     **parent: object) -> Handle:
         """Record a new job (with the picture it starts from, if any), then queue it under the requester's
         limits; Refused undoes the record."""
-        self.check(requester, prompt, options.count, options.negative)
+        drawn = None if parent.get("kind") is Kind.DESCRIBE else options.count  # a describe draws no images
+        self.check(requester, prompt, drawn, options.negative)
         seed = options.seed if options.seed is not None else random.randint(0, SEED_MAX)
         job = Job(new_job_id(), requester, prompt, options, seed, time.time(), **parent)  # type: ignore[arg-type]
         if source is not None:

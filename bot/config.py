@@ -86,6 +86,14 @@ class ImageSettings(_Section):
     max_upload_megapixels: float = Field(default=40.0, gt=0)  # decoded size: a small file can unpack huge
 
 
+class DescribeSettings(_Section):
+    instruction: str = Field(default="Write a prompt for an image generator that would produce this picture.",
+                             min_length=1, max_length=1000)
+    max_tokens: int = Field(default=64, ge=1, le=512)
+    temperature: float = Field(default=0.7, ge=0, le=2)  # 0: greedy, one prompt however many are asked for
+    count: int = Field(default=4, ge=1, le=8)  # prompts per picture unless asked otherwise
+
+
 class QueueSettings(_Section):
     backend: Literal["local", "redis"] = "local"
     redis_url: str = "redis://localhost:6379/0"  # one with a password belongs in JANUS_BOT_REDIS_URL
@@ -163,6 +171,7 @@ class Settings(_Section):
     limits: LimitSettings = LimitSettings()
     blocklist: BlocklistSettings = BlocklistSettings()
     images: ImageSettings = ImageSettings()
+    describe: DescribeSettings = DescribeSettings()
     queue: QueueSettings = QueueSettings()
     web: WebSettings = WebSettings()
     discord: DiscordSettings = DiscordSettings()

@@ -20,8 +20,8 @@ class Generator(Protocol):
         """Start the generator and wait until the model is loaded."""
         ...
 
-    async def submit(self, msg: wire.Generate) -> None:
-        """Queue a job; it starts as soon as the generator has free image slots."""
+    async def submit(self, msg: wire.Work) -> None:
+        """Queue a job (Generate or Describe); it starts as soon as the generator has room."""
         ...
 
     async def cancel(self, job_id: str) -> None:

@@ -43,7 +43,7 @@ class GeneratorStartError(RuntimeError):
 
 @dataclass
 class _Job:
-    msg: wire.Generate
+    msg: wire.Work
     sends: int = 0  # processes it was sent to
     cancelling: bool = False
 
@@ -132,7 +132,7 @@ class GeneratorProcess:
         self._supervisor = asyncio.create_task(self._supervise(), name="generator-supervisor")
         return self.ready
 
-    async def submit(self, msg: wire.Generate) -> None:
+    async def submit(self, msg: wire.Work) -> None:
         """Queue a job; held while the process restarts, failed at once if it could not restart."""
         if self._supervisor is None or self._closing:
             raise RuntimeError("the generator is not running; start() it first")

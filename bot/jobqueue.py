@@ -52,12 +52,12 @@ class JobQueue(Protocol):
         """Whether a bot admin has stopped new jobs from starting."""
         ...
 
-    async def admit(self, job: Job, msg: wire.Generate, limits: LimitSettings, *, exempt: bool) -> int:
+    async def admit(self, job: Job, msg: wire.Work, limits: LimitSettings, *, exempt: bool) -> int:
         """Queue a new job if its user's limits, the bans and the queue cap allow it, else raise Refused; its
         position (1 is next). `exempt` (bot and server admins) skips the per-user limits, never the cap."""
         ...
 
-    async def resume(self, job: Job, msg: wire.Generate, limits: LimitSettings, *, exempt: bool) -> int | None:
+    async def resume(self, job: Job, msg: wire.Work, limits: LimitSettings, *, exempt: bool) -> int | None:
         """After a restart: carry on with a job the last run accepted, past every limit (it was admitted once);
         its position when known now (else a Waiting message brings it)."""
         ...

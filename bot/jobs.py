@@ -43,6 +43,7 @@ class Kind(StrEnum):
     UPSCALE = "upscale"
     VARIATION = "variation"
     REGION = "region"  # Vary (Region): a rectangle of one image made again, the rest kept
+    DESCRIBE = "describe"  # a picture read back into prompts
 
 
 Region = tuple[float, float, float, float]  # x0, y0, x1, y1 in fractions of the width and height
@@ -166,7 +167,8 @@ class Job:
     deleted_by: str | None = None  # "platform:user" of who deleted it; the row stays as a tombstone
     model: str | None = None  # the checkpoint that made it
     region: Region | None = None  # the cells made again: Vary (Region), or an image prompt's
-    source: str | None = None  # an image prompt's picture, relative to the data directory
+    source: str | None = None  # an image prompt's (or a describe's) picture, relative to the data directory
+    prompts: tuple[str, ...] | None = None  # a finished describe job's answers
 
     @property
     def deleted(self) -> bool:
@@ -177,6 +179,11 @@ class Job:
     def platform(self) -> str:
         """The chat platform the job came from (which adapter delivers it)."""
         return self.requester.platform
+
+    @property
+    def slots(self) -> int:
+        """The generator's image slots the job takes: its images (a describe job reads, drawing nothing)."""
+        return 0 if self.kind is Kind.DESCRIBE else self.options.count
 
     @property
     def remix_strength(self) -> Strength | None:
@@ -228,6 +235,15 @@ class Done:
 
 
 @dataclass(frozen=True)
+class Described:
+    """A describe job's prompts, each one that would draw the picture."""
+
+    job_id: str
+    seed: int
+    prompts: list[str]
+
+
+@dataclass(frozen=True)
 class Failed:
     job_id: str
     reason: str
@@ -238,8 +254,8 @@ class Cancelled:
     job_id: str
 
 
-Event = Queued | Started | Progress | Done | Failed | Cancelled
-FINAL_EVENTS = (Done, Failed, Cancelled)
+Event = Queued | Started | Progress | Done | Described | Failed | Cancelled
+FINAL_EVENTS = (Done, Described, Failed, Cancelled)
 
 
 class Handle:
@@ -270,7 +286,8 @@ class Handle:
 
 def ending(job: Job) -> str:
     """The operator's log line for a job that ended: what and whose it was, how it ended, how long it took."""
-    images = "" if job.kind is Kind.UPSCALE else f", {job.options.count} image{'s' * (job.options.count != 1)}"
+    n, what = job.options.count, "prompt" if job.kind is Kind.DESCRIBE else "image"
+    images = "" if job.kind is Kind.UPSCALE else f", {n} {what}{'s' * (n != 1)}"
     line = f"job {job.id} ({job.kind.value}{images}, {job.requester.user_key}): {job.status.value}"
     if job.finished_at is not None:
         line += f" in {job.finished_at - job.created_at:.1f}s"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from bot.jobs import (
@@ -122,6 +123,10 @@ class Lifecycle:
             saving = asyncio.create_task(self.complete(job, message.images, message.tokens, message.model))
             self.saving.add(saving)
             saving.add_done_callback(self.saving.discard)
+        elif isinstance(message, wire.Described):
+            described = replace(job, model=message.model or job.model)
+            await self._finish_with(job, lambda: self._results.save_described(described, message.prompts,
+                                                                               message.tokens))
         elif isinstance(message, wire.JobFailed):
             await self.fail(job, message.reason)
         elif isinstance(message, wire.JobCancelled):
@@ -144,13 +149,17 @@ class Lifecycle:
 
     async def complete(self, job: Job, pngs: list[bytes], tokens: list[list[int]], model: str | None = None) -> None:
         """Store a finished job's pictures, then send Done (or Failed, saying they could not be saved)."""
+        await self._finish_with(job, lambda: self._results.save(replace(job, model=model or job.model), pngs, tokens))
+
+    async def _finish_with(self, job: Job, save: Callable[[], Awaitable[tuple[Job, Event]]]) -> None:
+        """Record a job's result (`save` it), then send its event; Failed when it could not be saved."""
         if job.id not in self._jobs or job.id in self._ending:
             return
         self._ending.add(job.id)
         try:
-            done, event = await self._results.save(replace(job, model=model or job.model), pngs, tokens)
+            done, event = await save()
         except Exception as error:
-            log.error("could not store the images of job %s (%s: %s)", job.id, type(error).__name__, error)
+            log.error("could not store the result of job %s (%s: %s)", job.id, type(error).__name__, error)
             self._ending.discard(job.id)
             await self.fail(job, SAVE_FAILED)
             return

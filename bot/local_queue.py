@@ -29,7 +29,7 @@ class LocalQueue:
         self._limiter = RateLimiter(clock)
         self._scheduler = Scheduler(self._dispatch, self._on_positions, self._max_running_of)
         self._ready: wire.Ready | None = None
-        self._messages: dict[str, wire.Generate] = {}  # admitted jobs not yet handed to the generator
+        self._messages: dict[str, wire.Work] = {}  # admitted jobs not yet handed to the generator
         self._max_running: dict[str, int | None] = {}  # job -> running jobs its user may have (None: exempt)
         self._cancelling: set[str] = set()
         self._events: asyncio.Queue[wire.Message | None] = asyncio.Queue()
@@ -61,7 +61,7 @@ class LocalQueue:
 
     # -- admission --
 
-    async def admit(self, job: Job, msg: wire.Generate, limits: LimitSettings, *, exempt: bool) -> int:
+    async def admit(self, job: Job, msg: wire.Work, limits: LimitSettings, *, exempt: bool) -> int:
         """Take a token from the user's bucket and queue the job, or raise Refused; no await in between."""
         r = job.requester
         waiting = self._scheduler.waiting()
@@ -75,10 +75,10 @@ class LocalQueue:
         )
         return self._push(job, msg, None if exempt else limits.max_running_per_user)
 
-    async def resume(self, job: Job, msg: wire.Generate, limits: LimitSettings, *, exempt: bool) -> int:
+    async def resume(self, job: Job, msg: wire.Work, limits: LimitSettings, *, exempt: bool) -> int:
         return self._push(job, msg, None if exempt else limits.max_running_per_user)
 
-    def _push(self, job: Job, msg: wire.Generate, max_running: int | None) -> int:
+    def _push(self, job: Job, msg: wire.Work, max_running: int | None) -> int:
         self._messages[job.id] = msg
         self._max_running[job.id] = max_running
         return self._scheduler.push(job)
@@ -147,8 +147,8 @@ class LocalQueue:
                 self._end(wire.JobFailed(job.id, GENERATOR_GONE))
         self._events.put_nowait(None)
 
-    def _end(self, message: wire.JobDone | wire.JobFailed | wire.JobCancelled) -> None:
-        if isinstance(message, wire.JobDone) and message.model is None and self._ready is not None:
+    def _end(self, message: wire.JobDone | wire.Described | wire.JobFailed | wire.JobCancelled) -> None:
+        if isinstance(message, wire.JobDone | wire.Described) and message.model is None and self._ready is not None:
             message = replace(message, model=self._ready.model)
         self._scheduler.finish(message.job_id)
         self._forget(message.job_id)

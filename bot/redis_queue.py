@@ -488,12 +488,12 @@ class RedisQueue:
 
     # -- admission --
 
-    async def admit(self, job: Job, msg: wire.Generate, limits: LimitSettings, *, exempt: bool) -> int:
+    async def admit(self, job: Job, msg: wire.Work, limits: LimitSettings, *, exempt: bool) -> int:
         """Queue `msg` for `job` if the limits, bans and cap allow it, atomically across instances; its position."""
         r = job.requester
         user = r.user_key
         args: list[Arg] = [
-            self._p, job.id, user, wire.dumps(msg), self.instance, msg.count,
+            self._p, job.id, user, wire.dumps(msg), self.instance, job.slots,
             0 if exempt else limits.max_running_per_user,
             0 if exempt else limits.max_queued_per_user,
             limits.queue_cap,
@@ -525,11 +525,11 @@ class RedisQueue:
             raise server_full(int(value))
         raise rate_limited(limits, float(_str(value)))
 
-    async def resume(self, job: Job, msg: wire.Generate, limits: LimitSettings, *, exempt: bool) -> None:
+    async def resume(self, job: Job, msg: wire.Work, limits: LimitSettings, *, exempt: bool) -> None:
         """Keep a job Redis still has, re-send its stored result, or queue it again past the limits (it was
         accepted before); its place arrives as a Waiting message."""
         limit = 0 if exempt else limits.max_running_per_user
-        args: list[Arg] = [self._p, msg.job_id, job.requester.user_key, wire.dumps(msg), self.instance, msg.count,
+        args: list[Arg] = [self._p, msg.job_id, job.requester.user_key, wire.dumps(msg), self.instance, job.slots,
                            limit, OUT_MAXLEN, self.result_ttl, server_key(job.requester.platform, job.requester.server)]
         outcome = _str(await retrying("re-queueing a job", lambda: self._resubmit(args=args)))
         if outcome in ("kept", "queued"):

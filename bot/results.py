@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from bot import images
 from bot.config import BotSettings, ImageSettings
-from bot.jobs import Cancelled, Done, Event, Failed, Image, Job, Refused, Requester, Status, Strength
+from bot.jobs import Cancelled, Described, Done, Event, Failed, Image, Job, Kind, Refused, Requester, Status, Strength
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,18 @@ class Results:
         await self._store.finish_job(done, stored)
         return done, Done(job.id, job.seed, grid, pngs)
 
+    async def save_described(self, job: Job, prompts: list[str], tokens: list[list[int]]) -> tuple[Job, Described]:
+        """Record a describe job as done with its prompts (and their token ids)."""
+        done = replace(job, status=Status.DONE, finished_at=time.time(), prompts=tuple(prompts))
+        await self._store.finish_described(done, tokens)
+        return done, Described(job.id, job.seed, list(prompts))
+
     async def final_event(self, job: Job) -> Event:
         """A finished job's final event as stored (Failed if its images have gone from the data directory)."""
         if job.deleted:
             return Failed(job.id, DELETED)
+        if job.kind is Kind.DESCRIBE and job.status is Status.DONE:
+            return Described(job.id, job.seed, list(job.prompts or ()))
         if job.status is Status.DONE:
             try:
                 stored = await self._store.images(job.id)
@@ -89,6 +97,13 @@ class Results:
         side = round(len(source.tokens) ** 0.5)
         kept = round(side * (job.strength or Strength.SUBTLE).kept) * side
         return [source.tokens[:kept]] * job.options.count
+
+    async def picture(self, job_id: str, index: int) -> bytes:
+        """Image `index` of a finished job, as stored (a PNG), or Refused when it is no longer stored."""
+        try:
+            return await self._store.read_file((await self.image(job_id, index)).path)
+        except FileNotFoundError:
+            raise Refused(PICTURE_GONE) from None
 
     async def upscaled(self, image: Image) -> bytes:
         """A stored image, Lanczos-upscaled to the configured size, as a PNG."""

@@ -83,7 +83,7 @@ class Scheduler:
         """A dispatched job ended (done, failed or cancelled): free its image slots."""
         job = self._running.pop(job_id, None)
         if job is not None:
-            self.images_in_flight -= job.options.count
+            self.images_in_flight -= job.slots
             self._running_by[job.requester.user_key] -= 1
             self._wake.set()
 
@@ -135,7 +135,7 @@ class Scheduler:
     # -- the loop --
 
     def _fits(self, job: Job) -> bool:
-        return self.images_in_flight == 0 or self.images_in_flight + job.options.count <= self.capacity
+        return self.images_in_flight == 0 or self.images_in_flight + job.slots <= self.capacity
 
     def _next(self) -> Job | None:
         for i, user in enumerate(self._order):
@@ -171,7 +171,7 @@ class Scheduler:
             while not self.paused and (job := self._next()) is not None:
                 self._running[job.id] = job
                 self._running_by[job.requester.user_key] += 1
-                self.images_in_flight += job.options.count
+                self.images_in_flight += job.slots
                 self._reported.pop(job.id, None)
                 try:
                     await self._dispatch(job)

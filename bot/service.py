@@ -21,6 +21,7 @@ from bot.jobqueue import Backend, JobQueue
 from bot.jobs import (
     BOTTOM_HALF,
     Handle,
+    Invalid,
     Job,
     Kind,
     Options,
@@ -202,6 +203,22 @@ class Service:
         text, options = remixed(parent, prompt, negative)
         return await self._admission.admit(requester, text, options, kind=Kind.VARIATION, parent_id=parent.id,
                                            parent_index=index, strength=Strength(strength))
+
+    async def describe(self, requester: Requester, *, image: bytes | None = None, job_id: str | None = None,
+                       index: int | None = None, count: int | None = None) -> Handle:
+        """Prompts that would draw a picture: one sent (`image`, a file's bytes) or image `index` of a finished
+        job; `count` of them ([describe] count by default), read by the model that draws."""
+        options = self._admission.describe_options(count)
+        if (image is None) == (job_id is None):
+            raise Invalid("Send the picture to describe, or name a job and image; one of the two.")
+        parent = None
+        if image is None:  # one of the bot's own pictures, as stored
+            parent = await self._admission.parent(job_id or "", index or 0)
+            source = await self._results.picture(parent.id, index or 0)
+        else:
+            source = self._admission.checked_upload(image)
+        return await self._admission.admit(requester, "", options, source=source, kind=Kind.DESCRIBE,
+                                           parent_id=parent and parent.id, parent_index=parent and (index or 0))
 
     async def vary_region(self, requester: Requester, job_id: str, index: int, region: object, *,
                           prompt: str | None = None, negative: str | None = None) -> Handle:

@@ -95,6 +95,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN region TEXT;  -- JSON [x0, y0, x1, y1]
     ALTER TABLE jobs ADD COLUMN source TEXT;
     """,
+    # 8: describe jobs' answers: the prompts as shown, and the token ids each was sampled as
+    """
+    ALTER TABLE jobs ADD COLUMN prompts TEXT;  -- JSON {"prompts": [...], "tokens": [[...], ...]}
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _Statement = tuple[str, tuple[Any, ...]]
@@ -102,7 +106,7 @@ _Statement = tuple[str, tuple[Any, ...]]
 _JOB_COLUMNS = (
     "id, platform, server, channel, user, is_admin, prompt, count, cfg, temperature, requested_seed, seed, "
     "kind, parent_id, parent_index, strength, status, created_at, started_at, finished_at, error, grid_path, "
-    "delivered, user_name, removed_at, negative, deleted_by, model, region, source"
+    "delivered, user_name, removed_at, negative, deleted_by, model, region, source, prompts"
 )
 
 
@@ -155,7 +159,7 @@ def _job_row(job: Job) -> tuple[Any, ...]:
         o.seed, job.seed, job.kind.value, job.parent_id, job.parent_index, job.strength and job.strength.value,
         job.status.value, job.created_at, job.started_at, job.finished_at, job.error, job.grid_path, int(job.delivered),
         r.name, job.removed_at, o.negative, job.deleted_by, job.model,
-        json.dumps(job.region) if job.region else None, job.source,
+        json.dumps(job.region) if job.region else None, job.source, None,
     )  # fmt: skip
 
 
@@ -183,6 +187,7 @@ def _job(row: aiosqlite.Row) -> Job:
         model=row["model"],
         region=tuple(json.loads(row["region"])) if row["region"] else None,
         source=row["source"],
+        prompts=tuple(json.loads(row["prompts"])["prompts"]) if row["prompts"] else None,
     )
 
 
@@ -283,8 +288,8 @@ class Store:
         """Write a job's changing fields: status, times, error, grid and delivery."""
         await self._transaction([_update(job)])
 
-    async def finish_job(self, job: Job, images: list[Image]) -> None:
-        """Record a finished job, its images and its usage in one transaction."""
+    async def finish_job(self, job: Job, images: list[Image], more: list[_Statement] | None = None) -> None:
+        """Record a finished job, its images and its usage in one transaction (with `more` statements)."""
         r = job.requester
         day = time.strftime("%Y-%m-%d", time.gmtime(job.finished_at or time.time()))
         statements: list[_Statement] = [
@@ -302,7 +307,7 @@ class Store:
                 (r.platform, r.server, r.user, day, len(images)),
             )
         )
-        await self._transaction(statements)
+        await self._transaction(statements + (more or []))
 
     async def job(self, job_id: str) -> Job | None:
         """The job with this id, if any."""
@@ -337,6 +342,16 @@ class Store:
             sql += " AND finished_at < ?"
             args = (finished_before,)
         return [_job(row) for row in await self._all(sql + " ORDER BY finished_at, rowid", args)]
+
+    async def finish_described(self, job: Job, tokens: list[list[int]]) -> None:
+        """Record a describe job as done with its prompts and their token ids, and its usage (no images)."""
+        answer = json.dumps({"prompts": list(job.prompts or ()), "tokens": tokens})
+        await self.finish_job(job, [], [("UPDATE jobs SET prompts = ? WHERE id = ?", (answer, job.id))])
+
+    async def prompt_tokens(self, job_id: str) -> list[list[int]]:
+        """The raw token ids of a describe job's prompts (empty if it has none)."""
+        rows = await self._all("SELECT prompts FROM jobs WHERE id = ?", (job_id,))
+        return list(json.loads(rows[0]["prompts"])["tokens"]) if rows and rows[0]["prompts"] else []
 
     async def delete_images(self, job: Job) -> None:
         """Forget a job's images and token grids, and record the job as it now is (its tombstone)."""

@@ -218,7 +218,8 @@ class PoolWorker:
             unreadable = "The job could not be read by the image generator; try again."
             await self._end(job_id, wire.JobFailed(job_id, unreadable))
             return
-        self._held[job_id] = _Held(entry, getattr(generate, "count", 1), instance)
+        slots = generate.count if isinstance(generate, wire.Generate) else 0  # a describe draws no images
+        self._held[job_id] = _Held(entry, slots, instance)
         if cancelled:
             await self._end(job_id, wire.JobCancelled(job_id))
             return
@@ -254,7 +255,7 @@ class PoolWorker:
 
     async def _end(self, job_id: str, message: wire.Message) -> None:
         held = self._held[job_id]
-        if isinstance(message, wire.JobDone) and message.model is None:
+        if isinstance(message, wire.JobDone | wire.Described) and message.model is None:
             message = replace(message, model=self._info.get("model"))
         done = wire.dumps(message) if isinstance(message, wire.JobDone) else ""
         final = "" if done else wire.dumps(message)
@@ -272,6 +273,8 @@ class PoolWorker:
         elif isinstance(message, wire.JobDone):
             self.counters["jobs_done"] += 1
             self.counters["images_done"] += len(message.images)
+        elif isinstance(message, wire.Described):
+            self.counters["jobs_done"] += 1
         elif isinstance(message, wire.JobFailed):
             self.counters["jobs_failed"] += 1
         else:

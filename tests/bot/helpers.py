@@ -57,6 +57,7 @@ class FakeGenerator:
         self.hold = asyncio.Event()
         self.hold.set()
         self.submitted: list[wire.Generate] = []
+        self.described: list[wire.Describe] = []
         self.cancels: list[str] = []
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -69,8 +70,12 @@ class FakeGenerator:
         return wire.Ready("fake", "cpu", PNG_SIZE, self.grid_size, self.max_batch_images, self.prompt_tokens,
                           self.tokenizer)
 
-    async def submit(self, msg: wire.Generate) -> None:
+    async def submit(self, msg: wire.Work) -> None:
         assert msg.job_id not in self._tasks, f"{msg.job_id} submitted twice"
+        if isinstance(msg, wire.Describe):  # read, not drawn: no image slot, prompts derived from the seed
+            self.described.append(msg)
+            self._tasks[msg.job_id] = asyncio.create_task(self._describe(msg))
+            return
         self.submitted.append(msg)
         self.in_flight += msg.count
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
@@ -96,6 +101,12 @@ class FakeGenerator:
         size = self.grid_size**2
         prefix = msg.prefix[index] if msg.prefix else []
         return prefix + [(msg.seed + index + i) % 16384 for i in range(len(prefix), size)]
+
+    async def _describe(self, msg: wire.Describe) -> None:
+        await self.hold.wait()
+        self._events.put_nowait(wire.JobStarted(msg.job_id))
+        prompts = [f"a fake prompt {msg.seed + i}" for i in range(msg.count)]
+        self._events.put_nowait(wire.Described(msg.job_id, prompts, [[msg.seed + i, i] for i in range(msg.count)]))
 
     async def _run(self, msg: wire.Generate) -> None:
         try:

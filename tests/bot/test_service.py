@@ -16,6 +16,7 @@ from PIL import Image
 
 from bot.jobs import (
     Cancelled,
+    Described,
     Done,
     Event,
     Failed,
@@ -393,6 +394,35 @@ async def test_a_prompt_too_long_for_the_model_is_refused_up_front(tmp_path: Pat
             await service.submit(requester(), "a fox", negative="blurry and dark " * 20)
         assert fake.submitted == []  # refused before it waited in the queue
         await (await service.submit(requester(), "a large red circle at the top on a blue background")).final()
+
+
+async def test_describe_reads_a_picture_or_a_results_image_through_the_queue(run: Run, tmp_path: Path) -> None:
+    config = settings(tmp_path, describe={"temperature": 0.5, "instruction": "Say what you see."})
+    async with run(config) as (service, fake, store):
+        handle = await service.describe(requester(), image=picture(), count=3)
+        events = [event async for event in handle]
+        assert [type(e) for e in events] == [Queued, Started, Described]
+        final = events[-1]
+        assert isinstance(final, Described) and final.prompts == [f"a fake prompt {final.seed + i}" for i in range(3)]
+        sent = fake.described[0]
+        assert (sent.count, sent.temperature, sent.instruction, sent.max_tokens) == (3, 0.5, "Say what you see.", 64)
+        assert Image.open(io.BytesIO(sent.image)).format == "PNG" and fake.submitted == []  # read, not drawn
+        job = await store.job(handle.job.id)
+        assert job is not None and job.kind == "describe" and job.prompts == tuple(final.prompts)
+        assert await store.prompt_tokens(job.id) == [[final.seed + i, i] for i in range(3)]  # the raw ids kept
+        assert await (await service.watch(job.id)).final() == final  # a late listener gets the prompts
+        drawn = await service.submit(requester(), "a fox", count=2)
+        await drawn.final()
+        again = await service.describe(requester("bob"), job_id=drawn.job.id, index=1, count=1)  # a result's image
+        await again.final()
+        assert fake.described[1].image == (tmp_path / f"images/{drawn.job.id}/1.png").read_bytes()
+        for wrong, said in (({"count": 9}, "count must be a whole number from 1 to 8"),
+                            ({}, "Send the picture to describe, or name a job and image"),
+                            ({"image": b"not a picture"}, "That file is not a picture")):
+            with pytest.raises(Refused, match=said):
+                await service.describe(requester(), **wrong)  # type: ignore[arg-type]
+        usage = {u.user: (u.jobs, u.images) for u in await service.admin.usage(requester("boss", admin=True))}
+        assert usage["alice"] == (2, 2)  # a describe counts as a job, drawing no images
 
 
 async def test_upscale_is_lanczos_in_the_bot_at_the_configured_size(run: Run, tmp_path: Path) -> None:
