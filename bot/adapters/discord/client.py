@@ -14,10 +14,11 @@ import discord
 from discord import app_commands
 
 from bot.adapters.discord import messages
+from bot.adapters.discord.attachments import fetch
 from bot.adapters.discord.delivery import Reply, follow
 from bot.commandline import setting_value
 from bot.config import Settings
-from bot.jobs import Handle, Job, Refused, Requester, Strength
+from bot.jobs import REGIONS, Handle, Job, Refused, Region, Requester, Strength
 from bot.policy import OVERRIDABLE
 from bot.service import Service
 from generator.protocol import CFG_RANGE, COUNT_RANGE, MAX_PROMPT_CHARS, SEED_MAX, TEMPERATURE_RANGE
@@ -51,6 +52,15 @@ def _seed(text: str | None) -> int | None:
     return int(text)
 
 
+def _region(name: str | None) -> Region | None:
+    """A region menus name ("bottom half"), as fractions."""
+    if name is None:
+        return None
+    if name not in REGIONS:
+        raise Refused("That menu is from an older version of this bot; pick the region again from a new one.")
+    return REGIONS[name]
+
+
 def _client(interaction: discord.Interaction) -> ImagineClient:
     client = interaction.client
     assert isinstance(client, ImagineClient)
@@ -74,7 +84,7 @@ class ImagineClient(discord.Client):
         """Register the commands and the persistent buttons, and tell Discord about the commands."""
         self.tree.add_command(imagine)
         self.tree.add_command(AdminCommands())
-        self.add_dynamic_items(messages.JobButton, messages.JobPick)
+        self.add_dynamic_items(messages.JobButton, messages.JobPick, messages.RegionPick)
         if self.settings.discord.sync_commands:
             guilds = [discord.Object(guild) for guild in self.settings.discord.guild_ids]
             for guild in guilds:  # the chosen servers' own copies show at once
@@ -120,11 +130,14 @@ class ImagineClient(discord.Client):
             values = _text_inputs(data.get("components", []))
             await self.remixed(interaction, match["job"], values.get("prompt", ""), values.get("negative", ""))
 
-    async def imagine(self, interaction: discord.Interaction, prompt: str, seed: str | None, **options: Any) -> None:
-        """Queue a job and follow it on the interaction's message."""
-        await interaction.response.defer(thinking=True)
+    async def imagine(self, interaction: discord.Interaction, prompt: str, seed: str | None, *,
+                      image: discord.Attachment | None = None, region: str | None = None, **options: Any) -> None:
+        """Queue a job (from the attached picture, when there is one) and follow it on the interaction's message."""
+        await interaction.response.defer(thinking=True)  # fetching the picture may take longer than Discord waits
         try:
-            handle = await self.service.submit(requester(interaction), prompt, seed=_seed(seed), **options)
+            picture = await fetch(image, round(self.settings.images.max_upload_mb * 2**20)) if image else None
+            handle = await self.service.submit(requester(interaction), prompt, seed=_seed(seed), image=picture,
+                                               region=_region(region), **options)  # fmt: skip
         except Refused as refusal:
             await refuse(interaction, refusal)
             return
@@ -143,7 +156,7 @@ class ImagineClient(discord.Client):
         if action == "delete":
             await self.delete(interaction, who, job_id)
             return
-        if action in ("remix", "info"):
+        if action in ("remix", "info", "region"):
             try:
                 job = await self._shown_job(job_id)
             except Refused as refusal:
@@ -151,6 +164,12 @@ class ImagineClient(discord.Client):
                 return
             if action == "info":
                 await interaction.response.send_message(embed=messages.info_embed(job), ephemeral=True)
+                return
+            if action == "region":  # an image of a grid too big for one menu of images and regions
+                await interaction.response.send_message(
+                    f"Which part of image {(index or 0) + 1} should be made again? The rest of it is kept.",
+                    view=messages.region_view(job.id, index or 0), ephemeral=True,
+                )  # fmt: skip
                 return
             modal = messages.remix_modal(job)
             modal.stop()  # kept out of discord.py's store of open modals: on_interaction handles the submission
@@ -170,6 +189,20 @@ class ImagineClient(discord.Client):
             return
         except Exception:
             log.exception("%s of job %s failed", action, job_id)
+            await refuse(interaction, Refused(SORRY))
+            return
+        self.deliver(handle, interaction)
+
+    async def vary_region(self, interaction: discord.Interaction, job_id: str, index: int, region: str) -> None:
+        """A region picked for image `index`: Vary (Region), the presser's own job on a new message."""
+        await interaction.response.defer(thinking=True)
+        try:
+            handle = await self.service.vary_region(requester(interaction), job_id, index, _region(region))
+        except Refused as refusal:
+            await refuse(interaction, refusal)
+            return
+        except Exception:
+            log.exception("Vary (Region) of job %s failed", job_id)
             await refuse(interaction, Refused(SORRY))
             return
         self.deliver(handle, interaction)
@@ -248,7 +281,10 @@ async def refuse(interaction: discord.Interaction, refusal: Refused) -> None:
     temperature="How adventurous the sampling is: 0 is always the same picture",
     seed="Repeat a result: the seed its message shows (a whole number)",
     negative="What to keep out of the pictures (Midjourney's --no), like: text, blur",
+    image="Start from this picture (PNG, JPEG, WebP or GIF): part of it is made again, the rest kept",
+    region="Which part of the picture to make again (the bottom half if left out)",
 )
+@app_commands.choices(region=[app_commands.Choice(name=name.capitalize(), value=name) for name in REGIONS])
 async def imagine(
     interaction: discord.Interaction,
     prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
@@ -257,10 +293,12 @@ async def imagine(
     temperature: app_commands.Range[float, TEMPERATURE_RANGE[0], TEMPERATURE_RANGE[1]] | None = None,
     seed: app_commands.Range[str, 1, SEED_DIGITS] | None = None,
     negative: app_commands.Range[str, 1, MAX_PROMPT_CHARS] | None = None,
+    image: discord.Attachment | None = None,
+    region: str | None = None,
 ) -> None:
     """Make images from a text prompt."""
     await _client(interaction).imagine(interaction, prompt, count=count, cfg=cfg, temperature=temperature, seed=seed,
-                                       negative=negative)  # fmt: skip
+                                       negative=negative, image=image, region=region)  # fmt: skip
 
 
 def channel_ids(text: str) -> list[str]:

@@ -104,14 +104,17 @@ def _content(job: Job, event: Event) -> tuple[str, dict[str, bytes], discord.ui.
 async def follow(service: Service, handle: Handle, reply: Reply, every_s: float) -> None:
     """Show a job's events on its message until the final one, at most one edit per `every_s` seconds.
 
-    Edits coalesce: a burst of progress shows only its latest state (and the latest preview). Once the
-    final state is shown the job is marked delivered, so a restart does not post it again.
+    Edits coalesce: a burst of progress shows only its latest state (and the latest preview). A job starting
+    from a picture (an image prompt, Vary (Region)) shows its first preview at once, out of turn: it is that
+    picture with the cells it keeps. Once the final state is shown the job is marked delivered, so a restart
+    does not post it again.
     """
     job = handle.job
     state: Event | None = None
     preview: dict[str, bytes] = {}
     shown: dict[str, bytes] | None = None  # the preview on the message (None: nothing shown yet)
     changed = asyncio.Event()
+    first_preview = asyncio.Event()  # ends the editor's pause, once
     showing = asyncio.Lock()
 
     async def editor() -> None:
@@ -122,6 +125,8 @@ async def follow(service: Service, handle: Handle, reply: Reply, every_s: float)
             assert state is not None
             content, _, view = _content(job, state)
             files, shown = (None if preview is shown else preview), preview
+            if preview:
+                first_preview.clear()  # this edit shows it
             async with showing:
                 try:
                     await reply.show(content, files, view)
@@ -129,7 +134,8 @@ async def follow(service: Service, handle: Handle, reply: Reply, every_s: float)
                     pass  # said once, with the final state
                 except discord.HTTPException as error:
                     log.warning("job %s: could not show progress: %s", job.id, error)
-            await asyncio.sleep(every_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(first_preview.wait(), every_s)
 
     task = asyncio.create_task(editor())
     try:
@@ -137,6 +143,8 @@ async def follow(service: Service, handle: Handle, reply: Reply, every_s: float)
             if isinstance(event, FINAL_EVENTS):
                 break
             if isinstance(event, Progress) and event.preview is not None:
+                if not preview and job.region is not None:  # the picture it starts from, with the kept cells
+                    first_preview.set()
                 preview = {messages.file_name(job, event): event.preview}
             state = event
             changed.set()

@@ -8,7 +8,7 @@ from typing import Any
 
 import discord
 
-from bot.jobs import Cancelled, Done, Event, Failed, Job, Kind, Progress, Queued, Strength
+from bot.jobs import REGIONS, Cancelled, Done, Event, Failed, Job, Kind, Progress, Queued, Region, Strength
 from generator.protocol import MAX_PROMPT_CHARS
 
 MESSAGE_CHARS = 2000  # Discord's limit for a message's content
@@ -16,9 +16,12 @@ PROMPT_CHARS = 1500  # of the escaped prompt: leave room for the rest of the mes
 NEGATIVE_CHARS = 300  # of the escaped negative prompt in the job's message (info shows it whole)
 FIELD_CHARS = 1024  # Discord's limit for an embed field's value
 BUTTON_ROW = 5  # Discord's limit per action row; wider grids get select menus instead
+MENU_OPTIONS = 25  # Discord's limit per select menu: grids of more images pick the image first, then the region
 BUTTON_ID = (r"imagine:(?P<action>reroll|cancel|upscale|vary|strong|remix|info|delete):(?P<job>[0-9a-f]+)"
              r"(?::(?P<index>\d+))?$")  # fmt: skip
-PICK_ID = r"imagine:pick:(?P<action>upscale|vary|strong):(?P<job>[0-9a-f]+)$"
+PICK_ID = r"imagine:pick:(?P<action>upscale|vary|strong|region):(?P<job>[0-9a-f]+)$"
+# Vary (Region): with the image in the id the options are regions; without, "<image index>:<region>" pairs.
+REGION_ID = r"imagine:region:(?P<job>[0-9a-f]+)(?::(?P<index>\d+))?$"
 REMIX_ID = re.compile(r"imagine:remix:(?P<job>[0-9a-f]+)$")  # the remix modal's: its submission names the job
 _EMOJI = {"reroll": "🔄", "remix": "✏️", "info": "ℹ️", "delete": "🗑️"}
 
@@ -53,7 +56,8 @@ class JobPick(discord.ui.DynamicItem[discord.ui.Select], template=PICK_ID):
     """A select menu of a grid's images for one action (grids too wide for a row of buttons, strong variations)."""
 
     def __init__(self, action: str, job_id: str, count: int = 1, *, row: int | None = None) -> None:
-        placeholder = {"upscale": "Upscale…", "vary": "Vary (subtle)…", "strong": "Vary (strong)…"}[action]
+        placeholder = {"upscale": "Upscale…", "vary": "Vary (subtle)…", "strong": "Vary (strong)…",
+                       "region": "Vary (Region)…"}[action]  # fmt: skip
         select: discord.ui.Select = discord.ui.Select(
             custom_id=f"imagine:pick:{action}:{job_id}",
             placeholder=placeholder,
@@ -72,6 +76,60 @@ class JobPick(discord.ui.DynamicItem[discord.ui.Select], template=PICK_ID):
         """Hand the chosen image to the client that received it."""
         index = int(self.item.values[0]) if self.item.values else 0
         await interaction.client.pressed(interaction, self.action, self.job_id, index)  # type: ignore[attr-defined]
+
+
+def region_name(region: Region | None) -> str:
+    """A region as menus name it ("bottom half"), or its four fractions when it is none of those."""
+    if region is None:
+        return "bottom half"
+    named = next((name for name, r in REGIONS.items() if r == tuple(region)), None)
+    return named or ",".join(f"{v:g}" for v in region)
+
+
+class RegionPick(discord.ui.DynamicItem[discord.ui.Select], template=REGION_ID):
+    """A Vary (Region) menu: of one image's regions (under an upscale, or asked after picking an image), or of
+    every image and region of a small grid."""
+
+    def __init__(self, job_id: str, index: int | None = None, count: int = 1, *, row: int | None = None) -> None:
+        if index is not None:
+            options = [discord.SelectOption(label=name.capitalize(), value=name) for name in REGIONS]
+        else:
+            options = [
+                discord.SelectOption(label=name.capitalize() if count == 1 else f"Image {i + 1}: {name.capitalize()}",
+                                     value=f"{i}:{name}")
+                for i in range(count)
+                for name in REGIONS
+            ]  # fmt: skip
+        suffix = "" if index is None else f":{index}"
+        select: discord.ui.Select = discord.ui.Select(
+            custom_id=f"imagine:region:{job_id}{suffix}", placeholder="Vary (Region)…", options=options
+        )
+        super().__init__(select, row=row)
+        self.job_id, self.index = job_id, index
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> RegionPick:
+        index = match["index"]
+        return cls(match["job"], None if index is None else int(index))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        """Hand the chosen image and region to the client that received it."""
+        value = self.item.values[0] if self.item.values else ""
+        if self.index is None:
+            picked, _, value = value.partition(":")
+            index = int(picked) if picked.isdigit() else 0
+        else:
+            index = self.index
+        await interaction.client.vary_region(interaction, self.job_id, index, value)  # type: ignore[attr-defined]
+
+
+def region_view(job_id: str, index: int) -> discord.ui.View:
+    """The menu of one image's regions, asked after the image was picked from a grid too big for one menu."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(RegionPick(job_id, index))
+    return view
 
 
 def escaped(text: str, limit: int) -> str:
@@ -102,7 +160,11 @@ def _what(job: Job) -> str:
         return f"Upscale{index}"
     if job.kind is Kind.VARIATION:
         return f"Variations ({job.strength or Strength.SUBTLE}){index}"
-    return "Reroll" if job.kind is Kind.REROLL else ""
+    if job.kind is Kind.REGION:
+        return f"Vary (Region, {region_name(job.region)}){index}"
+    if job.kind is Kind.REROLL:
+        return "Reroll"
+    return f"From a picture ({region_name(job.region)} made again)" if job.source else ""
 
 
 def header(job: Job) -> str:
@@ -160,6 +222,7 @@ def result_view(job: Job) -> discord.ui.View:
         view.add_item(JobButton("vary", parent, index, label="Vary (subtle)", row=0))
         view.add_item(JobButton("strong", parent, index, label="Vary (strong)", row=0))
         _own_buttons(view, job, row=0)
+        view.add_item(RegionPick(parent, index, row=1))
         return view
     count = job.options.count
     if count <= BUTTON_ROW:
@@ -175,6 +238,11 @@ def result_view(job: Job) -> discord.ui.View:
         _own_buttons(view, job, row=0)
         for row, action in enumerate(("upscale", "vary", "strong"), start=1):
             view.add_item(JobPick(action, job.id, count, row=row))
+    # The fifth and last row: every image and region in one menu while they fit, else the image first.
+    if count * len(REGIONS) <= MENU_OPTIONS:
+        view.add_item(RegionPick(job.id, None, count, row=4))
+    else:
+        view.add_item(JobPick("region", job.id, count, row=4))
     return view
 
 
@@ -183,6 +251,8 @@ def remix_modal(job: Job) -> discord.ui.Modal:
     strength = job.remix_strength
     index = (job.parent_index or 0) + 1
     title = "Remix" if strength is None else f"Remix: vary image {index} ({strength.value})"
+    if job.kind is Kind.REGION:
+        title = f"Remix: Vary (Region) of image {index}"
     modal = discord.ui.Modal(title=title, custom_id=f"imagine:remix:{job.id}")
     prompt: discord.ui.TextInput = discord.ui.TextInput(
         custom_id="prompt", style=discord.TextStyle.paragraph, default=job.prompt, max_length=MAX_PROMPT_CHARS
@@ -204,6 +274,8 @@ def _seconds(start: float | None, end: float | None) -> str | None:
 def made_from(job: Job) -> str | None:
     """What a job was made from: the reroll, variation or upscale of which job (None for a new one)."""
     what = _what(job)
+    if job.kind is Kind.IMAGINE and job.source:
+        return f"A picture, {region_name(job.region)} made again"
     return f"{what} of job `{job.parent_id}`" if what and job.parent_id else None
 
 

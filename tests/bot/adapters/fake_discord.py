@@ -122,6 +122,8 @@ class FakeDiscord:
         self.heartbeats = 0
         self.requests: list[str] = []
         self.forbidden: set[int] = set()  # channels where the bot may not post (403, Missing Permissions)
+        self.cdn: dict[str, bytes] = {}  # attachments users sent with commands, by id
+        self.cdn_sent: dict[str, int] = {}  # how many bytes of each the CDN wrote before the reader stopped
         self._sockets: list[web.WebSocketResponse] = []
         self._seq = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -151,6 +153,7 @@ class FakeDiscord:
             web.post(f"{api}/users/@me/channels", self._open_dm),
             web.patch(f"{api}/channels/{{channel}}/messages/{{message}}", self._channel_edit),
             web.delete(f"{api}/channels/{{channel}}/messages/{{message}}", self._channel_delete),
+            web.get("/ephemeral-attachments/{channel}/{id}/{name}", self._attachment_file),
         ])  # fmt: skip
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -324,11 +327,30 @@ class FakeDiscord:
 
     async def imagine(self, user: dict[str, Any], prompt: str, dm: bool = False, channel_id: int | None = None,
                       **options: Any) -> Interaction:
-        """Someone types /imagine."""
-        kinds = {"count": 4, "seed": 3, "cfg": 10, "temperature": 10, "negative": 3}
+        """Someone types /imagine; `image` is an attachment from `attachment`, sent as Discord sends one: the
+        option holds its id, `resolved.attachments` the attachment."""
+        kinds = {"count": 4, "seed": 3, "cfg": 10, "temperature": 10, "negative": 3, "region": 3, "image": 11}
         given = [{"name": "prompt", "type": 3, "value": prompt}]
-        given += [{"name": k, "type": kinds[k], "value": v} for k, v in options.items()]
-        return await self.command("imagine", user, *given, dm=dm, channel_id=channel_id)
+        resolved: dict[str, Any] = {}
+        for key, value in options.items():
+            if key == "image":
+                resolved.setdefault("attachments", {})[value["id"]] = value
+                value = value["id"]
+            given.append({"name": key, "type": kinds[key], "value": value})
+        return await self.command("imagine", user, *given, dm=dm, channel_id=channel_id, resolved=resolved)
+
+    def attachment(self, filename: str, data: bytes, *, content_type: str | None = "image/png",
+                   size: int | None = None) -> dict[str, Any]:
+        """A file a user attaches to a command, kept on the CDN; `size` what Discord says of it (its length unless
+        given: a test can make the CDN send more than that)."""
+        attachment_id = str(self.snowflake())
+        self.cdn[attachment_id] = data
+        url = f"{self.url}/ephemeral-attachments/{self.channel_id}/{attachment_id}/{filename}?ex=1&is=1&hm=abc"
+        attachment = {"id": attachment_id, "filename": filename, "size": len(data) if size is None else size,
+                      "url": url, "proxy_url": url.replace("/ephemeral", "/media/ephemeral"), "ephemeral": True}
+        if content_type is not None:
+            attachment["content_type"] = content_type
+        return attachment
 
     async def admin(self, by: dict[str, Any], *path: str, admin: bool = True, **options: Any) -> Interaction:
         """Someone uses /imagine-admin <path...> with string, boolean or user options."""
@@ -467,7 +489,26 @@ class FakeDiscord:
                 files.append((part.filename or "", bytes(await part.read())))  # type: ignore[union-attr]
         return payload, files
 
+    @staticmethod
+    def _check_components(components: list[dict[str, Any]]) -> None:
+        """Discord's limits on a message's components (a 400, Invalid Form Body, as Discord answers): 5 action
+        rows, each 5 buttons or one select menu of at most 25 options; custom ids and labels of 100 characters."""
+        problems = len(components) > 5
+        for row in components:
+            items = row.get("components", [])
+            selects = [c for c in items if c["type"] == 3]
+            problems |= len(items) > 5 or (bool(selects) and len(items) > 1)
+            problems |= any(len(c.get("custom_id", "")) > 100 or len(c.get("label") or "") > 80 for c in items)
+            for select in selects:
+                options = select.get("options", [])
+                problems |= not 1 <= len(options) <= 25
+                problems |= any(len(o["label"]) > 100 or len(o["value"]) > 100 for o in options)
+        if problems:
+            raise web.HTTPBadRequest(text=json.dumps({"message": "Invalid Form Body", "code": 50035}),
+                                     content_type="application/json")  # fmt: skip
+
     def _apply(self, message: Message, payload: dict[str, Any], files: list[tuple[str, bytes]]) -> None:
+        self._check_components(payload.get("components") or [])
         if "content" in payload:
             message.content = payload["content"] or ""
         if "components" in payload:
@@ -602,6 +643,26 @@ class FakeDiscord:
             return _json({"message": "Unknown Message", "code": 10008}, status=404)
         message.deleted = True
         return web.Response(status=204)
+
+    async def _attachment_file(self, request: web.Request) -> web.StreamResponse:
+        """The CDN: an attachment's bytes, written in pieces, counting what the reader took before it stopped."""
+        data = self.cdn.get(request.match_info["id"])
+        if data is None:
+            return web.Response(status=404, text="Not Found")
+        attachment_id = request.match_info["id"]
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = len(data)
+        await response.prepare(request)
+        self.cdn_sent[attachment_id] = 0
+        piece = 1 << 16
+        try:
+            for start in range(0, len(data), piece):
+                await response.write(data[start : start + piece])
+                self.cdn_sent[attachment_id] = start + len(data[start : start + piece])
+            await response.write_eof()
+        except (ConnectionResetError, RuntimeError):  # the reader hung up
+            pass
+        return response
 
     def dm_messages(self) -> list[Message]:
         """Messages the bot posted in the DM channel of its own accord."""

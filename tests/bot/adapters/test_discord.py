@@ -133,7 +133,7 @@ def original(interaction: Interaction) -> Callable[[], Message | None]:
 
 GRID_IDS = ["upscale:{0}:0", "upscale:{0}:1", "upscale:{0}:2", "upscale:{0}:3", "vary:{0}:0", "vary:{0}:1",
             "vary:{0}:2", "vary:{0}:3", "reroll:{0}", "remix:{0}", "info:{0}", "delete:{0}",
-            "pick:strong:{0}"]  # fmt: skip
+            "pick:strong:{0}", "pick:region:{0}"]  # fmt: skip
 
 
 async def test_imagine_defers_then_edits_one_message_to_a_grid_with_buttons(
@@ -249,7 +249,8 @@ async def test_anyone_may_press_reroll_upscale_and_variations_and_the_new_job_is
         assert upscale.kind is Kind.UPSCALE and upscale.parent_index == 1
         assert size(upscaled.files[f"{upscale.id}.png"]) == (64, 64)  # [images] upscale_px
         assert upscaled.custom_ids[:2] == [f"imagine:vary:{job}:1", f"imagine:strong:{job}:1"]  # vary the source
-        assert upscaled.custom_ids[2:] == [f"imagine:{a}:{upscale.id}" for a in ("remix", "info", "delete")]
+        assert upscaled.custom_ids[2:5] == [f"imagine:{a}:{upscale.id}" for a in ("remix", "info", "delete")]
+        assert upscaled.custom_ids[5:] == [f"imagine:region:{job}:1"]  # Vary (Region) of the source
 
         varied, subtle = await press(f"vary:{job}:2")
         assert (subtle.kind, subtle.parent_index, subtle.strength) == (Kind.VARIATION, 2, Strength.SUBTLE)
@@ -361,7 +362,7 @@ async def test_direct_messages_work_with_their_own_settings(discord: FakeDiscord
         assert (job.requester.server, job.requester.is_admin) == ("dm", False)
         assert size(message.files[f"{job.id}-grid.png"]) == (3 * PNG_SIZE + 4, 2 * PNG_SIZE + 2)
         menus = ["reroll:{0}", "remix:{0}", "info:{0}", "delete:{0}", "pick:upscale:{0}", "pick:vary:{0}",
-                 "pick:strong:{0}"]  # 6 images: menus, not buttons
+                 "pick:strong:{0}", "pick:region:{0}"]  # 6 images: menus, not buttons
         assert message.custom_ids == [f"imagine:{i.format(job.id)}" for i in menus]
         pressed = await discord.press(message, f"imagine:pick:upscale:{job.id}", alice, values=["5"])
         assert "Upscale of image 6" in (await finished(discord, original(pressed))).content

@@ -130,7 +130,8 @@ async def test_remix_of_a_variation_or_an_upscale_varies_that_image_under_the_ne
         upscaled = await finished(discord, original(await discord.press(grid, f"imagine:upscale:{job}:3", alice)))
         upscale = next(iter(upscaled.files)).removesuffix(".png")
         assert upscaled.custom_ids == [f"imagine:vary:{job}:3", f"imagine:strong:{job}:3", f"imagine:remix:{upscale}",
-                                       f"imagine:info:{upscale}", f"imagine:delete:{upscale}"]  # fmt: skip
+                                       f"imagine:info:{upscale}", f"imagine:delete:{upscale}",
+                                       f"imagine:region:{job}:3"]  # fmt: skip
         opened = await discord.press(upscaled, f"imagine:remix:{upscale}", alice)
         await discord.wait_for(lambda: opened.modal)
         assert opened.modal is not None and opened.modal["title"] == "Remix: vary image 4 (strong)"
