@@ -59,22 +59,29 @@ ENDPOINTS = (
     ("GET", "/api/about", "", "Says which model runs (with example prompts for the demo model), the option "
                               "defaults, and who you are here."),
     ("POST", "/api/imagine", '{"user", "prompt" or "command", "count"?, "cfg"?, "temperature"?, "seed"?, '
-                             '"negative"?}', "Queues a job; 202 with its job_id and url."),
+                             '"negative"?, "image"?, "region"?}',
+     "Queues a job; 202 with its job_id and url. With a picture (\"image\": base64 in JSON, or a file part of "
+     "multipart/form-data with the other fields as text parts) only its \"region\" is made again, the bottom "
+     "half by default."),
     ("GET", "/api/jobs", "?before=&limit=&everyone=1", "Lists your jobs, newest first, a page at a time "
                                                        "(everyone's: the admin token)."),
     ("GET", "/api/jobs/{id}", "", "Says everything about a job: status, prompt, negative, seed, options, model, "
-                                  "who, when, how long it waited and ran, what it was made from, its image URLs."),
+                                  "who, when, how long it waited and ran, what it was made from, its region and "
+                                  "image URLs."),
     ("DELETE", "/api/jobs/{id}", "", "Deletes a finished job's pictures (yours; an admin: anyone's)."),
     ("POST", "/api/jobs/{id}/reroll", '{"user", "prompt"?, "negative"?}', "Makes the job again with a new seed "
                                                                            "(and an edited prompt, if given)."),
-    ("POST", "/api/jobs/{id}/vary", '{"user", "index", "strength"?, "prompt"?, "negative"?}',
-     "Makes variations of one image (index 0 is the first), subtle or strong."),
+    ("POST", "/api/jobs/{id}/vary", '{"user", "index", "strength"? or "region"?, "prompt"?, "negative"?}',
+     "Makes variations of one image (index 0 is the first), subtle or strong; with \"region\", Vary (Region): "
+     "only that part of it made again."),
     ("POST", "/api/jobs/{id}/upscale", '{"user", "index"}', "Makes one image alone, upscaled."),
     ("POST", "/api/jobs/{id}/cancel", '{"user"}', "Cancels a waiting or running job of yours."),
     ("GET", "/api/jobs/{id}/events", "", "Streams the job's events (server-sent events) until it ends."),
     ("GET", "/api/jobs/{id}/grid.png", "", "The finished grid."),
     ("GET", "/api/jobs/{id}/images/{index}.png", "", "One finished image."),
     ("GET", "/api/jobs/{id}/preview.png", "", "The latest preview while the job runs."),
+    ("GET", "/api/jobs/{id}/source.png", "", "The picture a job started from (an image prompt's), as the bot keeps "
+                                             "it."),
     ("GET", "/healthz", "", "Says whether the generator is up; 503 while it is not."),
     ("GET", "/metrics", "", "Prometheus metrics."),
 )
@@ -88,6 +95,10 @@ def api_index() -> dict[str, object]:
             "seeds": SEEDS_NOTE,
             "errors": 'Every error is {"error": "<a sentence saying what to do>"} with its status code.',
             "auth": "With an access token set (JANUS_BOT_WEB_TOKEN), send 'Authorization: Bearer <token>'.",
-            "writes": "Send request bodies as JSON with 'Content-Type: application/json'; DELETE takes none.",
+            "writes": "Send request bodies as JSON with 'Content-Type: application/json'; DELETE takes none. "
+                      "POST /api/imagine also takes multipart/form-data, with the access token or from the page.",
+            "regions": "A region is [x0, y0, x1, y1], fractions of the width and height from the top left (\"x0,y0,"
+                       "x1,y1\" as text, or a name: top/bottom/left/right half, centre, top left, top right, bottom "
+                       "left, bottom right); the cells it touches are made again, every other cell is kept.",
         },
     }

@@ -94,3 +94,17 @@ class Origins:
             return True
         origin = headers.get("Origin")
         return origin is not None and not same_origin(origin, headers.get("Host"))
+
+    @staticmethod
+    def vouched_form(headers: Mapping[str, str]) -> bool:
+        """Whether a multipart/form-data write shows it is not another site's <form>, which may send multipart
+        with no preflight: it carries an Authorization header (no form sends one) or this site's own Origin.
+
+        cross_site() already refuses a foreign Origin; this asks for a positive sign as well, because a browser
+        too old to send Origin with a form's POST (Firefox before 70) looks like curl. Scripts send the token,
+        the page's fetch sends its Origin, and a picture can always go as base64 in a JSON body instead.
+        """
+        if headers.get("Authorization") is not None:
+            return True
+        origin = headers.get("Origin")
+        return origin is not None and same_origin(origin, headers.get("Host"))

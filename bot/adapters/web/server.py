@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import getpass
 import json
 import logging
@@ -13,8 +15,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from bot import images
 from bot.adapters import check_listener, listen_error
 from bot.adapters.web.about import DEMO_DRAWS, api_index, demo_examples, is_demo, model_name
 from bot.adapters.web.identity import LOCAL, Credentials, Unauthorized, Who, client, shown_name
@@ -23,7 +27,21 @@ from bot.adapters.web.tracking import Tracker, image_urls, job_url, message
 from bot.admin import JobStatus
 from bot.commandline import USAGE, CommandError, ImagineCommand, parse_imagine
 from bot.config import LOOPBACK_HOSTS, ConfigError, Settings, WebSettings
-from bot.jobs import Handle, Invalid, Job, Kind, Options, Refused, Requester, Status, Strength, checked_prompt
+from bot.jobs import (
+    REGIONS,
+    Handle,
+    Invalid,
+    Job,
+    Kind,
+    Options,
+    Refused,
+    Region,
+    Requester,
+    Status,
+    Strength,
+    checked_prompt,
+    checked_region,
+)
 from bot.metrics import Stats
 from bot.service import Service
 
@@ -35,12 +53,16 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_DIGITS = 100  # a JSON number longer than this is no option of ours (json.loads stops at 4300 with a ValueError)
 OPTIONS = ("count", "cfg", "temperature", "seed")
 FIELDS = {  # what each POST takes
-    "imagine": ("user", "prompt", "command", *OPTIONS, "negative"),
+    "imagine": ("user", "prompt", "command", *OPTIONS, "negative", "image", "region"),
     "reroll": ("user", "prompt", "negative"),
     "upscale": ("user", "index"),
-    "vary": ("user", "index", "strength", "prompt", "negative"),
+    "vary": ("user", "index", "strength", "region", "prompt", "negative"),
     "cancel": ("user",),
 }
+UPLOAD_ROUTE = "imagine"  # the one write that also takes multipart/form-data: a picture file and its fields
+UPLOAD_DECODES = 2  # pictures checked at once: a 40-megapixel one holds over 100 MB while it is decoded
+CHUNK_BYTES = 64 * 1024
+DECIMAL = re.compile(r"-?(?:[0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})")  # a form's number, or one of "x0,y0,.."
 LISTING = ("before", "limit", "everyone")  # what GET /api/jobs takes
 SAFE_INTEGER = 2**53 - 1  # the largest whole number JavaScript (and JSON readers built like it) holds exactly
 SEED_DIGITS = re.compile(r"[0-9]{1,100}")
@@ -198,6 +220,79 @@ def _text(body: dict[str, Any], name: str, example: str) -> str | None:
     return value
 
 
+REGION_HINT = ('four numbers [x0, y0, x1, y1] from 0 to 1, fractions of the width and height from the top left '
+               '(such as [0, 0.5, 1, 1] for the bottom half), the same as text "0,0.5,1,1", or a name such as '
+               '"bottom half"')
+
+
+def _region(value: object) -> Region | None:
+    """An optional "region", checked: four numbers, the same as "x0,y0,x1,y1" text, or a name from REGIONS."""
+    if value is None:
+        return None
+    given = value
+    if isinstance(value, str):
+        name = " ".join(value.lower().replace("center", "centre").split())
+        if name in REGIONS:
+            return REGIONS[name]
+        parts = [part.strip() for part in value.split(",")]
+        if len(parts) == 4 and all(DECIMAL.fullmatch(part) for part in parts):
+            value = [float(part) for part in parts]
+    if not isinstance(value, list) or len(value) != 4 or any(
+            isinstance(v, bool) or not isinstance(v, int | float) for v in value):
+        raise ApiError(400, f'"region" must be {REGION_HINT}; you gave {_shown(given)}.')
+    try:
+        return checked_region(value)
+    except Refused as error:
+        raise ApiError(400, str(error)) from None
+
+
+def region_words(region: Region) -> str:
+    """A region as a phrase: "the bottom half", or "the region 0.1,0.2,0.5,0.6"."""
+    named = [name for name, cells in REGIONS.items() if cells == tuple(region)]
+    return f"the {named[0]}" if named else "the region " + ",".join(f"{v:.4g}" for v in region)
+
+
+def _base64_picture(value: object) -> bytes:
+    """A JSON "image": a picture file's bytes in standard base64 (line breaks and a data: URL's head allowed)."""
+    hint = ("send the picture file's bytes in standard base64 (what `base64 -w0 fox.png` prints), or the file "
+            "itself as multipart/form-data")
+    if not isinstance(value, str):
+        raise ApiError(400, f'"image" must be text; {hint}. You gave {_shown(value)}.')
+    text = value.strip()
+    if text[:5].lower() == "data:":  # what a browser's FileReader.readAsDataURL gives
+        head, comma, text = text.partition(",")
+        if not comma or not head.lower().endswith(";base64"):
+            raise ApiError(400, f'"image" is a data: URL that is not base64; {hint}.')
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f'"image" is not base64; {hint}.') from None
+    if not data:
+        raise ApiError(400, f'"image" is empty; {hint}.')
+    return data
+
+
+def _form_value(name: str, text: str) -> object:
+    """A multipart form's text field as the JSON value it stands for: numbers for count, cfg and temperature
+    when they read as numbers (else the text, which the JSON checks refuse with their own sentence)."""
+    if name == "count" and text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS:
+        return int(text)
+    if name in ("cfg", "temperature") and DECIMAL.fullmatch(text):
+        return float(text)
+    return text
+
+
+async def _chunks(read: Callable[[int], Awaitable[bytes]], limit: int, too_large: ApiError) -> bytes:
+    """All of a request's body (its content.read) or of one of its parts (read_chunk), or `too_large` as soon as
+    it passes `limit` bytes: aiohttp's own limit (client_max_size) is one for every route, and small."""
+    data = bytearray()
+    while chunk := await read(CHUNK_BYTES):
+        data += chunk
+        if len(data) > limit:
+            raise too_large
+    return bytes(data)
+
+
 def _no_pictures(job: Job) -> ApiError:
     """Why a job that is not done has no pictures."""
     if job.status is Status.CANCELLED:
@@ -209,10 +304,14 @@ def _no_pictures(job: Job) -> ApiError:
 
 
 def made_from(job: Job) -> str | None:
-    """What a job was made from, as a phrase: "reroll of job ...", "strong variations of image 2 of job ..."."""
+    """What a job was made from, as a phrase: "reroll of job ...", "strong variations of image 2 of job ...",
+    "a picture, the bottom half made again"."""
     if job.parent_id is None:
-        return None
+        return f"a picture, {region_words(job.region)} made again" if job.source and job.region else None
     image = f"image {(job.parent_index or 0) + 1} of job {job.parent_id}"
+    if job.kind is Kind.REGION:
+        return f"Vary (Region) of {image}, {region_words(job.region)} made again" if job.region else \
+            f"Vary (Region) of {image}"  # fmt: skip
     if job.kind is Kind.VARIATION:
         return f"{(job.strength or Strength.SUBTLE).value} variations of {image}"
     if job.kind is Kind.UPSCALE:
@@ -304,6 +403,7 @@ class WebAdapter:
         self._origins = Origins(web_settings)
         self._refused_names: set[str] = set()  # Host names already logged as refused
         self._streams: Counter[str] = Counter()  # open event streams per client
+        self._decoding = asyncio.Semaphore(UPLOAD_DECODES)
         self._service: Service | None = None
         self._runner: web.AppRunner | None = None
         self._started = asyncio.Event()  # recovered jobs can end before start() is called
@@ -377,7 +477,7 @@ class WebAdapter:
         app.router.add_get("/api", self.api_root)
         app.router.add_get("/api/", self.api_root)
         app.router.add_get("/api/about", self.about)
-        app.router.add_post("/api/imagine", self.imagine)
+        app.router.add_post("/api/imagine", self.imagine, name=UPLOAD_ROUTE)
         app.router.add_get("/api/jobs", self.jobs)
         app.router.add_post("/api/jobs/{job_id}/reroll", self.reroll)
         app.router.add_post("/api/jobs/{job_id}/upscale", self.upscale)
@@ -388,6 +488,7 @@ class WebAdapter:
         app.router.add_get("/api/jobs/{job_id}/grid.png", self.grid)
         app.router.add_get(r"/api/jobs/{job_id}/images/{index:[0-9]+}.png", self.image)
         app.router.add_get("/api/jobs/{job_id}/preview.png", self.preview)
+        app.router.add_get("/api/jobs/{job_id}/source.png", self.source)
         app.router.add_get("/api/jobs/{job_id}/events", self.events)
         return app
 
@@ -438,8 +539,17 @@ class WebAdapter:
             # preflighted, which this server never answers.
             bodiless_delete = request.method == "DELETE" and not request.body_exists and "Content-Type" not in \
                 request.headers  # fmt: skip
-            if not bodiless_delete and request.content_type != "application/json":
-                raise ApiError(415, "Send the request body as JSON, with 'Content-Type: application/json'.")
+            upload = request.match_info.route.name == UPLOAD_ROUTE
+            if upload and request.content_type == "multipart/form-data":
+                # Any site's <form> can post multipart with no preflight: ask for a sign of our own page or a script
+                if not self._origins.vouched_form(request.headers):
+                    raise ApiError(403, "A picture sent as multipart/form-data needs the access token "
+                                        "(Authorization) or this page's own Origin header, since a form on any "
+                                        "site can send multipart; from a script, send the picture as base64 in "
+                                        'a JSON "image" instead.')
+            elif not bodiless_delete and request.content_type != "application/json":
+                raise ApiError(415, "Send the request body as JSON, with 'Content-Type: application/json'" + (
+                    ", or a picture and its fields as multipart/form-data." if upload else "."))
         return await handler(request)
 
     @web.middleware
@@ -491,9 +601,12 @@ class WebAdapter:
 
     # -- helpers --
 
-    async def _body(self, request: web.Request, action: str) -> tuple[dict[str, Any], Requester]:
-        """The request's JSON object, checked to hold only what `action` takes, and who asked."""
-        body = _parsed(await request.read())
+    async def _body(self, request: web.Request, action: str, body: dict[str, Any] | None = None
+                    ) -> tuple[dict[str, Any], Requester]:
+        """The request's JSON object (or `body`, read already), checked to hold only what `action` takes, and who
+        asked."""
+        if body is None:
+            body = _parsed(await request.read())
         _fields(body, action)
         who = request[WHO]
         try:
@@ -501,6 +614,84 @@ class WebAdapter:
         except ValueError as error:
             raise ApiError(400, str(error)) from None
         return body, self._requester(who, name)
+
+    @property
+    def _upload_bytes(self) -> int:
+        """The largest picture file users may start from ([images] max_upload_mb), as the core counts it."""
+        return round(self.service.settings.images.max_upload_mb * 2**20)
+
+    def _too_large(self) -> ApiError:
+        most = self.service.settings.images.max_upload_mb
+        return ApiError(413, f"That picture is over {most:g} MB; send one of at most {most:g} MB.")
+
+    async def _imagine_body(self, request: web.Request) -> dict[str, Any]:
+        """POST /api/imagine's fields: a JSON object (a picture as base64 text in "image"), or a multipart form (a
+        picture as the file part "image", bytes here); read up to what a picture may take, and no further."""
+        if request.content_type == "multipart/form-data":
+            return await self._form(request)
+        most = self._upload_bytes
+        b64 = -(-most // 3) * 4
+        limit = MAX_BODY_BYTES + b64 + b64 // 19  # base64 is a third larger; `base64` breaks lines every 76
+        too_large = ApiError(413, f"The request body is over {limit / 2**20:.1f} MB; a picture may be at most "
+                                  f"{self.service.settings.images.max_upload_mb:g} MB (a third more in base64).")
+        if (request.content_length or 0) > limit:
+            raise too_large  # before reading any of it
+        return _parsed(await _chunks(request.content.read, limit, too_large))
+
+    async def _form(self, request: web.Request) -> dict[str, Any]:
+        """A multipart/form-data body as the JSON object it stands for: text fields by name (numbers as numbers),
+        the picture's bytes as "image"; each part read only up to its limit."""
+        most = self._upload_bytes
+        if (request.content_length or 0) > most + 2 * MAX_BODY_BYTES:  # the text fields, part heads and bounds
+            raise self._too_large()
+        body: dict[str, Any] = {}
+        left = MAX_BODY_BYTES  # for the text fields together
+        too_long = ApiError(413, f"The form's text fields are over {MAX_BODY_BYTES // 1024} KiB; send less.")
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader):
+                    raise ApiError(400, "A part of the form is itself multipart; send the picture and the fields "
+                                        "as parts of one form.")
+                name = part.name
+                if not name:
+                    raise ApiError(400, 'Every part of the form needs a name (Content-Disposition: form-data; '
+                                        'name="prompt").')  # fmt: skip
+                _fields({name: None}, "imagine")
+                if name in body:
+                    raise ApiError(400, f"{_shown(name)} is in the form twice; send each field once.")
+                if name == "image":
+                    body[name] = await _chunks(part.read_chunk, most, self._too_large())
+                    continue
+                raw = await _chunks(part.read_chunk, left, too_long)
+                left -= len(raw)
+                try:
+                    body[name] = _form_value(name, raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise ApiError(400, f"The form field {_shown(name)} is not UTF-8 text; send UTF-8.") from None
+        except (ValueError, RuntimeError, HttpProcessingError):
+            raise ApiError(400, 'The multipart/form-data body could not be read; send the picture as a file part '
+                                'named "image" and the other fields as text parts.') from None
+        return body
+
+    async def _picture(self, image: object) -> bytes:
+        """An uploaded picture ("image": bytes from a form, base64 from JSON), checked by its content the way the
+        core checks it, but off the event loop and a few at a time, and refused with 400 or 413 here (the core
+        refuses a bad file with a plain Refused, which the API would answer with 403). What the core gets: the
+        plain PNG the check made when it is within the limit (cheap for the core to check again), else the file."""
+        data = image if isinstance(image, bytes) else _base64_picture(image)
+        if not data:
+            raise ApiError(400, 'The "image" file is empty; pick a picture file.')
+        most, limits = self._upload_bytes, self.service.settings.images
+        if len(data) > most:
+            raise self._too_large()
+        async with self._decoding:
+            try:
+                plain = await asyncio.to_thread(images.checked_upload, data, most,
+                                                round(limits.max_upload_megapixels * 1e6))
+            except images.NotAPicture as error:
+                raise ApiError(400, str(error)) from None
+        return plain if len(plain) <= most else data
 
     def _requester(self, who: Who, name: str = "") -> Requester:
         return Requester(self.platform, SERVER, SERVER, who.user, who.is_admin, name)
@@ -554,6 +745,9 @@ class WebAdapter:
             "parent_id": job.parent_id,
             "parent_index": job.parent_index,
             "strength": job.strength.value if job.strength else None,
+            "region": list(job.region) if job.region else None,  # x0, y0, x1, y1: the part made again
+            "from_picture": job.source is not None,  # an image prompt: it started from a picture someone sent
+            "source_url": f"{job_url(job.id)}/source.png" if job.source and job.removed_at is None else None,
             "position": status.position,
             "progress": 100 if done else tracked.percent if tracked else None,
             "error": job.error,
@@ -592,8 +786,9 @@ class WebAdapter:
 
     async def imagine(self, request: web.Request) -> web.Response:
         """Queue a job from {"user", "prompt", "count"?, "cfg"?, "temperature"?, "seed"?, "negative"?}, or a typed
-        "command" (its --no is the negative prompt)."""
-        body, requester = await self._body(request, "imagine")
+        "command" (its --no is the negative prompt); from a picture with "image" (base64 in JSON, or the file part
+        of a multipart form) and "region" (the part made again; the bottom half by default)."""
+        body, requester = await self._body(request, "imagine", await self._imagine_body(request))
         options: dict[str, Any] = {name: _option(body, name, whole=True) for name in ("count",)}
         options |= {name: _option(body, name, whole=False) for name in ("cfg", "temperature")}
         options["seed"] = _seed(body)
@@ -610,6 +805,10 @@ class WebAdapter:
             options.update({name: value for name, value in typed.items() if value is not None})
         if not isinstance(prompt, str):
             raise ApiError(400, 'Describe the picture in "prompt", for example {"user": "ada", "prompt": "a red fox"}.')
+        image, region = body.get("image"), _region(body.get("region"))
+        if image is None and region is not None:
+            raise ApiError(400, 'A "region" says which part of a picture to make again; send the picture in "image" '
+                                "too.")
         try:
             checked_prompt(prompt)
             defaults = self.service.policy.defaults(requester)
@@ -622,8 +821,9 @@ class WebAdapter:
             )
         except Refused as error:
             raise ApiError(400, str(error)) from None
+        picture = None if image is None else await self._picture(image)
         try:
-            handle = await self.service.submit(requester, prompt, **options)
+            handle = await self.service.submit(requester, prompt, image=picture, region=region, **options)
         except Refused as error:
             raise refusal(error) from None
         return await self._accepted(handle)
@@ -662,17 +862,25 @@ class WebAdapter:
             raise refusal(error) from None
 
     async def vary(self, request: web.Request) -> web.Response:
-        """Variations of image "index" (0-based), "strength" subtle (default) or strong; remix: with an edited
-        "prompt" and "negative"."""
+        """Variations of image "index" (0-based), "strength" subtle (default) or strong; or with "region", Vary
+        (Region): only that part of the image made again, the rest kept. Remix: with an edited "prompt" and
+        "negative"."""
         body, requester = await self._body(request, "vary")
         status = await self._status(request)
         index = self._index(status, body)
+        region = _region(body.get("region"))
+        if region is not None and "strength" in body:
+            raise ApiError(400, 'Give either "strength" (variations: the top rows kept, the rest made again) or '
+                                '"region" (Vary (Region): only that part made again), not both.')
         strength = body.get("strength", Strength.SUBTLE.value)
         if strength not in [s.value for s in Strength]:
             raise ApiError(400, f'"strength" must be "subtle" or "strong"; you gave {_shown(strength)}.')
         remix = self._remix(body, status.job)
         try:
-            handle = await self.service.vary(requester, status.job.id, index, Strength(strength), **remix)
+            if region is not None:
+                handle = await self.service.vary_region(requester, status.job.id, index, region, **remix)
+            else:
+                handle = await self.service.vary(requester, status.job.id, index, Strength(strength), **remix)
             return await self._accepted(handle)
         except Refused as error:
             raise refusal(error) from None
@@ -759,6 +967,16 @@ class WebAdapter:
         if len(digits) > 6 or int(digits) >= status.job.options.count:
             raise ApiError(404, f"That job has images 0 to {status.job.options.count - 1}.")
         return self._file(status, f"{int(digits)}.png")
+
+    async def source(self, request: web.Request) -> web.StreamResponse:
+        """The picture an image prompt started from (as the bot keeps it: a plain PNG), at any stage of the job."""
+        job = (await self._status(request)).job
+        if job.source is None:
+            raise ApiError(404, f"Job {job.id} did not start from a picture; its own are at its image_urls.")
+        path = self._data_dir / job.source
+        if job.removed_at is not None or not path.is_file():
+            raise ApiError(410, "The picture this job started from is no longer stored.")
+        return web.FileResponse(path, headers={"Cache-Control": "private, max-age=31536000, immutable"})
 
     async def preview(self, request: web.Request) -> web.Response:
         """The latest preview of a job being made (filled in top-down)."""

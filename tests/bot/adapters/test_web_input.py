@@ -124,7 +124,7 @@ async def test_event_streams_are_capped_per_client_and_in_all(tmp_path: Path) ->
             "/api/imagine",
             {"user": "ada", "prompt": "a fox", "size": 1024},
             '"size" is not something imagine takes; send only "user", "prompt", "command", "count", "cfg", '
-            '"temperature", "seed" and "negative".',
+            '"temperature", "seed", "negative", "image" and "region".',
         ),
         (
             "/api/imagine",
