@@ -280,6 +280,9 @@ def test_the_cpu_image_serves_health_and_imagine_on_the_builtin_model(buildah: B
     check = config["Healthcheck"]["Test"]
     assert check[0] == "CMD" and "http://127.0.0.1:8080/healthz" in check[-1]
     container = buildah.container(image)
+    site = next(buildah.files(container).glob("opt/venv/lib/python3*/site-packages"))
+    assert "+cpu" in (site / "torch" / "version.py").read_text()  # TORCH=cpu took the CPU build
+    assert not [name for name in ("pytest", "playwright", "mypy", "ruff") if (site / name).exists()]  # test tools
     # The image's own command, as `docker run IMAGE` runs it; the port is any free one, not 8080, because the
     # container shares this machine's network with whatever else runs here.
     command = [*config["Entrypoint"], *config["Cmd"], "--web-port", "0"]
