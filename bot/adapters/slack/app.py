@@ -13,12 +13,12 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.adapters.slack import blocks
+from bot.adapters.slack import blocks, files
 from bot.adapters.slack.admin import run_admin
 from bot.adapters.slack.api import SlackProblem, call
 from bot.adapters.slack.messages import Messages, Notify, Place, Shown
 from bot.commandline import CommandError, parse_imagine
-from bot.jobs import Handle, Job, Refused, Requester, Strength
+from bot.jobs import REGIONS, Handle, Job, Refused, Requester, Strength
 from bot.service import Service
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ PLATFORM = "slack"
 NOT_ADMIN = "Sorry, /imagine-admin is for workspace admins and owners and for this bot's admins."
 GONE = "That job no longer exists; start a new one with /imagine."
 DELETED = "That job was deleted; start a new one with /imagine."
+NO_PICTURE = "Vary with janus starts from a picture; use it on a message with a PNG, JPEG, WebP or GIF file."
 
 
 class SlackBot:
@@ -48,6 +49,11 @@ class SlackBot:
         self._admins: dict[tuple[str, str], tuple[float, bool]] = {}
         self.lookup_problem: str | None = None  # why the last users.info lookup failed, for admins told no
         self._following: set[asyncio.Task[None]] = set()
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """The largest picture a job may start from ([images] max_upload_mb)."""
+        return round(self.service.settings.images.max_upload_mb * 2**20)
 
     async def requester(self, client: AsyncWebClient, team: str, channel: str, user: str) -> Requester:
         """Who is asking; workspace admins and owners (users.info, cached) are admins of their workspace."""
@@ -163,8 +169,8 @@ async def imagine_admin(ack: AsyncAck, command: dict[str, Any], context: AsyncBo
 async def button(
     ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
 ) -> None:
-    """A job button (reroll, remix, upscale U, vary V, info, delete, cancel) or the strong-variation menu; the job
-    id travels in the value."""
+    """A job button (reroll, remix, upscale U, vary V, info, delete, cancel) or menu (strong variations, Vary
+    (Region)); the job id travels in the value."""
     await ack()
     bot = _bot(context)
     notify = _ephemeral(respond)
@@ -194,7 +200,10 @@ async def button(
             await bot.remove(context.client, job, _clicked(body, channel, thread))
             await notify(f"Deleted *{blocks.escape(job.prompt)}*: its pictures are gone.")
             return
-        if clicked.verb == "reroll":
+        if clicked.verb == "region":
+            region = REGIONS[clicked.region or "bottom half"]
+            handle = await bot.service.vary_region(requester, clicked.job_id, clicked.index or 0, region)
+        elif clicked.verb == "reroll":
             handle = await bot.service.reroll(requester, clicked.job_id)
         elif clicked.verb == "upscale":
             handle = await bot.service.upscale(requester, clicked.job_id, clicked.index or 0)
@@ -262,6 +271,68 @@ async def remix_submitted(ack: AsyncAck, body: dict[str, Any], view: dict[str, A
     bot.follow(client, handle, Place(channel, place.get("thread")), notify)
 
 
+def _posting(client: AsyncWebClient, channel: str, user: str) -> Notify:
+    """Ephemeral sentences in a channel, for what has no response_url (a modal's submission)."""
+
+    async def notify(text: str) -> None:
+        await call(client.chat_postEphemeral, attempts=1, channel=channel, user=user, text=text)
+
+    return notify
+
+
+async def picture_shortcut(ack: AsyncAck, shortcut: dict[str, Any], respond: AsyncRespond,
+                           context: AsyncBoltContext) -> None:
+    """The "Vary with janus" message shortcut: a modal for the prompt and region over the message's picture
+    (Slack's slash commands carry no files)."""
+    await ack()
+    bot = _bot(context)
+    notify = _ephemeral(respond)
+    message = shortcut.get("message") or {}
+    shared = [f for f in message.get("files") or [] if f.get("id")]
+    # The first picture, as Slack labels it; the core judges it by its content once fetched.
+    file = next((f for f in shared if str(f.get("mimetype", "")).startswith("image/")), shared[0] if shared else None)
+    if file is None:
+        await notify(NO_PICTURE)
+        return
+    if (why := files.too_large_to_fetch(file, bot.max_upload_bytes)) is not None:
+        await notify(why)  # before the modal: no prompt typed for nothing
+        return
+    view = blocks.picture_view(file, shortcut["channel"]["id"], message.get("thread_ts"))
+    try:  # the trigger id is good for three seconds
+        await call(context.client.views_open, attempts=1, trigger_id=shortcut["trigger_id"], view=view)
+    except SlackProblem as problem:
+        await notify(str(problem))
+
+
+def _chosen(values: dict[str, Any], block: str) -> str:
+    """The value of the option chosen in a submitted modal's select (its action id is its block's)."""
+    return str((((values.get(block) or {}).get(block) or {}).get("selected_option") or {}).get("value") or "")
+
+
+async def picture_submitted(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], context: AsyncBoltContext
+                            ) -> None:
+    """The "Vary with janus" modal submitted: fetch the picture, start the job where the picture was shared; a
+    refusal is an ephemeral sentence there (the modal has closed: fetching can take longer than Slack waits)."""
+    await ack()
+    bot = _bot(context)
+    client = context.client
+    place = json.loads(view.get("private_metadata") or "{}")
+    channel, user = str(place["channel"]), body["user"]["id"]
+    team = (body.get("team") or {}).get("id") or body["user"].get("team_id", "")
+    values = (view.get("state") or {}).get("values") or {}
+    region = REGIONS.get(_chosen(values, "region"))
+    notify = _posting(client, channel, user)
+    try:
+        requester = await bot.requester(client, team, channel, user)
+        picture = await files.fetch(client, str(place["file"]), bot.max_upload_bytes)
+        handle = await bot.service.submit(requester, _typed(values, "prompt"), negative=_typed(values, "negative")
+                                          or None, image=picture, region=region)  # fmt: skip
+    except (Refused, SlackProblem) as refused:
+        await notify(str(refused))
+        return
+    bot.follow(client, handle, Place(channel, place.get("thread")), notify)
+
+
 def build_app(bot: SlackBot, *, token: str, signing_secret: str = "", api_url: str | None = None) -> AsyncApp:
     """The bolt app for one workspace's bot token; `signing_secret` verifies HTTP-mode requests."""
     app = AsyncApp(
@@ -282,4 +353,6 @@ def build_app(bot: SlackBot, *, token: str, signing_secret: str = "", api_url: s
     app.command("/imagine-admin")(imagine_admin)
     app.action(re.compile(f"^{re.escape(blocks.ACTION_PREFIX)}"))(button)
     app.view(blocks.REMIX_VIEW)(remix_submitted)
+    app.shortcut({"type": "message_action", "callback_id": blocks.PICTURE_SHORTCUT})(picture_shortcut)
+    app.view(blocks.PICTURE_VIEW)(picture_submitted)
     return app

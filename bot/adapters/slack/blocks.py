@@ -7,12 +7,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bot.jobs import Job, Kind, Strength
+from bot.jobs import REGIONS, Job, Kind, Region, Strength
 from generator.protocol import MAX_PROMPT_CHARS
 
 Block = dict[str, Any]
 ACTION_PREFIX = "imagine:"
 REMIX_VIEW = "imagine:remix"  # the remix modal's callback id
+PICTURE_SHORTCUT = "imagine:picture"  # the "Vary with janus" message shortcut's callback id (slack-manifest.yml)
+PICTURE_VIEW = "imagine:picture-form"  # the callback id of the modal it opens
+MENU_OPTIONS = 100  # Slack's limit per select menu, its option groups together
+REGION_MENU_IMAGES = 8  # a grid's images per Vary (Region) menu: 8 x 9 regions fit in one
 _VERBS = ("reroll", "upscale", "vary", "cancel", "remix", "info", "delete")
 _WHOLE_JOB = ("reroll", "cancel", "remix", "info", "delete")  # the verbs that take no image index
 
@@ -21,10 +25,11 @@ _WHOLE_JOB = ("reroll", "cancel", "remix", "info", "delete")  # the verbs that t
 class Button:
     """What a clicked button asks for: `verb` on job `job_id`, image `index` (0-based) for upscale and vary."""
 
-    verb: str  # reroll | upscale | vary | cancel | remix | info | delete
+    verb: str  # reroll | upscale | vary | region | cancel | remix | info | delete
     job_id: str
     index: int | None = None
     strength: Strength = Strength.SUBTLE
+    region: str | None = None  # Vary (Region): the region's name, a key of REGIONS
 
 
 def action_id(verb: str, index: int | None = None, strength: Strength | None = None) -> str:
@@ -42,6 +47,12 @@ def parse_button(action: str, value: str) -> Button | None:
     if not action.startswith(ACTION_PREFIX) or not value:
         return None
     verb, *rest = action.removeprefix(ACTION_PREFIX).split(":")
+    if verb == "pick" and rest[:1] == ["region"]:  # the chosen option's value is "<job id>:<image index>:<region>"
+        job_id, _, choice = value.partition(":")
+        image, _, region = choice.partition(":")
+        if not job_id or not image.isdigit() or region not in REGIONS:
+            return None
+        return Button("region", job_id, int(image), region=region)
     if verb == "pick" and rest:  # a select menu: the chosen option's value is "<job id>:<image index>"
         value, _, picked = value.partition(":")
         verb, rest = rest[0], [picked, *rest[1:]]
@@ -98,15 +109,24 @@ def _button(text: str, action: str, job_id: str, style: str | None = None) -> di
     return button
 
 
+def region_name(region: Region | None) -> str:
+    """A region as menus name it ("bottom half"), or its four fractions when it is none of those."""
+    if region is None:
+        return "bottom half"
+    named = next((name for name, r in REGIONS.items() if r == tuple(region)), None)
+    return named or ",".join(f"{v:g}" for v in region)
+
+
 def _what(job: Job) -> str:
     """The headline of a job's message: who asked for what."""
     prompt = f"*{escape(job.prompt)}*"
     parent = job.parent_index + 1 if job.parent_index is not None else 0
     kind = {
-        Kind.IMAGINE: "",
+        Kind.IMAGINE: f" (from a picture, {region_name(job.region)} made again)" if job.source else "",
         Kind.REROLL: " (reroll)",
         Kind.VARIATION: f" (variations of image {parent}, {(job.strength or Strength.SUBTLE).value})",
         Kind.UPSCALE: f" (image {parent}, upscaled)",
+        Kind.REGION: f" (Vary (Region, {region_name(job.region)}) of image {parent})",
     }[job.kind]
     negative = f" --no {escape(job.options.negative)}" if job.options.negative else ""
     return f"{prompt}{negative}{kind} - <@{job.requester.user}>"
@@ -142,17 +162,50 @@ def _own_buttons(job: Job) -> list[dict[str, Any]]:
     return [_button("ℹ️ Info", action_id("info"), job.id), _button("🗑️ Delete", action_id("delete"), job.id, "danger")]
 
 
+def _plain_option(text: str, value: str) -> dict[str, Any]:
+    return {"text": {"type": "plain_text", "text": text}, "value": value}
+
+
+def _region_options(job_id: str, index: int) -> list[dict[str, Any]]:
+    """The regions of one image, each option's value "<job id>:<image index>:<region>"."""
+    return [_plain_option(name.capitalize(), f"{job_id}:{index}:{name}") for name in REGIONS]
+
+
+def _region_menus(job: Job) -> list[dict[str, Any]]:
+    """Vary (Region) on a grid: each image a group of its regions, as many menus as Slack's 100 options need."""
+    n = job.options.count
+    menus = []
+    for first in range(0, n, REGION_MENU_IMAGES):
+        images = range(first, min(first + REGION_MENU_IMAGES, n))
+        which = "" if n <= REGION_MENU_IMAGES else f" {images[0] + 1}-{images[-1] + 1}"
+        menus.append({
+            "type": "static_select",
+            "action_id": f"{ACTION_PREFIX}pick:region:{first // REGION_MENU_IMAGES}",
+            "placeholder": {"type": "plain_text", "text": f"Vary (Region){which}…"},
+            "option_groups": [{"label": {"type": "plain_text", "text": f"Image {i + 1}"},
+                               "options": _region_options(job.id, i)} for i in images],
+        })  # fmt: skip
+    return menus
+
+
 def done_blocks(job: Job, grid_file: str | None, note: str | None = None) -> list[Block]:
-    """A finished job: the grid, reroll and remix, U1..Un and V1..Vn buttons, a menu of strong variations, then
-    info and delete (an upscale shows just its image, with remix, info and delete)."""
+    """A finished job: the grid, reroll and remix, menus of strong variations and Vary (Region), U1..Un and V1..Vn
+    buttons, then info and delete (an upscale shows just its image, with remix, info, delete and a menu of its
+    regions)."""
     blocks = [_section(_what(job)), _context(_details(job))]
     if grid_file:
         blocks.append(_image(grid_file, job.prompt))
     if note:
         blocks.append(_context(note))
     remix = _button("✏️ Remix", action_id("remix"), job.id)
-    if job.kind is Kind.UPSCALE:
-        blocks.append({"type": "actions", "elements": [remix, *_own_buttons(job)]})
+    if job.kind is Kind.UPSCALE:  # the image's tokens live with its grid: a region is varied there
+        regions = {
+            "type": "static_select",
+            "action_id": f"{ACTION_PREFIX}pick:region",
+            "placeholder": {"type": "plain_text", "text": "Vary (Region)…"},
+            "options": _region_options(job.parent_id or job.id, job.parent_index or 0),
+        }
+        blocks.append({"type": "actions", "elements": [remix, *_own_buttons(job), regions]})
         return blocks
     n = job.options.count
     strong = {
@@ -163,7 +216,8 @@ def done_blocks(job: Job, grid_file: str | None, note: str | None = None) -> lis
             {"text": {"type": "plain_text", "text": f"V{i + 1} strong"}, "value": f"{job.id}:{i}"} for i in range(n)
         ],
     }
-    blocks.append({"type": "actions", "elements": [_button("🔄 Reroll", action_id("reroll"), job.id), remix, strong]})
+    first_row = [_button("🔄 Reroll", action_id("reroll"), job.id), remix, strong, *_region_menus(job)]
+    blocks.append({"type": "actions", "elements": first_row})
     blocks.append(
         {"type": "actions", "elements": [_button(f"U{i + 1}", action_id("upscale", i), job.id) for i in range(n)]}
     )
@@ -204,17 +258,47 @@ def remix_view(job: Job, channel: str, thread_ts: str | None) -> dict[str, Any]:
     strength = job.remix_strength
     index = (job.parent_index or 0) + 1
     what = "A reroll" if strength is None else f"A {strength.value} variation of image {index}"
+    title = "Remix" if strength is None else f"Remix: vary image {index}"
+    if job.kind is Kind.REGION:
+        title = "Remix: Vary (Region)"
+        what = f"Vary (Region) of image {index}, its {region_name(job.region)} made again,"
     return {
         "type": "modal",
         "callback_id": REMIX_VIEW,
         "private_metadata": json.dumps({"job": job.id, "channel": channel, "thread": thread_ts}),
-        "title": _plain("Remix" if strength is None else f"Remix: vary image {index}"),  # 24 characters at most
+        "title": _plain(title),  # 24 characters at most
         "submit": _plain("Make it"),
         "close": _plain("Cancel"),
         "blocks": [
             _context(f"{what} with the text below; the new job is yours."),
             _input("prompt", "Prompt", job.prompt, "What to draw."),
             _input("negative", "Not in the picture (--no)", job.options.negative,
+                   "What guidance steers away from; leave it empty for nothing.", optional=True),
+        ],  # fmt: skip
+    }
+
+
+def picture_view(file: dict[str, Any], channel: str, thread_ts: str | None) -> dict[str, Any]:
+    """The "Vary with janus" modal over a shared picture: the prompt, the region made again (the bottom half unless
+    changed) and a negative prompt; its metadata says which file and where the job is shown."""
+    regions = [_plain_option(name.capitalize(), name) for name in REGIONS]
+    bottom = next(o for o in regions if o["value"] == "bottom half")
+    name = escape(str(file.get("name") or "the picture"))
+    return {
+        "type": "modal",
+        "callback_id": PICTURE_VIEW,
+        "private_metadata": json.dumps({"file": file["id"], "channel": channel, "thread": thread_ts}),
+        "title": _plain("Vary with janus"),
+        "submit": _plain("Make it"),
+        "close": _plain("Cancel"),
+        "blocks": [
+            _context(f"Starts from *{name}*: the region you pick is made again to fit the prompt, the rest is kept. "
+                     "The new job is yours, shown where the picture is."),
+            _input("prompt", "Prompt", None, "What the picture should show."),
+            {"type": "input", "block_id": "region", "label": _plain("Region made again"),
+             "element": {"type": "static_select", "action_id": "region", "options": regions, "initial_option": bottom},
+             "hint": _plain("The rest of the picture is kept.")},
+            _input("negative", "Not in the picture (--no)", None,
                    "What guidance steers away from; leave it empty for nothing.", optional=True),
         ],  # fmt: skip
     }
@@ -247,8 +331,11 @@ def info_text(job: Job) -> str:
             Kind.REROLL: f"reroll of job `{job.parent_id}`",
             Kind.VARIATION: f"{(job.strength or Strength.SUBTLE).value} variations of {parent}",
             Kind.UPSCALE: f"upscale of {parent}",
+            Kind.REGION: f"Vary (Region, {region_name(job.region)}) of {parent}",
         }.get(job.kind)
         if made:
             lines.append(f"*Made from:* {made}")
+    elif job.source:
+        lines.append(f"*Made from:* a picture, {region_name(job.region)} made again")
     lines.append(f"*Job:* `{job.id}` ({job.status.value})")
     return "\n".join(lines)

@@ -67,13 +67,27 @@ class Message:
             if element["type"] == "button"
         }
 
-    def menu(self) -> dict[str, Any]:
-        """The message's select menu."""
-        return next(e for b in self.blocks if b["type"] == "actions" for e in b["elements"] if e["type"] != "button")
+    def menus(self) -> list[dict[str, Any]]:
+        """The message's select menus, in order."""
+        return [e for b in self.blocks if b["type"] == "actions" for e in b["elements"] if e["type"] != "button"]
+
+    def menu(self, placeholder: str | None = None) -> dict[str, Any]:
+        """The message's select menu with this placeholder (the first if none is given)."""
+        return next(m for m in self.menus() if placeholder is None or m["placeholder"]["text"] == placeholder)
 
     def image(self) -> str | None:
         """The file id the message shows, if any."""
         return next((b["slack_file"]["id"] for b in self.blocks if b["type"] == "image"), None)
+
+
+def option(select: dict[str, Any], label: str) -> dict[str, Any]:
+    """A select menu's option by its text; in a menu of option groups, by "group/option"."""
+    if "option_groups" in select:
+        group, _, label = label.partition("/")
+        options = next(g["options"] for g in select["option_groups"] if g["label"]["text"] == group)
+    else:
+        options = select["options"]
+    return next(o for o in options if o["text"]["text"] == label)
 
 
 @dataclass
@@ -84,6 +98,9 @@ class File:
     channel: str | None = None
     thread_ts: str | None = None
     deleted: bool = False
+    user: str = "U0BOT"  # who shared it: the bot's uploads, or a person's (share)
+    mimetype: str = "image/png"
+    size: int | None = None  # what Slack says of its size: its length unless a test says otherwise
 
 
 class FakeSlack:
@@ -99,6 +116,7 @@ class FakeSlack:
         self.files: dict[str, File] = {}
         self.responses: list[dict[str, Any]] = []  # response_url posts
         self.views: list[dict[str, Any]] = []  # modals opened with views.open, as the bot sent them
+        self.downloads: list[dict[str, Any]] = []  # GETs of files' url_private: file, authorization, bytes written
         self.admins: set[str] = set()
         self.acks: dict[str, dict[str, Any]] = {}  # Socket Mode acknowledgements by envelope id
         self.connections = 0
@@ -121,6 +139,7 @@ class FakeSlack:
         server = web.Application()
         server.router.add_route("*", "/api/{method}", self._api)
         server.router.add_post("/upload/{file_id}", self._upload)
+        server.router.add_get("/files-pri/{team_file}/{name}", self._download)
         server.router.add_post("/respond/{name}", self._respond)
         server.router.add_get("/link", self._socket)
         self._runner = web.AppRunner(server, access_log=None)
@@ -215,7 +234,24 @@ class FakeSlack:
         user = args["user"]
         return {"user": {"id": user, "team_id": TEAM, "is_admin": user in self.admins, "is_owner": False}}
 
+    @staticmethod
+    def _check_blocks(blocks: list[dict[str, Any]]) -> None:
+        """Slack's limits on what the bot's blocks hold: 25 elements in an actions block, 100 options in a menu
+        (in its groups together), 75 characters in an option's text and 150 in its value."""
+        for block in blocks:
+            elements = block.get("elements", []) if block["type"] == "actions" else [block.get("element") or {}]
+            if len(elements) > 25:
+                raise SlackError("invalid_blocks")
+            for element in elements:
+                options = [*element.get("options", []), *(o for g in element.get("option_groups", [])
+                                                         for o in g["options"])]  # fmt: skip
+                if len(options) > 100 or len(element.get("option_groups", [])) > 100:
+                    raise SlackError("invalid_blocks")
+                if any(len(o["text"]["text"]) > 75 or len(o["value"]) > 150 for o in options):
+                    raise SlackError("invalid_blocks")
+
     def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
+        self._check_blocks(args.get("blocks") or [])
         ts = f"{1700000000 + next(self._ts)}.000100"
         blocks = args.get("blocks") or []
         self.messages[ts] = Message(args["channel"], ts, args.get("text", ""), blocks, args.get("thread_ts"), [blocks])
@@ -225,6 +261,7 @@ class FakeSlack:
         message = self.messages.get(args["ts"])
         if message is None:
             raise SlackError("message_not_found")
+        self._check_blocks(args.get("blocks") or [])
         message.text, message.blocks = args.get("text", ""), args.get("blocks") or []
         message.edits.append(message.blocks)
         return {"channel": args["channel"], "ts": args["ts"]}
@@ -241,6 +278,7 @@ class FakeSlack:
             raise SlackError("invalid_trigger_id")
         if len(view["title"]["text"]) > 24 or len(view.get("private_metadata", "")) > 3000:
             raise SlackError("invalid_arguments")  # Slack's limits on a modal's title and metadata
+        self._check_blocks(view["blocks"])
         opened = {**view, "id": f"V{len(self.views):06d}", "team_id": TEAM, "state": {"values": {}},
                   "hash": uuid.uuid4().hex, "root_view_id": None, "app_id": "A0APP", "bot_id": "B0BOT"}  # fmt: skip
         self.views.append(opened)
@@ -265,6 +303,65 @@ class FakeSlack:
             file.channel, file.thread_ts = args.get("channel_id"), args.get("thread_ts")
             done.append({"id": file.id, "name": file.filename, "title": entry.get("title")})
         return {"files": done}
+
+    def file_object(self, file: File) -> dict[str, Any]:
+        """A file as Slack describes it in messages and files.info: private URLs need the bot token."""
+        private = f"{self.url}/files-pri/{TEAM}-{file.id}/{file.filename}"
+        return {
+            "id": file.id, "created": 1700000000, "timestamp": 1700000000, "name": file.filename,
+            "title": file.filename, "mimetype": file.mimetype, "filetype": file.filename.rpartition(".")[2],
+            "pretty_type": file.mimetype, "user": file.user, "user_team": TEAM, "editable": False,
+            "size": len(file.data) if file.size is None else file.size, "mode": "hosted", "is_external": False,
+            "external_type": "", "is_public": True, "public_url_shared": False, "display_as_bot": False,
+            "url_private": private, "url_private_download": f"{private}?download=1",
+            "permalink": f"https://test.slack.com/files/{file.user}/{file.id}/{file.filename}",
+        }  # fmt: skip
+
+    def _files_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        file = self.files.get(args["file"])
+        if file is None or file.deleted:
+            raise SlackError("file_not_found" if file is None else "file_deleted")
+        return {"file": self.file_object(file), "comments": [], "response_metadata": {"next_cursor": ""}}
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        """A file's url_private: its bytes for the bot token (written in pieces, counting what the reader took),
+        Slack's sign-in page for anyone else, as Slack answers a request without the token."""
+        file = self.files.get(request.match_info["team_file"].removeprefix(f"{TEAM}-"))
+        if file is None or file.deleted:
+            return web.Response(status=404, text="Not Found")
+        authorization = request.headers.get("Authorization", "")
+        record: dict[str, Any] = {"file": file.id, "authorization": authorization, "sent": 0}
+        self.downloads.append(record)
+        if authorization != f"Bearer {BOT_TOKEN}":
+            sign_in = "<!DOCTYPE html><html><title>Slack</title>Sign in to Slack</html>"
+            return web.Response(text=sign_in, content_type="text/html")
+        response = web.StreamResponse(headers={"Content-Type": file.mimetype})
+        response.content_length = len(file.data)
+        await response.prepare(request)
+        piece = 1 << 16
+        try:
+            for start in range(0, len(file.data), piece):
+                chunk = file.data[start : start + piece]
+                await response.write(chunk)
+                record["sent"] = start + len(chunk)
+            await response.write_eof()
+        except (ConnectionResetError, RuntimeError):  # the reader hung up
+            pass
+        return response
+
+    def share(self, filename: str, data: bytes, *, user: str = "U0BOB", thread_ts: str | None = None,
+              mimetype: str = "image/png", size: int | None = None, text: str = "") -> dict[str, Any]:
+        """Someone shares a file in the channel (in a thread when `thread_ts`): the message, as Slack puts it in a
+        shortcut's payload."""
+        file_id = f"F{len(self.files):06d}"
+        self.files[file_id] = File(file_id, filename, data, CHANNEL, thread_ts, user=user, mimetype=mimetype,
+                                   size=size)  # fmt: skip
+        ts = f"{1700000000 + next(self._ts)}.000200"
+        message = {"type": "message", "subtype": "file_share", "user": user, "ts": ts, "text": text, "upload": True,
+                   "files": [self.file_object(self.files[file_id])], "team": TEAM, "display_as_bot": False}  # fmt: skip
+        if thread_ts:
+            message["thread_ts"] = thread_ts
+        return message
 
     def _files_delete(self, args: dict[str, Any]) -> dict[str, Any]:
         file = self.files.get(args["file"])
@@ -311,15 +408,17 @@ class FakeSlack:
             "trigger_id": f"{next(self._triggers)}.2.3",  # each its own, as Slack's are: two are never one request
         }
 
-    def click(self, message: Message, label: str, *, user: str = "U0ALICE") -> dict[str, Any]:
-        """The block_actions payload of clicking a button on a message, or picking an option of its menu."""
-        if label in message.buttons():
+    def click(self, message: Message, label: str, *, user: str = "U0ALICE", menu: str | None = None
+              ) -> dict[str, Any]:
+        """The block_actions payload of clicking a button on a message, or picking an option of its menu (the one
+        whose placeholder is `menu`, else the first); in a menu of option groups, `label` is "group/option"."""
+        if menu is None and label in message.buttons():
             button = message.buttons()[label]
             action = {"type": "button", "action_id": button["action_id"], "value": button["value"]}
         else:
-            menu = message.menu()
-            option = next(o for o in menu["options"] if o["text"]["text"] == label)
-            action = {"type": "static_select", "action_id": menu["action_id"], "selected_option": option}
+            select = message.menu(menu)
+            action = {"type": "static_select", "action_id": select["action_id"],
+                      "selected_option": option(select, label)}  # fmt: skip
         return {
             "type": "block_actions",
             "team": {"id": TEAM, "domain": "test"},
@@ -343,6 +442,12 @@ class FakeSlack:
             if block["type"] != "input":
                 continue
             element = block["element"]
+            if element["type"] == "static_select":  # `values` names the option by its text
+                label = values.get(block["block_id"])
+                chosen = option(element, label) if label else element.get("initial_option")
+                state[block["block_id"]] = {element["action_id"]: {"type": "static_select",
+                                                                    "selected_option": chosen}}  # fmt: skip
+                continue
             value = values.get(block["block_id"], element.get("initial_value"))
             state[block["block_id"]] = {element["action_id"]: {"type": element["type"], "value": value or None}}
         return {
@@ -355,6 +460,24 @@ class FakeSlack:
             "view": {**view, "state": {"values": state}},
             "response_urls": [],
             "is_enterprise_install": False,
+        }
+
+    def shortcut(self, message: dict[str, Any], callback_id: str, *, user: str = "U0ALICE") -> dict[str, Any]:
+        """The message_action payload of someone using a message shortcut on `message` (from `share`)."""
+        return {
+            "type": "message_action",
+            "token": "legacy",
+            "action_ts": f"{time.time():.6f}",
+            "team": {"id": TEAM, "domain": "test"},
+            "user": {"id": user, "username": user.lower(), "team_id": TEAM, "name": user.lower()},
+            "channel": {"id": CHANNEL, "name": "general"},
+            "is_enterprise_install": False,
+            "enterprise": None,
+            "callback_id": callback_id,
+            "trigger_id": f"{next(self._triggers)}.2.6",
+            "response_url": self.response_url("shortcut"),
+            "message_ts": message["ts"],
+            "message": message,
         }
 
     @staticmethod
@@ -442,6 +565,11 @@ class Running:
         response = await self.post(self.slack.interactive(self.slack.click(message, label, **kwargs)))
         assert response.status == 200, await response.text()
 
+    async def shortcut(self, message: dict[str, Any], callback_id: str, **kwargs: Any) -> None:
+        """Use a message shortcut over HTTP."""
+        response = await self.post(self.slack.interactive(self.slack.shortcut(message, callback_id, **kwargs)))
+        assert response.status == 200, await response.text()
+
     async def submit(self, view: dict[str, Any], values: dict[str, str | None], **kwargs: Any) -> dict[str, Any]:
         """Submit an opened modal over HTTP; the bot's answer (empty: the modal closes)."""
         response = await self.post(self.slack.interactive(self.slack.submission(view, values, **kwargs)))
@@ -456,11 +584,14 @@ async def running_slack(
     mode: str = "http",
     generator: FakeGenerator | None = None,
     slack: FakeSlack | None = None,
+    sections: dict[str, dict[str, Any]] | None = None,
     **kwargs: Any,
 ) -> AsyncIterator[Running]:
-    """The bot with its Slack adapter in HTTP or Socket Mode against a FakeSlack (a fresh one unless given)."""
+    """The bot with its Slack adapter in HTTP or Socket Mode against a FakeSlack (a fresh one unless given);
+    `sections` of settings change the test defaults (a "slack" one is merged into them)."""
     async with contextlib.AsyncExitStack() as stack:
         fake_slack = slack or await stack.enter_async_context(FakeSlack())
+        given = dict(sections or {})
         config = settings(
             data_dir,
             bot={"admins": ["discord:owner", "slack:U0OWNER"]},
@@ -471,7 +602,9 @@ async def running_slack(
                 "api_url": fake_slack.api_url,
                 "update_interval_s": 0,
                 "preview_interval_s": 0,
+                **given.pop("slack", {}),
             },
+            **given,
         )
         adapter = SlackAdapter(config, BOT_TOKEN, app_token=APP_TOKEN, signing_secret=SIGNING_SECRET)
         service, fake, store = await stack.enter_async_context(

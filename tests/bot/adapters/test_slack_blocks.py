@@ -11,6 +11,7 @@ from bot.adapters import configured_adapters
 from bot.adapters.slack import SlackAdapter
 from bot.adapters.slack.admin import channel_ids, user_id
 from bot.adapters.slack.blocks import (
+    PICTURE_SHORTCUT,
     Button,
     done_blocks,
     escape,
@@ -22,7 +23,7 @@ from bot.adapters.slack.blocks import (
 from bot.adapters.slack.messages import Shown
 from bot.commandline import setting_value
 from bot.config import ConfigError, Secrets
-from bot.jobs import Job, Kind, Options, Refused, Requester, Strength
+from bot.jobs import REGIONS, Job, Kind, Options, Refused, Requester, Strength
 from tests.bot.helpers import settings
 
 JOB = Job("0123abcd", Requester("slack", "T1", "C1", "U1"), "a <b> & c", Options(16, 5.0, 1.0), 42, 0.0)
@@ -53,16 +54,36 @@ def test_waiting_and_upscaled_messages() -> None:
     upscaled = Job("u1", JOB.requester, "x", Options(1, 5.0, 1.0), 1, 0.0, kind=Kind.UPSCALE, parent_index=2)
     assert "(image 3, upscaled)" in done_blocks(upscaled, "F2")[0]["text"]["text"]
     [actions] = [b for b in done_blocks(upscaled, "F2") if b["type"] == "actions"]  # no U or V: the image alone
-    assert [parse_button(e["action_id"], e["value"]) for e in actions["elements"]] == [
+    *buttons, regions = actions["elements"]
+    assert [parse_button(e["action_id"], e["value"]) for e in buttons] == [
         Button(verb, "u1") for verb in ("remix", "info", "delete")
     ]
+    assert regions["type"] == "static_select" and regions["placeholder"]["text"] == "Vary (Region)…"
+    assert [parse_button(regions["action_id"], o["value"]) for o in regions["options"]] == [
+        Button("region", "u1", 2, region=name) for name in REGIONS
+    ]
+
+
+def test_a_grid_of_sixteen_has_two_region_menus_within_slacks_limits() -> None:
+    menus = [e for b in done_blocks(JOB, "F1") if b["type"] == "actions" for e in b["elements"]
+             if e["type"] == "static_select" and "pick:region" in e["action_id"]]  # fmt: skip
+    assert [m["placeholder"]["text"] for m in menus] == ["Vary (Region) 1-8…", "Vary (Region) 9-16…"]
+    assert len({m["action_id"] for m in menus}) == 2  # unique within the message
+    for menu in menus:
+        options = [o for group in menu["option_groups"] for o in group["options"]]
+        assert len(options) == 72 <= 100 and all(len(o["value"]) <= 150 for o in options)
+    last = menus[1]["option_groups"][-1]
+    assert last["label"]["text"] == "Image 16"
+    assert parse_button(menus[1]["action_id"], last["options"][4]["value"]) == Button("region", JOB.id, 15,
+                                                                                      region="centre")  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("action", "value"),
     [("other:reroll", "j"), ("imagine:reroll", ""), ("imagine:upscale", "j"), ("imagine:reroll:1", "j"),
      ("imagine:vary:x", "j"), ("imagine:vary:1:wild", "j"), ("imagine:explode", "j"), ("imagine:pick:vary", ":1"),
-     ("imagine:info:1", "j"), ("imagine:delete:0", "j")],
+     ("imagine:info:1", "j"), ("imagine:delete:0", "j"), ("imagine:pick:region", "j:1:middle"),
+     ("imagine:pick:region:0", "j:x:centre"), ("imagine:pick:region", ":1:centre")],
 )  # fmt: skip
 def test_buttons_this_bot_did_not_make_are_ignored(action: str, value: str) -> None:
     assert parse_button(action, value) is None
@@ -134,5 +155,9 @@ def test_the_manifest_asks_for_what_the_adapter_uses() -> None:
     assert "[--no TEXT]" in imagine["usage_hint"] and "channels #a #b" in admin["usage_hint"]
     assert admin["should_escape"]  # channels arrive as <#C123|name>, users as <@U123|name>
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
-    assert {"commands", "chat:write", "files:write", "users:read"} <= scopes
+    assert {"commands", "chat:write", "files:write", "users:read", "files:read"} <= scopes  # files:read: pictures
+    [shortcut] = manifest["features"]["shortcuts"]
+    assert (shortcut["name"], shortcut["type"], shortcut["callback_id"]) == ("Vary with janus", "message",
+                                                                             PICTURE_SHORTCUT)  # fmt: skip
+    assert len(shortcut["description"]) <= 80
     assert manifest["settings"]["interactivity"]["is_enabled"] and manifest["settings"]["socket_mode_enabled"]
