@@ -272,7 +272,8 @@ def _seconds(start: float | None, end: float | None) -> str | None:
 
 
 def made_from(job: Job) -> str | None:
-    """What a job was made from: the reroll, variation or upscale of which job (None for a new one)."""
+    """What a job was made from: the reroll, variation, Vary (Region) or upscale of which job, or a picture (None
+    for a new one)."""
     what = _what(job)
     if job.kind is Kind.IMAGINE and job.source:
         return f"A picture, {region_name(job.region)} made again"

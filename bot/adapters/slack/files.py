@@ -12,7 +12,8 @@ from bot.jobs import Refused
 # Read this far past the limit, so that a file just over it reaches the core, which says by how much.
 PAST_LIMIT = 64 * 1024
 FETCH_TIMEOUT_S = 60.0
-GONE = "That picture is no longer in Slack; share it again and use Vary with janus on the new message."
+GONE = ("I cannot find that picture in Slack any more (deleted, or in a conversation I am not in); share it again "
+        "where I am and use Vary with janus on that message.")  # fmt: skip
 UNFETCHED = "I could not fetch that picture from Slack; try again in a minute."
 NO_ACCESS = ("Slack did not let me download that picture; ask a workspace admin to give this app the files:read "
              "permission and reinstall it, then try again.")  # fmt: skip

@@ -129,7 +129,7 @@ async def test_bad_files_get_the_cores_sentence_only_the_user_sees(tmp_path: Pat
         await bot.shortcut(gone, PICTURE_SHORTCUT)
         slack.files[gone["files"][0]["id"]].deleted = True  # deleted while the modal was open
         await bot.submit(await opened(bot, 4), {"prompt": "a cat"})
-        assert "no longer in Slack" in (await whispered(bot, 4))["text"]
+        assert "cannot find that picture" in (await whispered(bot, 4))["text"]
 
         bot.slack.admins.add("U0ADMIN")
         await bot.command("block kraken", user="U0ADMIN", command="/imagine-admin")
