@@ -57,7 +57,7 @@ SEEDS_NOTE = (
 ENDPOINTS = (
     ("GET", "/api/", "", "Lists these endpoints."),
     ("GET", "/api/about", "", "Says which model runs (with example prompts for the demo model), the option "
-                              "defaults, and who you are here."),
+                              "defaults, the pictures you may start from, and who you are here."),
     ("POST", "/api/imagine", '{"user", "prompt" or "command", "count"?, "cfg"?, "temperature"?, "seed"?, '
                              '"negative"?, "image"?, "region"?}',
      "Queues a job; 202 with its job_id and url. With a picture (\"image\": base64 in JSON, or a file part of "

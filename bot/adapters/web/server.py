@@ -936,7 +936,8 @@ class WebAdapter:
         return web.json_response({"jobs": shown, "older_url": older})
 
     async def about(self, request: web.Request) -> web.Response:
-        """The model (a demo's examples), the option defaults, and who the caller is here."""
+        """The model (a demo's examples), the option defaults, the pictures one may start from, and who the caller
+        is here."""
         who: Who = request[WHO]
         requester = self._requester(who)
         backend = self.service.backend
@@ -948,6 +949,9 @@ class WebAdapter:
                       "demo": demo, "draws": DEMO_DRAWS if demo else None,
                       "examples": demo_examples() if demo else []},
             "defaults": {"count": defaults.count, "cfg": defaults.cfg, "temperature": defaults.temperature},
+            "uploads": {"max_mb": self.service.settings.images.max_upload_mb,
+                        "max_megapixels": self.service.settings.images.max_upload_megapixels,
+                        "formats": sorted(images.UPLOAD_FORMATS)},
             "you": {"identity": who.user, "console": console, "admin": self.service.policy.is_admin(requester),
                     "name": self._console_name if console else None},
         })  # fmt: skip

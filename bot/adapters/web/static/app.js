@@ -1,6 +1,6 @@
 // The playground: a timeline of /imagine jobs (the user's recent ones after a reload), each followed live over the
 // API's server-sent events; an admin's gallery of everyone's. Seeds stay strings: JavaScript rounds whole numbers
-// above 2^53, and seeds go to 2^63 - 1.
+// above 2^53, and seeds go to 2^63 - 1. Regions are [x0, y0, x1, y1], fractions of a picture from its top left.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -12,6 +12,7 @@ let historyShown = false;
 let olderUrl = null;
 let galleryOlderUrl = null;
 let reasked = null; // the model /api/about was last asked about again
+let upload = null; // the picture the next /imagine starts from: { file, url }
 
 function token() {
   return localStorage.getItem("janus-bot-token") || "";
@@ -28,10 +29,12 @@ function needToken() {
 }
 
 // One API call; resolves to [status, body] and never throws for HTTP errors. Bodies go as JSON: the bot
-// refuses any other content type, so that another site's page cannot send it a plain form.
+// refuses any other content type, so that another site's page cannot send it a plain form. A picture goes as a
+// multipart form (FormData), which the bot takes only on /api/imagine and only with this page's Origin or a token.
 async function api(method, path, body) {
-  const init = { method, headers: headers(body ? { "Content-Type": "application/json" } : {}) };
-  if (body) init.body = JSON.stringify(body);
+  const form = body instanceof FormData;
+  const init = { method, headers: headers(body && !form ? { "Content-Type": "application/json" } : {}) };
+  if (body) init.body = form ? body : JSON.stringify(body);
   try {
     const response = await fetch(path, init);
     const data = await response.json().catch(() => ({}));
@@ -90,6 +93,116 @@ function userName() {
   return name;
 }
 
+// The regions the chat platforms' menus offer, by the text of their fractions.
+const REGION_NAMES = {
+  "0,0.5,1,1": "the bottom half", "0,0,1,0.5": "the top half", "0,0,0.5,1": "the left half",
+  "0.5,0,1,1": "the right half", "0.25,0.25,0.75,0.75": "the centre", "0,0,0.5,0.5": "the top left",
+  "0.5,0,1,0.5": "the top right", "0,0.5,0.5,1": "the bottom left", "0.5,0.5,1,1": "the bottom right",
+};
+
+function regionOf(text) {
+  return text.split(",").map(Number);
+}
+
+function regionText(region) {
+  const percent = (value) => `${Math.round(value * 100)}%`;
+  return REGION_NAMES[region.join(",")] ||
+    `the part from ${percent(region[0])}, ${percent(region[1])} to ${percent(region[2])}, ${percent(region[3])}`;
+}
+
+// A box over a picture showing a region, in percent of the picture, so it follows the picture's size.
+function place(box, region) {
+  box.hidden = !region;
+  if (!region) return;
+  const [x0, y0, x1, y1] = region;
+  Object.assign(box.style, { left: `${x0 * 100}%`, top: `${y0 * 100}%`, width: `${(x1 - x0) * 100}%`,
+    height: `${(y1 - y0) * 100}%` });
+}
+
+// A rectangle dragged on a picture (its frame: an element the picture fills), in fractions of it. Pointer
+// events, so that a mouse, a pen and a finger all draw it; CSS gives the frame touch-action: none while it
+// draws, so that a finger's drag draws rather than scrolls. A tap without a drag calls onTap.
+class RegionDrawer {
+  constructor(frame, onDrawn, active = () => true) {
+    this.frame = frame;
+    this.onDrawn = onDrawn;
+    this.onTap = null;
+    this.active = active;
+    this.region = null; // the one shown
+    this.start = null; // the drag under way
+    this.box = element("div", { className: "region-box", hidden: true });
+    frame.append(this.box);
+    frame.addEventListener("pointerdown", (event) => this.down(event));
+    frame.addEventListener("pointermove", (event) => this.move(event));
+    frame.addEventListener("pointerup", (event) => this.up(event));
+    frame.addEventListener("pointercancel", () => this.stop());
+  }
+
+  at(event) {
+    const box = this.frame.getBoundingClientRect();
+    const clamp = (value) => Math.min(1, Math.max(0, value));
+    return [clamp((event.clientX - box.left) / box.width), clamp((event.clientY - box.top) / box.height)];
+  }
+
+  rect(event) {
+    const [x, y] = this.at(event);
+    const [x0, y0] = this.start.point;
+    const fraction = (value) => Math.round(value * 10000) / 10000;
+    return [Math.min(x0, x), Math.min(y0, y), Math.max(x0, x), Math.max(y0, y)].map(fraction);
+  }
+
+  down(event) {
+    if (!this.active() || !event.isPrimary || (event.pointerType === "mouse" && event.button !== 0)) return;
+    event.preventDefault(); // no text selection, no dragging the picture itself
+    this.frame.setPointerCapture(event.pointerId);
+    this.start = { point: this.at(event), x: event.clientX, y: event.clientY, id: event.pointerId, moved: false };
+  }
+
+  move(event) {
+    const start = this.start;
+    if (!start || event.pointerId !== start.id) return;
+    if (!start.moved && Math.hypot(event.clientX - start.x, event.clientY - start.y) < 4) return;
+    start.moved = true;
+    place(this.box, this.rect(event));
+  }
+
+  up(event) {
+    const start = this.start;
+    if (!start || event.pointerId !== start.id) return;
+    const region = start.moved ? this.rect(event) : null;
+    this.stop();
+    if (!region) {
+      if (this.onTap) this.onTap();
+      return;
+    }
+    if (region[2] - region[0] < 0.01 || region[3] - region[1] < 0.01) return; // a slip, not a rectangle
+    this.set(region);
+    this.onDrawn(region);
+  }
+
+  stop() {
+    this.start = null;
+    place(this.box, this.region);
+  }
+
+  set(region) {
+    this.region = region;
+    place(this.box, region);
+  }
+}
+
+// The select that names a region: a named one, or its "the part you drew" option holding a drawn one.
+function choose(select, region) {
+  const key = region.join(",");
+  const drawn = select.querySelector("[data-drawn]");
+  if (!REGION_NAMES[key]) {
+    drawn.value = key;
+    drawn.textContent = regionText(region);
+    drawn.hidden = false;
+  }
+  select.value = key;
+}
+
 function when(seconds) {
   const date = new Date(seconds * 1000);
   const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
@@ -142,11 +255,13 @@ async function pictures(job, urls) {
   const box = element("div", { className: "pictures" });
   box.style.setProperty("--columns", columns);
   urls.forEach((url, i) => {
-    const img = element("img", { alt: `image ${i + 1}`, loading: "lazy" });
-    const open = element("button", { type: "button", className: "picture", title: `Image ${i + 1}: open it large` },
-      img);
-    open.addEventListener("click", () =>
-      view(url, `Image ${i + 1} of job ${job.job_id}: ${promptLine(job)}`, `janus-${job.job_id}-${i + 1}.png`));
+    const img = element("img", { alt: `image ${i + 1}`, loading: "lazy", draggable: false });
+    const open = element("button", { type: "button", className: "picture", title: `Image ${i + 1}: open it large`,
+      "data-index": i }, img);
+    open.addEventListener("click", () => {
+      if (open.closest(".regioning")) return; // a rectangle is being dragged on it: Vary (Region)
+      view(url, `Image ${i + 1} of job ${job.job_id}: ${promptLine(job)}`, `janus-${job.job_id}-${i + 1}.png`);
+    });
     box.append(open);
     imageSource(url).then((source) => {
       img.src = source;
@@ -154,6 +269,25 @@ async function pictures(job, urls) {
     });
   });
   return box;
+}
+
+// What a job started from, small, with the part made again marked: an image prompt's picture, or the image a Vary
+// (Region) was made of.
+function fromPicture(job) {
+  const parent = job.kind === "region" && job.parent_id ? `/api/jobs/${job.parent_id}/images/${job.parent_index}.png`
+    : null;
+  const url = job.source_url || parent;
+  if (!url || !job.region) return null;
+  const img = element("img", { alt: "the picture it started from", draggable: false });
+  const box = element("div", { className: "region-box" });
+  place(box, job.region);
+  const frame = element("div", { className: "from-picture",
+    title: `Started from this picture: ${regionText(job.region)} made again, the rest kept` }, img, box);
+  img.addEventListener("error", () => frame.remove(), { once: true }); // deleted since
+  imageSource(url).then((source) => {
+    img.src = source;
+  });
+  return frame;
 }
 
 // A job's card: who and what, status line, progress bar, preview, then the pictures and their buttons.
@@ -169,9 +303,10 @@ class JobCard {
     this.cancel = button("Cancel", "cancel", () => this.act("cancel"));
     this.buttons.append(this.cancel);
     const who = [job.user, when(job.created_at), job.made_from].filter(Boolean).join(" · ");
+    const from = fromPicture(job);
     this.node = add(element("article", { className: "message bot job", "data-job-id": job.job_id },
       element("div", { className: "who" }, who), element("p", { className: "prompt" }, promptLine(job)),
-      this.status, this.bar, this.preview, this.buttons), before);
+      ...(from ? [from] : []), this.status, this.bar, this.preview, this.buttons), before);
     cards.set(this.jobId, this);
   }
 
@@ -304,8 +439,61 @@ class JobCard {
       element("input", { type: "radio", name: group, value, checked }), ` ${label}`);
     this.strength = element("span", { className: "strength", role: "radiogroup", "aria-label": "Variations" },
       "Variations: ", choice("subtle", "subtle", true), choice("strong", "strong", false));
-    variations.append(this.strength);
+    this.regionButton = button("▭ Vary (Region)", "region", () => this.toggleRegion(),
+      { title: "drag a rectangle on a picture: only that part is made again", "aria-pressed": "false" });
+    variations.append(this.strength, this.regionButton);
     this.buttons.append(upscales, variations);
+  }
+
+  // Vary (Region): while it is on, a drag on a picture draws the part to make again (the selects say the same
+  // for a keyboard), and the bar's button makes it, under the Remix text while that is open.
+  toggleRegion() {
+    if (!this.regionBar) this.regionControls();
+    const on = !this.node.classList.contains("regioning");
+    this.node.classList.toggle("regioning", on);
+    this.regionBar.hidden = !on;
+    this.regionButton.setAttribute("aria-pressed", String(on));
+    this.drawers.forEach((drawer, i) => drawer.set(on && i === this.picked.index ? this.picked.region : null));
+  }
+
+  regionControls() {
+    const frames = [...this.node.querySelectorAll(".pictures .picture")];
+    const regioning = () => this.node.classList.contains("regioning");
+    this.drawers = frames.map((frame, i) => {
+      const drawer = new RegionDrawer(frame, (region) => this.pick(i, region), regioning);
+      drawer.onTap = () => this.pick(i, regionOf(this.regionPart.value));
+      return drawer;
+    });
+    this.regionImage = element("select", { "aria-label": "Image" },
+      ...frames.map((_, i) => element("option", { value: String(i) }, `image ${i + 1}`)));
+    this.regionPart = element("select", { "aria-label": "Part" },
+      ...Object.entries(REGION_NAMES).map(([value, text]) => element("option", { value }, text)),
+      element("option", { value: "", hidden: true, "data-drawn": "" }, "the part you drew"));
+    const picked = () => this.pick(Number(this.regionImage.value), regionOf(this.regionPart.value));
+    this.regionImage.addEventListener("change", picked);
+    this.regionPart.addEventListener("change", picked);
+    this.regionGo = button("Make it again", "vary-region", () => this.varyRegion());
+    this.regionBar = element("div", { className: "region-bar", hidden: true },
+      element("p", { className: "note" }, "Drag a rectangle on a picture, or choose below: that part is made " +
+        "again and the rest kept (with the Remix text while it is open)."),
+      element("p", { className: "row" }, element("label", {}, "Make again ", this.regionPart),
+        element("label", {}, " of ", this.regionImage), this.regionGo));
+    this.node.insertBefore(this.regionBar, this.buttons);
+    this.pick(0, regionOf(this.regionPart.value));
+  }
+
+  pick(index, region) {
+    this.drawers.forEach((drawer, i) => drawer.set(i === index ? region : null));
+    this.picked = { index, region };
+    this.regionImage.value = String(index);
+    choose(this.regionPart, region);
+    this.regionGo.textContent = `Vary (Region) of image ${index + 1}`;
+    this.regionGo.title = `make ${regionText(region)} of image ${index + 1} again, keep the rest`;
+  }
+
+  async varyRegion() {
+    const { index, region } = this.picked;
+    if (await this.act("vary", index, null, region)) this.toggleRegion();
   }
 
   // Remix, in place: the prompt and negative prompt the next ↻ and V use, while the editor is open.
@@ -346,7 +534,9 @@ class JobCard {
       ["temperature", "Temperature", String(job.temperature)], ["model", "Model", job.model_name || "unknown"],
       ["user", "By", job.user], ["when", "When", new Date(job.created_at * 1000).toLocaleString()],
       ["waited", "Waited", duration(job.waited_s)], ["ran", "Ran", duration(job.ran_s)],
-      ["made_from", "Made from", job.made_from], ["job", "Job", job.job_id],
+      ["made_from", "Made from", job.made_from],
+      ["region", "Made again", job.region && `${regionText(job.region)} (${job.region.join(", ")})`],
+      ["job", "Job", job.job_id],
     ];
     this.info = element("div", { className: "info" });
     const list = element("dl");
@@ -390,12 +580,14 @@ class JobCard {
     }
   }
 
-  async act(action, index = 0, strength = null) {
+  // A request about this job; whether it was taken.
+  async act(action, index = 0, strength = null, region = null) {
     const user = userName();
-    if (!user) return;
+    if (!user) return false;
     let body = { user };
     if (action === "upscale") body = { user, index };
-    if (action === "vary") {
+    if (action === "vary" && region) body = { user, index, region, ...this.remixed() };
+    else if (action === "vary") {
       const chosen = strength || this.strength.querySelector("input:checked").value;
       body = { user, index, strength: chosen, ...this.remixed() };
     }
@@ -403,10 +595,10 @@ class JobCard {
     const [status, data] = await api("POST", `/api/jobs/${this.jobId}/${action}`, body);
     if (status >= 400 || status === 0) {
       say(data.error || `That did not work (HTTP ${status}).`, "refused");
-      return;
+      return false;
     }
-    if (action === "cancel") return; // the event stream says "cancelled"
-    await show(data.job_id);
+    if (action !== "cancel") await show(data.job_id); // a cancel: the event stream says "cancelled"
+    return true;
   }
 }
 
@@ -442,11 +634,92 @@ async function submitCommand(text) {
   const user = userName();
   if (!user) return;
   if (!text.startsWith("/")) text = `/imagine ${text}`; // other slash commands: the bot says what works
-  add(element("article", { className: "message user" }, element("div", { className: "who" }, user),
+  const picture = upload;
+  const sent = picture ? [element("img", { className: "sent-picture", src: picture.url, alt: "the picture sent" })]
+    : [];
+  add(element("article", { className: "message user" }, element("div", { className: "who" }, user), ...sent,
     element("p", {}, text)));
-  const [status, data] = await api("POST", "/api/imagine", { user, command: text });
-  if (status === 202) await show(data.job_id);
-  else for (const line of (data.error || `The bot answered HTTP ${status}.`).split("\n")) say(line, "refused");
+  let body = { user, command: text };
+  if (picture) {
+    body = new FormData();
+    body.append("user", user);
+    body.append("command", text);
+    body.append("region", $("upload-region").value);
+    body.append("image", picture.file, picture.file.name || "picture");
+  }
+  const [status, data] = await api("POST", "/api/imagine", body);
+  if (status === 202) {
+    if (picture && upload === picture) detach();
+    await show(data.job_id);
+  } else for (const line of (data.error || `The bot answered HTTP ${status}.`).split("\n")) say(line, "refused");
+}
+
+// -- a picture to start from: picked, dropped or pasted, with the part of it to make again --
+
+const uploadDrawer = new RegionDrawer($("upload-pick"), (region) => choose($("upload-region"), region));
+
+function attach(file) {
+  if (!file) return;
+  const most = about && about.uploads ? about.uploads.max_mb : null;
+  if (most && file.size > most * 2 ** 20) {
+    say(`That picture is ${(file.size / 2 ** 20).toFixed(1)} MB; pick one of at most ${most} MB.`, "refused");
+    return;
+  }
+  upload = { file, url: URL.createObjectURL(file) }; // kept: the message that sends it shows it
+  $("upload-thumb").src = upload.url;
+  $("upload-name").textContent = file.name || "a pasted picture";
+  const region = $("upload-region");
+  region.querySelector("[data-drawn]").hidden = true;
+  region.value = "0,0.5,1,1";
+  uploadDrawer.set(regionOf(region.value));
+  $("attachment").hidden = false;
+  $("command").focus();
+}
+
+function detach() {
+  upload = null;
+  $("attachment").hidden = true;
+  $("picture").value = "";
+}
+
+function carriesFiles(event) {
+  return event.dataTransfer && [...event.dataTransfer.types].includes("Files");
+}
+
+function acceptPictures() {
+  let over = 0; // dragenter and dragleave come for every element crossed
+  const done = () => {
+    over = 0;
+    document.body.classList.remove("dropping");
+  };
+  document.addEventListener("dragenter", (event) => {
+    if (!carriesFiles(event)) return;
+    over += 1;
+    document.body.classList.add("dropping");
+  });
+  document.addEventListener("dragleave", (event) => {
+    if (carriesFiles(event) && --over <= 0) done();
+  });
+  document.addEventListener("dragover", (event) => {
+    if (carriesFiles(event)) event.preventDefault(); // else the browser opens the file instead
+  });
+  document.addEventListener("drop", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    done();
+    attach(event.dataTransfer.files[0]);
+  });
+  document.addEventListener("paste", (event) => {
+    const file = [...((event.clipboardData && event.clipboardData.files) || [])]
+      .find((item) => item.type.startsWith("image/"));
+    if (!file) return;
+    event.preventDefault();
+    attach(file);
+  });
+  $("attach").addEventListener("click", () => $("picture").click());
+  $("picture").addEventListener("change", () => attach($("picture").files[0]));
+  $("detach").addEventListener("click", detach);
+  $("upload-region").addEventListener("change", () => uploadDrawer.set(regionOf($("upload-region").value)));
 }
 
 async function submit(event) {
@@ -593,5 +866,6 @@ $("older").addEventListener("click", () => olderUrl && history(olderUrl));
 $("gallery-toggle").addEventListener("click", toggleGallery);
 $("gallery-older").addEventListener("click", () => galleryOlderUrl && gallery(galleryOlderUrl));
 openViewerClose();
+acceptPictures();
 hello();
 setInterval(health, 5000);
