@@ -842,12 +842,21 @@ class WebAdapter:
         return {"prompt": prompt, "negative": negative}
 
     async def reroll(self, request: web.Request) -> web.Response:
-        """The same prompt and options with a new seed; remix: with an edited "prompt" and "negative"."""
+        """The same prompt and options with a new seed; remix: with an edited "prompt" and "negative". A Vary
+        (Region) again: the same part of the same image, made again."""
         body, requester = await self._body(request, "reroll")
-        status = await self._status(request)
-        remix = self._remix(body, status.job)
+        job = (await self._status(request)).job
+        remix = self._remix(body, job)
         try:
-            return await self._accepted(await self.service.reroll(requester, status.job.id, **remix))
+            if job.kind is Kind.REGION and job.region is not None and job.parent_id is not None:
+                # service.reroll would send the region without the image's cells, which the generator refuses
+                prompt = job.prompt if remix["prompt"] is None else remix["prompt"]
+                negative = (job.options.negative or "") if remix["negative"] is None else remix["negative"]
+                handle = await self.service.vary_region(requester, job.parent_id, job.parent_index or 0, job.region,
+                                                        prompt=prompt, negative=negative)  # fmt: skip
+            else:
+                handle = await self.service.reroll(requester, job.id, **remix)
+            return await self._accepted(handle)
         except Refused as error:
             raise refusal(error) from None
 

@@ -138,6 +138,12 @@ async def test_a_rectangle_dragged_on_a_picture_makes_that_part_again(tmp_path: 
         await expect(page.locator(".job").nth(3).locator('.info [data-field="region"]')).to_have_text(
             "the top left (0, 0, 0.5, 0.5)")  # fmt: skip
 
+        # ↻ on a Vary (Region) card: the real generator makes the same part of the same image again
+        await page.locator(".job").nth(3).locator('button[data-action="reroll"]').click()
+        card, job = await newest(b, 4)
+        assert (job["kind"], job["parent_index"], job["region"]) == ("region", 3, list(REGIONS["top left"]))
+        await expect(card.locator(".status")).to_contain_text("Done: 4 images")
+
 
 async def test_a_picture_picked_or_dropped_on_the_page_is_started_from(tmp_path: Path) -> None:
     from playwright.async_api import expect

@@ -330,6 +330,17 @@ async def test_vary_with_a_region_makes_only_that_part_again_under_the_remixed_p
         again = await finished(web, body["job_id"])
         assert (again["kind"], again["region"], again["prompt"]) == ("region", [0.0, 0.5, 0.5, 1.0], "a fox at night")
 
+        # ↻ on a Vary (Region): the same part of the same image again, under that job's own (remixed) text
+        status, body, _ = await web.post(f"/api/jobs/{job['job_id']}/reroll", {"user": "bo"})
+        assert status == 202, body
+        reroll = await finished(web, body["job_id"])
+        assert (reroll["kind"], reroll["parent_id"], reroll["parent_index"], reroll["region"]) == (
+            "region", first["job_id"], 1, [0.25, 0.25, 0.75, 0.75])  # fmt: skip
+        assert (reroll["prompt"], reroll["negative"], reroll["status"]) == ("a fox at night", "trees", "done")
+        assert web.generator.submitted[-1].codes == generate.codes and reroll["seed"] != job["seed"]
+        status, body, _ = await web.post(f"/api/jobs/{job['job_id']}/reroll", {"user": "bo", "negative": ""})
+        assert status == 202 and (await finished(web, body["job_id"]))["negative"] is None
+
         for extra, says in [
             ({"index": 0, "region": [0, 0, 1, 0.5], "strength": "strong"},
              'Give either "strength" (variations: the top rows kept, the rest made again) or "region"'),
@@ -340,7 +351,7 @@ async def test_vary_with_a_region_makes_only_that_part_again_under_the_remixed_p
         ]:
             status, body, _ = await web.post(f"/api/jobs/{first['job_id']}/vary", {"user": "bo", **extra})
             assert status == 400 and body["error"].startswith(says), (extra, body)
-        assert len(web.generator.submitted) == 3
+        assert len(web.generator.submitted) == 5
 
 
 async def test_the_source_picture_is_404_without_one_and_goes_with_its_job(tmp_path: Path) -> None:
@@ -381,3 +392,5 @@ async def test_the_api_index_lists_pictures_and_regions(tmp_path: Path) -> None:
             "does"]  # fmt: skip
         assert '"region"?' in paths["POST", "/api/jobs/{id}/vary"]["takes"]
         assert ("GET", "/api/jobs/{id}/source.png") in paths and "top left" in index["notes"]["regions"]
+        _, about = await web.get("/api/about")
+        assert about["uploads"] == {"max_mb": 10.0, "max_megapixels": 40.0, "formats": ["GIF", "JPEG", "PNG", "WEBP"]}
