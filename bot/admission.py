@@ -3,6 +3,7 @@ the job recorded and handed to the queue under its user's limits (upscales, made
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -12,7 +13,22 @@ from tokenizers import Tokenizer
 
 from bot import images
 from bot.jobqueue import Backend, JobQueue
-from bot.jobs import Handle, Invalid, Job, Kind, Options, Queued, Refused, Requester, Status, checked_prompt, new_job_id
+from bot.jobs import (
+    BOTTOM_HALF,
+    Handle,
+    Invalid,
+    Job,
+    Kind,
+    Options,
+    Queued,
+    Refused,
+    Region,
+    Requester,
+    Status,
+    checked_prompt,
+    checked_region,
+    new_job_id,
+)
 from bot.lifecycle import Lifecycle
 from bot.policy import Policy
 from bot.ratelimit import Clock, TokenBucket, queue_full, rate_limited
@@ -159,14 +175,31 @@ class Admission:
                 raise Refused(f"That job has images 1 to {job.options.count}; pick one of those.")
         return job
 
-    def checked_upload(self, data: bytes) -> bytes:
-        """A picture a user starts from, as a plain PNG, or Refused saying what to send instead."""
+    def options(self, requester: Requester, count: int | None, cfg: float | None, temperature: float | None,
+                seed: int | None, negative: str | None) -> Options:
+        """An /imagine's options: what the requester gave, the server's defaults for the rest."""
+        d = self._policy.defaults(requester)
+        return Options.checked(d.count if count is None else count, d.cfg if cfg is None else cfg,
+                               d.temperature if temperature is None else temperature, seed, negative)
+
+    async def source(self, image: bytes | None, region: object | None) -> tuple[bytes | None, Region | None]:
+        """The picture an /imagine starts from (checked) and the cells of it made again (the bottom half unless
+        `region` says); (None, None) for a job from text alone."""
+        if image is None:
+            if region is not None:
+                raise Refused("A region says which part of a picture to make again; send the picture too.")
+            return None, None
+        return await self.checked_upload(image), checked_region(region) if region is not None else BOTTOM_HALF
+
+    async def checked_upload(self, data: bytes) -> bytes:
+        """A picture a user starts from, as a plain PNG (decoded in a thread, off the event loop), or Invalid
+        saying what to send instead."""
         limits = self._settings
         try:
-            return images.checked_upload(data, round(limits.max_upload_mb * 2**20),
-                                         round(limits.max_upload_megapixels * 1e6))
+            return await asyncio.to_thread(images.checked_upload, data, round(limits.max_upload_mb * 2**20),
+                                           round(limits.max_upload_megapixels * 1e6))
         except images.NotAPicture as refusal:
-            raise Refused(str(refusal)) from None
+            raise Invalid(str(refusal)) from None
 
     async def admit_upscale(self, requester: Requester, parent: Job, index: int) -> Handle:
         """Record an upscale of image `index` of `parent`, to be made in the bot. It counts against the user's

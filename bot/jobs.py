@@ -57,15 +57,20 @@ REGIONS: dict[str, Region] = {
 }  # fmt: skip
 
 
+def region_name(region: Region | None) -> str | None:
+    """The name chat menus give a region, if it is one of theirs."""
+    return next((name for name, known in REGIONS.items() if known == region), None)
+
+
 def checked_region(values: object) -> Region:
     """Four fractions x0, y0, x1, y1 of a picture's width and height, or Refused with a sentence."""
     try:
         x0, y0, x1, y1 = (float(v) for v in values)  # type: ignore[attr-defined]
     except (TypeError, ValueError):
-        raise Refused("A region is four numbers x0,y0,x1,y1 from 0 to 1, such as 0,0.5,1,1 for the bottom "
+        raise Invalid("A region is four numbers x0,y0,x1,y1 from 0 to 1, such as 0,0.5,1,1 for the bottom "
                       "half.") from None
     if not all(0 <= v <= 1 for v in (x0, y0, x1, y1)) or not (x0 < x1 and y0 < y1):
-        raise Refused(f"The region {x0:g},{y0:g},{x1:g},{y1:g} is not inside the picture or is empty; give "
+        raise Invalid(f"The region {x0:g},{y0:g},{x1:g},{y1:g} is not inside the picture or is empty; give "
                       f"x0,y0,x1,y1 from 0 to 1 with x0 < x1 and y0 < y1.")
     return (x0, y0, x1, y1)
 

@@ -115,7 +115,7 @@ class Results:
 
     async def delete(self, job: Job, by: Requester) -> Job:
         """Delete a job's pictures and token grids; the row stays, saying who deleted it."""
-        if job.status is Status.DONE and job.removed_at is None:
+        if job.removed_at is None:  # its pictures, and the one it started from (kept whatever its end)
             await self._store.remove_files(folder_of(job.id))
         deleted = replace(job, removed_at=job.removed_at or time.time(), deleted_by=by.user_key)
         await self._store.delete_images(deleted)

@@ -19,12 +19,10 @@ from bot.admission import Admission, remixed
 from bot.config import Settings
 from bot.jobqueue import Backend, JobQueue
 from bot.jobs import (
-    BOTTOM_HALF,
     Handle,
     Invalid,
     Job,
     Kind,
-    Options,
     Refused,
     Requester,
     Status,
@@ -170,18 +168,8 @@ class Service:
         fractions x0,y0,x1,y1; the bottom half by default) is made again. Refused says why not and when to try
         again."""
         text = checked_prompt(prompt)
-        if image is None and region is not None:
-            raise Refused("A region says which part of a picture to make again; send the picture too.")
-        source = self._admission.checked_upload(image) if image is not None else None
-        cells = (checked_region(region) if region is not None else BOTTOM_HALF) if image is not None else None
-        defaults = self.policy.defaults(requester)
-        options = Options.checked(
-            defaults.count if count is None else count,
-            defaults.cfg if cfg is None else cfg,
-            defaults.temperature if temperature is None else temperature,
-            seed,
-            negative,
-        )
+        options = self._admission.options(requester, count, cfg, temperature, seed, negative)
+        source, cells = await self._admission.source(image, region)
         return await self._admission.admit(requester, text, options, source=source, region=cells)
 
     async def reroll(self, requester: Requester, job_id: str, *, prompt: str | None = None,
@@ -189,6 +177,10 @@ class Service:
         """The same prompt and options with a new seed; remix: with `prompt` and/or `negative` (None keeps the
         job's, an empty negative drops it)."""
         parent = await self._admission.parent(job_id)
+        if parent.kind is Kind.REGION and parent.region is not None:  # the same part of the same image, again
+            return await self.vary_region(requester, parent.parent_id or "", parent.parent_index or 0, parent.region,
+                                          prompt=parent.prompt if prompt is None else prompt,
+                                          negative=parent.options.negative or "" if negative is None else negative)
         text, options = remixed(parent, prompt, negative)
         source = await self._results.source(parent) if parent.source else None  # an image prompt's picture, again
         return await self._admission.admit(requester, text, options, source=source, kind=Kind.REROLL,
@@ -216,7 +208,7 @@ class Service:
             parent = await self._admission.parent(job_id or "", index or 0)
             source = await self._results.picture(parent.id, index or 0)
         else:
-            source = self._admission.checked_upload(image)
+            source = await self._admission.checked_upload(image)
         return await self._admission.admit(requester, "", options, source=source, kind=Kind.DESCRIBE,
                                            parent_id=parent and parent.id, parent_index=parent and (index or 0))
 
@@ -288,6 +280,10 @@ class Service:
         if not owner:
             await self._store.audit(audit_entry(requester, "delete", job_id=job_id, user=job.requester.user))
         return deleted
+
+    async def job(self, job_id: str) -> Job:
+        """A job whose details or prompt may be shown, or Refused saying it is gone or was deleted."""
+        return await self._admission.parent(job_id)
 
     async def status(self, job_id: str) -> JobStatus | None:
         """Where a job stands; None if there is no such job."""

@@ -335,8 +335,10 @@ class Store:
                                                      [*args, limit])]
 
     async def with_pictures(self, finished_before: float | None = None) -> list[Job]:
-        """Done jobs whose pictures are still stored, oldest first (finished before a time, if given)."""
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'done' AND removed_at IS NULL"
+        """Ended jobs whose pictures are still stored (a done job's, or the one a job started from), oldest first
+        (finished before a time, if given)."""
+        sql = (f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN ('done', 'failed', 'cancelled') "
+               "AND (status = 'done' OR source IS NOT NULL) AND removed_at IS NULL")
         args: tuple[Any, ...] = ()
         if finished_before is not None:
             sql += " AND finished_at < ?"

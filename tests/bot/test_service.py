@@ -329,6 +329,11 @@ async def test_an_image_prompt_sends_the_picture_and_region_and_keeps_the_pictur
         assert fake.submitted[2].region == [0.0, 0.5, 1.0, 1.0]  # the bottom half
         await service.delete(requester(), first.job.id)
         assert not (tmp_path / stored.source).exists()  # the picture went with its job
+        failing = await service.submit(requester(), "please fail", count=1, image=picture())
+        assert isinstance(await failing.final(), Failed)
+        assert (tmp_path / f"images/{failing.job.id}/source.png").exists()
+        await service.delete(requester(), failing.job.id)  # a failed job's picture goes too
+        assert not (tmp_path / f"images/{failing.job.id}").exists()
 
 
 UPLOADS = {
@@ -377,6 +382,11 @@ async def test_vary_region_sends_the_images_token_grid_and_a_remix_keeps_the_reg
         await remixed.final()
         assert (fake.submitted[2].prompt, fake.submitted[2].region, fake.submitted[2].codes) == (
             "a fox in a hat", sent.region, sent.codes)
+        rerolled = await service.reroll(requester("carol"), remixed.job.id)  # the same part, a new seed
+        await rerolled.final()
+        again = fake.submitted[3]
+        assert (again.prompt, again.region, again.codes) == ("a fox in a hat", sent.region, sent.codes)
+        assert again.seed != fake.submitted[2].seed
         with pytest.raises(Refused, match="That job has images 1 to 4"):
             await service.vary_region(requester(), first.job.id, 4, (0, 0, 1, 1))
 
