@@ -18,7 +18,7 @@ from bot.adapters.discord.attachments import fetch
 from bot.adapters.discord.delivery import Reply, follow
 from bot.commandline import setting_value
 from bot.config import Settings
-from bot.jobs import REGIONS, Handle, Job, Refused, Region, Requester, Strength
+from bot.jobs import REGIONS, Handle, Refused, Region, Requester, Strength
 from bot.policy import OVERRIDABLE
 from bot.service import Service
 from generator.protocol import CFG_RANGE, COUNT_RANGE, MAX_PROMPT_CHARS, SEED_MAX, TEMPERATURE_RANGE
@@ -29,8 +29,6 @@ PLATFORM = "discord"
 DM_SERVER = "dm"  # the "server" of direct messages with the bot, for settings and bans
 SORRY = "Something went wrong on the bot's side; try again, and tell its operator if it keeps happening."
 SEED_DIGITS = len(str(SEED_MAX))  # a text option: Discord's integer options stop at 2^53, seeds go to 2^63
-GONE = "That job no longer exists; start a new one with /imagine."
-DELETED = "That job was deleted; start a new one with /imagine."
 CHANNEL_MENTION = re.compile(r"<#(\d+)>|(\d+)")
 
 
@@ -158,7 +156,7 @@ class ImagineClient(discord.Client):
             return
         if action in ("remix", "info", "region"):
             try:
-                job = await self._shown_job(job_id)
+                job = await self.service.job(job_id)
             except Refused as refusal:
                 await interaction.response.send_message(str(refusal), ephemeral=True)
                 return
@@ -207,22 +205,13 @@ class ImagineClient(discord.Client):
             return
         self.deliver(handle, interaction)
 
-    async def _shown_job(self, job_id: str) -> Job:
-        """A job whose info or prompt may be shown; Refused if it is gone or was deleted."""
-        status = await self.service.status(job_id)
-        if status is None:
-            raise Refused(GONE)
-        if status.job.deleted:
-            raise Refused(DELETED)
-        return status.job
-
     async def remixed(self, interaction: discord.Interaction, job_id: str, prompt: str, negative: str) -> None:
         """A submitted remix: a reroll with the edited text, or for a variation or upscale a variation of its
         image; the new job is the submitter's, on a new message."""
         await interaction.response.defer(thinking=True)
         who = requester(interaction)
         try:
-            job = await self._shown_job(job_id)
+            job = await self.service.job(job_id)
             handle = await self.service.remix(who, job.id, prompt, negative)
         except Refused as refusal:
             await refuse(interaction, refusal)

@@ -24,8 +24,6 @@ from bot.service import Service
 log = logging.getLogger(__name__)
 PLATFORM = "slack"
 NOT_ADMIN = "Sorry, /imagine-admin is for workspace admins and owners and for this bot's admins."
-GONE = "That job no longer exists; start a new one with /imagine."
-DELETED = "That job was deleted; start a new one with /imagine."
 NO_PICTURE = "Vary with janus starts from a picture; use it on a message with a PNG, JPEG, WebP or GIF file."
 
 
@@ -188,7 +186,7 @@ async def button(
             await bot.service.cancel(requester, clicked.job_id)
             return
         if clicked.verb in ("info", "remix"):
-            job = await _shown_job(bot, clicked.job_id)
+            job = await bot.service.job(clicked.job_id)
             if clicked.verb == "info":
                 await notify(blocks.info_text(job))
             else:  # the trigger id is good for three seconds: open the modal first thing
@@ -226,19 +224,9 @@ def _clicked(body: dict[str, Any], channel: str, thread: str | None) -> Shown | 
     return Shown(channel, str(ts), thread, grid)
 
 
-async def _shown_job(bot: SlackBot, job_id: str) -> Job:
-    """A job whose details or prompt may be shown; Refused if it is gone or was deleted."""
-    status = await bot.service.status(job_id)
-    if status is None:
-        raise Refused(GONE)
-    if status.job.deleted:
-        raise Refused(DELETED)
-    return status.job
-
-
 async def _remix(bot: SlackBot, requester: Requester, job_id: str, prompt: str, negative: str) -> Handle:
     """A reroll with the edited text, or for a variation or upscale a variation of its image."""
-    job = await _shown_job(bot, job_id)
+    job = await bot.service.job(job_id)
     return await bot.service.remix(requester, job.id, prompt, negative)
 
 
