@@ -12,14 +12,24 @@ import functools
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
-from generator.protocol import OptionError
+from generator.protocol import SAVE_FORMATS, OptionError
 
 
 class UsageError(Exception):
     """Bad input from the command line: printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """A command's parser: a mistake is one line naming it and where the options are listed, exit code 2 (not
+    argparse's usage block, which buries the sentence that matters)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} -h lists the options)\n")
 
 
 def command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -50,6 +60,21 @@ def writable_dir(path: str | Path) -> Path:
         raise UsageError(f"Cannot make the directory {str(path)!r}: {err.strerror or err}.") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise UsageError(f"Cannot write in {str(path)!r}: permission denied.")
+    try:  # root passes os.access everywhere; /proc and read-only mounts still refuse a file
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as err:
+        raise UsageError(f"Cannot write files in {str(path)!r} ({err.strerror or err}); pick another directory.") from None
+    return path
+
+
+def output_file(name: str, option: str = "-o") -> Path:
+    """A picture file to write (.png, .jpg or .webp) in a directory this process may write in, checked first."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        raise UsageError(f"{option} {name!r} is a directory; give a file name, such as {str(path / 'imagine.png')!r}.")
+    if path.suffix.lower() not in SAVE_FORMATS:
+        raise UsageError(f"{option} {name!r} needs a picture file name ending in .png, .jpg or .webp.")
+    writable_dir(path.parent)
     return path
 
 

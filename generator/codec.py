@@ -15,9 +15,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from generator.checkpoint import Checkpoint
-from generator.protocol import IMAGE_FORMATS, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+from generator.protocol import IMAGE_FORMATS, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, SAVE_FORMATS
 
-FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 PREVIEW_FILL = (40, 40, 46)
 
 
@@ -198,7 +197,7 @@ def upscale(image: Image.Image, size: int) -> Image.Image:
 def image_format(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     try:
-        return FORMATS[suffix]
+        return SAVE_FORMATS[suffix]
     except KeyError:
         raise ValueError(f"Unknown image type {suffix or '(none)'!r}; use .png, .jpg or .webp.") from None
 

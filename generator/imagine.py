@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from generator.cli import UsageError, command, quiet_transformers, writable_dir
+from generator.cli import UsageError, command, output_file, quiet_transformers, writable_dir
 from generator.protocol import DEFAULT_REGION, check_negative, check_options, check_prompt, parse_region
 
 if TYPE_CHECKING:
@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", metavar="X0,Y0,X1,Y1",
                         help="with --image, the part regenerated, in fractions of width and height "
                              "(default 0,0.5,1,1: the bottom half)")
-    parser.add_argument("-o", "--output", help="grid of all images (.png, .jpg or .webp)")
+    parser.add_argument("-o", "--output", help="grid of all images, .png, .jpg or .webp (default imagine.png, unless "
+                                               "--out-dir is given)")
     parser.add_argument("--out-dir", help="write each image as <prompt>-<image>.png")
     parser.add_argument("--upscale", type=int, metavar="PX", help="Lanczos-upscale each image to PX pixels")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
@@ -56,13 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if output is None and args.out_dir is None:
         output = "imagine.png"
     if output is not None:
-        from generator.codec import image_format
-
-        try:
-            image_format(output)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-        writable_dir(Path(output).parent)
+        output = output_file(output)
     if args.out_dir is not None:
         writable_dir(args.out_dir)
 
@@ -110,12 +105,15 @@ def run(args: argparse.Namespace) -> int:
     if args.upscale:
         images_by_prompt = [[upscale(im, args.upscale) for im in images] for images in images_by_prompt]
     written = []
-    if args.out_dir:
-        for p, images in enumerate(images_by_prompt):
-            for i, image in enumerate(images):
-                written.append(save_image(image, Path(args.out_dir) / f"{p}-{i}.png"))
-    if output:
-        written.append(save_image(make_grid([im for images in images_by_prompt for im in images]), output))
+    try:  # checked before the work; a disk that fills up meanwhile is still one sentence
+        if args.out_dir:
+            for p, images in enumerate(images_by_prompt):
+                for i, image in enumerate(images):
+                    written.append(save_image(image, Path(args.out_dir) / f"{p}-{i}.png"))
+        if output:
+            written.append(save_image(make_grid([im for images in images_by_prompt for im in images]), output))
+    except OSError as err:
+        raise UsageError(f"Cannot write {err.filename or 'the pictures'}: {err.strerror or err}.") from None
     total = sum(len(images) for images in images_by_prompt)
     print(f"{total} images from {len(prompts)} prompt(s) in {elapsed:.1f}s, seed {seed}, model {checkpoint.name}")
     for path in written:

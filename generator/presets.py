@@ -257,9 +257,11 @@ def make_model(out_dir: str | Path, preset: str | Preset = "tiny", *, seed: int 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out_dir", metavar="OUT_DIR")
-    parser.add_argument("--preset", default="tiny", help="tiny, small, janus-pro-1b or janus-pro-7b (default tiny)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="directory to write the checkpoint to (made if missing); "
+                                                           "give it to --model")
+    parser.add_argument("--preset", default="tiny", help="tiny, small, janus-pro-1b or janus-pro-7b (default tiny): "
+                                                         "the real models' shapes, for benchmarks and tests")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
 
 
 @command

@@ -17,6 +17,7 @@ DEFAULTS = {"count": 4, "cfg": 5.0, "temperature": 1.0}
 MAX_IMAGE_BYTES = 32 * 2**20  # a picture to start from; base64 in one Generate line, it fits the generator's limit
 MAX_IMAGE_PIXELS = 64_000_000  # its width x height, checked before it is decoded (a decompression bomb never is)
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")  # told by content; an animated picture's first frame is used
+SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # pictures written, by suffix
 DEFAULT_REGION = (0.0, 0.5, 1.0, 1.0)  # what a picture to start from has regenerated when no region is given
 
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from generator.cli import Parser
+
 
 @dataclass(frozen=True)
 class Command:
@@ -77,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     target, prog = _load(command.target), f"janus-bot {argv[0]}"
     if command.parses_itself:
         return target.main(argv[1:], prog=prog)
-    parser = argparse.ArgumentParser(prog=prog, description=command.help)
+    parser = Parser(prog=prog, description=command.help)
     target.add_arguments(parser)
     return target.run(parser.parse_args(argv[1:]))
 

@@ -55,7 +55,9 @@ def test_upscale_and_other_formats(tiny_dir, tmp_path):
         (["red", "-n", "17"], "count must be"),
         (["red", "--cfg", "11"], "cfg must be between 1 and 10"),
         (["red", "--temperature", "2"], "temperature must be between 0 and 1.5"),
-        (["red", "-o", "grid.gif"], "use .png, .jpg or .webp"),
+        (["red", "-o", "grid.gif"], "-o 'grid.gif' needs a picture file name ending in .png, .jpg or .webp."),
+        (["red", "-o", "a-dir"], "-o 'a-dir' is a directory; give a file name, such as 'a-dir/imagine.png'."),
+        (["red", "-o", "/proc/x.png"], "Cannot write files in '/proc'"),
         (["red", "--upscale", "0"], "--upscale must be"),
         (["red", "--model", "/no/such/model"], "is not a directory"),
         (["red", "--model", "not a hub id"], "neither a local directory nor a hub id"),
@@ -68,9 +70,28 @@ def test_upscale_and_other_formats(tiny_dir, tmp_path):
 def test_bad_input_exits_2_with_one_sentence(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a-file").touch()
+    (tmp_path / "a-dir").mkdir()
     assert main(["imagine", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and err.startswith("janus-bot: error:") and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["imagine", "red", "--cfg", "abc"], "argument --cfg: invalid float value: 'abc'"),
+        (["imagine", "red", "--bogus"], "unrecognized arguments: --bogus"),
+        (["imagine"], "the following arguments are required: PROMPT"),
+        (["make-model"], "the following arguments are required: OUT_DIR"),
+        (["make-model", "m", "--seed", "one"], "argument --seed: invalid int value: 'one'"),
+    ],
+)
+def test_argument_mistakes_are_one_sentence_too(args, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(args)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"janus-bot {args[0]}: error: {message} (janus-bot {args[0]} -h lists the options)\n"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU this test says it lacks")
