@@ -47,6 +47,7 @@ from bot.redis_queue import (
     retrying,
 )
 from generator import protocol as wire
+from generator.cli import Parser
 from generator.protocol import add_process_arguments
 
 log = logging.getLogger(__name__)
@@ -400,7 +401,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bot.worker") 
     """`janus-bot worker`: serve until SIGTERM or Ctrl-C; a model that cannot load is one line and exit code 1."""
     from bot.generator_client import GeneratorStartError
 
-    parser = argparse.ArgumentParser(prog=prog, description="A GPU worker of janus-bot's Redis pool, one per GPU.")
+    parser = Parser(prog=prog, description="A GPU worker of janus-bot's Redis pool, one per GPU.")
     add_arguments(parser)
     args = parser.parse_args(argv)
     if not args.redis:
