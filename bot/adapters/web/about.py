@@ -63,11 +63,15 @@ ENDPOINTS = (
      "Queues a job; 202 with its job_id and url. With a picture (\"image\": base64 in JSON, or a file part of "
      "multipart/form-data with the other fields as text parts) only its \"region\" is made again, the bottom "
      "half by default."),
+    ("POST", "/api/describe", '{"user", "image" or "job_id" and "index", "count"?}',
+     "Queues a describe job: \"count\" prompts (1-8) that would draw a picture, sent as \"image\" (base64 in JSON, "
+     "or a file part of multipart/form-data) or one of a job's images (index 0 is the first); 202 with its job_id "
+     "and url. Its \"done\" event and status carry the \"prompts\"."),
     ("GET", "/api/jobs", "?before=&limit=&everyone=1", "Lists your jobs, newest first, a page at a time "
                                                        "(everyone's: the admin token)."),
     ("GET", "/api/jobs/{id}", "", "Says everything about a job: status, prompt, negative, seed, options, model, "
                                   "who, when, how long it waited and ran, what it was made from, its region and "
-                                  "image URLs."),
+                                  "image URLs (a describe job: its prompts)."),
     ("DELETE", "/api/jobs/{id}", "", "Deletes a finished job's pictures (yours; an admin: anyone's)."),
     ("POST", "/api/jobs/{id}/reroll", '{"user", "prompt"?, "negative"?}', "Makes the job again with a new seed "
                                                                            "(and an edited prompt, if given)."),
@@ -96,7 +100,8 @@ def api_index() -> dict[str, object]:
             "errors": 'Every error is {"error": "<a sentence saying what to do>"} with its status code.',
             "auth": "With an access token set (JANUS_BOT_WEB_TOKEN), send 'Authorization: Bearer <token>'.",
             "writes": "Send request bodies as JSON with 'Content-Type: application/json'; DELETE takes none. "
-                      "POST /api/imagine also takes multipart/form-data, with the access token or from the page.",
+                      "POST /api/imagine and /api/describe also take multipart/form-data, with the access token or "
+                      "from the page.",
             "regions": "A region is [x0, y0, x1, y1], fractions of the width and height from the top left (\"x0,y0,"
                        "x1,y1\" as text, or a name: top/bottom/left/right half, centre, top left, top right, bottom "
                        "left, bottom right); the cells it touches are made again, every other cell is kept.",

@@ -25,6 +25,7 @@ from bot.adapters.web.identity import LOCAL, Credentials, Unauthorized, Who, cli
 from bot.adapters.web.origin import WRITES, Origins, split_authority
 from bot.adapters.web.tracking import Tracker, image_urls, job_url, message
 from bot.admin import JobStatus
+from bot.admission import MOST_PROMPTS
 from bot.commandline import USAGE, CommandError, ImagineCommand, parse_imagine
 from bot.config import LOOPBACK_HOSTS, ConfigError, Settings, WebSettings
 from bot.jobs import (
@@ -41,6 +42,7 @@ from bot.jobs import (
     Strength,
     checked_prompt,
     checked_region,
+    is_job_id,
 )
 from bot.metrics import Stats
 from bot.service import Service
@@ -58,8 +60,9 @@ FIELDS = {  # what each POST takes
     "upscale": ("user", "index"),
     "vary": ("user", "index", "strength", "region", "prompt", "negative"),
     "cancel": ("user",),
+    "describe": ("user", "image", "job_id", "index", "count"),
 }
-UPLOAD_ROUTE = "imagine"  # the one write that also takes multipart/form-data: a picture file and its fields
+UPLOAD_ROUTES = ("imagine", "describe")  # the writes that also take multipart/form-data: a picture file and fields
 UPLOAD_DECODES = 2  # pictures checked at once: a 40-megapixel one holds over 100 MB while it is decoded
 CHUNK_BYTES = 64 * 1024
 DECIMAL = re.compile(r"-?(?:[0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})")  # a form's number, or one of "x0,y0,.."
@@ -273,9 +276,9 @@ def _base64_picture(value: object) -> bytes:
 
 
 def _form_value(name: str, text: str) -> object:
-    """A multipart form's text field as the JSON value it stands for: numbers for count, cfg and temperature
-    when they read as numbers (else the text, which the JSON checks refuse with their own sentence)."""
-    if name == "count" and text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS:
+    """A multipart form's text field as the JSON value it stands for: numbers for count, index, cfg and
+    temperature when they read as numbers (else the text, which the JSON checks refuse with their own sentence)."""
+    if name in ("count", "index") and text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS:
         return int(text)
     if name in ("cfg", "temperature") and DECIMAL.fullmatch(text):
         return float(text)
@@ -294,7 +297,10 @@ async def _chunks(read: Callable[[int], Awaitable[bytes]], limit: int, too_large
 
 
 def _no_pictures(job: Job) -> ApiError:
-    """Why a job that is not done has no pictures."""
+    """Why a job that is not done (or a describe job) has no pictures."""
+    if job.kind is Kind.DESCRIBE:
+        return ApiError(409, f"Job {job.id} describes a picture: it answers with prompts (its \"prompts\"), not "
+                             "images; start one with POST /api/imagine.")
     if job.status is Status.CANCELLED:
         return ApiError(409, "That job was cancelled, so it has no images; start a new one with /imagine.")
     if job.status is Status.FAILED:
@@ -305,7 +311,9 @@ def _no_pictures(job: Job) -> ApiError:
 
 def made_from(job: Job) -> str | None:
     """What a job was made from, as a phrase: "reroll of job ...", "strong variations of image 2 of job ...",
-    "a picture, the bottom half made again"."""
+    "a picture, the bottom half made again"; a describe job: "image 2 of job ...", "a picture sent"."""
+    if job.kind is Kind.DESCRIBE:
+        return f"image {(job.parent_index or 0) + 1} of job {job.parent_id}" if job.parent_id else "a picture sent"
     if job.parent_id is None:
         return f"a picture, {region_words(job.region)} made again" if job.source and job.region else None
     image = f"image {(job.parent_index or 0) + 1} of job {job.parent_id}"
@@ -477,7 +485,8 @@ class WebAdapter:
         app.router.add_get("/api", self.api_root)
         app.router.add_get("/api/", self.api_root)
         app.router.add_get("/api/about", self.about)
-        app.router.add_post("/api/imagine", self.imagine, name=UPLOAD_ROUTE)
+        app.router.add_post("/api/imagine", self.imagine, name="imagine")
+        app.router.add_post("/api/describe", self.describe, name="describe")
         app.router.add_get("/api/jobs", self.jobs)
         app.router.add_post("/api/jobs/{job_id}/reroll", self.reroll)
         app.router.add_post("/api/jobs/{job_id}/upscale", self.upscale)
@@ -539,7 +548,7 @@ class WebAdapter:
             # preflighted, which this server never answers.
             bodiless_delete = request.method == "DELETE" and not request.body_exists and "Content-Type" not in \
                 request.headers  # fmt: skip
-            upload = request.match_info.route.name == UPLOAD_ROUTE
+            upload = request.match_info.route.name in UPLOAD_ROUTES
             if upload and request.content_type == "multipart/form-data":
                 # Any site's <form> can post multipart with no preflight: ask for a sign of our own page or a script
                 if not self._origins.vouched_form(request.headers):
@@ -624,11 +633,12 @@ class WebAdapter:
         most = self.service.settings.images.max_upload_mb
         return ApiError(413, f"That picture is over {most:g} MB; send one of at most {most:g} MB.")
 
-    async def _imagine_body(self, request: web.Request) -> dict[str, Any]:
-        """POST /api/imagine's fields: a JSON object (a picture as base64 text in "image"), or a multipart form (a
-        picture as the file part "image", bytes here); read up to what a picture may take, and no further."""
+    async def _upload_body(self, request: web.Request, action: str) -> dict[str, Any]:
+        """POST /api/imagine's or /api/describe's fields: a JSON object (a picture as base64 text in "image"), or a
+        multipart form (a picture as the file part "image", bytes here); read up to what a picture may take, and no
+        further."""
         if request.content_type == "multipart/form-data":
-            return await self._form(request)
+            return await self._form(request, action)
         most = self._upload_bytes
         b64 = -(-most // 3) * 4
         limit = MAX_BODY_BYTES + b64 + b64 // 19  # base64 is a third larger; `base64` breaks lines every 76
@@ -638,7 +648,7 @@ class WebAdapter:
             raise too_large  # before reading any of it
         return _parsed(await _chunks(request.content.read, limit, too_large))
 
-    async def _form(self, request: web.Request) -> dict[str, Any]:
+    async def _form(self, request: web.Request, action: str) -> dict[str, Any]:
         """A multipart/form-data body as the JSON object it stands for: text fields by name (numbers as numbers),
         the picture's bytes as "image"; each part read only up to its limit."""
         most = self._upload_bytes
@@ -657,7 +667,7 @@ class WebAdapter:
                 if not name:
                     raise ApiError(400, 'Every part of the form needs a name (Content-Disposition: form-data; '
                                         'name="prompt").')  # fmt: skip
-                _fields({name: None}, "imagine")
+                _fields({name: None}, action)
                 if name in body:
                     raise ApiError(400, f"{_shown(name)} is in the form twice; send each field once.")
                 if name == "image":
@@ -696,9 +706,9 @@ class WebAdapter:
     def _requester(self, who: Who, name: str = "") -> Requester:
         return Requester(self.platform, SERVER, SERVER, who.user, who.is_admin, name)
 
-    async def _status(self, request: web.Request) -> JobStatus:
-        """The job the URL names; 404 if there is none here, 410 once deleted."""
-        job_id = request.match_info["job_id"]
+    async def _status(self, request: web.Request, job_id: str | None = None) -> JobStatus:
+        """The job the URL names (or `job_id`); 404 if there is none here, 410 once deleted."""
+        job_id = request.match_info["job_id"] if job_id is None else job_id
         status = await self.service.status(job_id)
         if status is None or status.job.requester.platform != self.platform:
             raise ApiError(404, f"There is no job {job_id}; start one with POST /api/imagine.")
@@ -721,7 +731,7 @@ class WebAdapter:
         job = status.job
         tracked = self._tracker.get(job.id)
         done = job.status is Status.DONE
-        stored = done and job.removed_at is None
+        stored = done and job.removed_at is None and job.kind is not Kind.DESCRIBE  # a describe job keeps prompts
         preview = f"{job_url(job.id)}/preview.png?v={tracked.preview_version}" if tracked and tracked.preview else None
         return {
             "job_id": job.id,
@@ -746,6 +756,7 @@ class WebAdapter:
             "parent_index": job.parent_index,
             "strength": job.strength.value if job.strength else None,
             "region": list(job.region) if job.region else None,  # x0, y0, x1, y1: the part made again
+            "prompts": list(job.prompts) if job.prompts is not None else None,  # a finished describe job's answers
             "from_picture": job.source is not None,  # an image prompt: it started from a picture someone sent
             "source_url": f"{job_url(job.id)}/source.png" if job.source and job.removed_at is None else None,
             "position": status.position,
@@ -771,6 +782,8 @@ class WebAdapter:
         return web.FileResponse(path, headers={"Cache-Control": "private, max-age=31536000, immutable"})
 
     def _index(self, status: JobStatus, body: dict[str, Any]) -> int:
+        if status.job.kind is Kind.DESCRIBE:
+            raise _no_pictures(status.job)
         count = status.job.options.count
         if "index" not in body:
             raise ApiError(400, f'Say which image in "index", a whole number from 0 to {count - 1} (U1 is 0).')
@@ -788,7 +801,7 @@ class WebAdapter:
         """Queue a job from {"user", "prompt", "count"?, "cfg"?, "temperature"?, "seed"?, "negative"?}, or a typed
         "command" (its --no is the negative prompt); from a picture with "image" (base64 in JSON, or the file part
         of a multipart form) and "region" (the part made again; the bottom half by default)."""
-        body, requester = await self._body(request, "imagine", await self._imagine_body(request))
+        body, requester = await self._body(request, "imagine", await self._upload_body(request, "imagine"))
         options: dict[str, Any] = {name: _option(body, name, whole=True) for name in ("count",)}
         options |= {name: _option(body, name, whole=False) for name in ("cfg", "temperature")}
         options["seed"] = _seed(body)
@@ -828,6 +841,42 @@ class WebAdapter:
             raise refusal(error) from None
         return await self._accepted(handle)
 
+    async def describe(self, request: web.Request) -> web.Response:
+        """Queue a describe job: prompts that would draw a picture, either one sent ("image": base64 in JSON, or the
+        file part of a multipart form) or image "index" (0-based) of job "job_id"; "count" of them."""
+        body, requester = await self._body(request, "describe", await self._upload_body(request, "describe"))
+        count = _option(body, "count", whole=True)
+        if count is not None and not 1 <= count <= MOST_PROMPTS:
+            raise ApiError(400, f'"count" must be a whole number from 1 to {MOST_PROMPTS} (prompts); you gave '
+                                f"{_shown(count)}.")
+        image, job_id = body.get("image"), body.get("job_id")
+        if image is not None and job_id is not None:
+            raise ApiError(400, 'Give either "image" (a picture to describe) or "job_id" and "index" (one of a job\'s '
+                                "images), not both.")
+        if image is None and job_id is None:
+            raise ApiError(400, 'Send the picture to describe in "image" (base64 in JSON, or a file part of a '
+                                'multipart form), or name one of a job\'s images, such as {"user": "ada", "job_id": '
+                                '"0123456789abcdef", "index": 0}.')
+        picture, index = None, None
+        if image is not None:
+            if "index" in body:
+                raise ApiError(400, '"index" says which of a job\'s images to describe; with a picture in "image", '
+                                    "send no index.")
+            picture = await self._picture(image)
+        else:
+            if not isinstance(job_id, str) or not is_job_id(job_id):
+                raise ApiError(400, '"job_id" must be a job\'s id, 16 characters 0-9 and a-f such as '
+                                    f'"0123456789abcdef"; you gave {_shown(job_id)}.')
+            status = await self._status(request, job_id)
+            index = self._index(status, body)
+            if status.job.removed_at is not None:
+                raise ApiError(410, "The images of that job are no longer stored; describe another picture.")
+        try:
+            handle = await self.service.describe(requester, image=picture, job_id=job_id, index=index, count=count)
+        except Refused as error:
+            raise refusal(error) from None
+        return await self._accepted(handle)
+
     @staticmethod
     def _remix(body: dict[str, Any], job: Job) -> dict[str, str | None]:
         """An edited "prompt" and "negative" (None keeps the job's; an empty negative drops it), checked."""
@@ -846,6 +895,9 @@ class WebAdapter:
         (Region) again: the same part of the same image, made again."""
         body, requester = await self._body(request, "reroll")
         job = (await self._status(request)).job
+        if job.kind is Kind.DESCRIBE:
+            raise ApiError(409, f"Job {job.id} describes a picture, so it has no prompt to make again; start a new "
+                                "describe with POST /api/describe.")
         remix = self._remix(body, job)
         try:
             if job.kind is Kind.REGION and job.region is not None and job.parent_id is not None:

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from bot.jobs import FINAL_EVENTS, Cancelled, Done, Event, Failed, Handle, Progress, Queued, Started
+from bot.jobs import FINAL_EVENTS, Cancelled, Described, Done, Event, Failed, Handle, Progress, Queued, Started
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ def message(event: Event, preview_version: int = 0) -> Message:
         urls = image_urls(event.job_id, len(event.images))
         grid = f"{job_url(event.job_id)}/grid.png"
         return "done", {**base, "seed": str(event.seed), "grid_url": grid, "image_urls": urls}  # exact in JavaScript
+    if isinstance(event, Described):  # done too, for listeners that wait for done, failed or cancelled
+        return "done", {**base, "seed": str(event.seed), "prompts": event.prompts}
     if isinstance(event, Failed):
         return "failed", {**base, "error": event.reason}
     assert isinstance(event, Cancelled)
@@ -79,7 +81,7 @@ class Tracked:
             if event.preview is not None:
                 self.preview = event.preview
                 self.preview_version += 1
-        elif isinstance(event, Done):
+        elif isinstance(event, Done | Described):
             self.percent = 100
         name, data = message(event, self.preview_version)
         async with self._changed:
