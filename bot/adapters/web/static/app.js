@@ -1,6 +1,7 @@
-// The playground: a timeline of /imagine jobs (the user's recent ones after a reload), each followed live over the
-// API's server-sent events; an admin's gallery of everyone's. Seeds stay strings: JavaScript rounds whole numbers
-// above 2^53, and seeds go to 2^63 - 1. Regions are [x0, y0, x1, y1], fractions of a picture from its top left.
+// The playground: a timeline of /imagine and /describe jobs (the user's recent ones after a reload), each followed
+// live over the API's server-sent events; an admin's gallery of everyone's. Seeds stay strings: JavaScript rounds
+// whole numbers above 2^53, and seeds go to 2^63 - 1. Regions are [x0, y0, x1, y1], fractions of a picture from its
+// top left.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -249,7 +250,7 @@ async function view(url, caption, fileName) {
   sharpWhenSmall(img);
 }
 
-// Pictures at a readable size, as square a grid as the PNG's; each opens in the viewer.
+// Pictures at a readable size, as square a grid as the PNG's; each opens in the viewer and can be described.
 async function pictures(job, urls) {
   const columns = Math.ceil(Math.sqrt(urls.length));
   const box = element("div", { className: "pictures" });
@@ -262,7 +263,9 @@ async function pictures(job, urls) {
       if (open.closest(".regioning")) return; // a rectangle is being dragged on it: Vary (Region)
       view(url, `Image ${i + 1} of job ${job.job_id}: ${promptLine(job)}`, `janus-${job.job_id}-${i + 1}.png`);
     });
-    box.append(open);
+    const describeIt = button("Describe", "describe", () => describe({ jobId: job.job_id, index: i }),
+      { className: "describe-one", "data-index": i, title: `prompts that would draw image ${i + 1}` });
+    box.append(element("div", { className: "cell" }, open, describeIt));
     imageSource(url).then((source) => {
       img.src = source;
       sharpWhenSmall(img);
@@ -272,17 +275,20 @@ async function pictures(job, urls) {
 }
 
 // What a job started from, small, with the part made again marked: an image prompt's picture, or the image a Vary
-// (Region) was made of.
+// (Region) was made of; the picture a describe job reads.
 function fromPicture(job) {
   const parent = job.kind === "region" && job.parent_id ? `/api/jobs/${job.parent_id}/images/${job.parent_index}.png`
     : null;
   const url = job.source_url || parent;
-  if (!url || !job.region) return null;
-  const img = element("img", { alt: "the picture it started from", draggable: false });
+  const describes = job.kind === "describe";
+  if (!url || !(job.region || describes)) return null;
+  const img = element("img", { alt: describes ? "the picture it describes" : "the picture it started from",
+    draggable: false });
   const box = element("div", { className: "region-box" });
   place(box, job.region);
-  const frame = element("div", { className: "from-picture",
-    title: `Started from this picture: ${regionText(job.region)} made again, the rest kept` }, img, box);
+  const title = describes ? "The picture it describes"
+    : `Started from this picture: ${regionText(job.region)} made again, the rest kept`;
+  const frame = element("div", { className: describes ? "from-picture described" : "from-picture", title }, img, box);
   img.addEventListener("error", () => frame.remove(), { once: true }); // deleted since
   imageSource(url).then((source) => {
     img.src = source;
@@ -304,8 +310,9 @@ class JobCard {
     this.buttons.append(this.cancel);
     const who = [job.user, when(job.created_at), job.made_from].filter(Boolean).join(" · ");
     const from = fromPicture(job);
+    const asked = job.kind === "describe" ? "/describe" : promptLine(job);
     this.node = add(element("article", { className: "message bot job", "data-job-id": job.job_id },
-      element("div", { className: "who" }, who), element("p", { className: "prompt" }, promptLine(job)),
+      element("div", { className: "who" }, who), element("p", { className: "prompt" }, asked),
       ...(from ? [from] : []), this.status, this.bar, this.preview, this.buttons), before);
     cards.set(this.jobId, this);
   }
@@ -313,7 +320,7 @@ class JobCard {
   // Show the job as it stands: a finished one at once, a live one followed to its end.
   async start() {
     const job = this.job;
-    if (job.status === "done") await this.done({ seed: job.seed, image_urls: job.image_urls });
+    if (job.status === "done") await this.done({ seed: job.seed, image_urls: job.image_urls, prompts: job.prompts });
     else if (job.status === "failed") this.fail(job.error || "It failed.");
     else if (job.status === "cancelled") this.end("Cancelled.", "cancelled");
     else await this.follow();
@@ -361,6 +368,8 @@ class JobCard {
     if (!["done", "failed", "cancelled"].includes(name)) this.node.dataset.state = name;
     if (name === "queued") {
       this.status.textContent = `Queued: position ${data.position}`;
+    } else if (name === "started" && this.job.kind === "describe") {
+      this.status.textContent = "Reading the picture…"; // no progress: its prompts come all at once
     } else if (name === "started") {
       this.status.textContent = "Generating… 0%";
       this.bar.hidden = false;
@@ -404,11 +413,33 @@ class JobCard {
 
   async done(data) {
     this.job.seed = data.seed;
+    if (data.prompts) {
+      this.described(data.prompts);
+      return;
+    }
     const count = data.image_urls.length;
     this.settle(count ? `Done: ${count} image${count === 1 ? "" : "s"}, seed ${data.seed}.`
       : "Done; its pictures are no longer stored (the bot deletes old ones: [bot] keep_days).", "done");
     if (count) this.node.insertBefore(await pictures(this.job, data.image_urls), this.buttons);
     this.controls(count > 0);
+  }
+
+  // A describe job's answer: its prompts, numbered, each with a button that imagines it and one that edits it first.
+  described(prompts) {
+    const n = prompts.length;
+    this.settle(`Done: ${n} prompt${n === 1 ? "" : "s"} that would draw it.`, "done");
+    const list = element("ol", { className: "prompts" });
+    prompts.forEach((text, i) => {
+      list.append(element("li", { "data-index": i }, element("span", { className: "said" }, text), " ",
+        button("Imagine", "imagine", () => imaginePrompt(text),
+          { "data-index": i, title: `make pictures of prompt ${i + 1}` }),
+        button("Edit", "edit", () => {
+          $("command").value = `/imagine ${text}`;
+          $("command").focus();
+        }, { className: "quiet", "data-index": i, title: "put it in the box below to change it first" })));
+    });
+    this.node.insertBefore(list, this.buttons);
+    this.controls(false);
   }
 
   // The buttons under a finished job: what can be made from its pictures, then info and delete.
@@ -528,9 +559,11 @@ class JobCard {
       say(job.error || `That did not work (HTTP ${status}).`, "refused");
       return;
     }
+    const describes = job.kind === "describe";
     const rows = [
       ["prompt", "Prompt", job.prompt], ["negative", "Not (--no)", job.negative], ["seed", "Seed", job.seed],
-      ["count", "Images", String(job.count)], ["cfg", "cfg", String(job.cfg)],
+      ["count", describes ? "Prompts" : "Images", String(job.count)],
+      ["cfg", "cfg", describes ? null : String(job.cfg)],
       ["temperature", "Temperature", String(job.temperature)], ["model", "Model", job.model_name || "unknown"],
       ["user", "By", job.user], ["when", "When", new Date(job.created_at * 1000).toLocaleString()],
       ["waited", "Waited", duration(job.waited_s)], ["ran", "Ran", duration(job.ran_s)],
@@ -549,7 +582,7 @@ class JobCard {
       $("command").value = commandOf(job);
       $("command").focus();
     }, { title: "put this job's command, with its seed, in the box below" });
-    this.info.append(list, reuse);
+    this.info.append(list, ...(describes ? [] : [reuse]));
     this.node.insertBefore(this.info, this.buttons);
   }
 
@@ -575,7 +608,7 @@ class JobCard {
   deleted(text = "Deleted.") {
     this.settle(text, "deleted");
     this.node.classList.add("deleted");
-    for (const part of this.node.querySelectorAll(".pictures, .remix, .info, .buttons, .preview, progress")) {
+    for (const part of this.node.querySelectorAll(".pictures, .prompts, .remix, .info, .buttons, .preview, progress")) {
       part.remove();
     }
   }
@@ -630,15 +663,37 @@ async function history(url = `/api/jobs?limit=${PAGE}`) {
   if (url.indexOf("before=") < 0) timeline.lastElementChild.scrollIntoView({ block: "end" });
 }
 
+// What the user asked, on the timeline as they would type it, then its job's card or the bot's reasons why not.
+async function ask(user, said, path, body) {
+  add(element("article", { className: "message user" }, element("div", { className: "who" }, user), ...said));
+  const [status, data] = await api("POST", path, body);
+  if (status === 202) {
+    await show(data.job_id);
+    return true;
+  }
+  for (const line of (data.error || `The bot answered HTTP ${status}.`).split("\n")) say(line, "refused");
+  return false;
+}
+
+function sentPicture(picture) {
+  return element("img", { className: "sent-picture", src: picture.url, alt: "the picture sent" });
+}
+
+const DESCRIBE = /^\/describe(?:\s+(?:--count|-n)\s+(\S+))?\s*$/i; // "/describe", "/describe --count 2"
+
 async function submitCommand(text) {
   const user = userName();
   if (!user) return;
   if (!text.startsWith("/")) text = `/imagine ${text}`; // other slash commands: the bot says what works
+  if (/^\/describe\b/i.test(text)) {
+    const typed = DESCRIBE.exec(text);
+    if (!typed) say("Type /describe, or /describe --count N for N prompts (1-8).", "refused");
+    else if (!upload) say("Attach the picture to describe first (+ Picture, or drop or paste it here), or press " +
+      "Describe on one of the pictures above.", "refused");
+    else await describe({ picture: upload, count: typed[1] });
+    return;
+  }
   const picture = upload;
-  const sent = picture ? [element("img", { className: "sent-picture", src: picture.url, alt: "the picture sent" })]
-    : [];
-  add(element("article", { className: "message user" }, element("div", { className: "who" }, user), ...sent,
-    element("p", {}, text)));
   let body = { user, command: text };
   if (picture) {
     body = new FormData();
@@ -647,11 +702,31 @@ async function submitCommand(text) {
     body.append("region", $("upload-region").value);
     body.append("image", picture.file, picture.file.name || "picture");
   }
-  const [status, data] = await api("POST", "/api/imagine", body);
-  if (status === 202) {
-    if (picture && upload === picture) detach();
-    await show(data.job_id);
-  } else for (const line of (data.error || `The bot answered HTTP ${status}.`).split("\n")) say(line, "refused");
+  const said = [...(picture ? [sentPicture(picture)] : []), element("p", {}, text)];
+  if (await ask(user, said, "/api/imagine", body) && picture && upload === picture) detach();
+}
+
+// An Imagine button under a describe job's prompts: the prompt as it is, never read as a command line.
+async function imaginePrompt(prompt) {
+  const user = userName();
+  if (user) await ask(user, [element("p", {}, `/imagine ${prompt}`)], "/api/imagine", { user, prompt });
+}
+
+// /describe: prompts that would draw a picture, image `index` of job `jobId` or an attached `picture`.
+async function describe({ jobId = null, index = 0, picture = null, count = null }) {
+  const user = userName();
+  if (!user) return;
+  const what = picture ? "" : ` image ${index + 1} of job ${jobId}`;
+  const said = [...(picture ? [sentPicture(picture)] : []),
+    element("p", {}, `/describe${what}${count ? ` --count ${count}` : ""}`)];
+  let body = { user, job_id: jobId, index, ...(count ? { count: Number(count) } : {}) };
+  if (picture) {
+    body = new FormData();
+    body.append("user", user);
+    if (count) body.append("count", count);
+    body.append("image", picture.file, picture.file.name || "picture");
+  }
+  if (await ask(user, said, "/api/describe", body) && picture && upload === picture) detach();
 }
 
 // -- a picture to start from: picked, dropped or pasted, with the part of it to make again --
@@ -719,6 +794,7 @@ function acceptPictures() {
   $("attach").addEventListener("click", () => $("picture").click());
   $("picture").addEventListener("change", () => attach($("picture").files[0]));
   $("detach").addEventListener("click", detach);
+  $("describe-upload").addEventListener("click", () => upload && describe({ picture: upload }));
   $("upload-region").addEventListener("change", () => uploadDrawer.set(regionOf($("upload-region").value)));
 }
 
