@@ -161,13 +161,17 @@ class Admission:
         if position is not None:
             handle.put(Queued(job.id, position))
 
-    async def parent(self, job_id: str, index: int | None = None) -> Job:
-        """The job a button points at (with image `index`, when given), or Refused saying why it cannot be used."""
+    async def parent(self, job_id: str, index: int | None = None, *, images_optional: bool = False) -> Job:
+        """The job a button points at (with image `index`, when given), or Refused saying why it cannot be used;
+        a describe job only when `images_optional` (it has prompts, no images)."""
         job = self._jobs.get(job_id) or await self._store.job(job_id)
         if job is None:
             raise Refused("That job no longer exists; start a new one with /imagine.")
         if job.deleted:
             raise Refused("That job was deleted; start a new one with /imagine.")
+        if job.kind is Kind.DESCRIBE and (index is not None or not images_optional):
+            raise Refused("That job read a picture into prompts and has no images of its own; use its prompts with "
+                          "/imagine.")
         if index is not None:
             if job.status is not Status.DONE:
                 raise Refused("That job has no images yet; wait until it is done.")

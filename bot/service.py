@@ -283,7 +283,7 @@ class Service:
 
     async def job(self, job_id: str) -> Job:
         """A job whose details or prompt may be shown, or Refused saying it is gone or was deleted."""
-        return await self._admission.parent(job_id)
+        return await self._admission.parent(job_id, images_optional=True)
 
     async def status(self, job_id: str) -> JobStatus | None:
         """Where a job stands; None if there is no such job."""

@@ -433,6 +433,14 @@ async def test_describe_reads_a_picture_or_a_results_image_through_the_queue(run
                 await service.describe(requester(), **wrong)  # type: ignore[arg-type]
         usage = {u.user: (u.jobs, u.images) for u in await service.admin.usage(requester("boss", admin=True))}
         assert usage["alice"] == (2, 2)  # a describe counts as a job, drawing no images
+        no_images = "has no images of its own"
+        for button in (service.reroll(requester(), job.id), service.remix(requester(), job.id, "a fox", None),
+                       service.vary(requester(), job.id, 0, Strength.SUBTLE), service.upscale(requester(), job.id, 0),
+                       service.vary_region(requester(), job.id, 0, "top half"),
+                       service.describe(requester(), job_id=job.id, index=0)):
+            with pytest.raises(Refused, match=no_images):
+                await button
+        assert (await service.job(job.id)).prompts == job.prompts  # its details still show
 
 
 async def test_upscale_is_lanczos_in_the_bot_at_the_configured_size(run: Run, tmp_path: Path) -> None:
