@@ -6,23 +6,15 @@ from __future__ import annotations
 import aiohttp
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.adapters.download import PAST_LIMIT, download, too_large
 from bot.adapters.slack.api import SlackProblem, call
 from bot.jobs import Refused
 
-# Read this far past the limit, so that a file just over it reaches the core, which says by how much.
-PAST_LIMIT = 64 * 1024
-FETCH_TIMEOUT_S = 60.0
 GONE = ("I cannot find that picture in Slack any more (deleted, or in a conversation I am not in); share it again "
         "where I am and use Vary with janus on that message.")  # fmt: skip
 UNFETCHED = "I could not fetch that picture from Slack; try again in a minute."
 NO_ACCESS = ("Slack did not let me download that picture; ask a workspace admin to give this app the files:read "
              "permission and reinstall it, then try again.")  # fmt: skip
-
-
-def too_large(size: int, max_bytes: int, *, more: bool = False) -> str:
-    """The sentence for a file bigger than the limit (the core's, for a file it never sees)."""
-    return (f"That file is {'more than ' if more else ''}{size / 2**20:.1f} MB; send a picture of at most "
-            f"{max_bytes / 2**20:g} MB.")  # fmt: skip
 
 
 def too_large_to_fetch(file: dict[str, object], max_bytes: int) -> str | None:
@@ -48,20 +40,12 @@ async def fetch(client: AsyncWebClient, file_id: str, max_bytes: int) -> bytes:
     url = str(file.get("url_private_download") or file.get("url_private") or "")
     if not url:
         raise Refused(GONE)
-    limit = max_bytes + PAST_LIMIT
-    data = bytearray()
-    try:
-        timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
-        headers = {"Authorization": f"Bearer {client.token}"}
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url, headers=headers) as response:
-            if response.status in (401, 403) or response.content_type == "text/html":  # Slack's sign-in page
-                raise Refused(NO_ACCESS)
-            if response.status != 200:
-                raise Refused(UNFETCHED)
-            async for piece in response.content.iter_chunked(64 * 1024):
-                data += piece
-                if len(data) > limit:  # bigger than Slack said: stop here
-                    raise Refused(too_large(limit, max_bytes, more=True))
-    except (aiohttp.ClientError, TimeoutError):
-        raise Refused(UNFETCHED) from None
-    return bytes(data)
+    headers = {"Authorization": f"Bearer {client.token}"}
+    return await download(url, max_bytes, UNFETCHED, headers=headers, refusal=_sign_in)
+
+
+def _sign_in(response: aiohttp.ClientResponse) -> str | None:
+    """NO_ACCESS when Slack answers with its sign-in page instead of the file (no files:read), else None."""
+    if response.status in (401, 403) or response.content_type == "text/html":
+        return NO_ACCESS
+    return None
