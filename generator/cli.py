@@ -63,7 +63,8 @@ def writable_dir(path: str | Path) -> Path:
     try:  # root passes os.access everywhere; /proc and read-only mounts still refuse a file
         tempfile.TemporaryFile(dir=path).close()
     except OSError as err:
-        raise UsageError(f"Cannot write files in {str(path)!r} ({err.strerror or err}); pick another directory.") from None
+        raise UsageError(f"Cannot write files in {str(path)!r} ({err.strerror or err}); "
+                         f"pick another directory.") from None
     return path
 
 
