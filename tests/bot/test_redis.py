@@ -348,7 +348,8 @@ async def test_a_worker_result_dir_that_cannot_be_made_is_refused_before_the_mod
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 2
     assert shown.stderr.splitlines()[-1] == (f"janus-bot worker: error: --result-dir: cannot make "
-                                             f"'{tmp_path / 'a-file' / 'results'}' (Not a directory)")
+                                             f"'{tmp_path / 'a-file' / 'results'}' (Not a directory) "
+                                             f"(janus-bot worker -h lists the options)")
 
 
 @contextlib.asynccontextmanager
