@@ -642,10 +642,13 @@ class RedisQueue:
             return None
 
     async def _positions(self) -> list[wire.Waiting]:
+        known = set(self._waiting)  # a job admitted while the order is read is missing from it, but not started
         order = [_str(job_id) for job_id in await self._order(args=[self._p])]
         moved = []
         place = {job_id: i for i, job_id in enumerate(order, 1)}
         for job_id, told in list(self._waiting.items()):
+            if job_id not in known:
+                continue
             now = place.get(job_id)
             if now is None:
                 self._waiting[job_id] = 0  # handed to a worker; Started follows
