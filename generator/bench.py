@@ -277,6 +277,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "regenerated, the top half, and both mixed with plain requests (cost per image)")
     parser.add_argument("--preview-every", type=int, metavar="K",
                         help="with --serving: steps between previews, 0 for none (default: the generator's, 5%%)")
+    parser.add_argument("--describe", type=int, metavar="N",
+                        help="with --serving: then the same workload with and without N describe jobs (4 prompts "
+                             "each) arriving through it, interleaved --repeat times: images/s both ways")
 
 
 @command
@@ -458,6 +461,8 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         return "--serving runs one workload; give it with --requests and --images."
     if args.preview_every is not None and (args.preview_every < 0 or not args.serving):
         return "--preview-every goes with --serving and is 0 (no previews) or more steps."
+    if args.describe is not None and (args.describe < 1 or not args.serving):
+        return "--describe goes with --serving and is 1 or more describe jobs."
     for text in args.workload or []:
         try:
             requests, images = parse_workload(text)

@@ -1,8 +1,8 @@
 """What the generator's commands share: bad input as one sentence, output directories checked first, quiet logs.
 
-Each command (`generator.imagine`, `generator.presets` for make-model, `generator.bench`, `generator.demo.train`,
-`generator.demo.evaluate`) owns its options in `add_arguments(parser)` and its work in `run(args)`;
-`janus_bot.cli` lists them.
+Each command (`generator.imagine`, `generator.describe_command`, `generator.presets` for make-model,
+`generator.bench`, `generator.demo.train`, `generator.demo.evaluate`) owns its options in `add_arguments(parser)`
+and its work in `run(args)`; `janus_bot.cli` lists them.
 """
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from generator.protocol import SAVE_FORMATS, OptionError
+
+if TYPE_CHECKING:
+    from generator.checkpoint import Checkpoint
 
 
 class UsageError(Exception):
@@ -87,3 +90,17 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("generator.download").setLevel(logging.INFO)
+
+
+def load_model(args: argparse.Namespace) -> Checkpoint:
+    """The checkpoint `--model`, `--device` and `--dtype` name, libraries quieted first; UsageError in one sentence
+    when it cannot be found, fetched or moved to that device."""
+    quiet_transformers()
+    from generator.checkpoint import CheckpointError, first_line, load_checkpoint, resolve_model
+
+    try:
+        return load_checkpoint(resolve_model(args.model), device=args.device, dtype=args.dtype)
+    except CheckpointError as err:
+        raise UsageError(str(err)) from None
+    except RuntimeError as err:  # the device failed while the model moved there
+        raise UsageError(f"Cannot use device {args.device!r}: {first_line(err)}") from None

@@ -84,12 +84,16 @@ class _RowSampler(LogitsProcessor):
 
 @torch.inference_mode()
 def describe(checkpoint: Checkpoint, pictures: Sequence[Image.Image], *, count: int = 1, temperature: float = 0.7,
-             seed: int = 0, instruction: str = DEFAULT_INSTRUCTION, max_new_tokens: int = MAX_NEW_TOKENS
-             ) -> list[Description]:
-    """`count` prompts for each picture (RGB), all in one generate call; picture i uses seed + i, its row r the
-    random stream (seed + i, r). Temperature 0 is greedy: every row the same."""
+             seed: int | Sequence[int] = 0, instruction: str = DEFAULT_INSTRUCTION,
+             max_new_tokens: int = MAX_NEW_TOKENS) -> list[Description]:
+    """`count` prompts for each picture (RGB), all in one generate call; picture i uses seed + i (or seed[i]:
+    several jobs in one call), its row r the random stream (seed + i, r). Temperature 0 is greedy: every row the
+    same."""
     if not pictures:
         return []
+    seeds = [seed + i for i in range(len(pictures))] if isinstance(seed, int) else list(seed)
+    if len(seeds) != len(pictures):
+        raise ValueError(f"{len(seeds)} seeds for {len(pictures)} pictures")
     model, processor = checkpoint.model, checkpoint.processor
     rows = count if temperature > 0 else 1
     text = describe_prompt(processor, instruction)
@@ -98,8 +102,7 @@ def describe(checkpoint: Checkpoint, pictures: Sequence[Image.Image], *, count: 
     inputs["pixel_values"] = inputs["pixel_values"].to(checkpoint.dtype)
     length = inputs["input_ids"].shape[1]
     if temperature > 0:
-        keys = torch.tensor([image_key(seed + i, r) for i in range(len(pictures)) for r in range(rows)],
-                            device=checkpoint.device)
+        keys = torch.tensor([image_key(s, r) for s in seeds for r in range(rows)], device=checkpoint.device)
         # JanusForConditionalGeneration.generate hands text generation to GenerationMixin.generate but drops a
         # logits processor on the way: call that directly, as Janus's own text branch does.
         out = GenerationMixin.generate(model, **inputs, max_new_tokens=max_new_tokens, do_sample=False,

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from generator.cli import UsageError, command, output_file, quiet_transformers, writable_dir
+from generator.cli import UsageError, command, load_model, output_file, writable_dir
 from generator.protocol import DEFAULT_REGION, check_negative, check_options, check_prompt, parse_region
 
 if TYPE_CHECKING:
@@ -61,19 +61,11 @@ def run(args: argparse.Namespace) -> int:
     if args.out_dir is not None:
         writable_dir(args.out_dir)
 
-    quiet_transformers()
+    checkpoint = load_model(args)
     from tqdm import tqdm
 
-    from generator.checkpoint import CheckpointError, first_line, load_checkpoint, resolve_model
     from generator.codec import decode_tokens, encode_pictures, make_grid, region_cells, save_image, upscale
     from generator.engine import Request, RequestError, StepReport, generate
-
-    try:
-        checkpoint = load_checkpoint(resolve_model(args.model), device=args.device, dtype=args.dtype)
-    except CheckpointError as err:
-        raise UsageError(str(err)) from None
-    except RuntimeError as err:  # the device failed while the model moved there
-        raise UsageError(f"Cannot use device {args.device!r}: {first_line(err)}") from None
 
     forced = keep = None
     if picture is not None:
@@ -121,22 +113,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_picture(name: str) -> Image.Image:
-    """The picture in a file, read and checked before any model work; UsageError in one sentence."""
+def read_picture(name: str, label: str | None = None) -> Image.Image:
+    """The picture in a file, read and checked before any model work; UsageError in one sentence that names it as
+    `label` (`--image 'name'` unless told)."""
     from generator.codec import PictureError, load_picture
     from generator.protocol import MAX_IMAGE_BYTES
 
     path = Path(name).expanduser()
+    label = f"--image {name!r}" if label is None else label
     try:
         if path.is_dir():
-            raise UsageError(f"--image {name!r} is a directory, not a picture file.")
+            raise UsageError(f"{label} is a directory, not a picture file.")
         if path.stat().st_size > MAX_IMAGE_BYTES:
-            raise UsageError(f"--image {name!r} is {path.stat().st_size / 2**20:.1f} MB; use a picture of at most "
+            raise UsageError(f"{label} is {path.stat().st_size / 2**20:.1f} MB; use a picture of at most "
                              f"{MAX_IMAGE_BYTES / 2**20:g} MB.")
         data = path.read_bytes()
     except OSError as err:
-        raise UsageError(f"Cannot read --image {name!r}: {err.strerror or err}.") from None
+        raise UsageError(f"Cannot read {label}: {err.strerror or err}.") from None
     try:
         return load_picture(data)
     except PictureError as err:
-        raise UsageError(f"--image {name!r}: {err}") from None
+        raise UsageError(f"{label}: {err}") from None

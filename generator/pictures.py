@@ -1,5 +1,6 @@
 """Pictures made off the step loop: the loop hands over token grids and steps on; PNGs come back later.
-Pictures to start from are read and VQ-encoded here too, before their jobs join the loop.
+Pictures to start from are read and VQ-encoded here too, before their jobs join the loop, and pictures to
+describe are read.
 
 A VQ decode costs many decode steps (on a CPU, a picture costs more than a whole step of 32 images), and
 inside the step loop every running job's next token would wait for it. So the loop hands a finished job's
@@ -120,6 +121,7 @@ class _Final:
 
 
 Encoded = Callable[[torch.Tensor | None, str | None], None]  # (the grid [num_image_tokens], or why there is none)
+Read = Callable[[Image.Image | None, str | None], None]  # (the picture, RGB, or why there is none)
 
 
 @dataclass
@@ -130,9 +132,16 @@ class _Source:
 
 
 @dataclass
+class _Read:
+    job_id: str
+    data: bytes  # a picture file, as sent
+    done: Read
+
+
+@dataclass
 class _Work:
     finals: deque[_Final] = field(default_factory=deque)
-    sources: deque[_Source] = field(default_factory=deque)
+    sources: deque[_Source | _Read] = field(default_factory=deque)
     previews: dict[str, _Preview] = field(default_factory=dict)  # at most one a job, oldest job first
 
 
@@ -171,6 +180,12 @@ class Pictures(threading.Thread):
         """Read a picture file and VQ-encode it; `done` gets its token grid, or a sentence saying why not."""
         with self._changed:
             self._work.sources.append(_Source(job_id, data, done))
+            self._changed.notify()
+
+    def read(self, job_id: str, data: bytes, done: Read) -> None:
+        """Read a picture file to describe; `done` gets the picture, or a sentence saying why not."""
+        with self._changed:
+            self._work.sources.append(_Read(job_id, data, done))
             self._changed.notify()
 
     def finish(self, job_id: str, tokens: torch.Tensor) -> None:
@@ -233,12 +248,15 @@ class Pictures(threading.Thread):
                     self._make_final(work)
                 elif isinstance(work, _Source):
                     self._encode_source(work)
+                elif isinstance(work, _Read):
+                    self._read(work)
                 else:
                     self._make_previews(work)
 
-    def _next(self) -> _Final | _Source | list[_Preview] | None:
-        """Finished jobs first, then pictures to encode, then up to a batch of previews; None once closing leaves
-        nothing to finish (a job whose picture was not encoded yet never started: the bot sends it again)."""
+    def _next(self) -> _Final | _Source | _Read | list[_Preview] | None:
+        """Finished jobs first, then pictures to encode or read, then up to a batch of previews; None once closing
+        leaves nothing to finish (a job whose picture was not encoded or read yet never started: the bot sends it
+        again)."""
         with self._changed:
             while not (self._work.finals or self._work.sources or self._work.previews or self._closing):
                 self._changed.wait()
@@ -288,6 +306,14 @@ class Pictures(threading.Thread):
             source.done(None, f"The picture could not be encoded ({first_line(err)}); try again.")
             return
         source.done(codes, None)
+
+    def _read(self, read: _Read) -> None:
+        try:
+            picture = load_picture(read.data)
+        except PictureError as err:
+            read.done(None, str(err))
+            return
+        read.done(picture, None)
 
     def _submit(self, encode: Callable[..., None], *args: object) -> None:
         with contextlib.suppress(RuntimeError):  # abandoned: the pool takes no more work

@@ -19,6 +19,8 @@ MAX_IMAGE_PIXELS = 64_000_000  # its width x height, checked before it is decode
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")  # told by content; an animated picture's first frame is used
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # pictures written, by suffix
 DEFAULT_REGION = (0.0, 0.5, 1.0, 1.0)  # what a picture to start from has regenerated when no region is given
+DESCRIBE_TEMPERATURE_RANGE = (0.0, 2.0)
+DESCRIBE_MAX_TOKENS = 512  # the most new tokens a described prompt may take
 
 
 def add_process_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +98,26 @@ def check_options(count: int, cfg: float, temperature: float, seed: int | None) 
         raise OptionError(f"count must be a whole number from {COUNT_RANGE[0]} to {COUNT_RANGE[1]}; you gave {count}.")
     _number("cfg", cfg, *CFG_RANGE)
     _number("temperature", temperature, *TEMPERATURE_RANGE)
+    _seed(seed)
+
+
+def check_describe(count: int, temperature: float, seed: int | None, instruction: str | None = None,
+                   max_tokens: int | None = None) -> None:
+    """Raise OptionError for the first describe option out of range; None is the generator's default."""
+    if isinstance(count, bool) or not isinstance(count, int) or not COUNT_RANGE[0] <= count <= COUNT_RANGE[1]:
+        raise OptionError(f"count must be a whole number from {COUNT_RANGE[0]} to {COUNT_RANGE[1]} prompts; "
+                          f"you gave {count}.")
+    _number("temperature", temperature, *DESCRIBE_TEMPERATURE_RANGE)
+    _seed(seed)
+    if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()
+                                    or len(instruction) > MAX_PROMPT_CHARS):
+        raise OptionError(f"The instruction must be text of 1 to {MAX_PROMPT_CHARS} characters.")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                   or not 1 <= max_tokens <= DESCRIBE_MAX_TOKENS):
+        raise OptionError(f"max_tokens must be a whole number from 1 to {DESCRIBE_MAX_TOKENS}; you gave {max_tokens}.")
+
+
+def _seed(seed: int | None) -> None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX):
         raise OptionError(f"seed must be a whole number from 0 to {SEED_MAX}; you gave {seed}.")
 

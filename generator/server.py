@@ -1,7 +1,7 @@
 """The generator process: load the model once, then speak the protocol over stdin/stdout.
 
-One JSON message per line: commands (Generate, Cancel, Shutdown) arrive on stdin; Ready, then job events
-(Started, Progress, Done, Failed, Cancelled) leave on stdout. Anything else the process prints goes to
+One JSON message per line: commands (Generate, Describe, Cancel, Shutdown) arrive on stdin; Ready, then job
+events (Started, Progress, Done, Described, Failed, Cancelled) leave on stdout. Anything else the process prints goes to
 stderr, where a start-up failure is the last line, `error: <one sentence>`, with exit code 2.
 
 An asyncio loop owns the pipes; one thread (`EngineThread`) owns the engine. Two `janus` queues (a sync
@@ -11,11 +11,18 @@ jobs first-in first-out as image slots free up. It makes no pictures: finished a
 to `generator.pictures`, whose threads decode and encode them while the next steps run; a job that starts
 from a picture file waits there too, for its VQ encoding, before it is queued.
 
-Shutdown (the command, SIGTERM or the end of input) finishes the current step, then the pictures of jobs
-whose tokens are all sampled (their Done is sent: the bot would otherwise run them again); jobs still
-sampling get no final event, and the bot re-queues them. A device failure (a CUDA error, not out of
-memory), in a step or while making pictures, ends the process at once with exit code 3 and no final
-events for its jobs: the supervisor restarts it and sends them again.
+A describe job's picture is read on the picture thread too; then, between two steps, the engine thread runs the
+oldest waiting describe and those that can share its call (same instruction, token limit, temperature and count;
+at most `max_batch_images` rows) as one `generator.describe` call, and answers Started, then Described. In the
+step loop rather than as rows of the engine or on a thread of its own: the engine keeps its static shapes and
+graphs, no two threads contend for the device, and running image jobs wait for exactly one describe call before
+their next step. Describes take no image slots (the bot counts none for them), so Ready says nothing of them.
+
+Shutdown (the command, SIGTERM or the end of input) finishes the current step (or describe call), then the
+pictures of jobs whose tokens are all sampled (their Done is sent: the bot would otherwise run them again); jobs
+still sampling, and describe jobs not yet answered, get no final event, and the bot re-queues them. A device
+failure (a CUDA error, not out of memory), in a step, a describe call or while making pictures, ends the process
+at once with exit code 3 and no final events for its jobs: the supervisor restarts it and sends them again.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from typing import BinaryIO, TextIO
 
 import janus
 import torch
+from PIL import Image
 
 from generator import protocol as wire
 from generator.checkpoint import (
@@ -50,6 +58,7 @@ from generator.checkpoint import (
     resolve_model,
 )
 from generator.codec import region_cells
+from generator.describe import DEFAULT_INSTRUCTION, MAX_NEW_TOKENS, describe
 from generator.engine import Engine, Request, RequestError, StepReport
 from generator.pictures import JobEvents, Pictures
 from generator.prompt import template_tokens, tokenizer_file
@@ -81,8 +90,9 @@ def default_preview_every(checkpoint: Checkpoint) -> int:
 
 
 class FailureFlag:
-    """Tests only: when the file appears, the next step (or, if it says `pictures`, the next picture) fails as
-    a CUDA error would. The file goes first, so the process the supervisor starts next runs on."""
+    """Tests only: when the file appears, the next step (or, if it says `pictures` or `describe`, the next picture
+    or describe call) fails as a CUDA error would. The file goes first, so the process the supervisor starts next
+    runs on."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -107,11 +117,45 @@ class _SourceEncoded:
 
 
 @dataclass(frozen=True)
+class _PictureRead:
+    """In the inbox: a describe job's picture is read (`picture`, RGB), or could not be (`error`)."""
+
+    job_id: str
+    picture: Image.Image | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class _Describing:
+    """A describe job whose picture is read, waiting for a describe call between two steps."""
+
+    job_id: str
+    picture: Image.Image
+    count: int
+    temperature: float
+    seed: int
+    instruction: str
+    max_tokens: int
+
+    @property
+    def call(self) -> tuple[str, int, float, int]:
+        """What the jobs of one describe call share."""
+        return self.instruction, self.max_tokens, self.temperature, self.count
+
+    @property
+    def rows(self) -> int:
+        return self.count if self.temperature > 0 else 1
+
+
+@dataclass(frozen=True)
 class _PicturesFailed:
     """In the inbox: the picture thread has stopped, on a device failure or a bug."""
 
     reason: str
     device: bool
+
+
+Inbox = wire.Message | _SourceEncoded | _PictureRead | _PicturesFailed  # commands, and the picture thread's news
 
 
 # -- the engine thread ------------------------------------------------------------------------------
@@ -121,7 +165,7 @@ class EngineThread(threading.Thread):
     """Owns the engine: takes commands from `inbox`, puts events on `outbox`, then None when it stops."""
 
     def __init__(self, checkpoint: Checkpoint, options: EngineOptions,
-                 inbox: janus.SyncQueue[wire.Message], outbox: janus.SyncQueue[wire.Message | None], *,
+                 inbox: janus.SyncQueue[Inbox], outbox: janus.SyncQueue[wire.Message | None], *,
                  step_delay: float = 0.0, step_log: TextIO | None = None,
                  inject_failure: Callable[[str], None] | None = None) -> None:
         super().__init__(name="generator-engine", daemon=True)
@@ -135,6 +179,8 @@ class EngineThread(threading.Thread):
         self.codebook = int(checkpoint.model.model.generation_embeddings.num_embeddings)
         self.pending: deque[Request] = deque()
         self.encoding: dict[str, Request] = {}  # jobs whose picture the picture thread is encoding
+        self.reading: dict[str, wire.Describe] = {}  # describe jobs whose picture the picture thread is reading
+        self.describing: deque[_Describing] = deque()
         self.running: dict[str, Request] = {}
         self.percent: dict[str, int] = {}
         self.reports: list[StepReport] = []
@@ -157,12 +203,14 @@ class EngineThread(threading.Thread):
         try:
             with torch.inference_mode():
                 while not self.stopping:
-                    self._take_commands(block=not self.engine.busy and not self.pending)
+                    self._take_commands(block=not self.engine.busy and not self.pending and not self.describing)
                     if self.stopping:
                         break
                     if self.dirty and not self.engine.busy:
                         self._rebuild()
                     self._admit()
+                    if self.describing:
+                        self._describe()
                     if self.engine.busy:
                         self._step()
         except DeviceFailure as err:
@@ -175,7 +223,8 @@ class EngineThread(threading.Thread):
             self.pictures.abandon()
         else:
             self.pictures.close()  # finished jobs get their Done
-        unfinished = len(self.running) + len(self.pending) + len(self.encoding)
+        unfinished = (len(self.running) + len(self.pending) + len(self.encoding) + len(self.reading)
+                      + len(self.describing))
         if unfinished:
             log.info("stopping with %d unfinished job(s)", unfinished)
         self.outbox.put(None)
@@ -194,16 +243,25 @@ class EngineThread(threading.Thread):
                 raise (DeviceFailure if command.device else RuntimeError)(command.reason)
             if isinstance(command, _SourceEncoded):
                 self._encoded(command)
+            elif isinstance(command, _PictureRead):
+                self._read(command)
             elif isinstance(command, wire.Generate):
                 self._queue(command)
+            elif isinstance(command, wire.Describe):
+                self._queue_describe(command)
             elif isinstance(command, wire.Cancel):
                 self._cancel(command.job_id)
             elif isinstance(command, wire.Shutdown):
                 self.stopping = True  # commands after it are ignored; the current step has finished
 
+    def _known(self, job_id: str) -> bool:
+        """Whether a job of this id is queued, running or waiting for its pictures."""
+        return (job_id in self.running or job_id in self.encoding or job_id in self.reading
+                or any(r.id == job_id for r in self.pending) or any(d.job_id == job_id for d in self.describing)
+                or self.events.waiting(job_id))
+
     def _queue(self, msg: wire.Generate) -> None:
-        if msg.job_id in self.running or msg.job_id in self.encoding or any(
-                r.id == msg.job_id for r in self.pending) or self.events.waiting(msg.job_id):
+        if self._known(msg.job_id):
             log.warning("job %s is already queued or running; ignored the second Generate", msg.job_id)
             return
         try:
@@ -241,6 +299,41 @@ class EngineThread(threading.Thread):
             return
         request.forced = encoded.codes
         self.pending.append(request)
+
+    def _queue_describe(self, msg: wire.Describe) -> None:
+        """A describe job: checked, then its picture read on the picture thread before it waits for a call."""
+        if self._known(msg.job_id):
+            log.warning("job %s is already queued or running; ignored the second Describe", msg.job_id)
+            return
+        try:
+            if isinstance(msg.seed, bool) or not isinstance(msg.seed, int):
+                raise wire.OptionError(f"The seed must be a whole number, not {msg.seed!r}.")
+            wire.check_describe(msg.count, msg.temperature, msg.seed, msg.instruction, msg.max_tokens)
+            if not isinstance(msg.image, bytes) or not msg.image:
+                raise wire.OptionError("The picture to describe must be a picture file's bytes.")
+        except wire.OptionError as err:
+            self.events.send(msg.job_id, wire.JobFailed(msg.job_id, str(err)))
+            return
+        self.reading[msg.job_id] = msg
+
+        def read(picture: Image.Image | None, error: str | None) -> None:  # on the picture thread
+            with contextlib.suppress(RuntimeError):  # the inbox has closed: the process is stopping
+                self.inbox.put(_PictureRead(msg.job_id, picture, error))
+
+        self.pictures.read(msg.job_id, msg.image, read)
+
+    def _read(self, read: _PictureRead) -> None:
+        """A describe job's picture is read: it waits for a describe call (or fails, with the sentence saying why)."""
+        msg = self.reading.pop(read.job_id, None)
+        if msg is None:  # cancelled meanwhile
+            return
+        if read.picture is None:
+            self.events.send(msg.job_id, wire.JobFailed(msg.job_id, read.error or "The picture could not be read."))
+            return
+        self.describing.append(_Describing(
+            msg.job_id, read.picture, msg.count, float(msg.temperature), msg.seed,
+            DEFAULT_INSTRUCTION if msg.instruction is None else msg.instruction,
+            MAX_NEW_TOKENS if msg.max_tokens is None else msg.max_tokens))
 
     def _request(self, msg: wire.Generate) -> Request:
         """An engine request for a Generate message; RequestError says what is wrong with it."""
@@ -313,10 +406,16 @@ class EngineThread(threading.Thread):
         return prefix[0] if len(rows) == 1 else prefix
 
     def _cancel(self, job_id: str) -> None:
-        """A queued or running job ends as Cancelled; one whose pictures are being made gets its Done."""
-        if self.encoding.pop(job_id, None) is not None:  # its picture's codes are dropped when they come
-            self.events.send(job_id, wire.JobCancelled(job_id))
+        """A queued or running job ends as Cancelled; one whose pictures are being made gets its Done. A describe
+        job is cancelled until its call starts; its call is over before the Cancel is read."""
+        if self.encoding.pop(job_id, None) is not None or self.reading.pop(job_id, None) is not None:
+            self.events.send(job_id, wire.JobCancelled(job_id))  # its picture's codes are dropped when they come
             return
+        for waiting in self.describing:
+            if waiting.job_id == job_id:
+                self.describing.remove(waiting)
+                self.events.send(job_id, wire.JobCancelled(job_id))
+                return
         for request in self.pending:
             if request.id == job_id:
                 self.pending.remove(request)
@@ -396,6 +495,38 @@ class EngineThread(threading.Thread):
         if self.step_delay:
             time.sleep(self.step_delay)
 
+    def _describe(self) -> None:
+        """One describe call: the oldest waiting job and the later ones that can share its call, up to
+        `max_batch_images` rows (a row's cache is about an image row's, so a call needs less than the slots)."""
+        first, rows = self.describing[0], 0
+        batch: list[_Describing] = []
+        for job in self.describing:
+            if job.call == first.call and (not batch or rows + job.rows <= self.options.max_batch_images):
+                batch.append(job)
+                rows += job.rows
+        for job in batch:
+            self.describing.remove(job)
+            self.events.send(job.job_id, wire.JobStarted(job.job_id))
+        started = time.monotonic()
+        try:
+            if self.inject_failure is not None:
+                self.inject_failure("describe")
+            results = describe(self.checkpoint, [job.picture for job in batch], count=first.count,
+                               temperature=first.temperature, seed=[job.seed for job in batch],
+                               instruction=first.instruction, max_new_tokens=first.max_tokens)
+        except Exception as err:
+            if is_device_failure(err):
+                raise DeviceFailure(first_line(err)) from None
+            log.warning("describing %d picture(s) failed: %s", len(batch), first_line(err))
+            for job in batch:
+                self.events.send(job.job_id, wire.JobFailed(
+                    job.job_id, f"The generator could not describe this picture ({first_line(err)}); try again."))
+            return
+        for job, result in zip(batch, results):
+            self.events.send(job.job_id, wire.Described(job.job_id, result.prompts, result.tokens))
+        if self.step_log is not None:
+            self.step_log.write(f"describe {started:.6f} {time.monotonic():.6f} {rows}\n")
+
     def _rebuild(self) -> None:
         """A fresh engine after a failure: nothing half-written survives into the next job."""
         self.reports.clear()
@@ -427,7 +558,7 @@ class EngineThread(threading.Thread):
 # -- event loop -------------------------------------------------------------------------------------
 
 
-async def _read_commands(reader: asyncio.StreamReader, inbox: janus.AsyncQueue[wire.Message]) -> None:
+async def _read_commands(reader: asyncio.StreamReader, inbox: janus.AsyncQueue[Inbox]) -> None:
     """Commands from stdin into the engine thread's inbox; end of input (the bot is gone) means Shutdown."""
     while True:
         try:
@@ -444,8 +575,9 @@ async def _read_commands(reader: asyncio.StreamReader, inbox: janus.AsyncQueue[w
         except (ValueError, TypeError) as err:
             log.warning("ignored a line that is not a command: %s", first_line(err))
             continue
-        if not isinstance(message, wire.Generate | wire.Cancel | wire.Shutdown):
-            log.warning("ignored a %s message: only generate, cancel and shutdown are commands", message.type)
+        if not isinstance(message, wire.Generate | wire.Describe | wire.Cancel | wire.Shutdown):
+            log.warning("ignored a %s message: only generate, describe, cancel and shutdown are commands",
+                        message.type)
             continue
         await inbox.put(message)
         if isinstance(message, wire.Shutdown):
@@ -503,7 +635,7 @@ async def serve(checkpoint: Checkpoint, options: EngineOptions, stdin: BinaryIO,
     loop = asyncio.get_running_loop()
     reader = await _line_reader(stdin)
     write = await _line_writer(stdout)
-    inbox: janus.Queue[wire.Message] = janus.Queue()
+    inbox: janus.Queue[Inbox] = janus.Queue()
     outbox: janus.Queue[wire.Message | None] = janus.Queue()
     engine = EngineThread(checkpoint, options, inbox.sync_q, outbox.sync_q, step_delay=step_delay, step_log=step_log,
                           inject_failure=inject_failure)

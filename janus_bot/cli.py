@@ -26,6 +26,7 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "imagine": Command("generator.imagine", "generate images from prompts, all in one batch"),
+    "describe": Command("generator.describe_command", "write prompts that would draw the given pictures"),
     "make-model": Command("generator.presets", "save a random-weight checkpoint of a preset architecture"),
     "bench": Command("generator.bench", "measure the engine against the reference loop and transformers"),
     "run": Command("bot.app", "run the bot (Discord, Slack, the web page) until SIGTERM or Ctrl-C"),

@@ -330,3 +330,60 @@ def test_bad_pictures_and_regions_exit_2_before_any_model_work(args, message, ca
     assert main(["imagine", "red", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"janus-bot: error: {message}") and "\n" not in err, err
+
+
+def test_describe_json_is_a_line_per_picture_whose_tokens_read_as_its_prompts(tiny_dir, tmp_path, capsys):
+    from generator.checkpoint import load_checkpoint
+    from generator.describe import clean
+
+    first, second = _picture_file(tmp_path), tmp_path / "yellow.png"
+    Image.new("RGB", (64, 64), (240, 220, 30)).save(second)
+    args = ["describe", str(first), str(second), "--model", str(tiny_dir), "-n", "3", "--seed", "5", "--max-tokens",
+            "6"]
+    assert main([*args, "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    pictures = [json.loads(line) for line in lines]
+    assert [p["image"] for p in pictures] == [str(first), str(second)]
+    processor = load_checkpoint(tiny_dir, device="cpu").processor
+    eos = processor.tokenizer.eos_token_id
+    for picture in pictures:
+        assert set(picture) == {"image", "prompts", "tokens"} and len(picture["prompts"]) == len(picture["tokens"]) == 3
+        for prompt, ids in zip(picture["prompts"], picture["tokens"]):
+            assert 0 < len(ids) <= 6
+            assert prompt == clean(processor.decode(ids, skip_special_tokens=True), finished=ids[-1] == eos)
+
+    assert main(args) == 0  # the same seed, as text: each path, then its numbered prompts
+    out = capsys.readouterr().out.splitlines()
+    assert out == [str(first), *[f"  {n}. {p}" for n, p in enumerate(pictures[0]["prompts"], 1)], "",
+                   str(second), *[f"  {n}. {p}" for n, p in enumerate(pictures[1]["prompts"], 1)]]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (["missing.png"], "Cannot read 'missing.png': No such file or directory."),
+        (["start.png", "notes.txt"], "'notes.txt': The file is not a picture; use a PNG, JPEG, WebP or GIF."),
+        (["broken.png"], "'broken.png': The picture could not be read ("),
+        (["bomb.png"], "'bomb.png': The picture is 9000x9000 pixels; use one of at most 64 megapixels."),
+        (["huge.png"], "'huge.png' is 33.0 MB; use a picture of at most 32 MB."),
+        (["."], "'.' is a directory, not a picture file."),
+        (["start.png", "-n", "17"], "count must be a whole number from 1 to 16 prompts; you gave 17."),
+        (["start.png", "--max-tokens", "0"], "max_tokens must be a whole number from 1 to 512; you gave 0."),
+        (["start.png", "--temperature", "2.5"], "temperature must be between 0 and 2; you gave 2.5."),
+    ],
+)
+def test_describe_bad_files_exit_2_with_one_sentence_before_any_model_work(files, message, capsys, tmp_path,
+                                                                            monkeypatch):
+    import generator.checkpoint as checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a picture")
+    Image.new("RGB", (64, 64)).save(tmp_path / "start.png")
+    (tmp_path / "broken.png").write_bytes((tmp_path / "start.png").read_bytes()[:60])
+    Image.new("1", (9000, 9000)).save(tmp_path / "bomb.png")
+    with open(tmp_path / "huge.png", "wb") as huge:
+        huge.truncate(33 * 2**20)
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["describe", *files]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"janus-bot: error: {message}") and "\n" not in err, err

@@ -103,6 +103,27 @@ def test_serving_bench_drives_the_generator_process_and_ends_with_the_step_gap()
     assert re.fullmatch(r"longest step gap: \d+\.\d x median", out.splitlines()[-1])
 
 
+def test_serving_bench_with_describes_prints_images_per_second_both_ways():
+    run = _bench("--serving", "--describe", "2", "--preset", "tiny", "--tokens", "16", "--requests", "2", "--images",
+                 "2", "--device", "cpu", "--repeat", "1")
+    assert run.returncode == 0, run.stderr
+    out = run.stdout.split("\ndescribe: ")[1]
+    assert out.startswith("2 jobs x 4 prompts (temperature 0.7, at most 64 tokens) arriving through the same "
+                          "workload; one run each\n")
+    for method in ("serving", "serving+describe"):
+        line = re.search(rf"^{re.escape(method)}\s+([\d.]+)(\s+[\d.]+){{4}}$", out, re.M)
+        assert line and float(line[1]) > 0, f"no {method} row in:\n{out}"
+    calls = re.search(r"^describe jobs: p50 latency [\d.]+ s, longest [\d.]+ s; (\d+) calls of ", out, re.M)
+    assert calls and 1 <= int(calls[1]) <= 2, out  # two jobs, in one call when they wait together
+    assert re.fullmatch(r"images/s with describes vs without: \d+\.\d\d", out.splitlines()[-1])
+
+
+def test_serving_bench_refuses_describes_without_serving_in_one_line():
+    run = _bench("--describe", "2")
+    assert run.returncode == 2
+    assert run.stderr.strip() == "janus-bot: error: --describe goes with --serving and is 1 or more describe jobs."
+
+
 def test_serving_bench_refuses_several_workloads_in_one_line():
     run = _bench("--serving", "--workload", "1x1", "2x2")
     assert run.returncode == 2

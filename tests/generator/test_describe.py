@@ -50,6 +50,13 @@ def test_sampled_rows_are_seeded_per_picture_and_row(tiny) -> None:
     assert describe(tiny, [red], count=3, temperature=1.0, seed=7, max_new_tokens=8)[0] != both[0]
 
 
+def test_jobs_of_one_call_each_keep_their_own_seed(tiny) -> None:
+    red, yellow = _pictures()
+    both = describe(tiny, [red, yellow], count=2, temperature=1.0, seed=[11, 3], max_new_tokens=6)
+    assert both == [describe(tiny, [red], count=2, temperature=1.0, seed=11, max_new_tokens=6)[0],
+                    describe(tiny, [yellow], count=2, temperature=1.0, seed=3, max_new_tokens=6)[0]]
+
+
 def test_shown_prompts_are_cleaned_and_cut_at_a_sentence_end() -> None:
     assert clean("  a red\tcircle\n\non blue\x07 ") == "a red circle on blue"
     assert clean("a red circle\u200b on blue. And then a", finished=False) == "a red circle on blue."

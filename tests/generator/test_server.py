@@ -234,6 +234,74 @@ def test_a_generate_line_from_before_pictures_and_negatives_still_reads() -> Non
     assert wire.loads(wire.dumps(picture)) == picture
 
 
+def _describe_picture() -> bytes:
+    from generator.codec import encode_image
+
+    picture = Image.new("RGB", (150, 100), (30, 60, 200))
+    picture.paste((220, 40, 40), (40, 10, 110, 50))
+    return encode_image(picture)
+
+
+def test_describe_answers_the_prompts_describe_gives(server: Server, tiny) -> None:
+    from generator.codec import load_picture
+    from generator.describe import describe
+
+    data = _describe_picture()
+    server.send(wire.Describe("read", data, count=3, temperature=0.7, seed=9, max_tokens=6))
+    started, described = server.until_final("read")
+    assert isinstance(started, wire.JobStarted) and isinstance(described, wire.Described)
+    [local] = describe(tiny, [load_picture(data)], count=3, temperature=0.7, seed=9, max_new_tokens=6)
+    assert (described.prompts, described.tokens) == (local.prompts, local.tokens)
+    assert len(described.tokens) == 3 and all(0 < len(row) <= 6 for row in described.tokens)
+
+    server.send(wire.Describe("greedy", data, count=2, temperature=0.0, seed=1, instruction="Say what you see.",
+                              max_tokens=5))
+    greedy = server.until_final("greedy")[-1]
+    [local] = describe(tiny, [load_picture(data)], count=2, temperature=0.0, instruction="Say what you see.",
+                       max_new_tokens=5)
+    assert isinstance(greedy, wire.Described) and greedy.tokens == local.tokens
+
+
+def test_a_describe_between_steps_leaves_the_image_job_s_tokens_as_they_were(server: Server, tiny) -> None:
+    server.send(wire.Generate("drawn", "a red circle", count=2, cfg=5.0, temperature=1.0, seed=21))
+    while not isinstance(event := server.next(), wire.JobProgress) or event.job_id != "drawn":
+        server.backlog.append(event)
+    server.send(wire.Describe("between", _describe_picture(), count=2, temperature=1.0, seed=4, max_tokens=8))
+    described = server.until_final("between")[-1]
+    assert isinstance(described, wire.Described)
+    assert not any(isinstance(e, wire.FINAL) for e in server.backlog)  # the image job was still stepping
+    done = server.until_final("drawn")
+    [local] = generate(tiny, [Request("a red circle", 2, cfg=5.0, temperature=1.0, seed=21)])
+    assert isinstance(done[-1], wire.JobDone) and done[-1].tokens == local.tokens.tolist()
+
+
+def _bomb() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(buffer, "PNG")  # 81 megapixels in a few kilobytes
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"image": b"GIF89a but no picture"}, "The file is not a picture; use a PNG, JPEG, WebP or GIF."),
+        ({"image": _bomb()}, "The picture is 9000x9000 pixels; use one of at most 64 megapixels."),
+        ({"image": b""}, "The picture to describe must be a picture file's bytes."),
+        ({"count": 0}, "count must be a whole number from 1 to 16 prompts; you gave 0."),
+        ({"temperature": 3.0}, "temperature must be between 0 and 2; you gave 3."),
+        ({"max_tokens": 0}, "max_tokens must be a whole number from 1 to 512; you gave 0."),
+        ({"instruction": "  "}, "The instruction must be text of 1 to 1000 characters."),
+        ({"seed": "7"}, "The seed must be a whole number, not '7'."),
+    ],
+)
+def test_a_bad_describe_fails_with_one_sentence(server: Server, fields: dict, reason: str) -> None:
+    job = {"job_id": "bad-read", "image": _describe_picture(), "count": 1, "temperature": 0.7, "seed": 0} | fields
+    server.send(wire.Describe(**job))
+    assert server.until_final("bad-read") == [wire.JobFailed("bad-read", reason)]
+    server.send(wire.Describe("fine-read", _describe_picture(), count=1, temperature=0.7, seed=0, max_tokens=2))
+    assert isinstance(server.until_final("fine-read")[-1], wire.Described)
+
+
 def test_end_of_input_stops_after_the_current_step(server: Server) -> None:
     # Last in the file: it ends the shared process.
     server.send(wire.Generate("long", "a cat", count=1, cfg=5.0, temperature=1.0, seed=0))
@@ -510,3 +578,125 @@ async def test_a_job_cancelled_while_its_picture_is_encoded_never_starts(tiny, m
     assert isinstance((await engine.until(_final("again")))[-1], wire.JobDone)
     engine.send(wire.Shutdown())
     assert not any(getattr(e, "job_id", None) == "slow" for e in await engine.rest())
+
+
+# -- describe jobs in the engine thread ------------------------------------------------------------------
+
+
+class Gate:
+    """Wraps a function of `module`: calls wait until `release` is set (`entered` says one is waiting); each call's
+    last positional argument and its options are recorded in `calls`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, module: object, name: str, *, hold: bool = True) -> None:
+        self.entered, self.release, self.calls = threading.Event(), threading.Event(), []
+        if not hold:
+            self.release.set()
+        real = getattr(module, name)
+
+        def gated(*args, **options):
+            self.calls.append((args[-1], options))
+            self.entered.set()
+            assert self.release.wait(TIMEOUT)
+            return real(*args, **options)
+
+        monkeypatch.setattr(module, name, gated)
+
+
+def _read(job_id: str, instruction: str | None = None, count: int = 2, seed: int = 0) -> wire.Describe:
+    return wire.Describe(job_id, _describe_picture(), count=count, temperature=0.7, seed=seed,
+                         instruction=instruction, max_tokens=4)
+
+
+@pytest.mark.asyncio
+async def test_a_waiting_describe_is_cancelled_and_one_being_read_too(tiny, monkeypatch) -> None:
+    import generator.pictures as pictures
+    import generator.server as server
+
+    calls = Gate(monkeypatch, server, "describe")
+    engine = InProcess(tiny)
+    engine.send(_read("first"))
+    engine.send(_read("waiting", instruction="Say what you see."))  # not one call with "first"
+    assert await asyncio.to_thread(calls.entered.wait, TIMEOUT)  # "first" is being described
+    engine.send(wire.Cancel("waiting"))
+    calls.release.set()
+    seen = await engine.until(_final("waiting"))
+    finals = [(type(e), e.job_id) for e in seen if isinstance(e, wire.FINAL)]
+    assert finals == [(wire.Described, "first"), (wire.JobCancelled, "waiting")]  # its call was over first
+    assert not any(isinstance(e, wire.JobStarted) and e.job_id == "waiting" for e in seen)
+
+    reads = Gate(monkeypatch, pictures, "load_picture")
+    engine.send(_read("reading"))
+    assert await asyncio.to_thread(reads.entered.wait, TIMEOUT)
+    engine.send(wire.Cancel("reading"))
+    assert await engine.until(_final("reading")) == [wire.JobCancelled("reading")]
+    reads.release.set()
+    engine.send(_read("after"))
+    assert isinstance((await engine.until(_final("after")))[-1], wire.Described)
+    engine.send(wire.Shutdown())
+    assert await engine.rest() == []
+    assert [len(pictures) for pictures, _ in calls.calls] == [1, 1]  # "first", then "after"
+
+
+@pytest.mark.asyncio
+async def test_shutdown_answers_the_describe_call_under_way_and_leaves_the_waiting_ones(tiny, monkeypatch) -> None:
+    import generator.server as server
+
+    calls = Gate(monkeypatch, server, "describe")
+    engine = InProcess(tiny)
+    engine.send(_job("sampling", count=2))
+    engine.send(_read("under-way"))
+    assert await asyncio.to_thread(calls.entered.wait, TIMEOUT)
+    engine.send(_read("waiting"))
+    engine.send(wire.Shutdown())
+    calls.release.set()
+    events = await engine.rest()
+    finals = [(type(e), e.job_id) for e in events if isinstance(e, wire.FINAL)]
+    assert finals == [(wire.Described, "under-way")]  # the bot re-queues "waiting" and "sampling"
+    assert engine.thread.exit_code == 0
+
+
+@pytest.mark.asyncio
+async def test_a_device_failure_in_a_describe_call_stops_the_process_without_final_events(tiny) -> None:
+    def fail(where: str) -> None:
+        if where == "describe":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    inbox: janus.Queue[wire.Message] = janus.Queue()
+    outbox: janus.Queue[wire.Message | None] = janus.Queue()
+    thread = EngineThread(tiny, EngineOptions(max_batch_images=4), inbox.sync_q, outbox.sync_q, inject_failure=fail)
+    inbox.sync_q.put(_job("drawing", count=2))
+    inbox.sync_q.put(_read("read"))
+    thread.start()
+    events = []
+    async with asyncio.timeout(TIMEOUT):
+        while (event := await outbox.async_q.get()) is not None:
+            events.append(event)
+    await asyncio.to_thread(thread.join, TIMEOUT)
+    assert not any(isinstance(e, wire.FINAL) for e in events) and thread.exit_code == EXIT_DEVICE_FAILED
+
+
+def test_describe_jobs_that_agree_share_a_call_of_at_most_max_batch_images_rows(tiny, monkeypatch) -> None:
+    import generator.server as server
+    from generator.codec import load_picture
+    from generator.describe import describe
+
+    calls = Gate(monkeypatch, server, "describe", hold=False)
+    inbox: janus.Queue[wire.Message] = janus.Queue()
+    outbox: janus.Queue[wire.Message | None] = janus.Queue()
+    thread = EngineThread(tiny, EngineOptions(max_batch_images=4), inbox.sync_q, outbox.sync_q)
+    picture = load_picture(_describe_picture())
+    jobs = {"a": ("X", 2), "b": ("Y", 2), "c": ("X", 2), "d": ("X", 3), "e": ("X", 2)}  # instruction, count
+    for seed, (job_id, (instruction, count)) in enumerate(jobs.items()):
+        thread.describing.append(server._Describing(job_id, picture, count, 0.7, seed, instruction, 4))
+    while thread.describing:  # as the thread does between steps
+        thread._describe()
+    assert [options["seed"] for _, options in calls.calls] == [[0, 2], [1], [3], [4]]  # a+c fill the 4 rows
+    events = []
+    while not outbox.sync_q.empty():
+        events.append(outbox.sync_q.get())
+    described = {e.job_id: e for e in events if isinstance(e, wire.Described)}
+    assert sorted(described) == list(jobs)
+    [alone] = describe(tiny, [picture], count=2, temperature=0.7, seed=2, instruction="X", max_new_tokens=4)
+    assert (described["c"].prompts, described["c"].tokens) == (alone.prompts, alone.tokens)
+    inbox.close()
+    outbox.close()
