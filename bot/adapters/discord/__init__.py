@@ -1,4 +1,5 @@
-"""Discord: /imagine and /imagine-admin slash commands and persistent grid buttons, with discord.py."""
+"""Discord: /imagine, /describe and /imagine-admin slash commands, the Describe message menu and persistent
+buttons, with discord.py."""
 
 from __future__ import annotations
 

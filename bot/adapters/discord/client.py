@@ -1,4 +1,5 @@
-"""The discord.py client: /imagine, /imagine-admin and the grid buttons, each a thin call into the service."""
+"""The discord.py client: /imagine, /describe, the Describe menu, /imagine-admin and the buttons, each a thin call
+into the service."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import discord
 from discord import app_commands
 
 from bot.adapters.discord import messages
-from bot.adapters.discord.attachments import fetch
+from bot.adapters.discord.attachments import NO_PICTURE, fetch, picture_of
 from bot.adapters.discord.delivery import Reply, follow
+from bot.admission import MOST_PROMPTS
 from bot.commandline import setting_value
 from bot.config import Settings
-from bot.jobs import REGIONS, Handle, Refused, Region, Requester, Strength
+from bot.jobs import REGIONS, Handle, Job, Kind, Refused, Region, Requester, Strength
 from bot.policy import OVERRIDABLE
 from bot.service import Service
 from generator.protocol import CFG_RANGE, COUNT_RANGE, MAX_PROMPT_CHARS, SEED_MAX, TEMPERATURE_RANGE
@@ -81,7 +83,9 @@ class ImagineClient(discord.Client):
     async def setup_hook(self) -> None:
         """Register the commands and the persistent buttons, and tell Discord about the commands."""
         self.tree.add_command(imagine)
+        self.tree.add_command(describe)
         self.tree.add_command(AdminCommands())
+        self.tree.add_command(describe_message)
         self.add_dynamic_items(messages.JobButton, messages.JobPick, messages.RegionPick)
         if self.settings.discord.sync_commands:
             guilds = [discord.Object(guild) for guild in self.settings.discord.guild_ids]
@@ -141,6 +145,37 @@ class ImagineClient(discord.Client):
             return
         self.deliver(handle, interaction)
 
+    async def describe(self, interaction: discord.Interaction, picture: discord.Attachment | str,
+                       count: int | None = None) -> None:
+        """Queue a describe job of a picture (an attachment, or an embed's picture by its URL) and follow it on the
+        interaction's message."""
+        await interaction.response.defer(thinking=True)  # fetching the picture may take longer than Discord waits
+        try:
+            data = await fetch(picture, round(self.settings.images.max_upload_mb * 2**20))
+            handle = await self.service.describe(requester(interaction), image=data, count=count)
+        except Refused as refusal:
+            await refuse(interaction, refusal)
+            return
+        self.deliver(handle, interaction)
+
+    async def imagine_prompt(self, interaction: discord.Interaction, job_id: str, index: int) -> None:
+        """An "Imagine k" button under a describe job: /imagine of its prompt k as stored (the message may show it
+        cut), for whoever pressed it, under their own limits, on a new message."""
+        await interaction.response.defer(thinking=True)
+        try:
+            prompts = (await self.service.job(job_id)).prompts or ()
+            if not 0 <= index < len(prompts):
+                raise Refused(f"That job has no prompt {index + 1}; describe the picture again for new ones.")
+            handle = await self.service.submit(requester(interaction), prompts[index])
+        except Refused as refusal:
+            await refuse(interaction, refusal)
+            return
+        except Exception:
+            log.exception("Imagine %d of job %s failed", index + 1, job_id)
+            await refuse(interaction, Refused(SORRY))
+            return
+        self.deliver(handle, interaction)
+
     async def pressed(self, interaction: discord.Interaction, action: str, job_id: str, index: int | None) -> None:
         """A grid button or menu: the new job is the presser's own, on a new message; cancel edits nothing."""
         who = requester(interaction)
@@ -153,6 +188,9 @@ class ImagineClient(discord.Client):
             return
         if action == "delete":
             await self.delete(interaction, who, job_id)
+            return
+        if action == "prompt":
+            await self.imagine_prompt(interaction, job_id, index or 0)
             return
         if action in ("remix", "info", "region"):
             try:
@@ -290,6 +328,33 @@ async def imagine(
                                        negative=negative, image=image, region=region)  # fmt: skip
 
 
+@app_commands.command(name="describe")
+@app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+@app_commands.describe(
+    image="The picture to write prompts for (PNG, JPEG, WebP or GIF)",
+    count="How many prompts (the bot's default if left out)",
+)
+async def describe(
+    interaction: discord.Interaction,
+    image: discord.Attachment,
+    count: app_commands.Range[int, 1, MOST_PROMPTS] | None = None,
+) -> None:
+    """Write prompts that would draw a picture."""
+    await _client(interaction).describe(interaction, image, count)
+
+
+@app_commands.context_menu(name="Describe")
+@app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+async def describe_message(interaction: discord.Interaction, message: discord.Message) -> None:
+    """The menu on a message (Apps -> Describe): /describe of the first picture it shows, the bot's own grids too.
+    A message without one is told so at once, before anything public is posted."""
+    picture = picture_of(message)
+    if picture is None:
+        await interaction.response.send_message(NO_PICTURE, ephemeral=True)
+        return
+    await _client(interaction).describe(interaction, picture)
+
+
 def channel_ids(text: str) -> list[str]:
     """The channel ids in an admin's list of channel mentions (`<#123>`, as Discord sends a #channel) or ids."""
     ids = []
@@ -306,6 +371,11 @@ def channel_ids(text: str) -> list[str]:
 
 def _mentions(channels: list[str]) -> str:
     return ", ".join(f"<#{c}>" for c in channels)
+
+
+def _subject(job: Job) -> str:
+    """A job's prompt in a list of jobs (a describe job has none: what it does)."""
+    return "(describing a picture)" if job.kind is Kind.DESCRIBE else discord.utils.escape_markdown(job.prompt[:80])
 
 
 def _when(at: float) -> str:
@@ -465,7 +535,7 @@ class AdminCommands(app_commands.Group, name="imagine-admin", description="Manag
             jobs = _client(interaction).service.admin.queue(requester(interaction))
             lines = [
                 f"`{s.job.id}` {'running' if s.position is None else f'#{s.position}'} <@{s.job.requester.user}>: "
-                f"{discord.utils.escape_markdown(s.job.prompt[:80])}"
+                f"{_subject(s.job)}"
                 for s in jobs[:25]
             ]
             more = f"\n…and {len(jobs) - 25} more" if len(jobs) > 25 else ""

@@ -11,7 +11,7 @@ from typing import Any
 import discord
 
 from bot.adapters.discord import messages
-from bot.jobs import FINAL_EVENTS, Done, Event, Handle, Job, Progress
+from bot.jobs import FINAL_EVENTS, Described, Done, Event, Handle, Job, Kind, Progress
 from bot.service import Service
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,8 @@ def _content(job: Job, event: Event) -> tuple[str, dict[str, bytes], discord.ui.
     text = messages.text(job, event)
     if isinstance(event, Done):
         return text, {messages.file_name(job, event): event.grid}, messages.result_view(job)
+    if isinstance(event, Described):
+        return text, {}, messages.described_view(job, len(event.prompts))
     if isinstance(event, FINAL_EVENTS):
         return text, {}, None
     return text, {}, messages.working_view(job)  # files: the preview, which follow() keeps
@@ -164,9 +166,12 @@ async def follow(service: Service, handle: Handle, reply: Reply, every_s: float)
         log.warning("job %s: Discord refuses the bot a message in channel %s (%s); give it View Channel, Send "
                     "Messages and Attach Files there. The result is kept and posted after the next start",
                     job.id, job.requester.channel, refused.args[0].text or refused.args[0].status)
+        what = f"images for {messages.bold_prompt(job)}"
+        if job.kind is Kind.DESCRIBE:
+            what = f"prompts for {messages.described_picture(job)}"
         await reply.tell_requester(
-            f"I could not post your images for {messages.bold_prompt(job)} in <#{job.requester.channel}>: "
-            f"the bot may not send messages there. Ask a server admin to let it; they will be posted then."
+            f"I could not post your {what} in <#{job.requester.channel}>: the bot may not send messages there. "
+            f"Ask a server admin to let it; they will be posted then."
         )
         return
     await service.delivered(job.id)

@@ -8,16 +8,18 @@ from typing import Any
 
 import discord
 
-from bot.jobs import REGIONS, Cancelled, Done, Event, Failed, Job, Kind, Progress, Queued, Region, Strength
+from bot.jobs import REGIONS, Cancelled, Described, Done, Event, Failed, Job, Kind, Progress, Queued, Region, Strength
 from generator.protocol import MAX_PROMPT_CHARS
 
 MESSAGE_CHARS = 2000  # Discord's limit for a message's content
 PROMPT_CHARS = 1500  # of the escaped prompt: leave room for the rest of the message
 NEGATIVE_CHARS = 300  # of the escaped negative prompt in the job's message (info shows it whole)
 FIELD_CHARS = 1024  # Discord's limit for an embed field's value
+DESCRIPTION_CHARS = 4000  # of an embed's description (Discord's limit is 4096)
 BUTTON_ROW = 5  # Discord's limit per action row; wider grids get select menus instead
 MENU_OPTIONS = 25  # Discord's limit per select menu: grids of more images pick the image first, then the region
-BUTTON_ID = (r"imagine:(?P<action>reroll|cancel|upscale|vary|strong|remix|info|delete):(?P<job>[0-9a-f]+)"
+# "prompt": an "Imagine k" button under a describe job's prompts (the index is the prompt's).
+BUTTON_ID = (r"imagine:(?P<action>reroll|cancel|upscale|vary|strong|remix|info|delete|prompt):(?P<job>[0-9a-f]+)"
              r"(?::(?P<index>\d+))?$")  # fmt: skip
 PICK_ID = r"imagine:pick:(?P<action>upscale|vary|strong|region):(?P<job>[0-9a-f]+)$"
 # Vary (Region): with the image in the id the options are regions; without, "<image index>:<region>" pairs.
@@ -144,8 +146,15 @@ def escaped(text: str, limit: int) -> str:
     return text
 
 
+def described_picture(job: Job) -> str:
+    """The picture a describe job reads: one sent, or an image of one of the bot's jobs."""
+    return "a picture" if job.parent_id is None else f"image {(job.parent_index or 0) + 1} of job `{job.parent_id}`"
+
+
 def bold_prompt(job: Job) -> str:
-    """The prompt in bold, escaped and cut to fit a message."""
+    """The prompt in bold, escaped and cut to fit a message (a describe job has none: what it reads)."""
+    if job.kind is Kind.DESCRIBE:
+        return f"**Prompts for {described_picture(job)}**"
     return f"**{escaped(job.prompt, PROMPT_CHARS)}**"
 
 
@@ -164,6 +173,8 @@ def _what(job: Job) -> str:
         return f"Vary (Region, {region_name(job.region)}){index}"
     if job.kind is Kind.REROLL:
         return "Reroll"
+    if job.kind is Kind.DESCRIBE:  # its picture is in the bold part
+        return "Describe"
     return f"From a picture ({region_name(job.region)} made again)" if job.source else ""
 
 
@@ -181,6 +192,8 @@ def text(job: Job, event: Event) -> str:
 
 def _text(job: Job, event: Event) -> str:
     o = job.options
+    if isinstance(event, Described):
+        return _prompts(job, event.prompts)
     if isinstance(event, Done) and job.kind is Kind.UPSCALE:
         return header(job)
     if isinstance(event, Done):
@@ -195,8 +208,23 @@ def _text(job: Job, event: Event) -> str:
     elif isinstance(event, Cancelled):
         state = "cancelled"
     else:
-        state = "starting"
+        state = "reading the picture" if job.kind is Kind.DESCRIBE else "starting"
     return f"{header(job)} ({state})"
+
+
+def _prompts(job: Job, prompts: list[str]) -> str:
+    """A describe job's answer: its prompts numbered as the Imagine buttons are, each cut to an equal share of the
+    message (the buttons take them whole, as stored)."""
+    n = len(prompts)
+    head = f"{header(job)} ({n} prompt{'s' * (n != 1)})"
+    numbers = [f"\n{i}. " for i in range(1, n + 1)]
+    share = (MESSAGE_CHARS - len(head) - sum(map(len, numbers))) // max(n, 1)
+    return head + "".join(number + escaped(_one_line(prompt), share) for number, prompt in zip(numbers, prompts))
+
+
+def _one_line(prompt: str) -> str:
+    """A prompt on one line, so that the numbering holds (the model may answer with line breaks)."""
+    return " ".join(prompt.split())
 
 
 def working_view(job: Job) -> discord.ui.View:
@@ -211,6 +239,18 @@ def _own_buttons(view: discord.ui.View, job: Job, row: int) -> None:
     view.add_item(JobButton("remix", job.id, label="Remix", row=row))
     view.add_item(JobButton("info", job.id, label="Info", row=row))
     view.add_item(JobButton("delete", job.id, label="Delete", row=row))
+
+
+def described_view(job: Job, count: int) -> discord.ui.View:
+    """Buttons under a describe job's `count` prompts: "Imagine k" (whoever presses it gets their own /imagine of
+    prompt k), then info and delete."""
+    view = discord.ui.View(timeout=None)
+    for i in range(count):
+        view.add_item(JobButton("prompt", job.id, i, label=f"Imagine {i + 1}", row=i // BUTTON_ROW))
+    row = (count + BUTTON_ROW - 1) // BUTTON_ROW
+    view.add_item(JobButton("info", job.id, label="Info", row=row))
+    view.add_item(JobButton("delete", job.id, label="Delete", row=row))
+    return view
 
 
 def result_view(job: Job) -> discord.ui.View:
@@ -275,22 +315,26 @@ def made_from(job: Job) -> str | None:
     """What a job was made from: the reroll, variation, Vary (Region) or upscale of which job, or a picture (None
     for a new one)."""
     what = _what(job)
+    if job.kind is Kind.DESCRIBE:
+        return described_picture(job).capitalize()
     if job.kind is Kind.IMAGINE and job.source:
         return f"A picture, {region_name(job.region)} made again"
     return f"{what} of job `{job.parent_id}`" if what and job.parent_id else None
 
 
 def info_embed(job: Job) -> discord.Embed:
-    """Everything about a job: prompt, negative, seed (exactly), options, model, who, when, how long it waited
-    and ran, and what it was made from."""
+    """Everything about a job: prompt (a describe job's prompts), negative, seed (exactly), options, model, who,
+    when, how long it waited and ran, and what it was made from."""
     o = job.options
-    embed = discord.Embed(description=escaped(job.prompt, 4000))
+    describe = job.kind is Kind.DESCRIBE
+    embed = discord.Embed(description=_listed(job) if describe else escaped(job.prompt, DESCRIPTION_CHARS))
     if o.negative:
         embed.add_field(name="Not (--no)", value=escaped(o.negative, FIELD_CHARS), inline=False)
     fields = {
         "Seed": f"`{job.seed}`",
-        "Images": str(o.count) if job.kind is not Kind.UPSCALE else "1, upscaled",
-        "cfg": f"{o.cfg:g}",
+        "Images": None if describe else str(o.count) if job.kind is not Kind.UPSCALE else "1, upscaled",
+        "Prompts": str(o.count) if describe else None,
+        "cfg": None if describe else f"{o.cfg:g}",  # a describe job reads: guidance is for drawing
         "Temperature": f"{o.temperature:g}",
         "Model": escaped(job.model or "unknown", FIELD_CHARS),
         "By": f"<@{job.requester.user}>",
@@ -304,6 +348,15 @@ def info_embed(job: Job) -> discord.Embed:
             embed.add_field(name=name, value=value, inline=name != "Made from")
     embed.set_footer(text=f"Job {job.id} · {job.status.value}")
     return embed
+
+
+def _listed(job: Job) -> str:
+    """A describe job's prompts for its info, whole as far as an embed holds them (the message may cut them)."""
+    if not job.prompts:
+        return f"Prompts for {described_picture(job)}, once it is read."
+    numbered = enumerate(job.prompts, start=1)
+    text = "\n".join(f"{i}. {escaped(_one_line(prompt), DESCRIPTION_CHARS)}" for i, prompt in numbered)
+    return text if len(text) <= DESCRIPTION_CHARS else text[: DESCRIPTION_CHARS - 1] + "…"
 
 
 def file_name(job: Job, event: Event) -> str:

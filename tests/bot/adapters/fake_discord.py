@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import mimetypes
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -55,6 +56,7 @@ class Message:
     deleted: bool = False
     interaction_token: str | None = None
     pings: set[str] = field(default_factory=set)  # whom Discord notified when it was posted ("everyone" too)
+    author: dict[str, Any] | None = None  # who posted it: None for the bot
 
     @property
     def ephemeral(self) -> bool:
@@ -154,6 +156,7 @@ class FakeDiscord:
             web.patch(f"{api}/channels/{{channel}}/messages/{{message}}", self._channel_edit),
             web.delete(f"{api}/channels/{{channel}}/messages/{{message}}", self._channel_delete),
             web.get("/ephemeral-attachments/{channel}/{id}/{name}", self._attachment_file),
+            web.get("/files/{message}/{name}", self._message_file),
         ])  # fmt: skip
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -212,9 +215,10 @@ class FakeDiscord:
     def message_json(self, message: Message) -> dict[str, Any]:
         return {
             "id": str(message.id), "channel_id": str(message.channel_id), "type": 0, "content": message.content,
-            "author": self.bot_user, "attachments": [
+            "author": message.author or self.bot_user, "attachments": [
                 {"id": str(ATTACHMENT_IDS + i), "filename": name, "size": len(data),
-                 "url": f"{self.url}/files/{message.id}/{name}", "proxy_url": f"{self.url}/files/{message.id}/{name}"}
+                 "url": f"{self.url}/files/{message.id}/{name}", "proxy_url": f"{self.url}/files/{message.id}/{name}",
+                 **({"content_type": kind} if (kind := mimetypes.guess_type(name)[0]) else {})}
                 for i, (name, data) in enumerate(message.files.items())
             ],
             "embeds": message.embeds, "mentions": [], "mention_roles": [], "mention_everyone": False, "pinned": False,
@@ -339,6 +343,35 @@ class FakeDiscord:
             given.append({"name": key, "type": kinds[key], "value": value})
         return await self.command("imagine", user, *given, dm=dm, channel_id=channel_id, resolved=resolved)
 
+    async def describe(self, user: dict[str, Any], image: dict[str, Any], dm: bool = False, **options: Any
+                       ) -> Interaction:
+        """Someone types /describe with `image`, an attachment from `attachment` (and `count`, when given)."""
+        given = [{"name": "image", "type": 11, "value": image["id"]}]
+        given += [{"name": key, "type": 4, "value": value} for key, value in options.items()]
+        return await self.command("describe", user, *given, dm=dm, resolved={"attachments": {image["id"]: image}})
+
+    async def menu(self, name: str, user: dict[str, Any], message: Message, *, admin: bool = False) -> Interaction:
+        """Someone picks Apps -> `name` on a message: a message command (type 2, data.type 3) naming it in
+        target_id, with the message as Discord sends it in resolved.messages."""
+        dm = message.channel_id == self.channel_id + 1
+        known = self.commands if dm else [*self.guild_commands.get(str(self.guild_id), []), *self.commands]
+        command = next(c for c in known if c["name"] == name and c.get("type") == 3)
+        data: dict[str, Any] = {"id": command["id"], "name": name, "type": 3, "target_id": str(message.id),
+                                "resolved": {"messages": {str(message.id): self.message_json(message)}}}  # fmt: skip
+        if "guild_id" in command:
+            data["guild_id"] = command["guild_id"]
+        permissions = 2048 | (MANAGE_GUILD if admin else 0)
+        return await self._interact(2, data, user, dm=dm, permissions=permissions, channel_id=message.channel_id)
+
+    def post(self, user: dict[str, Any], content: str = "", *, files: dict[str, bytes] | None = None,
+             embeds: list[dict[str, Any]] | None = None) -> Message:
+        """A message someone posted in #general (the bot, with no message intents, sees it only through a menu);
+        its files are served where its attachments' URLs point."""
+        message = self._new_message(self.channel_id)
+        message.author, message.content = user, content
+        message.files, message.embeds = dict(files or {}), list(embeds or [])
+        return message
+
     def attachment(self, filename: str, data: bytes, *, content_type: str | None = "image/png",
                    size: int | None = None) -> dict[str, Any]:
         """A file a user attaches to a command, kept on the CDN; `size` what Discord says of it (its length unless
@@ -425,7 +458,7 @@ class FakeDiscord:
 
     def channel_messages(self) -> list[Message]:
         """Messages the bot posted in channels itself (not through interactions)."""
-        return [m for m in self.messages.values() if m.interaction_token is None and not m.deleted]
+        return [m for m in self.messages.values() if m.interaction_token is None and m.author is None and not m.deleted]
 
     # -- REST --
 
@@ -460,13 +493,13 @@ class FakeDiscord:
     async def _sync(self, request: web.Request) -> web.Response:
         self.command_syncs += 1
         self.commands = []
-        for command in await request.json():
-            self.commands.append({**command, "id": str(self.snowflake()), "application_id": str(self.app_id),
-                                  "version": str(self.snowflake())})  # fmt: skip
+        for command in await request.json():  # a menu is sent without a description; Discord answers with ""
+            self.commands.append({"description": "", **command, "id": str(self.snowflake()),
+                                  "application_id": str(self.app_id), "version": str(self.snowflake())})  # fmt: skip
         return _json(self.commands)
 
     async def _sync_guild(self, request: web.Request) -> web.Response:
-        commands = [{**command, "id": str(self.snowflake()), "application_id": str(self.app_id),
+        commands = [{"description": "", **command, "id": str(self.snowflake()), "application_id": str(self.app_id),
                      "guild_id": request.match_info["guild"], "version": str(self.snowflake())}
                     for command in await request.json()]  # fmt: skip
         self.guild_commands[request.match_info["guild"]] = commands
@@ -663,6 +696,14 @@ class FakeDiscord:
         except (ConnectionResetError, RuntimeError):  # the reader hung up
             pass
         return response
+
+    async def _message_file(self, request: web.Request) -> web.Response:
+        """The CDN: a posted message's attachment."""
+        message = self.messages.get(int(request.match_info["message"]))
+        data = None if message is None or message.deleted else message.files.get(request.match_info["name"])
+        if data is None:
+            return web.Response(status=404, text="Not Found")
+        return web.Response(body=data, content_type="application/octet-stream")
 
     def dm_messages(self) -> list[Message]:
         """Messages the bot posted in the DM channel of its own accord."""

@@ -144,7 +144,7 @@ async def test_imagine_defers_then_edits_one_message_to_a_grid_with_buttons(
         assert discord.identified[0]["intents"] == 1  # guilds only: nothing privileged
         assert bot.adapter.client.get_guild(discord.guild_id) is not None  # from GUILD_CREATE
         names = {c["name"]: c for c in discord.commands}
-        assert set(names) == {"imagine", "imagine-admin"}
+        assert set(names) == {"imagine", "describe", "imagine-admin", "Describe"}  # the last: a message menu
         options = {o["name"]: o for o in names["imagine"]["options"]}
         assert options["prompt"]["required"] and options["prompt"]["description"] == "What to draw"
         assert (options["count"]["min_value"], options["count"]["max_value"]) == (1, 16)
@@ -180,7 +180,8 @@ async def test_guild_ids_register_the_commands_in_those_servers_only_and_no_glob
 ) -> None:
     alice = discord.user("alice")
     async with discord_bot(tmp_path, discord={"guild_ids": [discord.guild_id]}):
-        assert [c["name"] for c in discord.guild_commands[str(discord.guild_id)]] == ["imagine", "imagine-admin"]
+        named = [c["name"] for c in discord.guild_commands[str(discord.guild_id)]]
+        assert named == ["imagine", "describe", "imagine-admin", "Describe"]
         assert discord.commands == []  # the global list was synced empty: nothing left behind
         interaction = await discord.imagine(alice, "a large red circle on a blue background", seed="3")
         assert is_final(await finished(discord, original(interaction)))  # the server's copy answers
