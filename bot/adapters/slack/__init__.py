@@ -1,4 +1,5 @@
-"""Slack: `/imagine` and `/imagine-admin` slash commands and job buttons, over Socket Mode or signed HTTP."""
+"""Slack: `/imagine` and `/imagine-admin` slash commands, message shortcuts and job buttons, over Socket Mode or signed
+HTTP."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 
-from bot.adapters.slack.blocks import escape
+from bot.adapters.slack.blocks import escape, subject
 from bot.commandline import setting_value
 from bot.jobs import Refused, Requester
 from bot.service import Service
@@ -109,7 +109,7 @@ async def run_admin(service: Service, requester: Requester, text: str) -> str:
         jobs = service.admin.queue(requester)
         lines = [
             f"• `{s.job.id}` <@{s.job.requester.user}> "
-            f"{'running' if s.position is None else f'waiting, position {s.position}'}: {escape(s.job.prompt[:80])}"
+            f"{'running' if s.position is None else f'waiting, position {s.position}'}: {subject(s.job, 80)}"
             for s in jobs
         ]
         return "Jobs:\n" + "\n".join(lines) if lines else "No jobs are running or waiting."

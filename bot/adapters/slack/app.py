@@ -1,4 +1,5 @@
-"""The bolt app: `/imagine`, `/imagine-admin` and the job buttons, each a free function that answers at once."""
+"""The bolt app: `/imagine`, `/imagine-admin`, the message shortcuts and the job buttons, each a free function that
+answers at once."""
 
 from __future__ import annotations
 
@@ -18,13 +19,15 @@ from bot.adapters.slack.admin import run_admin
 from bot.adapters.slack.api import SlackProblem, call
 from bot.adapters.slack.messages import Messages, Notify, Place, Shown
 from bot.commandline import CommandError, parse_imagine
-from bot.jobs import REGIONS, Handle, Job, Refused, Requester, Strength
+from bot.jobs import REGIONS, Handle, Job, Kind, Refused, Requester, Strength
 from bot.service import Service
 
 log = logging.getLogger(__name__)
 PLATFORM = "slack"
 NOT_ADMIN = "Sorry, /imagine-admin is for workspace admins and owners and for this bot's admins."
 NO_PICTURE = "Vary with janus starts from a picture; use it on a message with a PNG, JPEG, WebP or GIF file."
+NOTHING_TO_DESCRIBE = ("Describe with janus reads a picture into prompts; use it on a message with a PNG, JPEG, WebP "
+                       "or GIF file, or on one of my pictures.")  # fmt: skip
 
 
 class SlackBot:
@@ -167,8 +170,8 @@ async def imagine_admin(ack: AsyncAck, command: dict[str, Any], context: AsyncBo
 async def button(
     ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
 ) -> None:
-    """A job button (reroll, remix, upscale U, vary V, info, delete, cancel) or menu (strong variations, Vary
-    (Region)); the job id travels in the value."""
+    """A job button (reroll, remix, upscale U, vary V, info, delete, cancel, a describe job's Imagine k) or menu
+    (strong variations, Vary (Region)); the job id travels in the value."""
     await ack()
     bot = _bot(context)
     notify = _ephemeral(respond)
@@ -196,9 +199,12 @@ async def button(
         if clicked.verb == "delete":
             job = await bot.service.delete(requester, clicked.job_id)
             await bot.remove(context.client, job, _clicked(body, channel, thread))
-            await notify(f"Deleted *{blocks.escape(job.prompt)}*: its pictures are gone.")
+            gone = "its prompts are" if job.kind is Kind.DESCRIBE else "its pictures are"
+            await notify(f"Deleted *{blocks.subject(job)}*: {gone} gone.")
             return
-        if clicked.verb == "region":
+        if clicked.verb == "prompt":
+            handle = await _imagine_prompt(bot, requester, clicked.job_id, clicked.index or 0)
+        elif clicked.verb == "region":
             region = REGIONS[clicked.region or "bottom half"]
             handle = await bot.service.vary_region(requester, clicked.job_id, clicked.index or 0, region)
         elif clicked.verb == "reroll":
@@ -222,6 +228,15 @@ def _clicked(body: dict[str, Any], channel: str, thread: str | None) -> Shown | 
     images = [b for b in message.get("blocks") or [] if b.get("type") == "image"]
     grid = (images[0].get("slack_file") or {}).get("id") if images else None
     return Shown(channel, str(ts), thread, grid)
+
+
+async def _imagine_prompt(bot: SlackBot, requester: Requester, job_id: str, index: int) -> Handle:
+    """The "Imagine k" button under a describe job: /imagine of its prompt k as the job stores it (the message may
+    show it cut, and says nothing a button should trust), for whoever pressed it, under their own limits."""
+    prompts = (await bot.service.job(job_id)).prompts or ()
+    if not 0 <= index < len(prompts):
+        raise Refused(f"That job has no prompt {index + 1}; describe the picture again for new ones.")
+    return await bot.service.submit(requester, prompts[index])
 
 
 async def _remix(bot: SlackBot, requester: Requester, job_id: str, prompt: str, negative: str) -> Handle:
@@ -268,6 +283,21 @@ def _posting(client: AsyncWebClient, channel: str, user: str) -> Notify:
     return notify
 
 
+def _shared_file(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The file a message shares that a shortcut starts from: the first picture, as Slack labels it, else the first
+    file (the core judges it by its content once fetched, and says what is wrong with it)."""
+    shared = [f for f in message.get("files") or [] if f.get("id")]
+    return next((f for f in shared if str(f.get("mimetype", "")).startswith("image/")), shared[0] if shared else None)
+
+
+def _shown_file(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The file an image block shows by id: the grid on one of the bot's own job messages, which share no files
+    (the grid is shared in their thread)."""
+    images = [b for b in message.get("blocks") or [] if b.get("type") == "image"]
+    file_id = next((i for b in images if (i := (b.get("slack_file") or {}).get("id"))), None)
+    return {"id": file_id} if file_id else None
+
+
 async def picture_shortcut(ack: AsyncAck, shortcut: dict[str, Any], respond: AsyncRespond,
                            context: AsyncBoltContext) -> None:
     """The "Vary with janus" message shortcut: a modal for the prompt and region over the message's picture
@@ -276,9 +306,7 @@ async def picture_shortcut(ack: AsyncAck, shortcut: dict[str, Any], respond: Asy
     bot = _bot(context)
     notify = _ephemeral(respond)
     message = shortcut.get("message") or {}
-    shared = [f for f in message.get("files") or [] if f.get("id")]
-    # The first picture, as Slack labels it; the core judges it by its content once fetched.
-    file = next((f for f in shared if str(f.get("mimetype", "")).startswith("image/")), shared[0] if shared else None)
+    file = _shared_file(message)
     if file is None:
         await notify(NO_PICTURE)
         return
@@ -290,6 +318,48 @@ async def picture_shortcut(ack: AsyncAck, shortcut: dict[str, Any], respond: Asy
         await call(context.client.views_open, attempts=1, trigger_id=shortcut["trigger_id"], view=view)
     except SlackProblem as problem:
         await notify(str(problem))
+
+
+def _whispering(client: AsyncWebClient, respond: AsyncRespond, channel: str, user: str, thread: str | None
+                ) -> Notify:
+    """Ephemeral sentences where a shortcut was used (a channel, or the thread the message is in), or through its
+    response_url where Slack will not let the bot post there (a private channel it is not in)."""
+
+    async def notify(text: str) -> None:
+        try:
+            await call(client.chat_postEphemeral, attempts=1, channel=channel, user=user, thread_ts=thread, text=text)
+        except SlackProblem:
+            await respond(text=text, response_type="ephemeral", replace_original=False)
+
+    return notify
+
+
+async def describe_shortcut(ack: AsyncAck, shortcut: dict[str, Any], respond: AsyncRespond,
+                            context: AsyncBoltContext) -> None:
+    """The "Describe with janus" message shortcut: prompts that would draw the message's picture (a file shared in
+    it, or the bot's own grid), shown in the message's thread with an Imagine button for each."""
+    await ack()
+    bot = _bot(context)
+    client = context.client
+    message = shortcut.get("message") or {}
+    channel, user = shortcut["channel"]["id"], shortcut["user"]["id"]
+    thread = str(message.get("thread_ts") or message.get("ts") or shortcut.get("message_ts"))
+    notify = _whispering(client, respond, channel, user, message.get("thread_ts"))
+    file = _shared_file(message) or _shown_file(message)
+    if file is None:
+        await notify(NOTHING_TO_DESCRIBE)
+        return
+    team = (shortcut.get("team") or {}).get("id") or shortcut["user"].get("team_id", "")
+    try:  # the size Slack gives is checked before anything is fetched; the core checks the rest
+        if (why := files.too_large_to_fetch(file, bot.max_upload_bytes)) is not None:
+            raise Refused(why)
+        requester = await bot.requester(client, team, channel, user)
+        picture = await files.fetch(client, str(file["id"]), bot.max_upload_bytes)
+        handle = await bot.service.describe(requester, image=picture)
+    except (Refused, SlackProblem) as refused:
+        await notify(str(refused))
+        return
+    bot.follow(client, handle, Place(channel, thread), notify)
 
 
 def _chosen(values: dict[str, Any], block: str) -> str:
@@ -343,4 +413,5 @@ def build_app(bot: SlackBot, *, token: str, signing_secret: str = "", api_url: s
     app.view(blocks.REMIX_VIEW)(remix_submitted)
     app.shortcut({"type": "message_action", "callback_id": blocks.PICTURE_SHORTCUT})(picture_shortcut)
     app.view(blocks.PICTURE_VIEW)(picture_submitted)
+    app.shortcut({"type": "message_action", "callback_id": blocks.DESCRIBE_SHORTCUT})(describe_shortcut)
     return app

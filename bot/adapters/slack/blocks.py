@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,17 +16,20 @@ ACTION_PREFIX = "imagine:"
 REMIX_VIEW = "imagine:remix"  # the remix modal's callback id
 PICTURE_SHORTCUT = "imagine:picture"  # the "Vary with janus" message shortcut's callback id (slack-manifest.yml)
 PICTURE_VIEW = "imagine:picture-form"  # the callback id of the modal it opens
+DESCRIBE_SHORTCUT = "imagine:describe"  # the "Describe with janus" message shortcut (slack-manifest.yml)
 MENU_OPTIONS = 100  # Slack's limit per select menu, its option groups together
 REGION_MENU_IMAGES = 8  # a grid's images per Vary (Region) menu: 8 x 9 regions fit in one
-_VERBS = ("reroll", "upscale", "vary", "cancel", "remix", "info", "delete")
+SECTION_CHARS = 3000  # Slack's limit on a section's text
+_VERBS = ("reroll", "upscale", "vary", "cancel", "remix", "info", "delete", "prompt")
 _WHOLE_JOB = ("reroll", "cancel", "remix", "info", "delete")  # the verbs that take no image index
 
 
 @dataclass(frozen=True)
 class Button:
-    """What a clicked button asks for: `verb` on job `job_id`, image `index` (0-based) for upscale and vary."""
+    """What a clicked button asks for: `verb` on job `job_id`, image `index` (0-based) for upscale and vary, a
+    describe job's prompt `index` for "Imagine k"."""
 
-    verb: str  # reroll | upscale | vary | region | cancel | remix | info | delete
+    verb: str  # reroll | upscale | vary | region | cancel | remix | info | delete | prompt
     job_id: str
     index: int | None = None
     strength: Strength = Strength.SUBTLE
@@ -73,10 +77,21 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def described_picture(job: Job) -> str:
+    """The picture a describe job reads: one shared, or an image of one of the bot's jobs."""
+    return "a picture" if job.parent_id is None else f"image {(job.parent_index or 0) + 1} of job `{job.parent_id}`"
+
+
+def subject(job: Job, chars: int = MAX_PROMPT_CHARS) -> str:
+    """What a job is about, escaped: its prompt (its first `chars` characters), or for a describe job, which has
+    none, the picture it reads."""
+    return f"Prompts for {described_picture(job)}" if job.kind is Kind.DESCRIBE else escape(job.prompt[:chars])
+
+
 def fallback(job: Job, status: str) -> str:
     """A message's plain `text` (notifications, screen readers): the prompt escaped like the blocks, so that
     `<!channel>` or a link typed in a prompt is shown, never acted on."""
-    return f"{escape(job.prompt)}: {status}"
+    return f"{subject(job)}: {status}"
 
 
 def unescape(text: str) -> str:
@@ -119,6 +134,8 @@ def region_name(region: Region | None) -> str:
 
 def _what(job: Job) -> str:
     """The headline of a job's message: who asked for what."""
+    if job.kind is Kind.DESCRIBE:
+        return f"*{subject(job)}* - <@{job.requester.user}>"
     prompt = f"*{escape(job.prompt)}*"
     parent = job.parent_index + 1 if job.parent_index is not None else 0
     kind = {
@@ -134,8 +151,13 @@ def _what(job: Job) -> str:
 
 def _details(job: Job) -> str:
     o = job.options
-    images = "1 image" if o.count == 1 else f"{o.count} images"
-    return f"seed {job.seed} · {images} · cfg {o.cfg:g} · temperature {o.temperature:g}"
+    if job.kind is Kind.DESCRIBE:  # a describe job reads: guidance is for drawing
+        return f"seed {job.seed} · {_counted(o.count, 'prompt')} · temperature {o.temperature:g}"
+    return f"seed {job.seed} · {_counted(o.count, 'image')} · cfg {o.cfg:g} · temperature {o.temperature:g}"
+
+
+def _counted(n: int, what: str) -> str:
+    return f"{n} {what}{'s' * (n != 1)}"
 
 
 def waiting_blocks(job: Job, status: str, preview_file: str | None = None) -> list[Block]:
@@ -150,6 +172,11 @@ def waiting_blocks(job: Job, status: str, preview_file: str | None = None) -> li
 def queued_status(position: int) -> str:
     """The status line of a waiting job."""
     return "⏳ Starting now…" if position <= 0 else f"⏳ Queued, position {position}."
+
+
+def started_status(job: Job) -> str:
+    """The status line of a job the generator has just taken."""
+    return "📖 Reading the picture…" if job.kind is Kind.DESCRIBE else progress_status(0)
 
 
 def progress_status(percent: int) -> str:
@@ -231,10 +258,42 @@ def done_blocks(job: Job, grid_file: str | None, note: str | None = None) -> lis
     return blocks
 
 
+def _one_line(text: str) -> str:
+    """A prompt on one line, so that the numbering holds (the model may answer with line breaks)."""
+    return " ".join(text.split())
+
+
+def _clipped(text: str, chars: int) -> str:
+    """Text escaped for mrkdwn and cut to `chars` characters, never inside an escape."""
+    escaped = escape(text)
+    if len(escaped) <= chars:
+        return escaped
+    cut = escaped[: chars - 1]
+    if (amp := cut.rfind("&")) >= 0 and ";" not in cut[amp:]:
+        cut = cut[:amp]
+    return cut + "…"
+
+
+def described_blocks(job: Job, prompts: Sequence[str]) -> list[Block]:
+    """A finished describe job: its prompts numbered as the buttons are, each cut to fit its section, then
+    "Imagine 1".."Imagine N" (whoever presses one gets their own /imagine of that prompt, whole, as the job stores
+    it), then info and delete."""
+    blocks = [_section(_what(job)), _context(_details(job))]
+    for number, prompt in enumerate(prompts, start=1):
+        head = f"*{number}.* "
+        blocks.append(_section(head + _clipped(_one_line(prompt), SECTION_CHARS - len(head))))
+    if prompts:
+        imagine = [_button(f"Imagine {i + 1}", action_id("prompt", i), job.id) for i in range(len(prompts))]
+        blocks.append({"type": "actions", "elements": imagine})
+    blocks.append({"type": "actions", "elements": _own_buttons(job)})
+    return blocks
+
+
 def ended_blocks(job: Job, line: str) -> list[Block]:
-    """A job that failed or was cancelled: what happened, and no buttons but reroll."""
+    """A job that failed or was cancelled: what happened, and no buttons but reroll (none for an upscale or a
+    describe job, which have no prompt of their own to make again)."""
     blocks = [_section(f"{_what(job)}\n{line}")]
-    if job.kind is not Kind.UPSCALE:
+    if job.kind not in (Kind.UPSCALE, Kind.DESCRIBE):
         blocks.append({"type": "actions", "elements": [_button("🔄 Try again", action_id("reroll"), job.id)]})
     return blocks
 
@@ -309,19 +368,24 @@ def _seconds(start: float | None, end: float | None) -> str:
 
 
 def info_text(job: Job) -> str:
-    """Everything about a job, for the person who asked to see it: prompt, negative, the exact seed, options,
-    model, who, when, how long it waited and ran, and what it was made from."""
+    """Everything about a job, for the person who asked to see it: prompt (a describe job's prompts, whole),
+    negative, the exact seed, options, model, who, when, how long it waited and ran, and what it was made from."""
     o = job.options
     when = int(job.created_at)
     fallback = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(job.created_at))
     images = f"{o.count}" if job.kind is not Kind.UPSCALE else "1, upscaled"
-    lines = [f"*Prompt:* {escape(job.prompt)}"]
+    options = f"*Images:* {images} · *cfg:* {o.cfg:g}"
+    if job.kind is Kind.DESCRIBE:
+        numbered = [f"{i}. {escape(_one_line(p))}" for i, p in enumerate(job.prompts or (), start=1)]
+        lines = ["*Prompts:*", *numbered] if numbered else [f"*{subject(job)}*, once it is read."]
+        options = f"*Prompts:* {o.count}"  # a describe job reads: guidance is for drawing
+    else:
+        lines = [f"*Prompt:* {escape(job.prompt)}"]
     if o.negative:
         lines.append(f"*Not (--no):* {escape(o.negative)}")
     lines += [
         f"*Seed:* `{job.seed}`",
-        f"*Images:* {images} · *cfg:* {o.cfg:g} · *Temperature:* {o.temperature:g} · "
-        f"*Model:* `{escape(job.model or 'unknown')}`",
+        f"{options} · *Temperature:* {o.temperature:g} · *Model:* `{escape(job.model or 'unknown')}`",
         f"*By:* <@{job.requester.user}> <!date^{when}^{{date_short_pretty}} at {{time}}|{fallback}> · "
         f"waited {_seconds(job.created_at, job.started_at)}, ran {_seconds(job.started_at, job.finished_at)}",
     ]
@@ -332,9 +396,12 @@ def info_text(job: Job) -> str:
             Kind.VARIATION: f"{(job.strength or Strength.SUBTLE).value} variations of {parent}",
             Kind.UPSCALE: f"upscale of {parent}",
             Kind.REGION: f"Vary (Region, {region_name(job.region)}) of {parent}",
+            Kind.DESCRIBE: parent,
         }.get(job.kind)
         if made:
             lines.append(f"*Made from:* {made}")
+    elif job.kind is Kind.DESCRIBE:
+        lines.append("*Made from:* a picture")
     elif job.source:
         lines.append(f"*Made from:* a picture, {region_name(job.region)} made again")
     lines.append(f"*Job:* `{job.id}` ({job.status.value})")

@@ -11,7 +11,7 @@ from bot.adapters.slack.api import SlackProblem, call
 from bot.jobs import Refused
 
 GONE = ("I cannot find that picture in Slack any more (deleted, or in a conversation I am not in); share it again "
-        "where I am and use Vary with janus on that message.")  # fmt: skip
+        "where I am and use the shortcut on the new message.")  # fmt: skip
 UNFETCHED = "I could not fetch that picture from Slack; try again in a minute."
 NO_ACCESS = ("Slack did not let me download that picture; ask a workspace admin to give this app the files:read "
              "permission and reinstall it, then try again.")  # fmt: skip

@@ -1,4 +1,5 @@
-"""One channel message per job, edited in place as the job moves: queued, generating with a preview, then done."""
+"""One channel message per job, edited in place as the job moves: queued, generating with a preview, then done (a
+describe job: its prompts)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.slack import blocks
 from bot.adapters.slack.api import UNREACHABLE, SlackProblem, call
-from bot.jobs import Cancelled, Done, Event, Failed, Handle, Job, Kind, Progress, Queued, Refused, Started
+from bot.jobs import Cancelled, Described, Done, Event, Failed, Handle, Job, Kind, Progress, Queued, Refused, Started
 from bot.service import Service
 
 log = logging.getLogger(__name__)
@@ -110,13 +111,13 @@ class Messages:
         previews = True
         try:
             async for event in handle:
-                if isinstance(event, Done | Failed | Cancelled):
+                if isinstance(event, Done | Described | Failed | Cancelled):
                     await self._final(job, place, message, event, notify)
                     return
                 if isinstance(event, Queued):
                     status = blocks.queued_status(event.position)
                 elif isinstance(event, Started):
-                    status = blocks.progress_status(0)
+                    status = blocks.started_status(job)
                 elif isinstance(event, Progress):
                     status = blocks.progress_status(event.percent)
                     now = time.monotonic()
@@ -224,6 +225,9 @@ class Messages:
                     note = f"⚠️ {problem}"
                     await notify(str(problem))
                 final = blocks.done_blocks(job, grid, note)
+                text = blocks.fallback(job, "done")
+            elif isinstance(event, Described):  # the buttons read the prompts from the job as stored
+                final = blocks.described_blocks(job, event.prompts)
                 text = blocks.fallback(job, "done")
             elif isinstance(event, Failed):
                 final = blocks.ended_blocks(job, f"❌ {event.reason}")

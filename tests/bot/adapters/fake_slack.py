@@ -79,6 +79,14 @@ class Message:
         """The file id the message shows, if any."""
         return next((b["slack_file"]["id"] for b in self.blocks if b["type"] == "image"), None)
 
+    def payload(self) -> dict[str, Any]:
+        """The bot's message as Slack puts it in a shortcut's payload: its blocks, no files (a grid is shown by id)."""
+        message = {"type": "message", "subtype": "bot_message", "user": "U0BOT", "bot_id": "B0BOT", "ts": self.ts,
+                   "text": self.text, "blocks": self.blocks, "team": TEAM}  # fmt: skip
+        if self.thread_ts:
+            message["thread_ts"] = self.thread_ts
+        return message
+
 
 def option(select: dict[str, Any], label: str) -> dict[str, Any]:
     """A select menu's option by its text; in a menu of option groups, by "group/option"."""
@@ -419,15 +427,16 @@ class FakeSlack:
             select = message.menu(menu)
             action = {"type": "static_select", "action_id": select["action_id"],
                       "selected_option": option(select, label)}  # fmt: skip
+        thread = {"thread_ts": message.thread_ts} if message.thread_ts else {}  # a reply says which thread it is in
         return {
             "type": "block_actions",
             "team": {"id": TEAM, "domain": "test"},
             "user": {"id": user, "team_id": TEAM},
             "api_app_id": "A0APP",
             "token": "legacy",
-            "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel},
+            "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel, **thread},
             "channel": {"id": message.channel, "name": "general"},
-            "message": {"ts": message.ts, "text": message.text, "blocks": message.blocks},
+            "message": {"ts": message.ts, "text": message.text, "blocks": message.blocks, **thread},
             "response_url": self.response_url(),
             "trigger_id": "1.2.4",
             "actions": [{**action, "block_id": "b", "action_ts": f"{time.time():.6f}"}],
@@ -463,7 +472,8 @@ class FakeSlack:
         }
 
     def shortcut(self, message: dict[str, Any], callback_id: str, *, user: str = "U0ALICE") -> dict[str, Any]:
-        """The message_action payload of someone using a message shortcut on `message` (from `share`)."""
+        """The message_action payload of someone using a message shortcut on `message` (from `share`, or a bot
+        message's `payload`)."""
         return {
             "type": "message_action",
             "token": "legacy",

@@ -11,9 +11,13 @@ from bot.adapters import configured_adapters
 from bot.adapters.slack import SlackAdapter
 from bot.adapters.slack.admin import channel_ids, user_id
 from bot.adapters.slack.blocks import (
+    DESCRIBE_SHORTCUT,
     PICTURE_SHORTCUT,
+    SECTION_CHARS,
     Button,
+    described_blocks,
     done_blocks,
+    ended_blocks,
     escape,
     info_text,
     parse_button,
@@ -27,6 +31,8 @@ from bot.jobs import REGIONS, Job, Kind, Options, Refused, Requester, Strength
 from tests.bot.helpers import settings
 
 JOB = Job("0123abcd", Requester("slack", "T1", "C1", "U1"), "a <b> & c", Options(16, 5.0, 1.0), 42, 0.0)
+DESCRIBE = Job("0123abcd", Requester("slack", "T1", "C1", "U1"), "", Options(3, 1.0, 0.7), 42, 0.0, kind=Kind.DESCRIBE,
+               prompts=("a red & <b> fox", "a fox\nin snow", "a fox at dusk"))  # fmt: skip
 
 
 def test_every_button_carries_the_job_id_and_parses_back() -> None:
@@ -148,6 +154,29 @@ def test_a_mode_without_its_secret_is_a_config_error(tmp_path: Path) -> None:
         SlackAdapter(settings(tmp_path, slack={"mode": "socket"}), "xoxb-1", signing_secret="s")
 
 
+def test_imagine_buttons_carry_the_job_and_the_prompts_index_and_long_prompts_are_cut_whole() -> None:
+    blocks = described_blocks(DESCRIBE, DESCRIBE.prompts or ())
+    buttons = [e for b in blocks if b["type"] == "actions" for e in b["elements"]]
+    assert [b["text"]["text"] for b in buttons] == ["Imagine 1", "Imagine 2", "Imagine 3", "ℹ️ Info", "🗑️ Delete"]
+    assert [parse_button(b["action_id"], b["value"]) for b in buttons[:3]] == [
+        Button("prompt", DESCRIBE.id, i) for i in range(3)]
+    sections = [b["text"]["text"] for b in blocks if b["type"] == "section"]
+    assert sections == ["*Prompts for a picture* - <@U1>", "*1.* a red &amp; &lt;b&gt; fox", "*2.* a fox in snow",
+                        "*3.* a fox at dusk"]  # fmt: skip
+    assert parse_button("imagine:prompt", DESCRIBE.id) is None  # Imagine without a prompt index is none of ours
+
+    long = described_blocks(DESCRIBE, ["&" * SECTION_CHARS])  # escaped, five times as long: cut, never mid-escape
+    text = [b["text"]["text"] for b in long if b["type"] == "section"][1]
+    assert len(text) <= SECTION_CHARS and text.endswith("&amp;…")
+    assert [b["type"] for b in described_blocks(DESCRIBE, [])][-1] == "actions"  # Slack refuses an empty one
+    assert all(b["elements"] for b in described_blocks(DESCRIBE, []) if b["type"] == "actions")
+    assert all(b["type"] != "actions" for b in ended_blocks(DESCRIBE, "❌ failed"))  # no prompt of its own to retry
+
+    info = info_text(DESCRIBE)
+    assert info.startswith("*Prompts:*\n1. a red &amp; &lt;b&gt; fox\n2. a fox in snow\n3. a fox at dusk\n")
+    assert "*Prompts:* 3 · *Temperature:* 0.7" in info and "cfg" not in info and "*Made from:* a picture" in info
+
+
 def test_the_manifest_asks_for_what_the_adapter_uses() -> None:
     manifest = yaml.safe_load((Path(__file__).parents[3] / "slack-manifest.yml").read_text())
     assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/imagine", "/imagine-admin"]
@@ -156,8 +185,8 @@ def test_the_manifest_asks_for_what_the_adapter_uses() -> None:
     assert admin["should_escape"]  # channels arrive as <#C123|name>, users as <@U123|name>
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     assert {"commands", "chat:write", "files:write", "users:read", "files:read"} <= scopes  # files:read: pictures
-    [shortcut] = manifest["features"]["shortcuts"]
-    assert (shortcut["name"], shortcut["type"], shortcut["callback_id"]) == ("Vary with janus", "message",
-                                                                             PICTURE_SHORTCUT)  # fmt: skip
-    assert len(shortcut["description"]) <= 80
+    shortcuts = manifest["features"]["shortcuts"]
+    assert [(s["name"], s["type"], s["callback_id"]) for s in shortcuts] == [
+        ("Vary with janus", "message", PICTURE_SHORTCUT), ("Describe with janus", "message", DESCRIBE_SHORTCUT)]
+    assert all(len(s["description"]) <= 80 for s in shortcuts)
     assert manifest["settings"]["interactivity"]["is_enabled"] and manifest["settings"]["socket_mode_enabled"]
