@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -210,6 +211,20 @@ def load_checkpoint(
     model.requires_grad_(False)
     log.info("loaded %s on %s in %s", source, dev, str(dt).removeprefix("torch."))
     return Checkpoint(model=model, processor=processor, name=source)
+
+
+def load_from_args(args: argparse.Namespace) -> Checkpoint:
+    """The checkpoint a command's `--model`, `--device` and `--dtype` name, libraries quieted first; UsageError in
+    one sentence when it cannot be found, fetched or moved to that device."""
+    from generator.cli import UsageError, quiet_transformers
+
+    quiet_transformers()
+    try:
+        return load_checkpoint(resolve_model(args.model), device=args.device, dtype=args.dtype)
+    except CheckpointError as err:
+        raise UsageError(str(err)) from None
+    except RuntimeError as err:  # the device failed while the model moved there
+        raise UsageError(f"Cannot use device {args.device!r}: {first_line(err)}") from None
 
 
 def _download(source: str, *, first: bool) -> None:

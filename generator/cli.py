@@ -15,12 +15,9 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from generator.protocol import SAVE_FORMATS, OptionError
-
-if TYPE_CHECKING:
-    from generator.checkpoint import Checkpoint
 
 
 class UsageError(Exception):
@@ -91,16 +88,3 @@ def quiet_transformers() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("generator.download").setLevel(logging.INFO)
 
-
-def load_model(args: argparse.Namespace) -> Checkpoint:
-    """The checkpoint `--model`, `--device` and `--dtype` name, libraries quieted first; UsageError in one sentence
-    when it cannot be found, fetched or moved to that device."""
-    quiet_transformers()
-    from generator.checkpoint import CheckpointError, first_line, load_checkpoint, resolve_model
-
-    try:
-        return load_checkpoint(resolve_model(args.model), device=args.device, dtype=args.dtype)
-    except CheckpointError as err:
-        raise UsageError(str(err)) from None
-    except RuntimeError as err:  # the device failed while the model moved there
-        raise UsageError(f"Cannot use device {args.device!r}: {first_line(err)}") from None

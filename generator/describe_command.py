@@ -13,7 +13,7 @@ import secrets
 import sys
 import time
 
-from generator.cli import UsageError, command, load_model
+from generator.cli import UsageError, command
 from generator.imagine import read_picture
 from generator.protocol import DESCRIBE_MAX_TOKENS, check_describe
 
@@ -42,10 +42,10 @@ def run(args: argparse.Namespace) -> int:
     check_describe(args.count, args.temperature, args.seed, args.instruction, args.max_tokens)
     pictures = [read_picture(name, repr(name)) for name in args.images]
 
-    checkpoint = load_model(args)
-    from generator.checkpoint import first_line
+    from generator.checkpoint import first_line, load_from_args
     from generator.describe import DEFAULT_INSTRUCTION, describe
 
+    checkpoint = load_from_args(args)
     seed = args.seed if args.seed is not None else secrets.randbits(31)
     per_call = max(1, CALL_ROWS // (args.count if args.temperature > 0 else 1))
     started = time.perf_counter()

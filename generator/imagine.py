@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from generator.cli import UsageError, command, load_model, output_file, writable_dir
+from generator.cli import UsageError, command, output_file, writable_dir
 from generator.protocol import DEFAULT_REGION, check_negative, check_options, check_prompt, parse_region
 
 if TYPE_CHECKING:
@@ -61,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out_dir is not None:
         writable_dir(args.out_dir)
 
-    checkpoint = load_model(args)
-    from tqdm import tqdm
+    from generator.checkpoint import load_from_args
+
+    checkpoint = load_from_args(args)
+    from tqdm import tqdm  # after the model: the libraries are quieted as it loads
 
     from generator.codec import decode_tokens, encode_pictures, make_grid, region_cells, save_image, upscale
     from generator.engine import Request, RequestError, StepReport, generate
