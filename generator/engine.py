@@ -10,8 +10,9 @@ The unconditional row is the prompt padded out, or a negative prompt formatted a
 may start from a source grid (a prefix for variations, a picture's codes for image prompts and Vary
 (Region)): a kept cell is fed the source's code instead of the sample, with the same random stream.
 
-Sampling is in `sampling`, the cache and the per-slot tensors in `slots`, the own Llama decode step in
-`llama_step`, static shapes, CUDA graphs and torch.compile in `graphs`.
+A request checked against the engine (its prompt rows, its kept cells) is in `request`, sampling in
+`sampling`, the cache and the per-slot tensors in `slots`, the own Llama decode step in `llama_step`,
+static shapes, CUDA graphs and torch.compile in `graphs`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from generator.checkpoint import Checkpoint
 from generator.graphs import KV_BLOCK, StepGraphs
 from generator.llama_step import LlamaStep
 from generator.prompt import guidance_rows, left_padded
-from generator.request import Request, RequestError, Result, StepReport
+from generator.request import Admission, Request, RequestError, Result, StepReport, admit
 from generator.sampling import guided_logits, image_key, sample, uniform
 from generator.slots import SlotCache, SlotState, auto_batch_images, pairs, rows_of
 
@@ -36,16 +37,6 @@ log = logging.getLogger(__name__)
 
 OUT_OF_MEMORY = "The GPU ran out of memory for this request; try fewer images."
 __all__ = ["Admission", "Engine", "Request", "RequestError", "Result", "StepReport", "generate"]
-
-
-@dataclass
-class Admission:
-    """A request checked against an engine: its two prompt rows and, when it starts from a grid, the kept cells."""
-
-    cond: list[int]
-    uncond: list[int]
-    codes: torch.Tensor | None = None  # [1 or num_images, num_image_tokens] on the CPU
-    keep: torch.Tensor | None = None  # bool, shaped as codes: the cells fed their code, not a sample
 
 
 @dataclass
@@ -120,58 +111,9 @@ class Engine:
 
     def validate(self, request: Request) -> Admission:
         """Check a request against this engine; returns its prompt rows and kept cells."""
-        if not request.prompt.strip():
-            raise RequestError("The prompt is empty; describe the picture you want.")
-        if not 1 <= request.num_images <= self.max_batch_images:
-            raise RequestError(f"Ask for between 1 and {self.max_batch_images} images, not {request.num_images}.")
-        if not math.isfinite(request.cfg) or request.cfg < 0:
-            raise RequestError(f"The guidance weight must be a number of at least 0, not {request.cfg}.")
-        if not math.isfinite(request.temperature) or request.temperature < 0:
-            raise RequestError(f"The temperature must be a number of at least 0, not {request.temperature}.")
-        if request.negative is not None and not isinstance(request.negative, str):
-            raise RequestError("The negative prompt must be text.")
-        cond, uncond = guidance_rows(self.processor, request.prompt, request.negative)
-        for name, ids in (("prompt", cond), ("negative prompt", uncond)):
-            if len(ids) > self.max_prompt_tokens:
-                raise RequestError(
-                    f"The {name} is too long ({len(ids)} tokens, at most {self.max_prompt_tokens}); shorten it."
-                )
-        return Admission(cond, uncond, *self._kept_cells(request))
-
-    def _kept_cells(self, request: Request) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The source codes and kept cells of a request, [1 or num_images, T] each, or (None, None)."""
-        n, total = request.num_images, self.n_tokens
-
-        def grid_shaped(x: torch.Tensor, length: int) -> bool:
-            return x.dim() in (1, 2) and x.shape[-1] == length and (x.dim() == 1 or x.shape[0] == n)
-
-        prefix, forced, keep = request.prefix, request.forced, request.keep
-        if prefix is not None and (forced is not None or keep is not None):
-            raise RequestError("Give a token prefix or a grid to start from, not both.")
-        if prefix is not None:
-            if prefix.dim() not in (1, 2) or not grid_shaped(prefix, prefix.shape[-1]) or prefix.shape[-1] > total:
-                raise RequestError(f"A token prefix must be [k] or [num_images, k] with k <= {total}.")
-            codes = torch.zeros(*prefix.shape[:-1], total, dtype=torch.long)
-            codes[..., : prefix.shape[-1]] = prefix
-            keep = torch.arange(total) < prefix.shape[-1]
-        elif forced is not None:
-            if not grid_shaped(forced, total):
-                raise RequestError(f"A grid to start from must be [{total}] or [num_images, {total}] codes.")
-            codes = forced
-            if keep is None:
-                keep = torch.ones(total, dtype=torch.bool)
-            elif not grid_shaped(keep, total) or keep.dtype != torch.bool:
-                raise RequestError(f"The cells to keep must be a [{total}] or [num_images, {total}] boolean mask.")
-        elif keep is not None:
-            raise RequestError("Cells to keep need a grid to start from.")
-        else:
-            return None, None
-        codebook = self.model.model.generation_embeddings.num_embeddings
-        given = prefix if prefix is not None else forced
-        in_range = not codes.numel() or (int(codes.min()) >= 0 and int(codes.max()) < codebook)
-        if given.is_floating_point() or given.dtype == torch.bool or not in_range:
-            raise RequestError(f"Token ids must be whole numbers from 0 to {codebook - 1}.")
-        return codes.cpu().long().reshape(-1, total), keep.cpu().reshape(-1, total)
+        return admit(request, self.processor, max_images=self.max_batch_images,
+                     max_prompt_tokens=self.max_prompt_tokens, n_tokens=self.n_tokens,
+                     codebook=self.model.model.generation_embeddings.num_embeddings)
 
     def add(self, requests: Sequence[Request]) -> list[Result]:
         """Prefill requests into free slots; they sample their first token now and join the next step.
@@ -203,14 +145,7 @@ class Engine:
             return [failed for request, admission in zip(requests, admissions)
                     for failed in self._admit([request], [admission])]
         for request, slots, admission in zip(requests, slots_of, admissions):
-            end, kept = self.n_tokens, None
-            if admission.keep is not None:
-                keep = admission.keep.expand(request.num_images, -1)
-                if request.forced is not None:  # a variation's prefix previews top-down, as it always has
-                    kept = torch.where(keep, admission.codes, -1)  # [n, T]
-                sampled = (~keep).any(dim=0).nonzero()
-                if self.state.logits is None:  # recorded logits need every step
-                    end = int(sampled[-1]) + 1 if len(sampled) else 1
+            end, kept = admission.plan(request, self.n_tokens, every_step=self.state.logits is not None)
             self._running[request.id] = _Running(request, slots, step=1, write_pos=length, end=end, kept=kept)
         self._report(requests)
         return []
