@@ -427,9 +427,12 @@ def train(out_dir: str | Path, *, seed: int = 0, threads: int = 2, budget: Budge
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out_dir", metavar="OUT_DIR")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    parser.add_argument("out_dir", metavar="OUT_DIR",
+                        help="directory to write the checkpoint and its card to (made if missing); give it to --model")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the scenes, captions and weights: the same seed gives the same model (default 0)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="CPU threads for torch (default 2; about 35-40 minutes on two cores)")
 
 
 @command
