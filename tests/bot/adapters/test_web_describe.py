@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.bot.adapters.test_web import Web, serving
-from tests.bot.adapters.test_web_upload import finished, form, own_origin, picture, stored_files
+from tests.bot.adapters.test_web_upload import finished, form, own_origin, picture, stored_files, unvouched_multipart
 from tests.bot.helpers import FakeGenerator
 
 pytestmark = pytest.mark.asyncio
@@ -94,16 +94,7 @@ async def test_a_picture_as_a_multipart_form_from_the_page_or_with_the_token(tmp
 
 async def test_a_cross_site_or_unvouched_multipart_describe_starts_nothing(tmp_path: Path) -> None:
     async with serving(tmp_path) as web:
-        port = int(web.adapter.url.rsplit(":", 1)[1].strip("/"))
-        for headers, says in [
-            ({"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"},
-             "Requests from other sites are refused"),
-            ({"Origin": f"http://127.0.0.1:{port + 1}", "Sec-Fetch-Site": "same-site"}, "other sites"),
-            ({"Origin": "null"}, "other sites"),
-            ({}, "A picture sent as multipart/form-data needs the access token (Authorization) or this page's own "
-                 "Origin header"),
-            ({"Referer": f"http://127.0.0.1:{port}/"}, "needs the access token"),
-        ]:
+        for headers, says in unvouched_multipart(web):
             status, body = await describe(web, {"user": "eve"}, picture(), headers)
             assert status == 403 and says in body["error"], (headers, body)
         status, body, _ = await web.post("/api/describe", "user=eve", headers={"Content-Type": "text/plain"})

@@ -281,20 +281,25 @@ async def test_a_multipart_form_says_what_is_wrong_with_it(tmp_path: Path) -> No
         assert web.generator.submitted == []
 
 
+def unvouched_multipart(web: Web) -> list[tuple[dict[str, str], str]]:
+    """Headers of multipart writes the page must refuse, each with what the refusal says."""
+    port = int(web.adapter.url.rsplit(":", 1)[1].strip("/"))
+    return [
+        # <form enctype="multipart/form-data" action=".../api/imagine"> on another site: no preflight
+        ({"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"},
+         "Requests from other sites are refused"),
+        ({"Origin": f"http://127.0.0.1:{port + 1}", "Sec-Fetch-Site": "same-site"}, "other sites"),
+        ({"Origin": "null"}, "other sites"),  # a sandboxed frame
+        # a browser too old to send Origin with a form looks like curl: multipart then needs the token
+        ({}, "A picture sent as multipart/form-data needs the access token (Authorization) or this page's own "
+             "Origin header"),
+        ({"Referer": f"http://127.0.0.1:{port}/"}, "needs the access token"),  # a Referer is easily had
+    ]
+
+
 async def test_a_cross_site_multipart_upload_starts_nothing(tmp_path: Path) -> None:
     async with serving(tmp_path) as web:
-        port = int(web.adapter.url.rsplit(":", 1)[1].strip("/"))
-        for headers, says in [
-            # <form enctype="multipart/form-data" action=".../api/imagine"> on another site: no preflight
-            ({"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"},
-             "Requests from other sites are refused"),
-            ({"Origin": f"http://127.0.0.1:{port + 1}", "Sec-Fetch-Site": "same-site"}, "other sites"),
-            ({"Origin": "null"}, "other sites"),  # a sandboxed frame
-            # a browser too old to send Origin with a form looks like curl: multipart then needs the token
-            ({}, "A picture sent as multipart/form-data needs the access token (Authorization) or this page's own "
-                 "Origin header"),
-            ({"Referer": f"http://127.0.0.1:{port}/"}, "needs the access token"),  # a Referer is easily had
-        ]:
+        for headers, says in unvouched_multipart(web):
             status, body = await upload(web, FOX, picture(), headers=headers)
             assert status == 403 and says in body["error"], (headers, body)
         assert web.generator.submitted == [] and stored_files(tmp_path) == []
