@@ -37,6 +37,7 @@ def generator_process(settings: Settings) -> GeneratorProcess:
         settings.model.name or None,
         device=settings.model.device,
         dtype=settings.model.dtype,
+        quantize=settings.model.quantize,
         max_batch_images=settings.generator.max_batch_images,
         compile=settings.generator.compile,
         start_timeout=settings.generator.start_timeout_s,

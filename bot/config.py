@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bot.blocklist import pattern_problem
-from generator.protocol import CFG_RANGE, COUNT_RANGE, TEMPERATURE_RANGE
+from generator.protocol import CFG_RANGE, COUNT_RANGE, QUANTIZE_MODES, TEMPERATURE_RANGE
 
 
 class ConfigError(ValueError):
@@ -27,6 +27,14 @@ class ModelSettings(_Section):
     name: str = ""
     device: str = "auto"
     dtype: str = "auto"
+    quantize: str = "none"  # the generator's --quantize: one of QUANTIZE_MODES
+
+    @field_validator("quantize")
+    @classmethod
+    def _known_mode(cls, quantize: str) -> str:
+        if quantize not in QUANTIZE_MODES:  # said here, not minutes later when the generator has started
+            raise ValueError(f'"{quantize}" is not a mode; use one of: {", ".join(QUANTIZE_MODES)}')
+        return quantize
 
 
 class GeneratorSettings(_Section):

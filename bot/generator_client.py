@@ -75,6 +75,7 @@ class GeneratorProcess:
         *,
         device: str | None = None,
         dtype: str | None = None,
+        quantize: str = "none",
         max_batch_images: int = 16,
         preview_every: int | None = None,
         compile: bool = False,
@@ -85,8 +86,8 @@ class GeneratorProcess:
         shutdown_grace: float = 10.0,
     ) -> None:
         self.command = [python, "-m", "generator", "serve", "--max-batch-images", str(max_batch_images)]
-        for flag, value in (("--model", model), ("--device", device), ("--dtype", dtype)):
-            if value and value != "auto":
+        for flag, value in (("--model", model), ("--device", device), ("--dtype", dtype), ("--quantize", quantize)):
+            if value and value not in ("auto", "none"):
                 self.command += [flag, value]
         if preview_every is not None:
             self.command += ["--preview-every", str(preview_every)]

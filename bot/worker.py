@@ -372,8 +372,9 @@ async def serve(args: argparse.Namespace) -> int:
 
     extra = ["--step-delay", str(args.step_delay)] if args.step_delay else []
     generator = GeneratorProcess(
-        args.model or None, device=args.device, dtype=args.dtype, max_batch_images=args.max_batch_images,
-        preview_every=args.preview_every, compile=args.compile, extra_args=extra, shutdown_grace=args.shutdown_grace,
+        args.model or None, device=args.device, dtype=args.dtype, quantize=args.quantize,
+        max_batch_images=args.max_batch_images, preview_every=args.preview_every, compile=args.compile,
+        extra_args=extra, shutdown_grace=args.shutdown_grace,
     )
     client = connect(args.redis)
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"

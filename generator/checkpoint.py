@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import (
     get_hf_file_metadata,
+    hf_hub_download,
     hf_hub_url,
     is_offline_mode,
     snapshot_download,
@@ -28,8 +29,10 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from tqdm import tqdm
-from transformers import JanusForConditionalGeneration, JanusProcessor
+from transformers import JanusConfig, JanusForConditionalGeneration, JanusProcessor
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+from generator.quantize import QuantizeError, quantize_model, unsupported
 
 log = logging.getLogger(__name__)
 download_log = logging.getLogger("generator.download")  # shown by the CLI and the generator process alike
@@ -54,6 +57,7 @@ class Checkpoint:
     model: JanusForConditionalGeneration
     processor: JanusProcessor
     name: str
+    quantize: str = "none"  # the language model's linear layers: none, int8 or int4 (generator.quantize)
 
     def __post_init__(self) -> None:
         fuse_norms(self.model)
@@ -172,11 +176,18 @@ def load_checkpoint(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    quantize: str = "none",
 ) -> Checkpoint:
-    """Load model and processor from one place; bf16 on CUDA, fp32 on CPU unless told otherwise."""
+    """Load model and processor from one place; bf16 on CUDA, fp32 on CPU unless told otherwise.
+
+    `quantize` (int8, int4) makes the language model's linear layers weight-only quantized on the device.
+    """
     name = str(name)
     dev = parse_device(device)
     dt = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype, dev)
+    problem = unsupported(quantize, dev, dt)  # before minutes of download and loading
+    if problem:
+        raise CheckpointError(problem)
     path = Path(name).expanduser()
     local, cache_only = path.exists() or _looks_like_path(name), False
     if local:
@@ -207,20 +218,63 @@ def load_checkpoint(
         raise CheckpointError(_not_found_message(source)) from None
     except (ValueError, KeyError) as err:
         raise CheckpointError(f"{source!r} is not a usable Janus checkpoint: {first_line(err)}") from None
-    model.to(dev).eval()
+    if quantize == "none":
+        model.to(dev)
+    else:
+        try:
+            quantize_model(model, quantize, dev)
+        except QuantizeError as err:
+            raise CheckpointError(str(err)) from None
+    model.eval()
     model.requires_grad_(False)
-    log.info("loaded %s on %s in %s", source, dev, str(dt).removeprefix("torch."))
-    return Checkpoint(model=model, processor=processor, name=source)
+    log.info("loaded %s on %s in %s%s", source, dev, str(dt).removeprefix("torch."),
+             "" if quantize == "none" else f", language model layers {quantize}")
+    return Checkpoint(model=model, processor=processor, name=source, quantize=quantize)
+
+
+def load_config(name: str | os.PathLike[str]) -> JanusConfig:
+    """A checkpoint's config alone, from a local directory or the hub: no weights, nothing fetched but config.json."""
+    name = str(name)
+    path = Path(name).expanduser()
+    if path.exists() or _looks_like_path(name):
+        _check_local(path)
+        file = path / "config.json"
+    else:
+        try:
+            cached = try_to_load_from_cache(name, "config.json")
+        except ValueError:  # not of the form owner/name
+            raise CheckpointError(_not_found_message(name)) from None
+        if isinstance(cached, str):
+            file = Path(cached)
+        elif is_offline_mode() or not _hub_answers(name):
+            raise CheckpointError(_offline_message(name))
+        else:
+            try:
+                file = Path(hf_hub_download(name, "config.json"))
+            except HfHubHTTPError:
+                raise CheckpointError(_not_found_message(name)) from None
+            except (HTTPError, OSError) as err:
+                raise CheckpointError(f"Downloading {name!r}'s config.json failed: {first_line(err)}; try again."
+                                      ) from None
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{name!r} has an unreadable config.json ({err}).") from None
+    if config.get("model_type") != "janus":
+        raise CheckpointError(f"{name!r} is not a Janus checkpoint (model_type is {config.get('model_type')!r}, "
+                              f"expected 'janus').")
+    return JanusConfig.from_dict(config)
 
 
 def load_from_args(args: argparse.Namespace) -> Checkpoint:
-    """The checkpoint a command's `--model`, `--device` and `--dtype` name, libraries quieted first; UsageError in
-    one sentence when it cannot be found, fetched or moved to that device."""
+    """The checkpoint a command's `--model`, `--device`, `--dtype` and `--quantize` name, libraries quieted first;
+    UsageError in one sentence when it cannot be found, fetched, quantized or moved to that device."""
     from generator.cli import UsageError, quiet_transformers
 
     quiet_transformers()
     try:
-        return load_checkpoint(resolve_model(args.model), device=args.device, dtype=args.dtype)
+        return load_checkpoint(resolve_model(args.model), device=args.device, dtype=args.dtype,
+                               quantize=getattr(args, "quantize", "none"))
     except CheckpointError as err:
         raise UsageError(str(err)) from None
     except RuntimeError as err:  # the device failed while the model moved there

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from generator.cli import UsageError, command, output_file, writable_dir
-from generator.protocol import DEFAULT_REGION, check_negative, check_options, check_prompt, parse_region
+from generator.protocol import (
+    DEFAULT_REGION,
+    add_quantize_argument,
+    check_negative,
+    check_options,
+    check_prompt,
+    parse_region,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -40,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upscale", type=int, metavar="PX", help="Lanczos-upscale each image to PX pixels")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     parser.add_argument("--dtype", help="auto, bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    add_quantize_argument(parser)
 
 
 @command

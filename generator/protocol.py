@@ -23,11 +23,15 @@ DESCRIBE_TEMPERATURE_RANGE = (0.0, 2.0)
 DESCRIBE_MAX_TOKENS = 512  # the most new tokens a described prompt may take
 
 
+QUANTIZE_MODES = ("none", "int8", "int4")  # weight-only, of the language model's linear layers (generator.quantize)
+
+
 def add_process_arguments(parser: argparse.ArgumentParser) -> None:
     """The generator process's options: `python -m generator serve` and `janus-bot worker` (which starts one)."""
     parser.add_argument("--model", help="hub id or checkpoint directory (default: the built-in model)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     parser.add_argument("--dtype", help="auto, bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    add_quantize_argument(parser)
     parser.add_argument("--max-batch-images", type=int, default=16, metavar="N",
                         help="image slots sampled together, across jobs (default 16)")
     parser.add_argument("--preview-every", type=int, metavar="K",
@@ -35,6 +39,12 @@ def add_process_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="compile the decode step with torch.compile at start (falls back to eager)")
     parser.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # crash tests only
+
+
+def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none",
+                        help="weight-only quantization of the language model's linear layers: int8 (about half the "
+                             "memory) or int4 (about a third); none keeps the dtype's weights (default none)")
 
 
 class OptionError(ValueError):

@@ -699,7 +699,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"--preview-every must be 0 or more; you gave {args.preview_every}.")
     started = time.perf_counter()
     try:
-        checkpoint = load_checkpoint(resolve_model(args.model or None), device=args.device or None, dtype=args.dtype)
+        checkpoint = load_checkpoint(resolve_model(args.model or None), device=args.device or None, dtype=args.dtype,
+                                     quantize=args.quantize)
     except CheckpointError as err:
         return _fail(str(err))
     except (RuntimeError, ValueError) as err:  # the device failed while the model moved there
@@ -709,8 +710,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     preview_every = default_preview_every(checkpoint) if args.preview_every is None else args.preview_every
     options = EngineOptions(max_batch_images=args.max_batch_images, preview_every=preview_every,
                             compile=args.compile)
-    log.info("loaded %s on %s in %s in %.1fs; %d image slots", checkpoint.name, checkpoint.device,
-             str(checkpoint.dtype).removeprefix("torch."), time.perf_counter() - started, options.max_batch_images)
+    log.info("loaded %s on %s in %s%s in %.1fs; %d image slots", checkpoint.name, checkpoint.device,
+             str(checkpoint.dtype).removeprefix("torch."),
+             "" if checkpoint.quantize == "none" else f" (language model layers {checkpoint.quantize})",
+             time.perf_counter() - started, options.max_batch_images)
     try:
         with contextlib.ExitStack() as files:
             step_log = files.enter_context(open(args.step_log, "w", buffering=1)) if args.step_log else None

@@ -44,6 +44,8 @@ def test_secrets_come_from_the_environment_only(tmp_path: Path) -> None:
         ("[defaults]\ncount = 17\n", "config.toml: defaults.count: Input should be less than or equal to 16"),
         ('[bot]\nadmins = ["1234"]\n', 'config.toml: bot.admins: "1234" should look like "discord:<user id>"'),
         ("[limits\n", "config.toml: not valid TOML: "),
+        ('[model]\nquantize = "int3"\n',
+         'config.toml: model.quantize: "int3" is not a mode; use one of: none, int8, int4'),
         ('[blocklist]\npatterns = ["fine", "(oops"]\n',
          "config.toml: blocklist.patterns: '(oops' is not a regular expression the blocklist can use (missing ): "
          "(oops"),
@@ -72,3 +74,21 @@ def test_generator_settings_reach_the_generator_command_line(tmp_path: Path) -> 
     command = generator_process(load_settings(path, {})).command
     assert command[command.index("--max-batch-images") + 1] == "8" and "--compile" in command
     assert "--compile" not in generator_process(load_settings(None, {})).command
+
+
+def test_model_quantize_reaches_the_generator_and_the_worker_command_lines(tmp_path: Path) -> None:
+    from bot.app import generator_process
+    from bot.generator_client import GeneratorProcess
+    from bot.worker import add_arguments
+    from generator.cli import Parser
+
+    path = tmp_path / "config.toml"
+    path.write_text('[model]\nquantize = "int8"\n')
+    command = generator_process(load_settings(path, {})).command
+    assert command[command.index("--quantize") + 1] == "int8"
+    assert "--quantize" not in generator_process(load_settings(None, {})).command  # none: the generator's default
+    parser = Parser(prog="janus-bot worker")
+    add_arguments(parser)
+    args = parser.parse_args(["--redis", "redis://localhost", "--quantize", "int4"])
+    command = GeneratorProcess(args.model, quantize=args.quantize).command
+    assert command[command.index("--quantize") + 1] == "int4"
