@@ -23,6 +23,7 @@ from generator.cli import UsageError, command, quiet_transformers
 from generator.engine import Engine, Request
 from generator.presets import PRESETS, build_memory_problem, build_model
 from generator.prompt import format_prompt
+from generator.quantize import MODES, unsupported
 from generator.reference import reference_generate
 from generator.slots import kv_bytes_per_row
 
@@ -269,6 +270,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="baselines to leave out")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--dtype", help="auto, bf16 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--quantize", choices=MODES, default="none",
+                        help="int8 or int4: the engine on the language model's layers quantized against the same "
+                             "model unquantized: weight bytes, images/s and agreement (default none)")
     parser.add_argument("--serving", action="store_true",
                         help="the generator process through its protocol, pictures and previews included, against "
                              "the token-only engine; and the longest gap between its decode steps")
@@ -305,7 +309,7 @@ def bench(args: argparse.Namespace) -> int:
     if args.tokens:
         side = math.isqrt(args.tokens)
         preset = dataclasses.replace(preset, image_size=preset.patch * side)
-    problem = build_memory_problem(args.preset, device)
+    problem = build_memory_problem(args.preset, device) or unsupported(args.quantize, device, dtype)
     if problem:
         raise UsageError(problem)
     torch.set_grad_enabled(False)
@@ -317,6 +321,10 @@ def bench(args: argparse.Namespace) -> int:
     checkpoint = Checkpoint(model, processor, f"random {args.preset}")
     workloads = [parse_workload(w) for w in args.workload] if args.workload else [(args.requests, args.images)]
     print(header(args, checkpoint), flush=True)
+    if args.quantize != "none":
+        from generator.bench_quantize import run_quantized
+
+        return run_quantized(args, checkpoint, workloads)
     for requests_n, images in workloads:
         run_workload(checkpoint, args, requests_n, images)
         if args.regions:
@@ -457,6 +465,8 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         return "--images must be from 1 to 16 and --requests at least 1."
     if args.serving and args.regions:
         return "--regions measures the engine alone; leave out --serving."
+    if args.quantize != "none" and (args.serving or args.regions):
+        return "--quantize measures the engine alone against itself unquantized; leave out --serving and --regions."
     if args.serving and args.workload:
         return "--serving runs one workload; give it with --requests and --images."
     if args.preview_every is not None and (args.preview_every < 0 or not args.serving):

@@ -112,23 +112,45 @@ class SlotCache:
         return 0
 
 
+def kv_bytes_per_image(text_config: object, dtype: torch.dtype, length: int) -> int:
+    """KV cache bytes one image slot (its two rows) of `length` positions takes, from the text config alone."""
+    per_token = 2 * text_config.num_hidden_layers * text_config.num_key_value_heads * _head_dim(text_config)
+    return 2 * per_token * length * dtype.itemsize
+
+
 def kv_bytes_per_row(checkpoint: Checkpoint, length: int) -> int:
     """KV cache bytes one row of `length` tokens takes."""
-    text = checkpoint.model.config.text_config
-    per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * _head_dim(text)
-    return per_token * length * torch.tensor([], dtype=checkpoint.dtype).element_size()
+    return kv_bytes_per_image(checkpoint.model.config.text_config, checkpoint.dtype, length) // 2
+
+
+def margin_bytes(total: int) -> int:
+    """Device memory kept out of the KV cache: prefill activations, logits and the VQ decoder's feature maps."""
+    return max(int(0.1 * total), 3 << 30)
+
+
+def image_slots(free: int, total: int, per_image: int, *, limit: int = 64) -> int:
+    """Image slots whose KV cache fits in `free` bytes of a `total`-byte device after the margin; 0 when none does.
+
+    The one sizing rule: the engine applies it to the memory free after loading, `janus-bot plan` to a card's
+    memory less the weights it works out from the config.
+    """
+    return max(0, min(limit, (free - margin_bytes(total)) // per_image))
+
+
+def device_memory(device: torch.device) -> tuple[int, int] | None:
+    """(free, total) bytes of a CUDA device; None for a CPU, whose batch is not sized from memory."""
+    return torch.cuda.mem_get_info(device) if device.type == "cuda" else None
 
 
 def auto_batch_images(checkpoint: Checkpoint, max_prompt_tokens: int, *, limit: int = 64) -> int:
-    """How many images fit the free GPU memory (16 on CPU): two KV rows each, after a reserve."""
-    device = checkpoint.device
-    if device.type != "cuda":
+    """How many images fit the free GPU memory (16 on CPU), at least one: two KV rows each, after the margin."""
+    memory = device_memory(checkpoint.device)
+    if memory is None:
         return 16
-    free, total = torch.cuda.mem_get_info(device)
-    per_image = 2 * kv_bytes_per_row(checkpoint, max_prompt_tokens + checkpoint.num_image_tokens)
-    # The reserve covers prefill activations, logits and the VQ decoder's largest feature maps.
-    usable = free - max(int(0.1 * total), 3 << 30)
-    fit = max(1, min(limit, usable // per_image))
+    free, total = memory
+    per_image = kv_bytes_per_image(checkpoint.model.config.text_config, checkpoint.dtype,
+                                   max_prompt_tokens + checkpoint.num_image_tokens)
+    fit = max(1, image_slots(free, total, per_image, limit=limit))
     log.info("sizing the batch for %d images (%.1f GiB free, %.0f MiB of KV cache each)", fit, free / 2**30,
              per_image / 2**20)
     return fit

@@ -29,6 +29,7 @@ COMMANDS: dict[str, Command] = {
     "describe": Command("generator.describe_command", "write prompts that would draw the given pictures"),
     "make-model": Command("generator.presets", "save a random-weight checkpoint of a preset architecture"),
     "bench": Command("generator.bench", "measure the engine against the reference loop and transformers"),
+    "plan": Command("generator.plan", "what a model needs on a GPU and how many images fit, per weight mode"),
     "run": Command("bot.app", "run the bot (Discord, Slack, the web page) until SIGTERM or Ctrl-C"),
     "worker": Command("bot.worker", "run a GPU worker of the Redis pool: janus-bot worker --redis URL [--model ...]",
                       parses_itself=True),
