@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from generator.checkpoint import Checkpoint
 from generator.engine import Engine, Request, RequestError, Result, generate
 from generator.llama_step import LlamaStep, fused_weight
 from generator.reference import reference_generate
@@ -14,7 +15,7 @@ from generator.sampling import image_key, sample, uniform
 PROMPTS = ["a lighthouse at dusk", "red", "two small yellow squares in the top left corner on a blue background"]
 
 
-def _results(engine: Engine) -> dict[str, Result]:
+def finished(engine: Engine) -> dict[str, Result]:
     """Step until every running request has finished; results by request id."""
     done = {}
     while engine.busy:
@@ -23,7 +24,7 @@ def _results(engine: Engine) -> dict[str, Result]:
 
 
 def _run(engine: Engine) -> dict[str, torch.Tensor]:
-    return {rid: result.tokens for rid, result in _results(engine).items()}
+    return {rid: result.tokens for rid, result in finished(engine).items()}
 
 
 @pytest.mark.parametrize("cfg", [1.0, 5.0])
@@ -58,20 +59,26 @@ def test_teacher_forced_guided_logits_match_reference(tiny):
         torch.testing.assert_close(result.logits, ref.logits, atol=1e-4, rtol=0)
 
 
-def test_own_decode_step_equals_transformers_forward(tiny):
+def assert_own_step_equals_transformers(checkpoint: Checkpoint, atol: float) -> None:
+    """The engine's own decode step against transformers' forward of the same modules: same tokens, and the
+    logits within `atol`."""
     requests = [Request(PROMPTS[2], 2, seed=3, id="a"), Request(PROMPTS[1], 1, cfg=3.0, seed=4, id="b")]
     runs = []
     for own in (True, False):
-        engine = Engine(tiny, max_batch_images=3, record_logits=True)
-        assert engine.graphs.step is not None  # the tiny model is a plain Llama: the own step covers it
+        engine = Engine(checkpoint, max_batch_images=3, record_logits=True)
+        assert engine.graphs.step is not None  # the own step covers the checkpoint's layers
         if not own:
             engine.graphs.step = None
         with torch.inference_mode():
             engine.add(requests)
-            runs.append(_results(engine))
+            runs.append(finished(engine))
     for rid in ("a", "b"):
         assert torch.equal(runs[0][rid].tokens, runs[1][rid].tokens)
-        torch.testing.assert_close(runs[0][rid].logits, runs[1][rid].logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(runs[0][rid].logits, runs[1][rid].logits, atol=atol, rtol=0)
+
+
+def test_own_decode_step_equals_transformers_forward(tiny):
+    assert_own_step_equals_transformers(tiny, atol=1e-5)  # the tiny model is a plain Llama
 
 
 def test_fused_weights_are_the_modules_own_memory_stacked_once():
@@ -99,7 +106,6 @@ def test_engines_on_one_model_share_its_weights(tiny):
 
 @pytest.mark.parametrize("built_in_inference_mode", [False, True])
 def test_the_own_step_serves_a_model_built_in_or_out_of_inference_mode(built_in_inference_mode):
-    from generator.checkpoint import Checkpoint
     from generator.presets import PRESETS, build_model
 
     with torch.inference_mode(built_in_inference_mode):
@@ -114,7 +120,6 @@ def test_a_language_model_the_own_step_does_not_cover_decodes_through_transforme
     import dataclasses
     import logging
 
-    from generator.checkpoint import Checkpoint
     from generator.presets import PRESETS, build_model
 
     model, processor = build_model(dataclasses.replace(PRESETS["tiny"], kv_heads=2), seed=1)
@@ -133,7 +138,7 @@ def _forced_run(engine: Engine, tiny) -> dict[str, Result]:
     with torch.inference_mode():
         engine.add([Request(PROMPTS[2], 2, cfg=5.0, prefix=forced[0], id="a"),
                     Request(PROMPTS[1], 2, cfg=3.0, prefix=forced[1], id="b")])
-        return _results(engine)
+        return finished(engine)
 
 
 def test_compiled_step_computes_what_the_eager_step_does(tiny, caplog):
@@ -155,7 +160,7 @@ def test_one_compile_serves_every_batch_size_and_cache_length(tiny):
         engine.add([Request(PROMPTS[0], 1, seed=1), Request(PROMPTS[2], 3, seed=2)])
         engine.step()  # 8 rows
         engine.add([Request(PROMPTS[1], 2, seed=3)])
-        assert len(_results(engine)) == 3  # 12 rows, then fewer as requests finish; lengths growing
+        assert len(finished(engine)) == 3  # 12 rows, then fewer as requests finish; lengths growing
 
 
 def test_a_step_that_will_not_compile_falls_back_to_eager_in_one_line(tiny, caplog, monkeypatch):

@@ -15,10 +15,11 @@ import torch
 
 from generator import protocol as wire
 from generator.checkpoint import CheckpointError, load_checkpoint
-from generator.engine import Engine, Request, Result, generate
+from generator.engine import Engine, Request, generate
 from generator.llama_step import LlamaStep
 from generator.quantize import is_quantized, quantized_share, unsupported
 from janus_bot.cli import main
+from tests.generator.test_engine import assert_own_step_equals_transformers, finished
 from tests.generator.test_server import Server
 
 PROMPTS = ["a lighthouse at dusk", "red", "two small yellow squares in the top left corner on a blue background"]
@@ -29,13 +30,6 @@ MODES = ["int8", "int4"]
 def quantized(request: pytest.FixtureRequest, tiny_dir: Path):
     """The tiny checkpoint loaded on CPU in fp32 with its language model's layers in one mode."""
     return load_checkpoint(tiny_dir, device="cpu", quantize=request.param)
-
-
-def _results(engine: Engine) -> dict[str, Result]:
-    done = {}
-    while engine.busy:
-        done.update((result.request.id, result) for result in engine.step())
-    return done
 
 
 # What rounding the weights may move, measured on the tiny checkpoint's random weights with guidance 5 (which
@@ -66,19 +60,7 @@ def test_quantized_step_agrees_with_the_unquantized_model(tiny, quantized):
 def test_own_decode_step_equals_transformers_forward_on_quantized_layers(quantized):
     """The engine's own step (Q/K/V and gate/up stacked for int8, separate GEMMs for int4; residuals added after
     the quantized output GEMMs) computes what transformers' modules do with the same quantized weights."""
-    requests = [Request(PROMPTS[2], 2, seed=3, id="a"), Request(PROMPTS[1], 1, cfg=3.0, seed=4, id="b")]
-    runs = []
-    for own in (True, False):
-        engine = Engine(quantized, max_batch_images=3, record_logits=True)
-        assert engine.graphs.step is not None  # the own step covers the quantized layers
-        if not own:
-            engine.graphs.step = None
-        with torch.inference_mode():
-            engine.add(requests)
-            runs.append(_results(engine))
-    for rid in ("a", "b"):
-        assert torch.equal(runs[0][rid].tokens, runs[1][rid].tokens)
-        torch.testing.assert_close(runs[0][rid].logits, runs[1][rid].logits, atol=1e-4, rtol=0)
+    assert_own_step_equals_transformers(quantized, atol=1e-4)
 
 
 def test_the_compiled_step_on_int8_layers_computes_what_the_eager_one_does(tiny_dir):
@@ -91,7 +73,7 @@ def test_the_compiled_step_on_int8_layers_computes_what_the_eager_one_does(tiny_
         assert engine.decode_path == ("own step, compiled" if compile_ else "own step")
         with torch.inference_mode():
             engine.add([Request(PROMPTS[0], 2, seed=5, id="a")])
-            runs.append(_results(engine)["a"])
+            runs.append(finished(engine)["a"])
     assert torch.equal(runs[0].tokens, runs[1].tokens)
     torch.testing.assert_close(runs[0].logits, runs[1].logits, atol=1e-4, rtol=0)
 
