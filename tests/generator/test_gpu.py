@@ -146,3 +146,17 @@ def test_kept_cells_and_a_negative_prompt_replay_as_graphs_without_a_host_read(t
             engine._decode(0, 2, 64)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_layers_replay_as_graphs_with_the_eager_steps_tokens(tiny_dir, mode):
+    if mode == "int4" and torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("int4 needs compute capability 8.0 (tinygemm)")
+    quantized = load_checkpoint(tiny_dir, quantize=mode)  # cuda, bf16
+    engine = Engine(quantized, max_batch_images=4)
+    assert engine.graphs.static and len(engine.graphs.captured) == len(engine.graphs.shapes())
+    replayed = _serve(engine, "graph")
+    eager = Engine(quantized, max_batch_images=4)
+    eager.graphs.captured.clear()
+    for key, tokens in _serve(eager, "eager").items():
+        assert torch.equal(replayed[key], tokens), key
