@@ -22,6 +22,7 @@ from bot.jobs import Handle
 from bot.ratelimit import Clock
 from bot.service import Hook, Service
 from bot.store import Store
+from generator.protocol import QUANTIZE_MODES
 
 if TYPE_CHECKING:  # imported when used: the bot's side of a Redis pool never starts a generator
     from bot.generator_client import GeneratorProcess
@@ -223,6 +224,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", help="TOML settings file (default: config.toml if present, else defaults)")
     parser.add_argument("--model", help="hub id or checkpoint directory (overrides [model] name; default: the "
                                         "built-in demo model)")
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES,
+                        help="int8 or int4 weights for the language model's layers, none for the dtype's (overrides "
+                             "[model] quantize; default none); `janus-bot plan` says what fits your GPU")
     parser.add_argument("--data-dir", help="database and images directory (overrides [bot] data_dir; default data)")
     parser.add_argument("--web-port", type=int, metavar="N",
                         help="serve the web playground and API on port N (0: any free port), chat platforms or not")
@@ -264,8 +268,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _with_flags(settings: Settings, args: argparse.Namespace) -> Settings:
     """The settings with the command line's flags applied over the file's."""
-    if args.model is not None:
-        settings = settings.model_copy(update={"model": settings.model.model_copy(update={"name": args.model})})
+    model = {key: value for key, value in (("name", args.model), ("quantize", args.quantize)) if value is not None}
+    if model:
+        settings = settings.model_copy(update={"model": settings.model.model_copy(update=model)})
     if args.data_dir is not None:
         bot = settings.bot.model_copy(update={"data_dir": Path(args.data_dir)})
         settings = settings.model_copy(update={"bot": bot})

@@ -77,6 +77,7 @@ def test_generator_settings_reach_the_generator_command_line(tmp_path: Path) -> 
 
 
 def test_model_quantize_reaches_the_generator_and_the_worker_command_lines(tmp_path: Path) -> None:
+    from bot import app
     from bot.app import generator_process
     from bot.generator_client import GeneratorProcess
     from bot.worker import add_arguments
@@ -92,3 +93,9 @@ def test_model_quantize_reaches_the_generator_and_the_worker_command_lines(tmp_p
     args = parser.parse_args(["--redis", "redis://localhost", "--quantize", "int4"])
     command = GeneratorProcess(args.model, quantize=args.quantize).command
     assert command[command.index("--quantize") + 1] == "int4"
+    run = Parser(prog="janus-bot run")
+    app.add_arguments(run)
+    flagged = app._with_flags(load_settings(path, {}), run.parse_args(["--quantize", "int4", "--model", "m"]))
+    command = generator_process(flagged).command  # the flag over the file's int8
+    assert command[command.index("--quantize") + 1] == "int4" and command[command.index("--model") + 1] == "m"
+    assert app._with_flags(load_settings(path, {}), run.parse_args([])).model.quantize == "int8"
