@@ -2,8 +2,8 @@
 
 Pixels are classified to the nearest palette colour; the most common class is the background; the rest
 splits into 4-connected blobs. A blob's colour is its most common class, its kind comes from how much of
-its bounding box it fills (square ~1, circle ~0.8, triangle ~0.5), its position from its centroid's
-third of the picture. Nothing here knows how the pictures were drawn or generated.
+its bounding box it fills (square ~1, circle ~0.8, triangle ~0.5), its size from the box's longer side, its
+position from its centroid's third of the picture. Nothing here knows how the pictures were drawn or generated.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from generator.demo.scenes import CELLS, COLOURS, IMAGE_SIZE, PALETTE, Scene, Shape
+from generator.demo.scenes import CELLS, COLOURS, IMAGE_SIZE, PALETTE, SIZES, Naming, Scene, Shape
 
-ATTRIBUTES = ("background", "colour", "kind", "position", "count")
+ATTRIBUTES = ("background", "colour", "kind", "position", "count")  # what eval-demo's combination score checks
 MIN_PIXELS = 12  # smaller blobs are noise
+LARGE = sum(SIZES.values()) / 2  # a box side from which a shape is large
 _RGB = np.array([PALETTE[c] for c in COLOURS], dtype=np.float32)  # [C, 3]
 
 
@@ -30,6 +31,7 @@ class Blob:
     kind: str
     cell: tuple[int, int]
     pixels: int
+    size: str = "small"
 
 
 @dataclass(frozen=True)
@@ -86,32 +88,42 @@ def read(image: Image.Image) -> Reading:
         colour = int(np.bincount(classes[ys, xs], minlength=len(COLOURS)).argmax())
         third = IMAGE_SIZE / CELLS
         cell = (min(int(ys.mean() + 0.5) // third, CELLS - 1), min(int(xs.mean() + 0.5) // third, CELLS - 1))
-        blobs.append(Blob(COLOURS[colour], _kind(ys, xs), (int(cell[0]), int(cell[1])), len(blob)))
+        side = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+        blobs.append(Blob(COLOURS[colour], _kind(ys, xs), (int(cell[0]), int(cell[1])), len(blob),
+                          "large" if side >= LARGE else "small"))
     return Reading(COLOURS[background], tuple(blobs))
 
 
-def _shape_checks(want: Shape, got: Blob | None, positioned: bool) -> dict[str, bool]:
-    checks = {"colour": got is not None and got.colour == want.colour,
-              "kind": got is not None and got.kind == want.kind}
-    if positioned:
-        checks["position"] = got is not None and got.cell == want.cell
-    return checks
+_CHECKS = {"colour": "colour", "kind": "kind", "size": "size", "position": "cell"}  # named attribute -> Blob field
 
 
-def score(scene: Scene, image: Image.Image) -> dict[str, list[bool]]:
-    """Each attribute's checks for one picture: background, count, and per shape colour, kind, position."""
+def _shape_checks(want: Shape, got: Blob | None, named: frozenset[str]) -> dict[str, bool]:
+    return {a: got is not None and getattr(got, _CHECKS[a]) == getattr(want, _CHECKS[a]) for a in named}
+
+
+def score(scene: Scene, image: Image.Image, naming: Naming | None = None) -> dict[str, list[bool]]:
+    """Each named attribute's checks for one picture: background, count, and per shape colour, kind, position
+    (and size where named). Without `naming`: what `Naming.of(scene)` names (size aside)."""
+    naming = naming or Naming.of(scene)
     reading = read(image)
     best: list[dict[str, bool]] = []
-    blobs: list[Blob | None] = list(reading.blobs) + [None] * len(scene.shapes)
+    blobs: list[Blob | None] = list(reading.blobs) + [None] * len(naming.shapes)
     # The pairing of described and detected shapes that gets the most right.
-    for order in itertools.permutations(range(len(blobs)), len(scene.shapes)):
-        checks = [_shape_checks(s, blobs[i], scene.positioned) for s, i in zip(scene.shapes, order)]
+    for order in itertools.permutations(range(len(blobs)), len(naming.shapes)):
+        checks = [_shape_checks(s, blobs[i], named) for s, i, named in zip(scene.shapes, order, naming.shapes)]
         if not best or sum(sum(c.values()) for c in checks) > sum(sum(c.values()) for c in best):
             best = checks
-    result: dict[str, list[bool]] = {name: [] for name in ATTRIBUTES}
-    result["background"].append(reading.background == scene.background)
-    result["count"].append(len(reading.blobs) == len(scene.shapes))
+    result: dict[str, list[bool]] = {name: [] for name in (*ATTRIBUTES, "size")}
+    if naming.background:
+        result["background"].append(reading.background == scene.background)
+    if naming.shapes:
+        result["count"].append(len(reading.blobs) == len(scene.shapes))
     for checks in best:
         for name, ok in checks.items():
             result[name].append(ok)
     return result
+
+
+def right(scene: Scene, image: Image.Image, naming: Naming | None = None) -> bool:
+    """Whether every named attribute of the scene is right in the picture."""
+    return all(all(oks) for oks in score(scene, image, naming).values())

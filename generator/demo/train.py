@@ -1,11 +1,13 @@
-"""Train the demo model on CPU: the VQ-VAE on scene pictures, then the generation path on caption -> tokens.
+"""Train the demo model on CPU: the VQ-VAE on scene pictures, then both directions of the language model.
 
-Stage 1 trains Janus's `vqmodel`: the decoder and the l2-normalised codebook learn to draw each token's
-code, then the encoder to find it again. Stage 2 trains the language model, `generation_embeddings`,
-`generation_aligner` and `generation_head` by teacher forcing on exactly the sequences the engine builds
-(prompt ids, then image-token embeddings), with the caption replaced as the unconditional rows are a
-tenth of the time (and those rows label-smoothed) so classifier-free guidance works, and a few captions
-swapped for another scene's, as scraped captions are.
+Stage 1 trains Janus's `vqmodel`: the decoder and the l2-normalised codebook learn to draw each token's code, then
+the encoder to find it again. Stage 2 trains the rest together, a batch of each direction per step:
+- drawing: the language model, `generation_embeddings`, `generation_aligner` and `generation_head`, teacher-forced
+  on exactly the sequences the engine builds (prompt ids, then image-token embeddings), from captions that name all
+  or part of a scene (what they leave open was drawn at random), a tenth of them replaced as the unconditional rows
+  are (and those rows label-smoothed) so classifier-free guidance works, a few swapped for another scene's;
+- reading: the vision encoder, `aligner` and the language model's text output, teacher-forced on describe's own
+  prompt (`generator.describe`) answered with a caption naming every attribute.
 """
 
 from __future__ import annotations
@@ -23,11 +25,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import JanusForConditionalGeneration, JanusProcessor, JanusVQVAE
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    JanusForConditionalGeneration,
+    JanusImageProcessorPil,
+    JanusProcessor,
+    JanusVQVAE,
+    PreTrainedTokenizerFast,
+)
 
 from generator.cli import command, quiet_transformers, writable_dir
 from generator.demo import scenes
-from generator.presets import Preset, build_config, build_processor
+from generator.describe import DEFAULT_INSTRUCTION, describe_prompt
+from generator.presets import BOI, BOS, EOI, EOS, IMAGE, PAD, SPECIAL_TOKENS, Preset, build_config
 from generator.prompt import encode_prompt, unconditional_ids
 
 log = logging.getLogger(__name__)
@@ -35,12 +45,36 @@ log = logging.getLogger(__name__)
 # 48 px -> a 6x6 grid of 36 tokens, 8 px each: a scene cell is 2x2 tokens. Three VQ levels (48 -> 6), 128
 # channels at every level: its GroupNorms (32 groups) standardise each group over the whole picture, and
 # with fewer than ~4 channels a group cannot tell one flat colour from another. No extra residual blocks
-# keeps it fast on a CPU.
+# keeps it fast on a CPU. The vision encoder reads the same 8 px patches.
 DEMO = Preset(image_size=scenes.IMAGE_SIZE, hidden=128, layers=4, heads=4, kv_heads=4, mlp=384, vocab=1024,
-              codebook=256, vq_channels=128, vq_res_blocks=0, vision_hidden=32, vision_layers=1, vision_heads=2,
+              codebook=256, vq_channels=128, vq_res_blocks=0, vision_hidden=64, vision_layers=2, vision_heads=4,
               vq_multiplier=(1, 1, 1, 1), vq_embed=32)
 GRID = DEMO.grid
 TOKENS_PER_CELL = GRID // scenes.CELLS  # along a side
+
+# The conversation format of the Janus checkpoints, pictures included: "<|User|>: <image_placeholder>\n{text}\n\n
+# <|Assistant|>:{reply}". A picture item becomes the placeholder and a line break, as the published template does.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% set parts = [{'type': 'text', 'text': message['content']}] if message['content'] is string"
+    " else message['content'] %}"
+    "{% set ns = namespace(text='') %}"
+    "{% for part in parts %}"
+    "{% if part['type'] == 'image' %}{% set ns.text = ns.text + '<image_placeholder>\n' %}"
+    "{% elif part['type'] == 'text' %}"
+    "{% set ns.text = ns.text + (' ' if ns.text and not ns.text.endswith('\n') else '') + part['text'] | trim %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if message['role'] | lower == 'user' %}<|User|>: {{ ns.text | trim }}\n\n"
+    "{% elif message['role'] | lower == 'assistant' %}<|Assistant|>:{% if ns.text | trim %} {{ ns.text | trim }}"
+    "{% endif %}{% if not loop.last %}<｜end▁of▁sentence｜>{% endif %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|Assistant|>:{% endif %}"
+)
+# Other ways operators may ask ([describe] instruction); the demo answers them all with a full caption.
+INSTRUCTIONS = ["Describe this picture.", "What is in this image?", "Write a prompt for this picture.",
+                "Caption this image.", "Describe the image in one sentence."]
 
 
 @dataclass(frozen=True)
@@ -51,19 +85,43 @@ class Budget:
     vq_batch: int = 16
     vq_lr: float = 1e-3
     encoder_steps: int = 200
-    scenes: int = 16000  # training scenes for stage 2
+    scenes: int = 24000  # training scenes for stage 2
     lm_steps: int = 4500
     lm_batch: int = 96
     lm_lr: float = 2e-3
-    decision_weight: float = 10.0  # how much more a shape's first token counts in the loss
+    decision_weight: float = 5.0  # how much more the tokens that decide a picture count in the loss
     uncond: float = 0.1  # fraction of rows trained without their caption
     uncond_smoothing: float = 0.8  # label smoothing on those rows
     mismatch: float = 0.03  # share of captioned rows that read another scene's caption, as alt text often does
+    describe_batch: int = 24  # pictures answered per step
+    describe_weight: float = 1.0  # the reading loss's weight beside the drawing loss
+    decoded: int = 2048  # training scenes whose VQ-decoded pictures (what imagine shows) describe also reads
+
+
+def build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer of the demo's language (training captions, instructions), with the Janus special
+    tokens: any text encodes, the caption words as whole tokens."""
+    rng = random.Random(0)
+    corpus = [c.text for c in scenes.sample_captions(30000, 11)] + [DEFAULT_INSTRUCTION, *INSTRUCTIONS] * 50
+    corpus += [scenes.full_caption(scene, rng) for scene, _ in scenes.sample(5000, 12)]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(corpus, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tokenizer.token_to_id(BOS))])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                   extra_special_tokens={"image_token": IMAGE, "boi_token": BOI, "eoi_token": EOI},
+                                   padding_side="left", model_max_length=16384)
 
 
 def build_demo(seed: int = 0) -> tuple[JanusForConditionalGeneration, JanusProcessor]:
     """Fresh weights of the demo architecture, with its tokenizer and chat template."""
-    processor = build_processor(DEMO)
+    image_processor = JanusImageProcessorPil(size={"height": DEMO.image_size, "width": DEMO.image_size})
+    processor = JanusProcessor(image_processor=image_processor, tokenizer=build_tokenizer(),
+                               chat_template=CHAT_TEMPLATE, num_image_tokens=DEMO.grid**2)
     config = build_config(DEMO, processor.tokenizer)
     torch.manual_seed(seed)
     return JanusForConditionalGeneration(config), processor
@@ -75,6 +133,86 @@ def to_pixels(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+# -- the code of each token -------------------------------------------------------------------------
+
+
+SHAPE_QUARTERS = TOKENS_PER_CELL**2 - 1  # a shape's tokens after its first
+START = len(scenes.COLOURS)  # the code of a shape's first token, whatever the shape
+SHAPE_CODES = len(scenes.COLOURS) * len(scenes.KINDS) * len(scenes.SIZES) * SHAPE_QUARTERS
+IN_USE = START + 1 + SHAPE_CODES  # codes the scenes use; the rest of the codebook stays unused
+
+
+def cell_tokens(cell: tuple[int, int]) -> list[int]:
+    """The raster indices of a scene cell's tokens, its quarters in raster order."""
+    t = TOKENS_PER_CELL
+    return [(cell[0] * t + dy) * GRID + cell[1] * t + dx for dy in range(t) for dx in range(t)]
+
+
+def scene_codes(scene: scenes.Scene) -> list[int]:
+    """The code of each token, raster order.
+
+    A background token's code is its colour. A shape's first token (its cell's top-left quarter) is START, the
+    same for every shape, and its other three are (colour, kind, size, which quarter), whatever the background.
+    In raster order the model first decides that a shape begins here and then which one: were the two one token,
+    guidance would multiply the odds of starting a prompt's named shape at every cell it passes, and an open
+    position would always be the first free cell. The decoder draws the first quarter from its neighbours.
+    """
+    colours, kinds, sizes = scenes.COLOURS, scenes.KINDS, list(scenes.SIZES)
+    codes = [colours.index(scene.background)] * GRID**2
+    for shape in scene.shapes:
+        index = (colours.index(shape.colour) * len(kinds) + kinds.index(shape.kind)) * len(sizes)
+        first = START + 1 + (index + sizes.index(shape.size)) * SHAPE_QUARTERS
+        tokens = cell_tokens(shape.cell)
+        codes[tokens[0]] = START
+        for quarter, token in enumerate(tokens[1:]):
+            codes[token] = first + quarter
+    return codes
+
+
+def code_attributes(code: int) -> tuple[str | int, ...]:
+    """What a token's code stands for, size aside: (background,), ("start",), (colour, kind, quarter) for quarters
+    1-3 of a shape, or ("unused",)."""
+    colours, kinds, sizes = scenes.COLOURS, scenes.KINDS, list(scenes.SIZES)
+    if code < START:
+        return (colours[code],)
+    if code == START:
+        return ("start",)
+    if code >= IN_USE:
+        return ("unused",)
+    index, quarter = divmod(code - START - 1, SHAPE_QUARTERS)
+    colour, kind = divmod(index // len(sizes), len(kinds))
+    return colours[colour], kinds[kind], quarter + 1
+
+
+def _cells(codes: list[int]) -> list[tuple[tuple[str | int, ...], ...]]:
+    """Each scene cell's tokens' attributes, cells in raster order."""
+    return [tuple(code_attributes(codes[token]) for token in cell_tokens((row, col)))
+            for row in range(scenes.CELLS) for col in range(scenes.CELLS)]
+
+
+def codes_follow(scene: scenes.Scene, codes: list[int]) -> bool:
+    """Whether a code grid draws the scene, size aside; unplaced pairs ("two ...") may sit in any cells."""
+    want, got = _cells(scene_codes(scene)), _cells(codes)
+    return got == want if scene.positioned else sorted(got) == sorted(want)
+
+
+def decision_tokens(scene: scenes.Scene) -> list[bool]:
+    """The tokens that decide a picture, raster order: the first token of every cell (background, or a shape
+    begins) and a shape's other three (which shape, then the same again a row below).
+
+    Which tokens these are never depends on the token's own value, only on what came before it (a shape's
+    tokens follow its START), so weighing them up leaves the probabilities the model learns as they are; it
+    only spends more of its effort there. Unweighted, nearly all of the loss is background tokens that copy
+    their neighbour.
+    """
+    marked = [False] * GRID**2
+    for row in range(scenes.CELLS):
+        for col in range(scenes.CELLS):
+            marked[cell_tokens((row, col))[0]] = True
+    for shape in scene.shapes:
+        for token in cell_tokens(shape.cell):
+            marked[token] = True
+    return marked
 # -- stage 1: VQ-VAE --------------------------------------------------------------------------------
 
 
@@ -91,57 +229,6 @@ def _latents(vq: JanusVQVAE, pixels: torch.Tensor) -> torch.Tensor:
 def encode(vq: JanusVQVAE, pixels: torch.Tensor) -> torch.Tensor:
     """Each token's nearest code.  # [n, g*g]"""
     return (_latents(vq, pixels) @ _codebook(vq).T).argmax(-1).view(len(pixels), -1)
-
-
-SHAPE_CODES = len(scenes.COLOURS) * len(scenes.KINDS) * len(scenes.SIZES) * TOKENS_PER_CELL**2
-IN_USE = len(scenes.COLOURS) + SHAPE_CODES  # codes the scenes use; the rest of the codebook stays unused
-
-
-def cell_tokens(cell: tuple[int, int]) -> list[int]:
-    """The raster indices of a scene cell's tokens, its quarters in raster order."""
-    t = TOKENS_PER_CELL
-    return [(cell[0] * t + dy) * GRID + cell[1] * t + dx for dy in range(t) for dx in range(t)]
-
-
-def scene_codes(scene: scenes.Scene) -> list[int]:
-    """The code of each token, raster order.
-
-    A background token's code is its colour. A shape's tokens (the 2x2 of its cell) are (colour, kind,
-    size, which quarter of the cell), whatever the background: the decoder finds the background in the
-    tokens around them, so the language model has one thing fewer to combine.
-    """
-    colours, kinds, sizes = scenes.COLOURS, scenes.KINDS, list(scenes.SIZES)
-    codes = [colours.index(scene.background)] * GRID**2
-    for shape in scene.shapes:
-        index = (colours.index(shape.colour) * len(kinds) + kinds.index(shape.kind)) * len(sizes)
-        first = len(colours) + (index + sizes.index(shape.size)) * TOKENS_PER_CELL**2
-        for quarter, token in enumerate(cell_tokens(shape.cell)):
-            codes[token] = first + quarter
-    return codes
-
-
-def code_attributes(code: int) -> tuple[str | int, ...]:
-    """What a token's code stands for, size aside: (background,), (colour, kind, quarter) or ("unused",)."""
-    colours, kinds, sizes = scenes.COLOURS, scenes.KINDS, list(scenes.SIZES)
-    if code < len(colours):
-        return (colours[code],)
-    if code >= IN_USE:
-        return ("unused",)
-    index, quarter = divmod(code - len(colours), TOKENS_PER_CELL**2)
-    colour, kind = divmod(index // len(sizes), len(kinds))
-    return colours[colour], kinds[kind], quarter
-
-
-def _cells(codes: list[int]) -> list[tuple[tuple[str | int, ...], ...]]:
-    """Each scene cell's tokens' attributes, cells in raster order."""
-    return [tuple(code_attributes(codes[token]) for token in cell_tokens((row, col)))
-            for row in range(scenes.CELLS) for col in range(scenes.CELLS)]
-
-
-def codes_follow(scene: scenes.Scene, codes: list[int]) -> bool:
-    """Whether a code grid draws the scene, size aside; unplaced pairs ("two ...") may sit in any cells."""
-    want, got = _cells(scene_codes(scene)), _cells(codes)
-    return got == want if scene.positioned else sorted(got) == sorted(want)
 
 
 def _shape_weights(batch: list[scenes.Scene]) -> torch.Tensor:
@@ -236,14 +323,13 @@ def tokenise(vq: JanusVQVAE, pictures: list[scenes.Scene], chunk: int = 256) -> 
     return torch.cat(out)
 
 
-# -- stage 2: caption -> tokens ----------------------------------------------------------------------
+# -- stage 2: drawing and reading ----------------------------------------------------------------------
 
 
-def generation_parameters(model: JanusForConditionalGeneration) -> list[torch.nn.Parameter]:
-    """What stage 2 trains: the language model and the generation embeddings, aligner and head."""
-    parts = [model.model.language_model, model.model.generation_embeddings, model.model.generation_aligner,
-             model.model.generation_head]
-    return [p for part in parts for p in part.parameters()]
+def trained_parameters(model: JanusForConditionalGeneration) -> list[torch.nn.Parameter]:
+    """What stage 2 trains: everything but the VQ-VAE (the text head shares the input embeddings' weights)."""
+    frozen = {id(p) for p in model.model.vqmodel.parameters()}
+    return [p for p in model.parameters() if id(p) not in frozen]
 
 
 def batch_inputs(model: JanusForConditionalGeneration, prompts: list[list[int]], tokens: torch.Tensor,
@@ -276,17 +362,6 @@ def image_logits(model: JanusForConditionalGeneration, prompts: list[list[int]],
     return model.model.generation_head(hidden[:, length - 1:])
 
 
-def shape_starts(scene: scenes.Scene) -> list[bool]:
-    """Which tokens start a shape (its cell's top-left quarter), raster order.
-
-    That token is where the model decides what to draw; the shape's other three follow from it.
-    """
-    starts = [False] * GRID**2
-    for shape in scene.shapes:
-        starts[cell_tokens(shape.cell)[0]] = True
-    return starts
-
-
 def caption_rows(rng: random.Random, captions: list[list[str]], index: list[int], budget: Budget
                  ) -> list[tuple[int | None, str]]:
     """Which scene's caption each training row reads (None: dropped for guidance), and the text drawn.
@@ -308,66 +383,135 @@ def caption_rows(rng: random.Random, captions: list[list[str]], index: list[int]
     return rows
 
 
-def train_lm(model: JanusForConditionalGeneration, processor: JanusProcessor, captions: list[list[str]],
-             tokens: torch.Tensor, budget: Budget, seed: int, report: Callable[[str], None],
-             decisions: torch.Tensor | None = None) -> dict[str, float]:
-    """Next-image-token cross-entropy on caption -> token-grid pairs, some captions dropped.
+def reading_prompt(processor: JanusProcessor, instruction: str) -> list[int]:
+    """describe's prompt ids for one picture (its placeholder expanded), as `generator.describe` builds them."""
+    blank = Image.new("RGB", (DEMO.image_size, DEMO.image_size))
+    return processor(text=describe_prompt(processor, instruction), images=[blank])["input_ids"][0].tolist()
 
-    `decisions` [n, g*g] marks the tokens whose loss counts `budget.decision_weight` times: the few that
-    decide a picture. Unweighted, the loss is mostly background tokens and tokens that copy their
-    neighbour, and the model never learns to name a shape's colour and kind.
+
+def reading_logits(model: JanusForConditionalGeneration, pixel_values: torch.Tensor, rows: list[list[int]],
+                   pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced text logits of right-padded rows (describe's prompt, then an answer), and the mask of the
+    real tokens.  # [B, L, V], [B, L]"""
+    length = max(len(row) for row in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return model(input_ids=ids, pixel_values=pixel_values, attention_mask=mask).logits, mask
+
+
+@dataclass
+class Pool:
+    """Stage 2's material: training scenes with captions (all or part of each scene named), code grids, decision
+    tokens, and for the first few their VQ-decoded pictures (what imagine shows and describe then reads)."""
+
+    scenes: list[scenes.Scene]
+    captions: list[list[str]]
+    codes: torch.Tensor  # [n, g*g]
+    decisions: torch.Tensor  # [n, g*g] bool
+    decoded: list[Image.Image]
+
+
+def make_pool(vq: JanusVQVAE, budget: Budget, seed: int) -> Pool:
+    """`budget.scenes` training scenes with four captions each; the decoded pictures from the trained VQ-VAE."""
+    rng = random.Random(seed)
+    drawn = scenes.sample_captions(budget.scenes, seed)
+    captions = [[c.text] + [scenes.caption(c.scene, rng) for _ in range(3)] for c in drawn]
+    pictures = [c.scene for c in drawn]
+    codes = torch.tensor([scene_codes(scene) for scene in pictures])  # what the encoder learned to output
+    decoded: list[Image.Image] = []
+    with torch.inference_mode():
+        for part in codes[: budget.decoded].split(64):
+            x = vq.decode(part)
+            decoded += [Image.fromarray(a) for a in
+                        ((x.permute(0, 2, 3, 1).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)]
+    decisions = torch.tensor([decision_tokens(scene) for scene in pictures])
+    return Pool(pictures, captions, codes, decisions, decoded)
+
+
+def train_lm(model: JanusForConditionalGeneration, processor: JanusProcessor, pool: Pool, budget: Budget,
+             seed: int, report: Callable[[str], None]) -> dict[str, float]:
+    """Each step: next-image-token cross-entropy on caption -> code-grid rows (some captions dropped or swapped),
+    and next-word cross-entropy on describe's prompt -> full caption rows.
+
+    Decision tokens (`decision_tokens`) count `budget.decision_weight` times in the drawing loss.
     """
     model.train()
     rng = random.Random(seed)
-    pad_id = processor.tokenizer.pad_token_id
-    params = generation_parameters(model)
+    pad_id, eos_id = processor.tokenizer.pad_token_id, processor.tokenizer.eos_token_id
+    params = trained_parameters(model)
     optimiser = torch.optim.AdamW(params, lr=budget.lm_lr, weight_decay=0.01)
     schedule = _schedule(optimiser, budget.lm_lr, budget.lm_steps, warmup=0.05)
     cache: dict[str, list[int]] = {}
-    loss_sum, correct, total, first_right, first_total = 0.0, 0, 0, 0, 0
+    prompts = {text: reading_prompt(processor, text) for text in [DEFAULT_INSTRUCTION, *INSTRUCTIONS]}
+    sums: dict[str, float] = {}
     last: dict[str, float] = {}
+
+    def add(name: str, value: float) -> None:
+        sums[name] = sums.get(name, 0.0) + value
+
     for step in range(budget.lm_steps):
-        index = [rng.randrange(len(tokens)) for _ in range(budget.lm_batch)]
-        rows = caption_rows(rng, captions, index, budget)
-        prompts, dropped = [], [caption is None for caption, _ in rows]
+        index = [rng.randrange(len(pool.codes)) for _ in range(budget.lm_batch)]
+        rows = caption_rows(rng, pool.captions, index, budget)
+        ids, dropped = [], [caption is None for caption, _ in rows]
         for caption, text in rows:
-            ids = cache.get(text) or cache.setdefault(text, encode_prompt(processor, text))
-            prompts.append(ids if caption is not None else unconditional_ids(ids, processor))
-        target = tokens[index]
-        logits = image_logits(model, prompts, target, pad_id)
-        weight = torch.ones_like(target, dtype=torch.float32)
-        first = decisions[index] if decisions is not None else None
-        if first is not None:
-            weight[first] = budget.decision_weight
+            prompt = cache.get(text) or cache.setdefault(text, encode_prompt(processor, text))
+            ids.append(prompt if caption is not None else unconditional_ids(prompt, processor))
+        target = pool.codes[index]
+        logits = image_logits(model, ids, target, pad_id)
+        decisions = pool.decisions[index]
+        weight = 1 + (budget.decision_weight - 1) * decisions.float()
         log_p = logits.log_softmax(-1)
         nll = -log_p.gather(-1, target[..., None])[..., 0]  # [B, T]
         # Guidance divides by the unconditional probability to the power cfg - 1: a code the unconditional
         # rows rule out entirely would win whenever the conditional rows merely doubt it. Label smoothing
         # on those rows keeps every code's unconditional probability above a floor.
         smooth = torch.tensor(dropped)[:, None] * budget.uncond_smoothing
-        loss = ((1 - smooth) * nll - smooth * log_p.mean(-1)) * weight
-        loss = loss.sum() / weight.sum()
+        loss = ((((1 - smooth) * nll - smooth * log_p.mean(-1)) * weight).sum() / weight.sum())
+        right = logits.argmax(-1) == target
+        add("loss", loss.item())
+        add("token_accuracy", float(right.float().mean()))
+        add("decision_accuracy", float(right[decisions].float().mean()))
+
+        if budget.describe_batch:
+            picks = [rng.randrange(len(pool.scenes)) for _ in range(budget.describe_batch)]
+            images = [pool.decoded[i] if i < len(pool.decoded) and rng.random() < 0.5 else scenes.render(pool.scenes[i])
+                      for i in picks]
+            pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+            reading = []
+            for i in picks:
+                answer = scenes.full_caption(pool.scenes[i], rng)
+                ids = cache.get(answer) or cache.setdefault(
+                    answer, processor.tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [eos_id])
+                instruction = DEFAULT_INSTRUCTION if rng.random() < 0.85 else rng.choice(INSTRUCTIONS)
+                reading.append((prompts[instruction], ids))
+            text_logits, mask = reading_logits(model, pixel_values, [p + a for p, a in reading], pad_id)
+            answer_mask = mask.clone()
+            for r, (prompt, _) in enumerate(reading):
+                answer_mask[r, : len(prompt)] = 0  # only the answer is learned
+            targets = torch.tensor([[*(p + a)[1:], *[pad_id] * (mask.shape[1] - len(p + a))] for p, a in reading])
+            keep = answer_mask[:, 1:].bool()
+            read_loss = F.cross_entropy(text_logits[:, :-1][keep], targets[keep])
+            loss = loss + budget.describe_weight * read_loss
+            said = text_logits[:, :-1].argmax(-1) == targets
+            add("describe_loss", read_loss.item())
+            add("describe_token_accuracy", float(said[keep].float().mean()))
+
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimiser.step()
         schedule.step()
-        loss_sum += loss.item()
-        right = logits.argmax(-1) == target
-        correct += int(right.sum())
-        total += target.numel()
-        if first is not None:
-            first_right += int(right[first].sum())
-            first_total += int(first.sum())
         if (step + 1) % 50 == 0 or step + 1 == budget.lm_steps:
-            last = {"loss": loss_sum / (total // target[0].numel() // budget.lm_batch),
-                    "token_accuracy": correct / total}
-            if first_total:
-                last["first_shape_token_accuracy"] = first_right / first_total
-            report(f"lm step {step + 1}/{budget.lm_steps}: loss {last['loss']:.3f}, "
-                   f"teacher-forced token accuracy {last['token_accuracy']:.3f}"
-                   + (f", first shape tokens {first_right / first_total:.3f}" if first_total else ""))
-            loss_sum, correct, total, first_right, first_total = 0.0, 0, 0, 0, 0
+            count = (step % 50) + 1
+            last = {name: value / count for name, value in sums.items()}
+            report(f"lm step {step + 1}/{budget.lm_steps}: loss {last['loss']:.3f}, teacher-forced token accuracy "
+                   f"{last['token_accuracy']:.3f}, decision tokens {last['decision_accuracy']:.3f}"
+                   + (f"; describe loss {last['describe_loss']:.3f}, words {last['describe_token_accuracy']:.3f}"
+                      if budget.describe_batch else ""))
+            sums = {}
     model.eval()
     return last
 
@@ -389,19 +533,16 @@ def train(out_dir: str | Path, *, seed: int = 0, threads: int = 2, budget: Budge
     vq_stats = train_vq(model.model.vqmodel, budget, seed, report)
     vq_time = time.perf_counter() - t0
 
-    rng = random.Random(seed + 1)
-    pairs = scenes.sample(budget.scenes, seed + 1)
-    captions = [[text] + [scenes.caption(scene, rng) for _ in range(3)] for scene, text in pairs]
-    tokens = torch.tensor([scene_codes(scene) for scene, _ in pairs])  # what the encoder learned to output
-    decisions = torch.tensor([shape_starts(scene) for scene, _ in pairs])
     check = [scene for scene, _ in scenes.sample(512, seed + 3)]
     truth = torch.tensor([scene_codes(s) for s in check])
     agree = float((tokenise(model.model.vqmodel, check) == truth).float().mean())
     report(f"the encoder finds {agree:.1%} of held-aside tokens' codes")
 
-    report(f"stage 2: generation path, {budget.lm_steps} steps of {budget.lm_batch} sequences")
+    report(f"stage 2: {budget.lm_steps} steps of {budget.lm_batch} caption -> picture and {budget.describe_batch} "
+           f"picture -> caption sequences")
     t0 = time.perf_counter()
-    lm_stats = train_lm(model, processor, captions, tokens, budget, seed + 2, report, decisions)
+    pool = make_pool(model.model.vqmodel, budget, seed + 1)
+    lm_stats = train_lm(model, processor, pool, budget, seed + 2, report)
     lm_time = time.perf_counter() - t0
 
     out = Path(out_dir)
@@ -413,8 +554,7 @@ def train(out_dir: str | Path, *, seed: int = 0, threads: int = 2, budget: Budge
         "seed": seed,
         "threads": threads,
         "budget": asdict(budget),
-        "seconds": {"vq": round(vq_time), "lm": round(lm_time),
-                    "total": round(time.perf_counter() - started)},
+        "seconds": {"vq": round(vq_time), "lm": round(lm_time), "total": round(time.perf_counter() - started)},
         "vq": vq_stats | {"encoder_agreement": agree},
         "lm": lm_stats,
         "parameters": params,
@@ -432,19 +572,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the scenes, captions and weights: the same seed gives the same model (default 0)")
     parser.add_argument("--threads", type=int, default=2,
-                        help="CPU threads for torch (default 2; about 35-40 minutes on two cores)")
+                        help="CPU threads for torch (default 2; about 50-70 minutes on two cores)")
 
 
 @command
 def run(args: argparse.Namespace) -> int:
-    """Train, score on held-out prompts, and write the model card beside the weights."""
-    writable_dir(args.out_dir)  # before the half hour of training, not after
+    """Train, score on held-out material, and write the model card beside the weights."""
+    writable_dir(args.out_dir)  # before the training, not after
     quiet_transformers()
     from generator.demo.card import write_card
 
     started = time.perf_counter()
     stats = train(args.out_dir, seed=args.seed, threads=args.threads, report=lambda line: print(line, flush=True))
-    print(f"trained in {time.perf_counter() - started:.0f}s; scoring on held-out prompts", flush=True)
+    print(f"trained in {time.perf_counter() - started:.0f}s; scoring on held-out material", flush=True)
     lines = write_card(args.out_dir, stats)
     print("\n".join(lines))
     print(f"saved the demo model to {args.out_dir}")

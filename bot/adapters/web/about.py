@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from generator.demo import EXAMPLES
+
 DEMO_NAME = "janus-bot demo model"
 DEMO_DIR = ("generator", "demo_model")  # where the shipped demo model lives; backend.model is its path
 
@@ -12,14 +14,9 @@ DEMO_DRAWS = (
     "This is the built-in demo model, a tiny Janus trained on synthetic 48 px scenes: a background colour and one "
     "or two circles, squares or triangles, small or large, in red, orange, yellow, green, blue, purple, white or "
     "black, each at one of nine places (top left, top, top right, left, center, right, bottom left, bottom, bottom "
-    "right). Other prompts come out as shapes too; set [model] name to a Janus checkpoint for real pictures."
-)
-DEMO_EXAMPLES = (
-    "a large red circle at the top on a blue background",
-    "two small yellow squares on a purple background",
-    "a green triangle in the bottom left on a white background",
-    "a black background with a big orange square in the center",
-    "a small white circle in the top right and a blue triangle on the left on a green background",
+    "right). Name as much or as little as you like (\"a red circle\", \"two squares on blue\"): what you leave open "
+    "changes from picture to picture, and Describe reads its pictures back. Other prompts come out as shapes too; "
+    "set [model] name to a Janus checkpoint for real pictures."
 )
 
 
@@ -44,7 +41,7 @@ def model_name(model: str | None) -> str | None:
 
 def demo_examples() -> list[str]:
     """Prompts the demo model draws, for the page's example chips."""
-    return list(DEMO_EXAMPLES)
+    return list(EXAMPLES)
 
 
 SEEDS_NOTE = (
