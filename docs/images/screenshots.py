@@ -23,7 +23,7 @@ ROOT = HERE.parents[1]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]  # fmt: skip
-PAGE_PROMPT = "/imagine a small white circle in the top right and a blue triangle on the left on a green background " \
+PAGE_PROMPT = "/imagine a red square in the top left and a yellow circle in the bottom right on a blue background " \
     "--seed 4"
 GRID_PROMPT = "two small yellow squares on a purple background"
 TOKENS = ("DISCORD_TOKEN", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "WEB_TOKEN", "WEB_ADMIN_TOKEN")
