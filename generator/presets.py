@@ -104,8 +104,9 @@ def _corpus(seed: int = 0) -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with the Janus special tokens; any text encodes."""
+def build_tokenizer(vocab_size: int = 1024, corpus: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with the Janus special tokens, learned from `corpus` (default: English-like
+    sentences of prompt words); any text encodes."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -115,7 +116,7 @@ def build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_corpus(), trainer)
+    tokenizer.train_from_iterator(_corpus() if corpus is None else corpus, trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
     )
@@ -130,14 +131,15 @@ def build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     )
 
 
-def build_processor(preset: Preset, tokenizer: PreTrainedTokenizerFast | None = None) -> JanusProcessor:
+def build_processor(preset: Preset, tokenizer: PreTrainedTokenizerFast | None = None,
+                    chat_template: str = CHAT_TEMPLATE) -> JanusProcessor:
     """The processor (tokenizer, image processor, chat template) that goes with a preset."""
     tokenizer = tokenizer or build_tokenizer()
     image_processor = JanusImageProcessorPil(size={"height": preset.image_size, "width": preset.image_size})
     return JanusProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
         num_image_tokens=preset.grid**2,
     )
 

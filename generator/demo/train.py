@@ -25,19 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (
-    JanusForConditionalGeneration,
-    JanusImageProcessorPil,
-    JanusProcessor,
-    JanusVQVAE,
-    PreTrainedTokenizerFast,
-)
+from transformers import JanusForConditionalGeneration, JanusProcessor, JanusVQVAE, PreTrainedTokenizerFast
 
+from generator import presets
 from generator.cli import command, quiet_transformers, writable_dir
 from generator.demo import scenes
 from generator.describe import DEFAULT_INSTRUCTION, describe_prompt
-from generator.presets import BOI, BOS, EOI, EOS, IMAGE, PAD, SPECIAL_TOKENS, Preset, build_config
+from generator.presets import Preset, build_config
 from generator.prompt import encode_prompt, unconditional_ids
 
 log = logging.getLogger(__name__)
@@ -98,30 +92,18 @@ class Budget:
     decoded: int = 2048  # training scenes whose VQ-decoded pictures (what imagine shows) describe also reads
 
 
-def build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer of the demo's language (training captions, instructions), with the Janus special
-    tokens: any text encodes, the caption words as whole tokens."""
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The BPE tokenizer of `generator.presets` learned from the demo's language (training captions, describe's
+    answers and instructions): any text encodes, the caption words as whole tokens."""
     rng = random.Random(0)
     corpus = [c.text for c in scenes.sample_captions(30000, 11)] + [DEFAULT_INSTRUCTION, *INSTRUCTIONS] * 50
     corpus += [scenes.full_caption(scene, rng) for scene, _ in scenes.sample(5000, 12)]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(corpus, trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tokenizer.token_to_id(BOS))])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-                                   extra_special_tokens={"image_token": IMAGE, "boi_token": BOI, "eoi_token": EOI},
-                                   padding_side="left", model_max_length=16384)
+    return presets.build_tokenizer(corpus=corpus)
 
 
 def build_demo(seed: int = 0) -> tuple[JanusForConditionalGeneration, JanusProcessor]:
     """Fresh weights of the demo architecture, with its tokenizer and chat template."""
-    image_processor = JanusImageProcessorPil(size={"height": DEMO.image_size, "width": DEMO.image_size})
-    processor = JanusProcessor(image_processor=image_processor, tokenizer=build_tokenizer(),
-                               chat_template=CHAT_TEMPLATE, num_image_tokens=DEMO.grid**2)
+    processor = presets.build_processor(DEMO, build_tokenizer(), CHAT_TEMPLATE)
     config = build_config(DEMO, processor.tokenizer)
     torch.manual_seed(seed)
     return JanusForConditionalGeneration(config), processor
