@@ -28,6 +28,7 @@ def write_card(model_dir: str | Path, stats: dict[str, object] | None = None) ->
     lm = stats["lm"]
     places = ", ".join(name.removeprefix("the ") for name in scenes.POSITION_NAMES.values())
     examples = "\n".join(f"    {example}" for example in EXAMPLES)
+    frames = len(scenes.FRAMES_BOTH) + len(scenes.FRAMES_THINGS) + len(scenes.FRAMES_BACKGROUND)
     text = f"""# janus-bot demo model
 
 **This is a demo, not an image model.** It draws flat coloured shapes on a plain background and nothing else:
@@ -59,14 +60,14 @@ Prompts it draws:
 ## Data
 
 Pictures of {scenes.IMAGE_SIZE}x{scenes.IMAGE_SIZE} px: a background colour and one or two shapes, each centred in
-one cell of the 3x3 grid (2x2 VQ tokens per cell). Half the scenes hold one shape, 30% two different shapes, 20%
-two alike. Each caption names all or part of its scene: the background (three captions in four), each shape's
-colour and kind (four in five), size (under half) and place (two in three), two alike often as a count ("two
-circles"), sometimes only the background. They come in {len(scenes.FRAMES_BOTH) + len(scenes.FRAMES_THINGS)
-+ len(scenes.FRAMES_BACKGROUND)} sentence frames ("... on a blue background", "a blue background with ...",
-"...; the background is blue"), with synonyms, other word orders, articles or none, capitals, punctuation, and
-now and then words that say nothing about the picture ("please", "a nice ...", ", digital art"). Everything is
-drawn from a seeded random generator (`generator/demo/scenes.py`).
+one cell of the 3x3 grid (2x2 VQ tokens per cell). A third of the training scenes hold one shape, the rest two
+different shapes or two alike, 3:2 (eval-demo's prompts: half one shape). Each caption names all or part of its
+scene: the background (three captions in four), each shape's colour and kind (85%), size (under half) and place
+(70%), two alike often as a count ("two circles"), sometimes only the background. They come in {frames} sentence
+frames ("... on a blue background", "a blue background with ...", "...; the background is blue", "... and a blue
+backdrop"), with synonyms, other word orders, articles or none, capitals, punctuation, and now and then words
+that say nothing about the picture ("please", "a nice ...", ", digital art"). Everything is drawn from a seeded
+random generator (`generator/demo/scenes.py`).
 
 Held out of all training (pictures and captions, both directions): for every (colour, shape) pair one of the
 nine positions, and two alike shapes of six (colour, shape) pairs ("two green squares"). eval-demo's
@@ -103,8 +104,9 @@ With {stats["threads"]} CPU threads on a shared 2-core machine, {seconds["total"
     {budget["uncond_smoothing"]:g} on those rows, and {budget["mismatch"]:.0%} of the others given another
     scene's caption (scraped captions often describe something else: that is what gives guidance its work;
     docs/benchmarks.md has the history). The tokens that decide a picture (every cell's first token, and the
-    token after a shape begins) count {budget["decision_weight"]:g} times: which tokens these are never depends
-    on their own value, so the learned probabilities stay as they are and open attributes stay spread;
+    token after a shape begins) count {budget["decision_weight"]:g} times, the token that says which shape
+    (colour, kind, size) {budget["identity_weight"]:g} times: which tokens these are never depends on their own
+    value, so the learned probabilities stay as they are and open attributes stay spread;
   - reading: {budget["describe_batch"]} pictures a step (half of the first {budget["decoded"]} scenes as the VQ-VAE
     draws them, what imagine shows; the others rendered) through describe's own prompt
     (`generator/describe.py`: the picture, then the instruction, in one user turn), answered with a caption

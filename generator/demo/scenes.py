@@ -61,6 +61,9 @@ FRAMES_BOTH = [
     "{things} with {a_bg} background", "{things}. background: {bg}", "{things}; the background is {bg}",
     "on {a_bg} background, {things}", "{things} in front of {a_bg} background", "an image of {things} against {bg}",
     "paint {things} on {a_bg} background", "{bg} background and {things}", "{a_bg} background, with {things}",
+    "{things} plus {a_bg} background", "{things} and also {a_bg} background", "{things} and {a_bg} backdrop",
+    "{things} on {a_bg} backdrop", "{things}, and the background is {bg}", "{things} and a background of {bg}",
+    "{a_bg} background featuring {things}", "over {a_bg} background: {things}", "{bg} backdrop, {things}",
 ]
 FRAMES_THINGS = ["{things}", "{things}", "{things}", "a picture of {things}", "draw {things}", "an image of {things}",
                  "paint {things}", "a drawing of {things}"]
@@ -291,7 +294,7 @@ def random_naming(scene: Scene, rng: random.Random) -> Naming:
     if len(scene.shapes) == 2 and (not scene.positioned or (alike and rng.random() < 0.15)):
         shared = frozenset(a for a in alike if rng.random() < {"colour": 0.8, "kind": 0.8, "size": 0.35}[a])
         return Naming(background, (shared, shared), together=True)
-    chance = {"colour": 0.8, "kind": 0.8, "size": 0.45, "position": 0.65}
+    chance = {"colour": 0.85, "kind": 0.85, "size": 0.45, "position": 0.7}
     return Naming(background, tuple(frozenset(a for a in SHAPE_ATTRIBUTES if rng.random() < chance[a])
                                     for _ in scene.shapes))
 
@@ -311,6 +314,8 @@ def full_caption(scene: Scene, rng: random.Random | None = None) -> str:
 
 # -- sampling ---------------------------------------------------------------------------------------
 
+TRAINING_SINGLE = 1 / 3  # share of training scenes with one shape; eval-demo's prompts keep half
+
 
 def _cells(rng: random.Random, n: int) -> list[tuple[int, int]]:
     return [divmod(i, CELLS) for i in rng.sample(range(CELLS * CELLS), n)]
@@ -323,14 +328,14 @@ def _neighbours(rng: random.Random) -> list[tuple[int, int]]:
     return [(row, col), rng.choice(beside)]
 
 
-def random_scene(rng: random.Random, *, neighbours: bool = False) -> Scene:
-    """One scene: a single shape (half the time), two different shapes, or two alike (count).
+def random_scene(rng: random.Random, *, neighbours: bool = False, single: float = 0.5) -> Scene:
+    """One scene: a single shape (a `single` share), two different shapes, or two alike (count), 3:2.
 
-    With `neighbours`, always two shapes (different ones 60% of the time), in neighbouring cells.
+    With `neighbours`, always two shapes, in neighbouring cells.
     """
     background = rng.choice(COLOURS)
     others = [c for c in COLOURS if c != background]
-    roll = 0.5 + rng.random() / 2 if neighbours else rng.random()
+    roll = 0.5 + rng.random() / 2 if neighbours else (rng.random() - single) / (1 - single) / 2 + 0.5
     if roll < 0.5:
         shape = Shape(rng.choice(others), rng.choice(KINDS), rng.choice(list(SIZES)), _cells(rng, 1)[0])
         return Scene(background, (shape,))
@@ -344,11 +349,12 @@ def random_scene(rng: random.Random, *, neighbours: bool = False) -> Scene:
 
 def sample_captions(n: int, seed: int, *, held_out: bool = False, neighbours: bool = False) -> list[Caption]:
     """`n` training captions (random namings and phrasings), or with `held_out` only of held-out scenes;
-    `neighbours` as for `random_scene`."""
+    `neighbours` as for `random_scene`. A third of the scenes hold one shape: the model draws those right long
+    before it binds each of two shapes to its own words."""
     rng = random.Random(seed)
     out: list[Caption] = []
     while len(out) < n:
-        scene = random_scene(rng, neighbours=neighbours)
+        scene = random_scene(rng, neighbours=neighbours, single=TRAINING_SINGLE)
         if is_held_out(scene) == held_out:
             naming = random_naming(scene, rng)
             out.append(Caption(scene, naming, phrase(scene, naming, rng)))

@@ -84,6 +84,7 @@ class Budget:
     lm_batch: int = 96
     lm_lr: float = 2e-3
     decision_weight: float = 5.0  # how much more the tokens that decide a picture count in the loss
+    identity_weight: float = 10.0  # and the token that says which shape (colour, kind, size) a START begins
     uncond: float = 0.1  # fraction of rows trained without their caption
     uncond_smoothing: float = 0.8  # label smoothing on those rows
     mismatch: float = 0.03  # share of captioned rows that read another scene's caption, as alt text often does
@@ -195,6 +196,17 @@ def decision_tokens(scene: scenes.Scene) -> list[bool]:
         for token in cell_tokens(shape.cell):
             marked[token] = True
     return marked
+
+
+def identity_tokens(scene: scenes.Scene) -> list[bool]:
+    """The token after each shape's START, raster order: the one that says which shape it is. It follows a START,
+    whatever the shape, so it too is known from what came before it (see `decision_tokens`)."""
+    marked = [False] * GRID**2
+    for shape in scene.shapes:
+        marked[cell_tokens(shape.cell)[1]] = True
+    return marked
+
+
 # -- stage 1: VQ-VAE --------------------------------------------------------------------------------
 
 
@@ -393,6 +405,7 @@ class Pool:
     captions: list[list[str]]
     codes: torch.Tensor  # [n, g*g]
     decisions: torch.Tensor  # [n, g*g] bool
+    identities: torch.Tensor  # [n, g*g] bool
     decoded: list[Image.Image]
 
 
@@ -410,7 +423,8 @@ def make_pool(vq: JanusVQVAE, budget: Budget, seed: int) -> Pool:
             decoded += [Image.fromarray(a) for a in
                         ((x.permute(0, 2, 3, 1).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)]
     decisions = torch.tensor([decision_tokens(scene) for scene in pictures])
-    return Pool(pictures, captions, codes, decisions, decoded)
+    identities = torch.tensor([identity_tokens(scene) for scene in pictures])
+    return Pool(pictures, captions, codes, decisions, identities, decoded)
 
 
 def train_lm(model: JanusForConditionalGeneration, processor: JanusProcessor, pool: Pool, budget: Budget,
@@ -418,7 +432,8 @@ def train_lm(model: JanusForConditionalGeneration, processor: JanusProcessor, po
     """Each step: next-image-token cross-entropy on caption -> code-grid rows (some captions dropped or swapped),
     and next-word cross-entropy on describe's prompt -> full caption rows.
 
-    Decision tokens (`decision_tokens`) count `budget.decision_weight` times in the drawing loss.
+    Decision tokens (`decision_tokens`) count `budget.decision_weight` times in the drawing loss, a shape's identity
+    token (`identity_tokens`) `budget.identity_weight` times.
     """
     model.train()
     rng = random.Random(seed)
@@ -444,7 +459,8 @@ def train_lm(model: JanusForConditionalGeneration, processor: JanusProcessor, po
         target = pool.codes[index]
         logits = image_logits(model, ids, target, pad_id)
         decisions = pool.decisions[index]
-        weight = 1 + (budget.decision_weight - 1) * decisions.float()
+        weight = (1 + (budget.decision_weight - 1) * decisions.float()
+                  + (budget.identity_weight - budget.decision_weight) * pool.identities[index].float())
         log_p = logits.log_softmax(-1)
         nll = -log_p.gather(-1, target[..., None])[..., 0]  # [B, T]
         # Guidance divides by the unconditional probability to the power cfg - 1: a code the unconditional
@@ -554,7 +570,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the scenes, captions and weights: the same seed gives the same model (default 0)")
     parser.add_argument("--threads", type=int, default=2,
-                        help="CPU threads for torch (default 2; about 50-70 minutes on two cores)")
+                        help="CPU threads for torch (default 2; about 55 minutes on two cores)")
 
 
 @command
