@@ -335,12 +335,12 @@ def random_scene(rng: random.Random, *, neighbours: bool = False, single: float 
     """
     background = rng.choice(COLOURS)
     others = [c for c in COLOURS if c != background]
-    roll = 0.5 + rng.random() / 2 if neighbours else (rng.random() - single) / (1 - single) / 2 + 0.5
-    if roll < 0.5:
+    roll = rng.random()
+    if not neighbours and roll < single:
         shape = Shape(rng.choice(others), rng.choice(KINDS), rng.choice(list(SIZES)), _cells(rng, 1)[0])
         return Scene(background, (shape,))
     cells = _neighbours(rng) if neighbours else _cells(rng, 2)
-    if roll < 0.8:
+    if (roll if neighbours else (roll - single) / (1 - single)) < 0.6:  # two different shapes, else two alike
         shapes = tuple(Shape(rng.choice(others), rng.choice(KINDS), rng.choice(list(SIZES)), c) for c in cells)
         return Scene(background, shapes)
     colour, kind, size = rng.choice(others), rng.choice(KINDS), rng.choice(list(SIZES))
