@@ -28,14 +28,22 @@ BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", 
 IMAGE, BOI, EOI = "<image_placeholder>", "<begin_of_image>", "<end_of_image>"
 SPECIAL_TOKENS = [BOS, EOS, PAD, "<|User|>", "<|Assistant|>", IMAGE, BOI, EOI]
 
-# The conversation format of the Janus checkpoints: "<|User|>: {text}\n\n<|Assistant|>:{reply}".
+# The conversation format of the Janus checkpoints, pictures included: "<|User|>: <image_placeholder>\n{text}\n\n
+# <|Assistant|>:{reply}". A picture item becomes the placeholder and a line break, as the published template does.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% set text = message['content'] if message['content'] is string"
-    " else message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') %}"
-    "{% if message['role'] | lower == 'user' %}<|User|>: {{ text | trim }}\n\n"
-    "{% elif message['role'] | lower == 'assistant' %}<|Assistant|>:{% if text %} {{ text | trim }}{% endif %}"
-    "{% if not loop.last %}<｜end▁of▁sentence｜>{% endif %}"
+    "{% set parts = [{'type': 'text', 'text': message['content']}] if message['content'] is string"
+    " else message['content'] %}"
+    "{% set ns = namespace(text='') %}"
+    "{% for part in parts %}"
+    "{% if part['type'] == 'image' %}{% set ns.text = ns.text + '<image_placeholder>\n' %}"
+    "{% elif part['type'] == 'text' %}"
+    "{% set ns.text = ns.text + (' ' if ns.text and not ns.text.endswith('\n') else '') + part['text'] | trim %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if message['role'] | lower == 'user' %}<|User|>: {{ ns.text | trim }}\n\n"
+    "{% elif message['role'] | lower == 'assistant' %}<|Assistant|>:{% if ns.text | trim %} {{ ns.text | trim }}"
+    "{% endif %}{% if not loop.last %}<｜end▁of▁sentence｜>{% endif %}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|Assistant|>:{% endif %}"

@@ -46,26 +46,6 @@ DEMO = Preset(image_size=scenes.IMAGE_SIZE, hidden=128, layers=4, heads=4, kv_he
 GRID = DEMO.grid
 TOKENS_PER_CELL = GRID // scenes.CELLS  # along a side
 
-# The conversation format of the Janus checkpoints, pictures included: "<|User|>: <image_placeholder>\n{text}\n\n
-# <|Assistant|>:{reply}". A picture item becomes the placeholder and a line break, as the published template does.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% set parts = [{'type': 'text', 'text': message['content']}] if message['content'] is string"
-    " else message['content'] %}"
-    "{% set ns = namespace(text='') %}"
-    "{% for part in parts %}"
-    "{% if part['type'] == 'image' %}{% set ns.text = ns.text + '<image_placeholder>\n' %}"
-    "{% elif part['type'] == 'text' %}"
-    "{% set ns.text = ns.text + (' ' if ns.text and not ns.text.endswith('\n') else '') + part['text'] | trim %}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if message['role'] | lower == 'user' %}<|User|>: {{ ns.text | trim }}\n\n"
-    "{% elif message['role'] | lower == 'assistant' %}<|Assistant|>:{% if ns.text | trim %} {{ ns.text | trim }}"
-    "{% endif %}{% if not loop.last %}<｜end▁of▁sentence｜>{% endif %}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|Assistant|>:{% endif %}"
-)
 # Other ways operators may ask ([describe] instruction); the demo answers them all with a full caption.
 INSTRUCTIONS = ["Describe this picture.", "What is in this image?", "Write a prompt for this picture.",
                 "Caption this image.", "Describe the image in one sentence."]
@@ -104,7 +84,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 def build_demo(seed: int = 0) -> tuple[JanusForConditionalGeneration, JanusProcessor]:
     """Fresh weights of the demo architecture, with its tokenizer and chat template."""
-    processor = presets.build_processor(DEMO, build_tokenizer(), CHAT_TEMPLATE)
+    processor = presets.build_processor(DEMO, build_tokenizer())
     config = build_config(DEMO, processor.tokenizer)
     torch.manual_seed(seed)
     return JanusForConditionalGeneration(config), processor

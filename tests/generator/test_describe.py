@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from PIL import Image
 
@@ -37,6 +39,17 @@ def test_the_picture_comes_before_the_instruction_in_one_user_turn(tiny) -> None
     assert text.index(image) < text.index("Say what you see.")
     assert text.count(image) == 1 and text.startswith("<|User|>: ") and text.endswith("<|Assistant|>:")
     assert describe_prompt(tiny.processor).count(DEFAULT_INSTRUCTION) == 1
+
+
+def test_a_template_that_keeps_only_text_gets_the_picture_in_the_text(tiny) -> None:
+    processor = copy.copy(tiny.processor)
+    processor.chat_template = (  # renders only a turn's text items, as some conversions' templates do
+        "{% for message in messages %}<|User|>: {{ message['content'] if message['content'] is string else "
+        "message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') }}\n\n"
+        "{% endfor %}{% if add_generation_prompt %}<|Assistant|>:{% endif %}")
+    text = describe_prompt(processor, "Say what you see.")
+    assert text == f"<|User|>: {processor.image_token}\nSay what you see.\n\n<|Assistant|>:"
+    assert text == describe_prompt(tiny.processor, "Say what you see.")  # the Janus template renders it alike
 
 
 def test_sampled_rows_are_seeded_per_picture_and_row(tiny) -> None:
