@@ -102,6 +102,8 @@ async def test_the_console_gets_a_name_and_the_demo_model_says_what_it_draws(tmp
         await expect(page.locator("#demo")).to_contain_text("circles, squares or triangles")
         chips = page.locator("#demo button.chip")
         assert await chips.all_text_contents() == demo_examples()
+        await expect(page.locator("#command")).to_have_attribute("placeholder",
+                                                                   f"/imagine {demo_examples()[0]} --count 4")
         await chips.nth(0).click()  # no name typed, no token: it just works
         card = page.locator(".job").nth(0)
         await expect(card.locator(".status")).to_contain_text("Done: 4 images, seed ")

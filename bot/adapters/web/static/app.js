@@ -882,8 +882,11 @@ async function hello() {
   if (!data.you.admin && !$("gallery").hidden) toggleGallery();
   const demo = $("demo");
   demo.hidden = !data.model.demo;
+  const command = $("command");
+  command.placeholder = command.dataset.placeholder ??= command.placeholder; // the page's own, for real models
   if (data.model.demo) {
     $("demo-draws").textContent = data.model.draws;
+    command.placeholder = `/imagine ${data.model.examples[0]} --count 4`; // a prompt the demo draws
     const chips = demo.querySelector(".chips");
     chips.replaceChildren("Try: ");
     for (const example of data.model.examples) {
