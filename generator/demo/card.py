@@ -25,10 +25,12 @@ def write_card(model_dir: str | Path, stats: dict[str, object] | None = None) ->
     verdict = {name: "met" if ok else "**NOT met**" for name, ok in targets.items()}
     seconds = stats["seconds"]
     budget = stats["budget"]
-    lm = stats["lm"]
+    tune = stats["tune"]
     places = ", ".join(name.removeprefix("the ") for name in scenes.POSITION_NAMES.values())
     examples = "\n".join(f"    {example}" for example in EXAMPLES)
     frames = len(scenes.FRAMES_BOTH) + len(scenes.FRAMES_THINGS) + len(scenes.FRAMES_BACKGROUND)
+    linked = len(scenes.FRAMES_LINKED)
+    provenance = f" ({stats['sittings']})" if stats.get("sittings") else ""  # a run resumed on another machine
     text = f"""# janus-bot demo model
 
 **This is a demo, not an image model.** It draws flat coloured shapes on a plain background and nothing else:
@@ -66,7 +68,9 @@ scene: the background (three captions in four), each shape's colour and kind (85
 (70%), two alike often as a count ("two circles"), sometimes only the background. They come in {frames} sentence
 frames ("... on a blue background", "a blue background with ...", "...; the background is blue", "... and a blue
 backdrop"), with synonyms, other word orders, articles or none, capitals, punctuation, and now and then words
-that say nothing about the picture ("please", "a nice ...", ", digital art"). Everything is drawn from a seeded
+that say nothing about the picture ("please", "a nice ...", ", digital art"). The last stage's captions may
+also take {linked} frames where words that name no shape follow a joiner ("a red circle, everything on a
+blue background", "a blue background, and in front of that a red circle"). Everything is drawn from a seeded
 random generator (`generator/demo/scenes.py`).
 
 Held out of all training (pictures and captions, both directions): for every (colour, shape) pair one of the
@@ -86,7 +90,7 @@ no training caption uses (`generator/demo/phrasings.py`).
 
 ## Training
 
-With {stats["threads"]} CPU threads on a shared 2-core machine, {seconds["total"]} s in all:
+With {stats["threads"]} CPU threads on a shared 2-core machine, {seconds["total"]} s in all{provenance}:
 
 - VQ-VAE decoder and codebook, {budget["vq_steps"]} steps of {budget["vq_batch"]} pictures (half of them two
   shapes in neighbouring cells), then the encoder, {budget["encoder_steps"]} steps ({seconds["vq"]} s in all).
@@ -111,10 +115,14 @@ With {stats["threads"]} CPU threads on a shared 2-core machine, {seconds["total"
     draws them, what imagine shows; the others rendered) through describe's own prompt
     (`generator/describe.py`: the picture, then the instruction, in one user turn), answered with a caption
     naming every attribute in one of {len(scenes.FRAMES_FULL)} sentence frames; a sixth of the rows ask in other words.
+- Both directions again, {budget["tune_steps"]} steps at learning rate {budget["tune_lr"]:g} ({seconds["tune"]} s), over
+  {budget["tune_scenes"]} fresh scenes whose captions may also take the frames with words after a joiner (Data, above).
+  Trained on the other frames alone, the model read any word after a joiner that is not a background as a
+  second shape ("a blue background, and on it a red circle" drew two).
 
-Final teacher-forced accuracy on the drawing side {lm["token_accuracy"]:.3f} (decision tokens
-{lm["decision_accuracy"]:.3f}: much of what they decide is left open by the captions); on the reading side
-{lm["describe_token_accuracy"]:.3f} of the answers' tokens (which of the sentence frames an answer takes is
+Final teacher-forced accuracy on the drawing side {tune["token_accuracy"]:.3f} (decision tokens
+{tune["decision_accuracy"]:.3f}: much of what they decide is left open by the captions); on the reading side
+{tune["describe_token_accuracy"]:.3f} of the answers' tokens (which of the sentence frames an answer takes is
 open too).
 Weights are stored in bf16, as the published Janus checkpoints are, and load as fp32 on a CPU.
 

@@ -73,6 +73,18 @@ FRAMES_BACKGROUND = ["{a_bg} background", "{bg} background", "shapes on {a_bg} b
 FRAMES_FULL = ["{things} on {a_bg} background", "{a_bg} background with {things}", "{things}, {bg} background",
                "{things} against {a_bg} background"]
 
+# Frames of the last training stage only (`train.tune`): after a joiner, words that name no shape, then the
+# background or the shapes ("a red circle, everything on a blue background", "a blue background, and in front of that
+# a red circle"). In the other frames a joiner is always followed by a shape or the background, and a model trained on
+# them alone reads any other word after one as a second shape ("a blue background, and on it a red circle"). Each is
+# drawn twice as often as another frame (docs/benchmarks.md: what once and twice scored).
+FRAMES_LINKED = ["{things}, {setting} on {a_bg} background", "{things} {setting} on {a_bg} background",
+                 "{a_bg} background, and {lead} {things}", "{a_bg} background; {lead} {things}"]
+LEADS = ["then", "in front of that", "over that", "there is", "we see", "next", "in front", "now", "after that",
+         "we have", "then also", "in the front"]  # also between two shapes: "a red circle and then a blue square"
+SETTINGS = ["everything", "the whole scene", "together", "both", "each", "resting", "lying", "drawn", "shown", "set",
+            "standing", "then", "everything set", "the lot"]
+
 # Words around a prompt that say nothing about the picture (people write them): the model learns to ignore them.
 # None is a word of the vocabulary above.
 STYLE = ["digital art", "flat colours", "minimal", "simple", "high quality", "4k", "vector art", "clean style",
@@ -229,7 +241,7 @@ def _count_phrase(shape: Shape, named: frozenset[str], rng: random.Random | None
     return " ".join([lead, *words])
 
 
-def _things(scene: Scene, naming: Naming, rng: random.Random | None) -> str:
+def _things(scene: Scene, naming: Naming, rng: random.Random | None, linked: bool = False) -> str:
     if naming.together:
         return _count_phrase(scene.shapes[0], naming.shapes[0], rng)
     parts = []
@@ -242,18 +254,25 @@ def _things(scene: Scene, naming: Naming, rng: random.Random | None) -> str:
         else:
             parts.append(f"{noun} {_pick(POSITIONS[shape.cell], rng)}")
     joint = rng.choice([" and ", " and ", " and ", ", ", " and also "]) if rng else " and "
+    if linked and rng and len(parts) == 2 and rng.random() < 0.1:
+        joint += f"{rng.choice(LEADS)} "
     return joint.join(parts)
 
 
 def phrase(scene: Scene, naming: Naming, rng: random.Random | None, frames: dict[str, list[str]] | None = None,
-           *, fillers: bool = True) -> str:
+           *, fillers: bool = True, linked: bool = False) -> str:
     """The caption naming what `naming` says, in one of `frames` (by kind: "both", "things", "background"; the
-    training frames by default). Without `rng`: the first frame and the canonical words, nothing added."""
-    frames = frames or {"both": FRAMES_BOTH, "things": FRAMES_THINGS, "background": FRAMES_BACKGROUND}
+    training frames by default, with `linked` FRAMES_LINKED too). Without `rng`: the first frame and the canonical
+    words, nothing added."""
+    frames = frames or {"both": FRAMES_BOTH + (FRAMES_LINKED * 2 if linked else []), "things": FRAMES_THINGS,
+                        "background": FRAMES_BACKGROUND}
     kind = "both" if naming.background and naming.shapes else "things" if naming.shapes else "background"
     template = _pick(frames[kind], rng)
     bg = scene.background
-    text = template.format(things=_things(scene, naming, rng) if naming.shapes else "", bg=bg, a_bg=_a(bg))
+    things = _things(scene, naming, rng, linked) if naming.shapes else ""
+    links = {key: _pick(words, rng) for key, words in (("lead", LEADS), ("setting", SETTINGS))
+             if f"{{{key}}}" in template}
+    text = template.format(things=things, bg=bg, a_bg=_a(bg), **links)
     if rng is None or not fillers:
         return text
     return _decorate(text, rng)
@@ -299,9 +318,9 @@ def random_naming(scene: Scene, rng: random.Random) -> Naming:
                                     for _ in scene.shapes))
 
 
-def caption(scene: Scene, rng: random.Random) -> str:
-    """One training caption of the scene: a random naming in a random phrasing."""
-    return phrase(scene, random_naming(scene, rng), rng)
+def caption(scene: Scene, rng: random.Random, *, linked: bool = False) -> str:
+    """One training caption of the scene: a random naming in a random phrasing (`linked` as for `phrase`)."""
+    return phrase(scene, random_naming(scene, rng), rng, linked=linked)
 
 
 def full_caption(scene: Scene, rng: random.Random | None = None) -> str:
@@ -347,17 +366,18 @@ def random_scene(rng: random.Random, *, neighbours: bool = False, single: float 
     return Scene(background, tuple(Shape(colour, kind, size, c) for c in cells), positioned=False)
 
 
-def sample_captions(n: int, seed: int, *, held_out: bool = False, neighbours: bool = False) -> list[Caption]:
+def sample_captions(n: int, seed: int, *, held_out: bool = False, neighbours: bool = False, linked: bool = False
+                    ) -> list[Caption]:
     """`n` training captions (random namings and phrasings), or with `held_out` only of held-out scenes;
-    `neighbours` as for `random_scene`. A third of the scenes hold one shape: the model draws those right long
-    before it binds each of two shapes to its own words."""
+    `neighbours` as for `random_scene`, `linked` as for `phrase`. A third of the scenes hold one shape: the model
+    draws those right long before it binds each of two shapes to its own words."""
     rng = random.Random(seed)
     out: list[Caption] = []
     while len(out) < n:
         scene = random_scene(rng, neighbours=neighbours, single=TRAINING_SINGLE)
         if is_held_out(scene) == held_out:
             naming = random_naming(scene, rng)
-            out.append(Caption(scene, naming, phrase(scene, naming, rng)))
+            out.append(Caption(scene, naming, phrase(scene, naming, rng, linked=linked)))
     return out
 
 

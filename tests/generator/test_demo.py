@@ -142,13 +142,15 @@ def test_training_rows_drop_or_swap_captions_in_the_budgeted_shares() -> None:
 
 def test_train_demo_recipe_saves_a_checkpoint_the_engine_runs(tmp_path) -> None:
     tiny = Budget(vq_steps=4, vq_batch=4, encoder_steps=4, scenes=40, lm_steps=4, lm_batch=4, mismatch=0.2,
-                  describe_batch=3, decoded=8)
+                  describe_batch=3, decoded=8, tune_steps=3, tune_scenes=30, tune_decoded=4)
     lines: list[str] = []
     stats = train(tmp_path, seed=1, threads=1, budget=tiny, report=lines.append)
     assert stats["budget"] == asdict(tiny)
     assert set(stats["lm"]) >= {"loss", "token_accuracy", "decision_accuracy", "describe_loss",
                                 "describe_token_accuracy"}
     assert any(line.startswith("lm step 4/4: loss") and "describe loss" in line for line in lines), lines
+    assert set(stats["tune"]) == set(stats["lm"]) and any(line.startswith("stage 3: 3 more steps") for line in lines)
+    assert any(line.startswith("lm step 3/3: loss") for line in lines), lines  # stage 3's own steps
     assert json.loads((tmp_path / "training.json").read_text())["seed"] == 1
     checkpoint = load_checkpoint(str(tmp_path), device="cpu")
     (pictures,) = images_for(checkpoint, [FIXED[0][1]], num_images=2, cfg=5.0, seed=0)
@@ -202,8 +204,13 @@ def test_captions_vary_and_say_what_their_naming_names() -> None:
     scene = FIXED[0][0]
     texts = {scenes.caption(scene, rng) for _ in range(200)}
     assert len(texts) > 100
-    for c in scenes.sample_captions(5000, seed=7) + scenes.held_out_captions(100):
+    linked = scenes.sample_captions(5000, seed=7, linked=True)
+    for c in scenes.sample_captions(5000, seed=7) + linked + scenes.held_out_captions(100):
         assert parser.agrees(parser.parse(c.text), c.scene, c.naming), c
+    # Stage 3's captions take the linked frames too, and words between two shapes; the others never do.
+    leads = [f", {lead} " for lead in scenes.LEADS] + [f" and {lead} " for lead in scenes.LEADS]
+    assert 0.03 < sum(any(w in c.text for w in leads) for c in linked) / len(linked) < 0.2
+    assert not any(any(w in c.text for w in leads) for c in scenes.sample_captions(5000, seed=7))
 
 
 def test_captions_name_all_or_part_of_a_scene_and_leave_the_rest_to_chance() -> None:
@@ -238,14 +245,16 @@ def test_no_eval_phrasing_is_a_training_template() -> None:
     def norm(text: str) -> str:
         return " ".join(parser.words(text))
 
-    training = {norm(f) for f in scenes.FRAMES_BOTH + scenes.FRAMES_THINGS + scenes.FRAMES_BACKGROUND}
+    linked = {f.format(things="{things}", bg="{bg}", a_bg="{a_bg}", lead=lead, setting=setting)
+              for f in scenes.FRAMES_LINKED for lead in scenes.LEADS for setting in scenes.SETTINGS}
+    training = {norm(f) for f in scenes.FRAMES_BOTH + scenes.FRAMES_THINGS + scenes.FRAMES_BACKGROUND + [*linked]}
     with_words = training | {norm(f"{p} {f}") for p in scenes.PREFIXES for f in training} | {
         norm(f"{f}, {s}") for s in scenes.STYLE for f in training}
     held_out = [norm(f) for frames in phrasings.FRAMES.values() for f in frames]
     assert len(held_out) == len(set(held_out)) >= 15
     assert not set(held_out) & with_words
     # Nor does any eval prompt come out of the training captions (punctuation and capitals aside).
-    seen = {norm(t) for _, t in scenes.sample(60000, seed=0)}
+    seen = {norm(c.text) for c in scenes.sample_captions(60000, seed=0) + scenes.sample_captions(30000, 1, linked=True)}
     prompts = phrasings.phrasing_prompts(128) + phrasings.variety_prompts()
     assert not {norm(c.text) for c in prompts} & seen
     assert all(parser.agrees(parser.parse(c.text), c.scene, c.naming) for c in prompts)  # they say what they mean
@@ -265,6 +274,12 @@ def test_the_tokenizer_has_the_demo_words_whole() -> None:
         assert len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1, word
     assert tokenizer.decode(tokenizer("Show me a lighthouse?")["input_ids"], skip_special_tokens=True) == (
         "Show me a lighthouse?")  # any text encodes
+
+
+def test_the_shipped_model_has_the_tokenizer_the_recipe_builds(demo) -> None:
+    """The tokenizer is learned from stage 2's captions: a change to them is a change of recipe, which ships only
+    with the model it trains."""
+    assert demo.processor.tokenizer.get_vocab() == build_tokenizer().get_vocab()
 
 
 def test_no_model_means_the_shipped_demo_model() -> None:
