@@ -14,6 +14,7 @@ from typing import Any
 from PIL import Image
 
 from bot.config import Settings
+from bot.generator_client import GeneratorProcess
 from bot.jobs import Requester
 from bot.local_queue import LocalQueue
 from bot.ratelimit import Clock
@@ -127,6 +128,16 @@ class FakeGenerator:
             self._events.put_nowait(wire.JobDone(msg.job_id, images, tokens))
         finally:
             self.in_flight -= msg.count
+
+
+def paced_generator(model_dir: Path, *, max_batch_images: int = 16, step_delay: float = 0.02) -> GeneratorProcess:
+    """The real generator process on a CPU checkpoint, sleeping after each step as a GPU's step loop waits.
+
+    A tiny model's steps take milliseconds and the picture thread runs below the step loop's priority, so on a
+    busy 2-core machine a job can end before any preview is drawn; paced steps leave the CPU free between them.
+    """
+    return GeneratorProcess(str(model_dir), device="cpu", max_batch_images=max_batch_images,
+                            extra_args=["--step-delay", str(step_delay)])
 
 
 def requester(user: str = "alice", server: str = "s1", *, admin: bool = False, platform: str = "discord") -> Requester:

@@ -26,7 +26,7 @@ from bot.jobs import Job, Kind, Status, Strength
 from bot.local_queue import LocalQueue
 from bot.service import Service
 from tests.bot.adapters.fake_discord import EPHEMERAL, FakeDiscord, Interaction, Message, fake_discord
-from tests.bot.helpers import OWNER, PNG_SIZE, FakeGenerator, free_port, settings
+from tests.bot.helpers import OWNER, PNG_SIZE, FakeGenerator, free_port, paced_generator, settings
 
 pytestmark = pytest.mark.asyncio
 
@@ -476,7 +476,7 @@ async def test_with_the_real_tiny_model_the_grid_has_its_size_and_previews_fill_
 ) -> None:
     model = {"name": str(tiny_dir), "device": "cpu"}
     config = bot_settings(tmp_path, model=model, generator={"max_batch_images": 4})
-    async with connected(config, None) as (service, _):
+    async with connected(config, paced_generator(tiny_dir, max_batch_images=4)) as (service, _):  # previews for sure
         interaction = await discord.imagine(discord.user("alice"), "a tiny harbour", count=2, seed="5")
         message = await finished(discord, original(interaction), timeout=60)
         job = await delivered(service, job_id(message))

@@ -11,7 +11,8 @@ import pytest
 from bot.adapters.web import WebAdapter
 from bot.app import App
 from bot.jobs import Status
-from tests.bot.helpers import FakeGenerator, running, settings
+from bot.local_queue import LocalQueue
+from tests.bot.helpers import FakeGenerator, paced_generator, running, settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -55,7 +56,8 @@ async def test_imagine_reroll_and_upscale_in_the_browser(tmp_path: Path, tiny_di
         images={"upscale_px": 192},
         web={"port": 0},
     )
-    async with App(config) as app, async_playwright() as playwright:
+    # Paced steps: unpaced, a tiny job could end before any preview was drawn on a busy machine (CI once saw none).
+    async with App(config, LocalQueue(paced_generator(tiny_dir))) as app, async_playwright() as playwright:
         adapter = WebAdapter.from_settings(config)
         await adapter.start(app.service)
         browser = await playwright.chromium.launch_persistent_context(
