@@ -131,7 +131,8 @@ Weights are stored in bf16, as the published Janus checkpoints are, and load as 
 `janus-bot eval-demo` ({PROMPTS} held-out combination prompts x 4 images at cfg 1 and 5, temperature 1;
 {PHRASINGS} prompts in held-out phrasings x 4 images; {len(phrasings.variety_prompts())} prompts that leave attributes
 open x {SEEDS} seeds; describe at temperature {DESCRIBE_TEMPERATURE:g} and greedy on the {PROMPTS} held-out
-scenes; pictures checked by `generator/demo/checker.py`, answers read back by `generator/demo/parser.py`):
+scenes; the held-out pairs of two different shapes again in plain words, with and without their places;
+pictures checked by `generator/demo/checker.py`, answers read back by `generator/demo/parser.py`):
 
 ```
 {chr(10).join(lines)}
@@ -143,6 +144,11 @@ different pictures in {SEEDS} seeds: {verdict["variety"]}. Describe: at least {T
 held-out captions with every attribute right: {verdict["describe"]}. Held-out combinations at least
 {TARGETS["combination"]:.2f} at the default cfg and above cfg 1: {verdict["combination"]}. docs/benchmarks.md
 ("Demo model v2") has how the recipe got here.
+
+The `pairs` line is no target; it shows the weakest case. Two different shapes named without their places ("a red
+square and a yellow circle on a blue background") often come out with a colour on the other shape's kind; the same
+scenes with a place named after each shape ("a red square in the top left and a yellow circle in the bottom right
+...") come out right far more often, so name the places when you ask for two shapes.
 """
     (model_dir / "README.md").write_text(text)
     return lines

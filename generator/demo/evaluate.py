@@ -12,6 +12,9 @@
   how far the open attributes spread over their values.
 - describe: held-out scenes' pictures described (`generator.describe`) and the answers parsed back (`parser.py`):
   the share naming every attribute right; and the round trip, a held-out prompt's picture described as the prompt.
+- pairs: the held-out scenes of two different shapes, each named by colour and kind in the first training frame,
+  once with their places and once without: how well each colour stays with its own kind when no place word is
+  there to tie them (not a target; it shows the demo's weakest case).
 """
 
 from __future__ import annotations
@@ -85,6 +88,15 @@ class Reading:
 
 
 @dataclass
+class Pairs:
+    """Two different shapes named by colour and kind, with and without their places, at one cfg weight."""
+
+    placed: Scores
+    open: Scores
+    example: str  # a prompt without places
+
+
+@dataclass
 class Evaluation:
     """Every section's scores; `scores` at cfg 1 and at the compared weight."""
 
@@ -93,6 +105,7 @@ class Evaluation:
     phrasing: Scores | None = None
     variety: list[Variety] = field(default_factory=list)
     reading: Reading | None = None
+    pairs: Pairs | None = None
 
     def gap(self) -> tuple[float, float]:
         """The compared weight's overall score minus cfg 1's, and the half-width of its 95% interval."""
@@ -212,6 +225,25 @@ def reading(checkpoint: Checkpoint, cases: list[scenes.Caption], drawn: list[Ima
                    [d.prompts[0] for d in sampled[:3]])
 
 
+def pairs(checkpoint: Checkpoint, cases: list[scenes.Caption], *, num_images: int, cfg: float, seed: int = 0
+          ) -> Pairs | None:
+    """The cases of two different shapes in plain words, with places and without; None if there are none."""
+    two = [c.scene for c in cases
+           if c.scene.positioned and len({(shape.colour, shape.kind) for shape in c.scene.shapes}) == 2]
+    if not two:
+        return None
+    scored: list[Scores] = []
+    for named in ({"colour", "kind", "position"}, {"colour", "kind"}):
+        naming = scenes.Naming(True, (frozenset(named),) * 2)
+        worded = [scenes.Caption(scene, naming, scenes.phrase(scene, naming, None)) for scene in two]
+        drawn = images_for(checkpoint, [c.text for c in worded], num_images=num_images, cfg=cfg, seed=seed)
+        scored.append(score_pictures(worded, drawn, cfg))
+    unlike = [c.text for c in worded  # the clearest example: other colours, other kinds
+              if all(getattr(c.scene.shapes[0], a) != getattr(c.scene.shapes[1], a) for a in ("colour", "kind"))]
+    example = (unlike or [worded[0].text])[0]
+    return Pairs(scored[0], scored[1], example)
+
+
 def evaluate(checkpoint: Checkpoint, *, prompts: int = PROMPTS, phrasing: int = PHRASINGS, num_images: int = 4,
              cfg: float | None = None, seed: int = 0) -> Evaluation:
     """Every section: the combination score at cfg 1 and at `cfg` (default: the bot's default weight), phrasing and
@@ -230,7 +262,8 @@ def evaluate(checkpoint: Checkpoint, *, prompts: int = PROMPTS, phrasing: int = 
     phrased = score_pictures(worded, images_for(checkpoint, [c.text for c in worded], num_images=num_images,
                                                 cfg=weight, seed=seed), weight)
     kinds = [variety(checkpoint, w, seed) for w in (1.0, weight)]
-    return Evaluation(scores, decoder_alone(checkpoint, cases), phrased, kinds, reading(checkpoint, cases, first, seed))
+    return Evaluation(scores, decoder_alone(checkpoint, cases), phrased, kinds, reading(checkpoint, cases, first, seed),
+                      pairs(checkpoint, cases, num_images=num_images, cfg=weight, seed=seed))
 
 
 def _met(ok: bool) -> str:
@@ -270,6 +303,12 @@ def table(evaluation: Evaluation) -> list[str]:
                      f"at temperature {DESCRIBE_TEMPERATURE:g}, {r.greedy:.2f} greedy; round trip (a held-out "
                      f"prompt's picture at cfg {high.cfg:g} described as the prompt names it): {r.round_trip:.2f}")
         lines += [f"  e.g. {example!r}" for example in r.examples]
+    if evaluation.pairs:
+        placed, unplaced = evaluation.pairs.placed, evaluation.pairs.open
+        lines.append(f"pairs: {len(placed.per_prompt)} held-out scenes of two different shapes named by colour and "
+                     f"kind x {placed.images // len(placed.per_prompt)} images at cfg {placed.cfg:g}: "
+                     f"{placed.overall:.2f} right with their places named, {unplaced.overall:.2f} without (e.g. "
+                     f"{evaluation.pairs.example!r}: each colour must stay with its own kind by the words alone)")
     lines.append(f"targets: phrasing >= {TARGETS['phrasing']:.2f}: {_met(targets['phrasing'])}; variety >= "
                  f"{TARGETS['distinct']} of {SEEDS} for every prompt naming one attribute: {_met(targets['variety'])}; "
                  f"describe >= {TARGETS['describe']:.2f}: {_met(targets['describe'])}; combination >= "

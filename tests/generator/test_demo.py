@@ -14,7 +14,7 @@ from PIL import Image
 
 from generator.checkpoint import DEMO_MODEL_DIR, load_checkpoint, resolve_model
 from generator.demo import checker, parser, phrasings, scenes
-from generator.demo.evaluate import Evaluation, Scores, images_for, table
+from generator.demo.evaluate import Evaluation, Scores, images_for, pairs, table
 from generator.demo.train import (
     START,
     Budget,
@@ -304,19 +304,22 @@ def test_shipped_model_paints_the_asked_colours_and_shapes(demo) -> None:
 
 
 def test_eval_demo_prints_every_section_the_targets_and_the_overall_line_last() -> None:
-    run = subprocess.run([sys.executable, "-m", "janus_bot", "eval-demo", "--n", "2", "--images", "1"],
+    run = subprocess.run([sys.executable, "-m", "janus_bot", "eval-demo", "--n", "3", "--images", "1"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.strip().splitlines()
     for name in (*checker.ATTRIBUTES, "all correct", "codes right"):
         assert re.search(rf"^{name}\s+\d\.\d\d\s+\d\.\d\d", run.stdout, re.M), name
     for pattern in (r"guidance gain: [+-]\d\.\d\d all correct, 95% interval [+-](\d\.\d\d|inf) to [+-](\d\.\d\d|inf) "
-                    r"\(over 2 prompts\)",
+                    r"\(over 3 prompts\)",
                     r"decoder alone: \d\.\d\d of the true code grids drawn with every check passing",
-                    r"phrasing: 2 prompts in held-out phrasings x 1 images at cfg 5: \d\.\d\d with every named .*",
+                    r"phrasing: 3 prompts in held-out phrasings x 1 images at cfg 5: \d\.\d\d with every named .*",
                     r"variety at cfg 1: 8 seeds each; naming one attribute \d\.\d different pictures .*",
                     r"variety at cfg 5: .*",
-                    r"describe: 2 held-out scenes, every attribute right in \d\.\d\d of the answers .*"):
+                    r"describe: 3 held-out scenes, every attribute right in \d\.\d\d of the answers .*",
+                    r"pairs: 1 held-out scenes of two different shapes named by colour and kind x 1 images at cfg 5: "
+                    r"\d\.\d\d right with their places named, \d\.\d\d without \(e\.g\. 'an orange triangle and a "
+                    r"blue triangle on a green background': .*\)"):
         assert any(re.fullmatch(pattern, line) for line in lines), pattern
     assert re.fullmatch(r"targets: phrasing >= 0\.85: (met|NOT met); variety >= 6 of 8 for every prompt naming one "
                         r"attribute: (met|NOT met); describe >= 0\.90: (met|NOT met); combination >= 0\.85 at cfg 5 "
@@ -383,6 +386,20 @@ def test_shipped_model_varies_what_a_prompt_leaves_open(demo) -> None:
         (pictures,) = images_for(demo, [text], num_images=8, cfg=5.0, seed=3)
         assert len({p.tobytes() for p in pictures}) >= 6, text
         assert sum(checker.right(scene, p, naming) for p in pictures) >= 6, (text, [checker.read(p) for p in pictures])
+
+
+def test_pairs_scores_two_different_shapes_with_and_without_their_places(demo) -> None:
+    cases = scenes.held_out_captions(12, seed=1)  # every fourth a pair; counts and single shapes are left out
+    two = [c for c in cases if c.scene.positioned and len({(s.colour, s.kind) for s in c.scene.shapes}) == 2]
+    result = pairs(demo, cases, num_images=2, cfg=5.0)
+    assert result is not None and two
+    for scored in (result.placed, result.open):
+        assert len(scored.per_prompt) == len(two) and scored.images == 2 * len(two)
+    assert "position" in result.placed.attributes and "position" not in result.open.attributes
+    assert {"colour", "kind", "background", "count"} <= set(result.open.attributes)
+    example = parser.parse(result.example)
+    assert len(example.shapes) == 2 and all(shape.cell is None for shape in example.shapes), result.example
+    assert pairs(demo, [c for c in cases if c not in two], num_images=1, cfg=5.0) is None
 
 
 def test_shipped_model_describes_held_out_pictures_as_prompts_that_redraw_them(demo) -> None:
