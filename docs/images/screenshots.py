@@ -23,8 +23,7 @@ ROOT = HERE.parents[1]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]  # fmt: skip
-PAGE_PROMPT = "/imagine a red square in the top left and a yellow circle in the bottom right on a blue background " \
-    "--seed 4"
+PAGE_PROMPT = "/imagine a yellow triangle on a purple background --seed 3"  # place and size open: 4 pictures differ
 GRID_PROMPT = "two small yellow squares on a purple background"
 TOKENS = ("DISCORD_TOKEN", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "WEB_TOKEN", "WEB_ADMIN_TOKEN")
 
